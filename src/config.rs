@@ -1,0 +1,655 @@
+//! Configuration read once at cold start from the environment (CONTRACT §2).
+//!
+//! Every setting is validated here so that a bad deployment fails its init
+//! with one line naming the variable, instead of failing record by record.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+use crate::routing::{RoutingTemplate, TemplateError};
+use crate::secrets::{SecretError, SecretSource};
+
+/// A setting that is missing or cannot be used. The message names the
+/// variable and never repeats a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("AMQP_SECRET_ARN cannot be used: {0}")]
+    Secret(#[source] SecretError),
+    #[error("ROUTING_KEY_TEMPLATE is invalid: {0}")]
+    Template(#[from] TemplateError),
+}
+
+/// The broker URI. Its `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct AmqpUri(String);
+
+impl AmqpUri {
+    /// Validates the scheme and the URI syntax (via lapin's parser).
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        // The value is never echoed: a password with '/', '?' or '#' in it
+        // could defeat any redaction of a URI that does not parse.
+        let invalid = |reason: &str| ConfigError::Invalid {
+            name: "AMQP_URI",
+            reason: format!("{reason} (value not shown)"),
+        };
+        if !(raw.starts_with("amqp://") || raw.starts_with("amqps://")) {
+            return Err(invalid("must start with amqp:// or amqps://"));
+        }
+        // The parser's own message may quote the URI, so it is replaced.
+        lapin::uri::AMQPUri::from_str(raw).map_err(|_| invalid("not a valid AMQP URI"))?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Whether the URI asks for TLS (`amqps://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("amqps://")
+    }
+
+    /// The URI with its credentials, for the connection only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AmqpUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_uri(&self.0))
+    }
+}
+
+impl fmt::Debug for AmqpUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUri({self})")
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host...` with `***`.
+/// The user info ends at the last `@`, so a password holding `@`, `/`, `?`
+/// or `#` is still hidden.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else {
+        return uri.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &uri[..scheme_end + 3],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => uri.to_owned(),
+    }
+}
+
+/// Extra trust roots for `amqps://`: the CA certificates of `AMQP_CA_FILE`,
+/// read and checked once at cold start. They are added to the bundled
+/// (webpki) roots and the system's; certificate and host-name verification
+/// stay on.
+#[derive(Clone)]
+pub struct TrustedCa {
+    path: String,
+    pem: String,
+    certificates: usize,
+}
+
+impl TrustedCa {
+    /// Reads a PEM bundle of one or more CA certificates. A file that is
+    /// missing, unreadable, not PEM, or holds a certificate that cannot be a
+    /// trust anchor is an error naming `AMQP_CA_FILE` (rustls would skip such
+    /// a certificate silently and fail later with a vaguer message).
+    pub fn read(path: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            name: "AMQP_CA_FILE",
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
+        let pem = String::from_utf8(bytes)
+            .map_err(|_| invalid(format!("{path} is not a PEM file (not text)")))?;
+        Self::from_pem(path, pem).map_err(invalid)
+    }
+
+    fn from_pem(path: &str, pem: String) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut certificates = 0;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("{path} is not a valid PEM file ({e})"))?;
+            certificates += 1;
+            roots.add(cert).map_err(|e| {
+                format!("certificate {certificates} in {path} is not a usable CA certificate ({e})")
+            })?;
+        }
+        if certificates == 0 {
+            return Err(format!("{path} holds no PEM certificate"));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            pem,
+            certificates,
+        })
+    }
+
+    /// The PEM text, as lapin's TLS configuration takes it.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn certificates(&self) -> usize {
+        self.certificates
+    }
+}
+
+impl fmt::Debug for TrustedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustedCa")
+            .field("path", &self.path)
+            .field("certificates", &self.certificates)
+            .finish()
+    }
+}
+
+/// Where the broker URI comes from: `AMQP_URI`, or a secret read at cold
+/// start (and again when the broker refuses the credentials).
+#[derive(Debug, Clone)]
+pub enum BrokerAddress {
+    Uri(AmqpUri),
+    Secret(SecretSource),
+}
+
+/// Which mapping turns records into events (CONTRACT §3a / §3b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappingKind {
+    EventStore,
+    Change,
+}
+
+/// `x-queue-type` of the queues the forwarder declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+/// Names of the item attributes the `event-store` mapping reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeNames {
+    pub aggregate_id: String,
+    pub version: String,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: String,
+    pub occurred_at: String,
+    pub correlation_id: String,
+    pub causation_id: String,
+    pub event_id: String,
+    pub aggregate_type: String,
+}
+
+impl AttributeNames {
+    /// Each name from its `ATTR_*` variable, else the contract's default.
+    fn read(get: impl Fn(&str) -> Option<String>) -> Self {
+        let name = |variable: &str, default: &str| {
+            get(variable)
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        Self {
+            aggregate_id: name("ATTR_AGGREGATE_ID", "aggregateId"),
+            version: name("ATTR_VERSION", "version"),
+            event_type: name("ATTR_EVENT_TYPE", "eventType"),
+            event_version: name("ATTR_EVENT_VERSION", "eventVersion"),
+            payload: name("ATTR_PAYLOAD", "payload"),
+            occurred_at: name("ATTR_OCCURRED_AT", "occurredAt"),
+            correlation_id: name("ATTR_CORRELATION_ID", "correlationId"),
+            causation_id: name("ATTR_CAUSATION_ID", "causationId"),
+            event_id: name("ATTR_EVENT_ID", "eventId"),
+            aggregate_type: name("ATTR_AGGREGATE_TYPE", "aggregateType"),
+        }
+    }
+}
+
+impl Default for AttributeNames {
+    fn default() -> Self {
+        Self::read(|_| None)
+    }
+}
+
+/// How records are turned into envelopes and routed; everything the pure
+/// conversion needs.
+#[derive(Debug, Clone)]
+pub struct MappingConfig {
+    pub exchange: String,
+    pub mapping: MappingKind,
+    pub event_source: Option<String>,
+    pub entity_name: Option<String>,
+    pub routing_key_template: RoutingTemplate,
+    pub attributes: AttributeNames,
+}
+
+impl MappingConfig {
+    /// The defaults of CONTRACT §2 for the given exchange.
+    pub fn new(exchange: impl Into<String>) -> Self {
+        Self {
+            exchange: exchange.into(),
+            mapping: MappingKind::EventStore,
+            event_source: None,
+            entity_name: None,
+            routing_key_template: RoutingTemplate::default(),
+            attributes: AttributeNames::default(),
+        }
+    }
+}
+
+/// The whole configuration of one execution environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `AMQP_URI` or `AMQP_SECRET_ARN`, exactly one of them.
+    pub broker: BrokerAddress,
+    /// `AMQP_CA_FILE`: CA certificates trusted besides the bundled and the
+    /// system roots.
+    pub ca: Option<TrustedCa>,
+    pub declare_topology: bool,
+    pub queue_type: QueueType,
+    pub mapping: MappingConfig,
+    pub connect_timeout: Duration,
+    pub confirm_timeout: Duration,
+    pub deadline_margin: Duration,
+    pub metrics_namespace: String,
+    /// `AWS_LAMBDA_FUNCTION_NAME`, used in the connection name and metrics.
+    pub function_name: String,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process
+    /// environment. Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+
+        // Two sources of credentials would leave it unclear which one is in
+        // use after a rotation: exactly one must be set.
+        let broker = match (get("AMQP_URI"), get("AMQP_SECRET_ARN")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    name: "AMQP_SECRET_ARN",
+                    reason: "set either AMQP_URI or AMQP_SECRET_ARN, not both".into(),
+                });
+            }
+            (Some(uri), None) => BrokerAddress::Uri(AmqpUri::parse(&uri)?),
+            (None, Some(arn)) => BrokerAddress::Secret(
+                SecretSource::new(arn.trim(), get).map_err(ConfigError::Secret)?,
+            ),
+            (None, None) => return Err(ConfigError::Missing("AMQP_URI or AMQP_SECRET_ARN")),
+        };
+        let ca = get("AMQP_CA_FILE")
+            .map(|path| TrustedCa::read(path.trim()))
+            .transpose()?;
+        // A CA file says "TLS was meant": a plain amqp:// URI with it is a
+        // mistake that would send the password in clear.
+        if let (Some(_), BrokerAddress::Uri(uri)) = (&ca, &broker)
+            && !uri.is_tls()
+        {
+            return Err(ConfigError::Invalid {
+                name: "AMQP_CA_FILE",
+                reason: "is set but AMQP_URI is amqp:// (plain text); use amqps://".into(),
+            });
+        }
+        let exchange = get("EXCHANGE").ok_or(ConfigError::Missing("EXCHANGE"))?;
+        validate_exchange(&exchange)?;
+
+        let declare_topology = match get("DECLARE_TOPOLOGY") {
+            None => true,
+            Some(v) => parse_bool(&v).ok_or_else(|| ConfigError::Invalid {
+                name: "DECLARE_TOPOLOGY",
+                reason: format!("expected true or false, got {v:?}"),
+            })?,
+        };
+        let queue_type = match get("QUEUE_TYPE").as_deref() {
+            None | Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "QUEUE_TYPE",
+                    reason: format!("expected quorum or classic, got {other:?}"),
+                });
+            }
+        };
+        let mapping = match get("MAPPING").as_deref() {
+            None | Some("event-store") => MappingKind::EventStore,
+            Some("change") => MappingKind::Change,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "MAPPING",
+                    reason: format!("expected event-store or change, got {other:?}"),
+                });
+            }
+        };
+        let routing_key_template = match get("ROUTING_KEY_TEMPLATE") {
+            None => RoutingTemplate::default(),
+            Some(t) => RoutingTemplate::parse(&t)?,
+        };
+
+        let attributes = AttributeNames::read(get);
+
+        let event_source = get("EVENT_SOURCE");
+        let entity_name = get("ENTITY_NAME");
+        // Both end up in AMQP short strings (app_id, type), at most 255 bytes;
+        // the entity also gets a verb appended.
+        for (name, value, max) in [
+            ("EVENT_SOURCE", &event_source, 255),
+            ("ENTITY_NAME", &entity_name, 240),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() > max) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: format!("must be at most {max} bytes"),
+                });
+            }
+        }
+
+        Ok(Self {
+            broker,
+            ca,
+            declare_topology,
+            queue_type,
+            mapping: MappingConfig {
+                exchange,
+                mapping,
+                event_source,
+                entity_name,
+                routing_key_template,
+                attributes,
+            },
+            connect_timeout: millis(&get, "CONNECT_TIMEOUT_MS", 3000)?,
+            confirm_timeout: millis(&get, "CONFIRM_TIMEOUT_MS", 5000)?,
+            deadline_margin: millis(&get, "DEADLINE_MARGIN_MS", 1000)?,
+            metrics_namespace: get("METRICS_NAMESPACE").unwrap_or_else(|| "EventForwarder".into()),
+            function_name: get("AWS_LAMBDA_FUNCTION_NAME")
+                .unwrap_or_else(|| "event-forwarder".into()),
+        })
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn millis(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = get(name) else {
+        return Ok(Duration::from_millis(default));
+    };
+    // Lambda runs for at most 15 minutes; a larger bound means nothing.
+    const MAX_MS: u64 = 900_000;
+    match v.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 && ms <= MAX_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: format!("expected milliseconds from 1 to {MAX_MS}, got {v:?}"),
+        }),
+    }
+}
+
+/// RabbitMQ names are at most 255 bytes; the forwarder appends
+/// `.dead-letter` (12 bytes) for its own exchanges.
+fn validate_exchange(name: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name: "EXCHANGE",
+        reason: format!("{reason} (got {name:?})"),
+    };
+    if name.len() > 255 - ".dead-letter".len() {
+        return Err(invalid("must be at most 243 bytes"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(invalid(
+            "may hold only letters, digits, '-', '_', '.' and ':'",
+        ));
+    }
+    if name.starts_with("amq.") {
+        return Err(invalid("the amq. prefix is reserved by RabbitMQ"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        ("AMQP_URI", "amqp://guest:s3cret@localhost:5672/%2f"),
+        ("EXCHANGE", "product.events"),
+    ];
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = config(&BASE).unwrap();
+        assert!(c.declare_topology);
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        assert_eq!(c.mapping.mapping, MappingKind::EventStore);
+        assert_eq!(c.mapping.routing_key_template.as_str(), "{name}.v{major}");
+        assert_eq!(c.connect_timeout, Duration::from_millis(3000));
+        assert_eq!(c.confirm_timeout, Duration::from_millis(5000));
+        assert_eq!(c.deadline_margin, Duration::from_millis(1000));
+        assert_eq!(c.metrics_namespace, "EventForwarder");
+        assert_eq!(c.mapping.attributes.aggregate_id, "aggregateId");
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let mut vars = BASE.to_vec();
+        vars.extend([
+            ("DECLARE_TOPOLOGY", "false"),
+            ("QUEUE_TYPE", "classic"),
+            ("EVENT_SOURCE", "ProductService"),
+            ("MAPPING", "change"),
+            ("ENTITY_NAME", "Product"),
+            ("ROUTING_KEY_TEMPLATE", "{aggregateType}.{name}"),
+            ("ATTR_AGGREGATE_ID", "streamId"),
+            ("ATTR_PAYLOAD", "data"),
+            ("CONNECT_TIMEOUT_MS", "250"),
+            ("CONFIRM_TIMEOUT_MS", "750"),
+            ("DEADLINE_MARGIN_MS", "300"),
+            ("METRICS_NAMESPACE", "Shop"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "shop-forwarder"),
+        ]);
+        let c = config(&vars).unwrap();
+        assert!(!c.declare_topology);
+        assert_eq!(c.queue_type, QueueType::Classic);
+        assert_eq!(c.mapping.event_source.as_deref(), Some("ProductService"));
+        assert_eq!(c.mapping.mapping, MappingKind::Change);
+        assert_eq!(c.mapping.entity_name.as_deref(), Some("Product"));
+        assert_eq!(c.mapping.attributes.aggregate_id, "streamId");
+        assert_eq!(c.mapping.attributes.payload, "data");
+        assert_eq!(c.mapping.attributes.version, "version");
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.confirm_timeout, Duration::from_millis(750));
+        assert_eq!(c.deadline_margin, Duration::from_millis(300));
+        assert_eq!(c.metrics_namespace, "Shop");
+        assert_eq!(c.function_name, "shop-forwarder");
+    }
+
+    #[test]
+    fn a_missing_required_setting_names_the_variable() {
+        let err = config(&[("EXCHANGE", "x")]).unwrap_err().to_string();
+        assert_eq!(err, "AMQP_URI or AMQP_SECRET_ARN is required but not set");
+        let err = config(&[BASE[0]]).unwrap_err().to_string();
+        assert_eq!(err, "EXCHANGE is required but not set");
+    }
+
+    #[test]
+    fn malformed_settings_name_the_variable_and_hide_the_password() {
+        let err = config(&[("AMQP_URI", "http://u:s3cret@h"), BASE[1]])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("AMQP_URI is invalid"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = config(&[("AMQP_URI", "amqps://user:pa/ss@host:5671"), BASE[1]])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("pa/ss"), "{err}");
+        let long_source = "S".repeat(256);
+        for (name, value) in [
+            ("DECLARE_TOPOLOGY", "maybe"),
+            ("QUEUE_TYPE", "stream"),
+            ("MAPPING", "cdc"),
+            ("CONFIRM_TIMEOUT_MS", "soon"),
+            ("CONNECT_TIMEOUT_MS", "0"),
+            ("DEADLINE_MARGIN_MS", "18446744073709551615"),
+            ("EVENT_SOURCE", long_source.as_str()),
+            ("ROUTING_KEY_TEMPLATE", "{nope}"),
+        ] {
+            let mut vars = BASE.to_vec();
+            vars.push((name, value));
+            let err = config(&vars).unwrap_err().to_string();
+            assert!(err.starts_with(name), "{name}: {err}");
+        }
+        let err = config(&[BASE[0], ("EXCHANGE", "bad name")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("EXCHANGE is invalid"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_not_a_certificate_names_the_variable() {
+        let dir = std::env::temp_dir().join(format!("ef-ca-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not-pem.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let bad_cert = dir.join("bad-cert.pem");
+        std::fs::write(
+            &bad_cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let binary = dir.join("binary.pem");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        for path in [
+            dir.join("missing.pem"),
+            not_pem,
+            bad_cert,
+            binary,
+            dir.clone(),
+        ] {
+            let path = path.to_string_lossy().into_owned();
+            let mut vars = BASE.to_vec();
+            vars.push(("AMQP_CA_FILE", path.as_str()));
+            let err = config(&vars).unwrap_err().to_string();
+            assert!(err.starts_with("AMQP_CA_FILE is invalid"), "{path}: {err}");
+            assert!(err.contains(&path), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A self-signed CA certificate (P-256), only parsed here.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBiTCCAS+gAwIBAgIUaFxQu8Odl2041uLOIvg1C/LB1HAwCgYIKoZIzj0EAwIw\nGTEXMBUGA1UEAwwOY29uZmlnIHRlc3QgQ0EwIBcNMjYxMTIzMTYwNjQyWhgPMjEy\nNjEwMzAxNjA2NDJaMBkxFzAVBgNVBAMMDmNvbmZpZyB0ZXN0IENBMFkwEwYHKoZI\nzj0CAQYIKoZIzj0DAQcDQgAEaKbnciTfPE9mv+TUGcmV88a+fYmkZLx6FCNy4KNa\nqisVW1z/nxSV0qT6rm9dglJ15enZZTVggNn0fg3xEKR97aNTMFEwHQYDVR0OBBYE\nFBh1R9fcjJe99m7spaH0jQfWyUokMB8GA1UdIwQYMBaAFBh1R9fcjJe99m7spaH0\njQfWyUokMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIhAO3FeDrx\nU6XLAmxZT134TEI4VUBsntXawGvtN0V0wv/EAiAP+AGROZkj+mvxEjhAsO7+Rv9N\nlOwzDzXuWzX8K3aNLg==\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_ca_file_with_a_plain_text_uri_is_refused() {
+        let dir = std::env::temp_dir().join(format!("ef-ca-plain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, TEST_CA).unwrap();
+        let path = ca.to_string_lossy().into_owned();
+        let err = config(&[BASE[0], BASE[1], ("AMQP_CA_FILE", path.as_str())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AMQP_URI is amqp://"), "{err}");
+        let c = config(&[
+            ("AMQP_URI", "amqps://guest:s3cret@localhost:5671/%2f"),
+            BASE[1],
+            ("AMQP_CA_FILE", path.as_str()),
+        ])
+        .unwrap();
+        assert_eq!(c.ca.map(|ca| ca.certificates()), Some(1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_secret_arn_replaces_the_uri_and_both_together_are_an_error() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mq-AbCdEf";
+        let c = config(&[
+            ("AMQP_SECRET_ARN", arn),
+            BASE[1],
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI"),
+        ])
+        .unwrap();
+        match &c.broker {
+            BrokerAddress::Secret(s) => assert_eq!(s.arn(), arn),
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("wJalrXUtnFEMI"));
+        let mut vars = BASE.to_vec();
+        vars.push(("AMQP_SECRET_ARN", arn));
+        let err = config(&vars).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "AMQP_SECRET_ARN is invalid: set either AMQP_URI or AMQP_SECRET_ARN, not both"
+        );
+    }
+
+    #[test]
+    fn the_uri_never_prints_its_password() {
+        let c = config(&BASE).unwrap();
+        let BrokerAddress::Uri(uri) = &c.broker else {
+            panic!("AMQP_URI is set");
+        };
+        assert_eq!(uri.to_string(), "amqp://guest:***@localhost:5672/%2f");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(
+            redact_uri("amqps://u:p@ss@b-1.mq.eu-west-1.amazonaws.com:5671"),
+            "amqps://u:***@b-1.mq.eu-west-1.amazonaws.com:5671"
+        );
+        assert_eq!(
+            redact_uri("amqps://user:pa/ss?#x@host:5671/vhost"),
+            "amqps://user:***@host:5671/vhost"
+        );
+        assert_eq!(redact_uri("amqp://localhost/%2f"), "amqp://localhost/%2f");
+        assert_eq!(redact_uri("amqp://user@localhost"), "amqp://user@localhost");
+    }
+}

@@ -1,0 +1,177 @@
+//! The integration-event envelope (CONTRACT §3c) and its body bytes.
+//!
+//! The body is written by hand, field by field in the contract's order, with
+//! the payload transcoded straight from the record's DynamoDB JSON (see
+//! [`crate::record`]): no intermediate tree, numbers exactly as DynamoDB
+//! wrote them.
+
+use std::{borrow::Cow, io::Write};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::value::RawValue;
+
+use crate::record::{self, Image, write_str};
+
+/// Version of the envelope format itself.
+pub const ENVELOPE_VERSION: &str = "1.0";
+
+/// One integration event. Borrows from the stream record it came from.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    pub message_id: String,
+    pub message_type: Cow<'a, str>,
+    pub message_version: Cow<'a, str>,
+    /// Always [`ENVELOPE_VERSION`].
+    pub envelope_version: &'static str,
+    pub timestamp: DateTime<Utc>,
+    pub source: Cow<'a, str>,
+    pub correlation_id: Option<Cow<'a, str>>,
+    pub causation_id: Option<Cow<'a, str>>,
+    pub partition_key: Cow<'a, str>,
+    pub aggregate_type: Option<Cow<'a, str>>,
+    pub aggregate_version: Option<u64>,
+    pub payload: Payload<'a>,
+}
+
+/// The envelope's `payload`.
+#[derive(Debug, Clone)]
+pub enum Payload<'a> {
+    /// No payload attribute: `{}`.
+    Empty,
+    /// The inner map of an `M` attribute, as DynamoDB JSON.
+    Map(&'a RawValue),
+    /// A whole item (the `change` mapping).
+    Image(&'a Image<'a>),
+    /// JSON text stored in an `S` attribute (checked to be JSON), embedded
+    /// as it is.
+    Json(Cow<'a, str>),
+}
+
+impl Envelope<'_> {
+    /// The message body: UTF-8 JSON, optional fields left out when absent.
+    /// Fails only on a payload that is not valid DynamoDB JSON (a number
+    /// that is not a number, say), which makes the record unconvertible.
+    pub fn to_body(&self) -> Result<Vec<u8>, &'static str> {
+        let mut out = Vec::with_capacity(384 + self.payload_hint());
+        let field = |out: &mut Vec<u8>, name: &str| {
+            out.push(b',');
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+        };
+        out.extend_from_slice(b"{\"messageId\":");
+        write_str(&mut out, &self.message_id);
+        field(&mut out, "messageType");
+        write_str(&mut out, &self.message_type);
+        field(&mut out, "messageVersion");
+        write_str(&mut out, &self.message_version);
+        field(&mut out, "envelopeVersion");
+        write_str(&mut out, self.envelope_version);
+        field(&mut out, "timestamp");
+        write_str(
+            &mut out,
+            &self.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
+        );
+        field(&mut out, "source");
+        write_str(&mut out, &self.source);
+        if let Some(c) = &self.correlation_id {
+            field(&mut out, "correlationId");
+            write_str(&mut out, c);
+        }
+        if let Some(c) = &self.causation_id {
+            field(&mut out, "causationId");
+            write_str(&mut out, c);
+        }
+        field(&mut out, "partitionKey");
+        write_str(&mut out, &self.partition_key);
+        if let Some(t) = &self.aggregate_type {
+            field(&mut out, "aggregateType");
+            write_str(&mut out, t);
+        }
+        if let Some(v) = self.aggregate_version {
+            field(&mut out, "aggregateVersion");
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{v}");
+        }
+        field(&mut out, "payload");
+        match &self.payload {
+            Payload::Empty => out.extend_from_slice(b"{}"),
+            Payload::Map(raw) => record::write_nested(&mut out, "M", raw)?,
+            Payload::Image(image) => record::write_image(&mut out, image)?,
+            Payload::Json(text) => out.extend_from_slice(text.trim().as_bytes()),
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+
+    fn payload_hint(&self) -> usize {
+        match &self.payload {
+            Payload::Empty => 2,
+            Payload::Map(raw) => raw.get().len(),
+            Payload::Json(text) => text.len(),
+            Payload::Image(image) => image.0.iter().map(|(n, v)| n.len() + v.get().len()).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn envelope(payload: Payload<'_>) -> Envelope<'_> {
+        Envelope {
+            message_id: "m-1".into(),
+            message_type: "ProductPriceChanged".into(),
+            message_version: "1.0".into(),
+            envelope_version: ENVELOPE_VERSION,
+            timestamp: Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
+                + chrono::Duration::milliseconds(123),
+            source: "ProductService".into(),
+            correlation_id: Some("c-1".into()),
+            causation_id: None,
+            partition_key: "prod-00042".into(),
+            aggregate_type: None,
+            aggregate_version: Some(7),
+            payload,
+        }
+    }
+
+    #[test]
+    fn the_envelope_serializes_in_contract_order_without_absent_fields() {
+        let e = envelope(Payload::Empty);
+        assert_eq!(
+            String::from_utf8(e.to_body().unwrap()).unwrap(),
+            r#"{"messageId":"m-1","messageType":"ProductPriceChanged","messageVersion":"1.0","envelopeVersion":"1.0","timestamp":"2026-11-22T12:00:00.123Z","source":"ProductService","correlationId":"c-1","partitionKey":"prod-00042","aggregateVersion":7,"payload":{}}"#
+        );
+    }
+
+    #[test]
+    fn every_payload_shape_is_written_as_json() {
+        let map: Box<RawValue> =
+            serde_json::from_str(r#"{"price": {"N": "19.99"}, "tags": {"SS": ["a"]}}"#).unwrap();
+        let body = envelope(Payload::Map(&map)).to_body().unwrap();
+        assert!(
+            String::from_utf8_lossy(&body).ends_with(r#""payload":{"price":19.99,"tags":["a"]}}"#)
+        );
+
+        let body = envelope(Payload::Json(r#" {"a": [1, 2.50]} "#.into()))
+            .to_body()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).ends_with(r#""payload":{"a": [1, 2.50]}}"#));
+
+        let bad: Box<RawValue> = serde_json::from_str(r#"{"n": {"N": "x"}}"#).unwrap();
+        assert_eq!(
+            envelope(Payload::Map(&bad)).to_body(),
+            Err(record::INVALID_NUMBER)
+        );
+    }
+
+    #[test]
+    fn text_fields_are_escaped() {
+        let mut e = envelope(Payload::Empty);
+        e.partition_key = "a\"b\\c\n".into();
+        let body: serde_json::Value = serde_json::from_slice(&e.to_body().unwrap()).unwrap();
+        assert_eq!(body["partitionKey"], "a\"b\\c\n");
+    }
+}

@@ -1,0 +1,272 @@
+//! One invocation: a DynamoDB stream batch in, a partial batch response out,
+//! with the summary log and the metrics document on the way.
+//!
+//! The broker is built once per execution environment and borrowed by every
+//! invocation; invocations never run concurrently, the mutex only satisfies
+//! the runtime's `Fn` handler.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_lambda_events::{dynamodb::EventRecord, streams::DynamoDbEventResponse};
+use chrono::Utc;
+use lambda_runtime::LambdaEvent;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::Mutex;
+
+use crate::batch::{self, BatchOptions, BatchReport, Deadlines, NoSequenceNumber};
+use crate::config::Config;
+use crate::mapping::Converter;
+use crate::publisher::{
+    Broker, PublishError,
+    amqp::{AmqpBroker, AmqpSettings},
+};
+use crate::telemetry;
+
+/// A DynamoDB stream batch as the event source mapping sends it. The records
+/// stay JSON text until the batch loop reaches them, one at a time: a large
+/// batch is never held fully parsed, and a record that does not parse is
+/// dead-lettered as it came instead of failing the whole batch. Anything
+/// without a `Records` array is not a stream batch (an invocation error).
+#[derive(Debug)]
+pub struct StreamBatch {
+    pub records: Vec<Box<RawValue>>,
+}
+
+/// Only a JSON object with a `Records` array: a derived `Deserialize` would
+/// also take a JSON array as the struct's fields in order, so `[[...]]`
+/// became a "batch" whose junk was dead-lettered instead of an invocation
+/// error.
+impl<'de> Deserialize<'de> for StreamBatch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BatchVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for BatchVisitor {
+            type Value = StreamBatch;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a DynamoDB stream batch (an object with a Records array)")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StreamBatch, A::Error> {
+                let mut records = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "Records" {
+                        if records.is_some() {
+                            return Err(serde::de::Error::duplicate_field("Records"));
+                        }
+                        records = Some(map.next_value()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                records
+                    .map(|records| StreamBatch { records })
+                    .ok_or_else(|| serde::de::Error::missing_field("Records"))
+            }
+        }
+
+        deserializer.deserialize_map(BatchVisitor)
+    }
+}
+
+impl StreamBatch {
+    /// Record `index` parsed, for tests and tools.
+    pub fn record(&self, index: usize) -> Option<EventRecord> {
+        serde_json::from_str(self.records.get(index)?.get()).ok()
+    }
+}
+
+/// A cold start that cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Topology(PublishError),
+    /// The secret named by `AMQP_SECRET_ARN` cannot be read or used.
+    #[error("AMQP_SECRET_ARN: {0}")]
+    Secret(#[from] crate::secrets::SecretError),
+}
+
+/// The function: configuration, converter and the broker it owns.
+pub struct Forwarder<B = AmqpBroker> {
+    converter: Converter,
+    options: BatchOptions,
+    deadline_margin: Duration,
+    metrics_namespace: String,
+    function_name: String,
+    broker: Mutex<B>,
+}
+
+impl Forwarder<AmqpBroker> {
+    /// Cold start: reads the broker secret (with `AMQP_SECRET_ARN`), then
+    /// connects and declares the topology when the broker is reachable. An
+    /// unreachable broker is only a warning (the first batch retries); a
+    /// topology that clashes with the broker's is fatal.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let mut broker = AmqpBroker::new(AmqpSettings::from_config(&config));
+        // A secret that cannot be read fails the init: retrying per batch
+        // would not fix missing permissions or a malformed value.
+        broker
+            .load_secret(Instant::now() + config.connect_timeout)
+            .await?;
+        let until = Instant::now() + config.connect_timeout;
+        match broker.ensure_ready(until).await {
+            Ok(_) => {}
+            Err(e @ PublishError::Topology(_)) => return Err(StartError::Topology(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "broker not reachable at cold start; the first batch will retry")
+            }
+        }
+        Ok(Self::with_broker(config, broker))
+    }
+
+    /// Closes the broker connection cleanly (on SIGTERM).
+    pub async fn shutdown(&self) {
+        self.broker.lock().await.close().await;
+    }
+}
+
+impl<B: Broker> Forwarder<B> {
+    /// A forwarder over any broker (tests use fakes).
+    pub fn with_broker(config: Config, broker: B) -> Self {
+        Self {
+            converter: Converter::new(config.mapping),
+            options: BatchOptions::new(config.confirm_timeout),
+            deadline_margin: config.deadline_margin,
+            metrics_namespace: config.metrics_namespace,
+            function_name: config.function_name,
+            broker: Mutex::new(broker),
+        }
+    }
+
+    /// Handles one batch with `remaining` time before the invocation's
+    /// deadline; logs the summary and prints the metrics.
+    pub async fn handle(
+        &self,
+        event: &StreamBatch,
+        remaining: Duration,
+    ) -> Result<(DynamoDbEventResponse, BatchReport), NoSequenceNumber> {
+        let started = Instant::now();
+        let deadlines = Deadlines::from_remaining(remaining, self.deadline_margin);
+        let now = Utc::now();
+        let report = {
+            let mut broker = self.broker.lock().await;
+            batch::forward(
+                &mut *broker,
+                &self.converter,
+                &event.records,
+                now,
+                deadlines,
+                self.options,
+            )
+            .await
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        for (index, reason) in &report.dead_letter_reasons {
+            let sequence_number = event
+                .records
+                .get(*index)
+                .and_then(|r| batch::sequence_number(r));
+            tracing::warn!(
+                sequence_number = sequence_number.as_deref(),
+                index,
+                reason = %reason,
+                "record dead-lettered"
+            );
+        }
+        let response = batch::response(&event.records, &report);
+        let first_failed = response
+            .as_ref()
+            .ok()
+            .and_then(|r| r.batch_item_failures.first())
+            .and_then(|f| f.item_identifier.as_deref());
+        telemetry::log_summary(&report, duration_ms, first_failed);
+        let max_age_ms = report
+            .oldest_record
+            .map(|t| u64::try_from((now - t).num_milliseconds()).unwrap_or(0));
+        telemetry::emit_emf(&telemetry::emf_document(
+            &self.metrics_namespace,
+            &self.function_name,
+            &report,
+            duration_ms,
+            max_age_ms,
+            now,
+        ));
+        let response = response?;
+        Ok((response, report))
+    }
+
+    /// The Lambda entry point.
+    pub async fn handle_lambda(
+        &self,
+        event: LambdaEvent<StreamBatch>,
+    ) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
+        let remaining = remaining_time(event.context.deadline, SystemTime::now());
+        tracing::debug!(remaining_ms = remaining.as_millis() as u64, "invocation");
+        let (response, _) = self.handle(&event.payload, remaining).await?;
+        Ok(response)
+    }
+}
+
+/// Lambda's longest timeout; no invocation has more time than this.
+const MAX_INVOCATION: Duration = Duration::from_secs(900);
+
+/// Time left before the invocation's deadline, given as epoch milliseconds
+/// by Lambda. `cargo lambda watch` sends the timeout itself (e.g. `600000`)
+/// instead; a "deadline" before 2001 can only be that, and is read as a
+/// duration from now.
+pub fn remaining_time(deadline_ms: u64, now: SystemTime) -> Duration {
+    const YEAR_2001_MS: u64 = 978_307_200_000;
+    if deadline_ms < YEAR_2001_MS {
+        return Duration::from_millis(deadline_ms).min(MAX_INVOCATION);
+    }
+    (SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms))
+        .duration_since(now)
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_INVOCATION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remaining_time_comes_from_an_epoch_deadline() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_446_994_935);
+        assert_eq!(
+            remaining_time(1_795_446_997_935, now),
+            Duration::from_secs(3)
+        );
+        assert_eq!(remaining_time(1_795_446_990_000, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_an_object_with_a_records_array_is_a_stream_batch() {
+        let batch: StreamBatch =
+            serde_json::from_str(r#"{"Records":[{"eventID":"1"},{}],"other":[1]}"#).unwrap();
+        assert_eq!(batch.records.len(), 2);
+        assert_eq!(batch.records[0].get(), r#"{"eventID":"1"}"#);
+        for not_a_batch in [
+            r#"[[{"eventID":"1"}]]"#,
+            r#"{"records":[]}"#,
+            r#"{"Records":{}}"#,
+            r#"{"Records":[],"Records":[]}"#,
+            r#""Records""#,
+        ] {
+            assert!(
+                serde_json::from_str::<StreamBatch>(not_a_batch).is_err(),
+                "{not_a_batch}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_relative_deadline_from_an_emulator_is_read_as_a_duration() {
+        let now = SystemTime::now();
+        assert_eq!(remaining_time(600_000, now), Duration::from_secs(600));
+        assert_eq!(remaining_time(5_000_000, now), MAX_INVOCATION);
+    }
+}

@@ -1,0 +1,1125 @@
+//! Stream record to envelope to message, for both mappings (CONTRACT §3).
+//!
+//! Pure: [`Converter::plan_raw`] decides, for one record given as the JSON
+//! text the event source mapping sent, whether it is skipped, published
+//! (with its body, routing key and properties ready) or sent to the
+//! dead-letter exchange with the reason it could not be converted. The
+//! record is read in place ([`crate::record`]): a payload goes from the
+//! record's DynamoDB JSON to the message body in one pass.
+
+use std::borrow::Cow;
+
+use aws_lambda_events::dynamodb::EventRecord;
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::config::{MappingConfig, MappingKind};
+use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload};
+use crate::publisher::{HeaderValue, Message, Properties};
+use crate::record::{Attr, Image, Record, Text};
+use crate::routing::{self, RoutingError};
+
+/// Namespace of the UUIDv5 message ids. Part of the public contract: the
+/// same record must give the same id in every version of the forwarder.
+pub const MESSAGE_ID_NAMESPACE: Uuid = uuid::uuid!("08ebb892-d8fe-430a-aad9-6a1cfb75305c");
+
+/// The principal DynamoDB uses for deletions made by TTL.
+const TTL_PRINCIPAL: &str = "dynamodb.amazonaws.com";
+
+/// Why a record cannot become an event. The text goes into the
+/// dead-letter `x-error` header: it names attributes, never their values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("the record has no NewImage (is the stream KEYS_ONLY or OLD_IMAGE?)")]
+    NoNewImage,
+    #[error("the record has no Keys")]
+    NoKeys,
+    #[error("missing required attribute `{0}`")]
+    Missing(String),
+    #[error("attribute `{name}` must be {expected}, found {found}")]
+    WrongType {
+        name: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("attribute `{name}` is {problem}")]
+    Invalid { name: String, problem: &'static str },
+    #[error("the record has no eventSourceARN naming its table and EVENT_SOURCE is not set")]
+    NoTable,
+    #[error("the record has no eventID")]
+    NoEventId,
+    #[error("unknown eventName (expected INSERT, MODIFY or REMOVE)")]
+    UnknownEventName,
+    #[error("routing key: {0}")]
+    Routing(#[from] RoutingError),
+    #[error("payload: {0}")]
+    Body(String),
+}
+
+/// What to do with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Not an event for this mapping (e.g. MODIFY in an event store).
+    Skip(&'static str),
+    /// Publish to the exchange.
+    Publish(Message),
+    /// Publish the original record to `<EXCHANGE>.dead-letter`.
+    DeadLetter { message: Message, reason: String },
+}
+
+/// A record planned from its JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub plan: Plan,
+    /// ApproximateCreationDateTime, when the record has one.
+    pub created: Option<DateTime<Utc>>,
+}
+
+/// Turns records into plans with the configured mapping.
+#[derive(Debug, Clone)]
+pub struct Converter {
+    config: MappingConfig,
+    dead_letter_exchange: String,
+}
+
+impl Converter {
+    pub fn new(config: MappingConfig) -> Self {
+        let dead_letter_exchange = format!("{}.dead-letter", config.exchange);
+        Self {
+            config,
+            dead_letter_exchange,
+        }
+    }
+
+    pub fn config(&self) -> &MappingConfig {
+        &self.config
+    }
+
+    /// Plans one record given as the JSON text the event source mapping
+    /// sent. `now` stands in for a missing ApproximateCreationDateTime. A
+    /// record that does not even parse as a stream record is dead-lettered
+    /// as it came, with the path of the problem, instead of failing the
+    /// whole batch.
+    pub fn plan_raw(&self, raw: &str, now: DateTime<Utc>) -> Planned {
+        // Path tracking costs a third of the conversion time (it allocates
+        // per field), so it runs only again on the rare record that fails.
+        let mut de = serde_json::Deserializer::from_str(raw);
+        match Record::deserialize(&mut de).map_err(|_| {
+            let mut de = serde_json::Deserializer::from_str(raw);
+            serde_path_to_error::deserialize::<_, Record>(&mut de).err()
+        }) {
+            Ok(record) => {
+                let created = creation_time(&record);
+                let plan = match self.message(&record, now) {
+                    Ok(Some(message)) => Plan::Publish(message),
+                    Ok(None) => Plan::Skip(skip_reason(self.config.mapping)),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        Plan::DeadLetter {
+                            message: self.dead_letter(Identity::of(&record, self), raw, &reason),
+                            reason,
+                        }
+                    }
+                };
+                Planned { plan, created }
+            }
+            Err(e) => {
+                // The path names attributes, never values; serde's own
+                // message could quote a value.
+                let reason = match e {
+                    Some(e) => format!(
+                        "not a valid DynamoDB stream record: {} error at `{}`",
+                        match e.inner().classify() {
+                            serde_json::error::Category::Syntax => "syntax",
+                            serde_json::error::Category::Eof => "truncated",
+                            _ => "data",
+                        },
+                        e.path()
+                    ),
+                    // Deserialization is deterministic; this is unreachable
+                    // unless the two passes disagree.
+                    None => "not a valid DynamoDB stream record".to_string(),
+                };
+                Planned {
+                    plan: Plan::DeadLetter {
+                        message: self.dead_letter(Identity::lenient(raw), raw, &reason),
+                        reason,
+                    },
+                    created: None,
+                }
+            }
+        }
+    }
+
+    /// Plans a record already parsed (tests and tools): it is serialized
+    /// back to JSON and planned like one that came from the stream.
+    pub fn plan(&self, record: &EventRecord, now: DateTime<Utc>) -> Plan {
+        match serde_json::to_string(record) {
+            Ok(raw) => self.plan_raw(&raw, now).plan,
+            // A record that was deserialized always serializes again.
+            Err(_) => Plan::Skip("unserializable record"),
+        }
+    }
+
+    /// The message for a record, `None` when the mapping skips it.
+    fn message(
+        &self,
+        record: &Record<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Message>, MappingError> {
+        let envelope = match self.config.mapping {
+            MappingKind::EventStore => self.event_store(record, now)?,
+            MappingKind::Change => Some(self.change(record, now)?),
+        };
+        let Some(envelope) = envelope else {
+            return Ok(None);
+        };
+        let routing_key = self.config.routing_key_template.render(&envelope)?;
+        let body = envelope
+            .to_body()
+            .map_err(|e| MappingError::Body(e.to_string()))?;
+        Ok(Some(routing::to_message(
+            &self.config.exchange,
+            routing_key,
+            &envelope,
+            body,
+        )))
+    }
+
+    fn source<'a>(&'a self, record: &'a Record<'a>) -> Result<Cow<'a, str>, MappingError> {
+        match &self.config.event_source {
+            Some(s) => Ok(Cow::Borrowed(s)),
+            None => table_name(record)
+                .map(Cow::Borrowed)
+                .ok_or(MappingError::NoTable),
+        }
+    }
+
+    fn event_store<'a>(
+        &'a self,
+        record: &'a Record<'a>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Envelope<'a>>, MappingError> {
+        match record.event_name.as_deref() {
+            Some("INSERT") => {}
+            Some("MODIFY" | "REMOVE") => return Ok(None),
+            _ => return Err(MappingError::UnknownEventName),
+        }
+        let item = match &record.dynamodb.new_image {
+            Some(image) if !image.is_empty() => image,
+            _ => return Err(MappingError::NoNewImage),
+        };
+        let names = &self.config.attributes;
+        let aggregate_id = required_str(item, &names.aggregate_id)?;
+        let version = match attr(item, &names.version)? {
+            None => return Err(MappingError::Missing(names.version.clone())),
+            Some(Attr::N(n)) => n.parse::<u64>().map_err(|_| MappingError::Invalid {
+                name: names.version.clone(),
+                problem: "not a non-negative integer",
+            })?,
+            Some(other) => return Err(wrong_type(&names.version, "N", &other)),
+        };
+        let event_type = required_str(item, &names.event_type)?;
+        short(&names.event_type, &event_type)?;
+        if event_type.is_empty() {
+            return Err(MappingError::Invalid {
+                name: names.event_type.clone(),
+                problem: "empty",
+            });
+        }
+        let event_version = match attr(item, &names.event_version)? {
+            None => Cow::Borrowed("1.0"),
+            Some(Attr::S(s) | Attr::N(s)) => s.0,
+            Some(other) => return Err(wrong_type(&names.event_version, "S or N", &other)),
+        };
+        let payload = match attr(item, &names.payload)? {
+            None | Some(Attr::Null) => Payload::Empty,
+            Some(Attr::Nested("M", raw)) => Payload::Map(raw),
+            Some(Attr::S(s)) => {
+                // Parsed in full, not skimmed: a lone surrogate escape or a
+                // number out of range would pass a skim and leave consumers
+                // with a body they cannot parse.
+                match serde_json::from_str::<serde_json::Value>(&s) {
+                    Ok(serde_json::Value::Null) => Payload::Empty,
+                    Ok(_) => Payload::Json(s.0),
+                    Err(_) => {
+                        return Err(MappingError::Invalid {
+                            name: names.payload.clone(),
+                            problem: "not valid JSON",
+                        });
+                    }
+                }
+            }
+            Some(other) => return Err(wrong_type(&names.payload, "M or S", &other)),
+        };
+        let timestamp = match attr(item, &names.occurred_at)? {
+            None => creation_time(record).unwrap_or(now),
+            Some(Attr::S(s)) => DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| MappingError::Invalid {
+                    name: names.occurred_at.clone(),
+                    problem: "not an RFC 3339 timestamp",
+                })?,
+            Some(Attr::N(n)) => n
+                .parse::<i64>()
+                .ok()
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+                .and_then(rfc3339_year)
+                .ok_or_else(|| MappingError::Invalid {
+                    name: names.occurred_at.clone(),
+                    problem: "not epoch milliseconds of years 0 to 9999",
+                })?,
+            Some(other) => return Err(wrong_type(&names.occurred_at, "S or N", &other)),
+        };
+        let source = self.source(record)?;
+        let message_id = match optional_str(item, &names.event_id)? {
+            Some(id) if !id.is_empty() => {
+                short(&names.event_id, &id)?;
+                id.into_owned()
+            }
+            _ => {
+                let table = table_name(record).ok_or(MappingError::NoTable)?;
+                Uuid::new_v5(
+                    &MESSAGE_ID_NAMESPACE,
+                    format!("{table}/{aggregate_id}/{version}").as_bytes(),
+                )
+                .to_string()
+            }
+        };
+        let correlation_id = optional_str(item, &names.correlation_id)?;
+        if let Some(c) = &correlation_id {
+            short(&names.correlation_id, c)?;
+        }
+        Ok(Some(Envelope {
+            message_id,
+            message_type: event_type,
+            message_version: event_version,
+            envelope_version: ENVELOPE_VERSION,
+            timestamp,
+            source,
+            correlation_id,
+            causation_id: optional_str(item, &names.causation_id)?,
+            partition_key: aggregate_id,
+            aggregate_type: optional_str(item, &names.aggregate_type)?,
+            aggregate_version: Some(version),
+            payload,
+        }))
+    }
+
+    fn change<'a>(
+        &'a self,
+        record: &'a Record<'a>,
+        now: DateTime<Utc>,
+    ) -> Result<Envelope<'a>, MappingError> {
+        let stream = &record.dynamodb;
+        let entity: Cow<'a, str> = match (&self.config.entity_name, table_name(record)) {
+            (Some(e), _) => Cow::Borrowed(e),
+            (None, Some(t)) => Cow::Owned(pascal_case(t)),
+            (None, None) => return Err(MappingError::NoTable),
+        };
+        let present = |image: &'a Option<Image<'a>>| image.as_ref().filter(|i| !i.is_empty());
+        let keys = present(&stream.keys);
+        let (verb, image) = match record.event_name.as_deref() {
+            Some("INSERT") => ("Created", present(&stream.new_image)),
+            Some("MODIFY") => ("Updated", present(&stream.new_image)),
+            Some("REMOVE") => {
+                let by_ttl = record
+                    .user_identity
+                    .as_ref()
+                    .and_then(|u| u.principal_id.as_deref())
+                    == Some(TTL_PRINCIPAL);
+                let verb = if by_ttl { "Expired" } else { "Deleted" };
+                (verb, present(&stream.old_image).or(keys))
+            }
+            _ => return Err(MappingError::UnknownEventName),
+        };
+        let Some(image) = image else {
+            return Err(if keys.is_none() {
+                MappingError::NoKeys
+            } else {
+                MappingError::NoNewImage
+            });
+        };
+        let event_id = record
+            .event_id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .ok_or(MappingError::NoEventId)?;
+        let message_type = format!("{entity}{verb}");
+        short("messageType", &message_type)?;
+        Ok(Envelope {
+            message_id: Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes()).to_string(),
+            message_type: Cow::Owned(message_type),
+            message_version: Cow::Borrowed("1.0"),
+            envelope_version: ENVELOPE_VERSION,
+            timestamp: creation_time(record).unwrap_or(now),
+            source: self.source(record)?,
+            correlation_id: None,
+            causation_id: None,
+            partition_key: Cow::Owned(key_value(keys.ok_or(MappingError::NoKeys)?)?),
+            aggregate_type: Some(entity),
+            aggregate_version: None,
+            payload: Payload::Image(image),
+        })
+    }
+
+    /// The dead-letter message: the record as it came, with the reason.
+    fn dead_letter(&self, id: Identity, raw: &str, reason: &str) -> Message {
+        let mut headers = vec![("x-error", HeaderValue::String(reason.to_owned()))];
+        if let Some(seq) = id.sequence_number {
+            headers.push(("x-sequence-number", HeaderValue::String(seq)));
+        }
+        let event_id = id.event_id.unwrap_or_default();
+        headers.push(("x-event-id", HeaderValue::String(event_id.clone())));
+        // Deterministic like every id; without an eventID the record's own
+        // bytes name it, so two such dead letters never share an id.
+        let message_id = if event_id.is_empty() {
+            Uuid::new_v5(&MESSAGE_ID_NAMESPACE, raw.as_bytes())
+        } else {
+            Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes())
+        };
+        if let Some(arn) = id.event_source_arn {
+            headers.push(("x-event-source-arn", HeaderValue::String(arn)));
+        }
+        Message {
+            exchange: self.dead_letter_exchange.clone(),
+            routing_key: String::new(),
+            body: raw.as_bytes().to_vec(),
+            properties: Properties {
+                message_id: message_id.to_string(),
+                correlation_id: None,
+                app_id: id
+                    .source
+                    .or_else(|| self.config.event_source.clone())
+                    .unwrap_or_default(),
+                kind: None,
+                timestamp: id.created_secs,
+                headers,
+            },
+        }
+    }
+}
+
+/// What identifies a record in the dead-letter headers.
+#[derive(Debug, Default)]
+struct Identity {
+    sequence_number: Option<String>,
+    event_id: Option<String>,
+    event_source_arn: Option<String>,
+    source: Option<String>,
+    created_secs: Option<u64>,
+}
+
+/// Header values come from the record; anything absurdly long is left out
+/// rather than copied into every dead letter's headers.
+const MAX_HEADER: usize = 1024;
+
+impl Identity {
+    fn of(record: &Record<'_>, converter: &Converter) -> Self {
+        let text = |t: &Option<Text<'_>>| {
+            t.as_deref()
+                .filter(|s| s.len() <= MAX_HEADER)
+                .map(str::to_owned)
+        };
+        Self {
+            sequence_number: text(&record.dynamodb.sequence_number),
+            event_id: text(&record.event_id),
+            event_source_arn: text(&record.event_source_arn),
+            source: converter.source(record).ok().map(Cow::into_owned),
+            created_secs: creation_time(record).and_then(|t| u64::try_from(t.timestamp()).ok()),
+        }
+    }
+
+    /// Whatever can be read from a record that does not parse as one.
+    fn lenient(raw: &str) -> Self {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) else {
+            return Self::default();
+        };
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(|v| v.as_str())
+                .filter(|s| s.len() <= MAX_HEADER)
+                .map(str::to_owned)
+        };
+        let arn = text(v.get("eventSourceARN"));
+        Self {
+            sequence_number: text(v.pointer("/dynamodb/SequenceNumber")),
+            event_id: text(v.get("eventID")),
+            source: arn
+                .as_deref()
+                .and_then(|a| a.split_once(":table/"))
+                .and_then(|(_, rest)| rest.split('/').next())
+                .map(str::to_owned),
+            event_source_arn: arn,
+            created_secs: v
+                .pointer("/dynamodb/ApproximateCreationDateTime")
+                .and_then(|t| t.as_f64())
+                .filter(|t| t.is_finite() && *t >= 1.0)
+                .map(|t| t as u64),
+        }
+    }
+}
+
+fn skip_reason(kind: MappingKind) -> &'static str {
+    match kind {
+        MappingKind::EventStore => "not an INSERT",
+        MappingKind::Change => "not a change",
+    }
+}
+
+/// The table name from `arn:aws:dynamodb:<region>:<account>:table/<name>/stream/<label>`.
+fn table_name<'a>(record: &'a Record<'a>) -> Option<&'a str> {
+    if let Some(arn) = record.event_source_arn.as_deref()
+        && let Some((_, rest)) = arn.split_once(":table/")
+    {
+        let name = rest.split('/').next().unwrap_or(rest);
+        if !name.is_empty() {
+            return Some(name);
+        }
+    }
+    record.table_name.as_deref().filter(|t| !t.is_empty())
+}
+
+/// `product-catalog` → `ProductCatalog`, `orders_v2` → `OrdersV2`.
+pub fn pascal_case(name: &str) -> String {
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .flat_map(|w| {
+            let mut chars = w.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase())
+                .into_iter()
+                .chain(chars)
+        })
+        .collect()
+}
+
+/// ApproximateCreationDateTime (epoch seconds, maybe with a fraction);
+/// `None` when absent or zero.
+fn creation_time(record: &Record<'_>) -> Option<DateTime<Utc>> {
+    let secs = record.dynamodb.approximate_creation?;
+    if !secs.is_finite() || secs < 1.0 {
+        return None;
+    }
+    let whole = secs.trunc();
+    let nanos = ((secs - whole) * 1e9).round().clamp(0.0, 999_999_999.0) as u32;
+    // `as` saturates; out-of-range years are refused by chrono.
+    Utc.timestamp_opt(whole as i64, nanos)
+        .single()
+        .and_then(rfc3339_year)
+}
+
+/// RFC 3339 has four-digit years; chrono would write others as `+10000`.
+fn rfc3339_year(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (0..=9999).contains(&t.year()).then_some(t)
+}
+
+/// Key values joined by `#` in attribute-name order.
+fn key_value(keys: &Image<'_>) -> Result<String, MappingError> {
+    let mut sorted: Vec<&(Text<'_>, &RawValue)> = keys.0.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut out = String::new();
+    for (i, (name, raw)) in sorted.into_iter().enumerate() {
+        if i > 0 {
+            out.push('#');
+        }
+        match Attr::parse(raw).map_err(|problem| MappingError::Invalid {
+            name: name.to_string(),
+            problem,
+        })? {
+            Attr::S(s) | Attr::N(s) | Attr::B(s) => out.push_str(&s),
+            other => return Err(wrong_type(name, "S, N or B", &other)),
+        }
+    }
+    Ok(out)
+}
+
+fn wrong_type(name: &str, expected: &'static str, found: &Attr<'_>) -> MappingError {
+    MappingError::WrongType {
+        name: name.to_owned(),
+        expected,
+        found: found.type_name(),
+    }
+}
+
+/// Values that become AMQP short strings (message_id, correlation_id, type)
+/// are at most 255 bytes.
+fn short(name: &str, value: &str) -> Result<(), MappingError> {
+    if value.len() > 255 {
+        return Err(MappingError::Invalid {
+            name: name.to_owned(),
+            problem: "longer than 255 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// The attribute `name` of `item`, parsed.
+fn attr<'a>(item: &Image<'a>, name: &str) -> Result<Option<Attr<'a>>, MappingError> {
+    item.get(name)
+        .map(|raw| {
+            Attr::parse(raw).map_err(|problem| MappingError::Invalid {
+                name: name.to_owned(),
+                problem,
+            })
+        })
+        .transpose()
+}
+
+fn required_str<'a>(item: &Image<'a>, name: &str) -> Result<Cow<'a, str>, MappingError> {
+    optional_str(item, name)?.ok_or_else(|| MappingError::Missing(name.to_owned()))
+}
+
+fn optional_str<'a>(item: &Image<'a>, name: &str) -> Result<Option<Cow<'a, str>>, MappingError> {
+    match attr(item, name)? {
+        None | Some(Attr::Null) => Ok(None),
+        Some(Attr::S(s)) => Ok(Some(s.0)),
+        Some(other) => Err(wrong_type(name, "S", &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lambda_events::dynamodb::Event;
+    use chrono::TimeZone;
+    use serde_dynamo::AttributeValue;
+    use serde_json::{Value, json};
+
+    const INSERTS: &str = include_str!("../events/insert-batch.json");
+    const POISON: &str = include_str!("../events/poison-batch.json");
+    const CHANGES: &str = include_str!("../events/change-batch.json");
+
+    fn records(json: &str) -> Vec<EventRecord> {
+        serde_json::from_str::<Event>(json).unwrap().records
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap()
+    }
+
+    fn converter() -> Converter {
+        Converter::new(MappingConfig::new("product.events"))
+    }
+
+    fn publish(plan: Plan) -> (Message, Value) {
+        match plan {
+            Plan::Publish(m) => {
+                let body = serde_json::from_slice(&m.body).unwrap();
+                (m, body)
+            }
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    fn dead_letter(plan: Plan) -> (Message, String) {
+        match plan {
+            Plan::DeadLetter { message, reason } => (message, reason),
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    fn header<'m>(m: &'m Message, name: &str) -> Option<&'m HeaderValue> {
+        m.properties
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn an_insert_becomes_the_contract_envelope() {
+        let records = records(INSERTS);
+        let (m, body) = publish(converter().plan(&records[0], now()));
+        assert_eq!(
+            body,
+            json!({
+                "messageId": "208b257d-cc48-58fe-9af4-b7ba4eb97925",
+                "messageType": "ProductCreated",
+                "messageVersion": "1.0",
+                "envelopeVersion": "1.0",
+                "timestamp": "2026-11-22T12:00:00.123Z",
+                "source": "product-events",
+                "correlationId": "corr-7f3a9c",
+                "causationId": "cmd-7f3a9c",
+                "partitionKey": "prod-00042",
+                "aggregateType": "Product",
+                "aggregateVersion": 1,
+                "payload": {
+                    "name": "Trail running shoe",
+                    "price": {"amount": 119.99, "currency": "EUR"},
+                    "sizes": [41, 42, 43.5],
+                    "sku": "SKU-00042",
+                    "tags": ["outdoor", "running"]
+                }
+            })
+        );
+        // The number is written as DynamoDB's text, not via f64.
+        assert!(String::from_utf8_lossy(&m.body).contains(r#""amount":119.99"#));
+        assert_eq!(m.exchange, "product.events");
+        assert_eq!(m.routing_key, "product.created.v1");
+        assert_eq!(
+            m.properties.message_id,
+            "208b257d-cc48-58fe-9af4-b7ba4eb97925"
+        );
+        assert_eq!(m.properties.timestamp, Some(1_795_348_800));
+    }
+
+    #[test]
+    fn a_38_digit_number_keeps_all_its_digits_in_the_body() {
+        let records = records(INSERTS);
+        let (m, body) = publish(converter().plan(&records[4], now()));
+        assert_eq!(body["messageType"], "UserProfileUpdated");
+        assert!(
+            String::from_utf8_lossy(&m.body)
+                .contains(r#""loyaltyPoints":12345678901234567890123456789012345678"#)
+        );
+        assert_eq!(body["payload"]["avatar"], "iVBORw0KGgo=");
+        assert_eq!(m.routing_key, "user.profile.updated.v1");
+    }
+
+    #[test]
+    fn modify_and_remove_are_skipped_by_the_event_store_mapping() {
+        let mut records = records(INSERTS);
+        assert_eq!(records[2].event_name, "MODIFY");
+        assert!(matches!(
+            converter().plan(&records[2], now()),
+            Plan::Skip(_)
+        ));
+        records[0].event_name = "REMOVE".into();
+        assert!(matches!(
+            converter().plan(&records[0], now()),
+            Plan::Skip(_)
+        ));
+    }
+
+    #[test]
+    fn message_ids_are_deterministic_and_distinct() {
+        let records = records(INSERTS);
+        let c = converter();
+        let ids: Vec<String> = records
+            .iter()
+            .filter_map(|r| match c.plan(r, now()) {
+                Plan::Publish(m) => Some(m.properties.message_id),
+                _ => None,
+            })
+            .collect();
+        let again: Vec<String> = records
+            .iter()
+            .filter_map(|r| match c.plan(r, now() + chrono::Duration::hours(5)) {
+                Plan::Publish(m) => Some(m.properties.message_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids.len(), 5);
+        assert_eq!(ids, again);
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+    }
+
+    #[test]
+    fn an_event_id_attribute_is_used_verbatim() {
+        let mut records = records(INSERTS);
+        records[0]
+            .change
+            .new_image
+            .insert("eventId".into(), AttributeValue::S("evt-123".into()));
+        let (m, body) = publish(converter().plan(&records[0], now()));
+        assert_eq!(body["messageId"], "evt-123");
+        assert_eq!(m.properties.message_id, "evt-123");
+    }
+
+    #[test]
+    fn optional_attributes_take_their_defaults_and_other_shapes() {
+        let mut records = records(INSERTS);
+        let item = &mut records[0].change.new_image;
+        for name in [
+            "eventVersion",
+            "occurredAt",
+            "correlationId",
+            "causationId",
+            "aggregateType",
+        ] {
+            item.remove(name);
+        }
+        item.insert(
+            "payload".into(),
+            AttributeValue::S(r#"{"price": 19.99, "big": 123456789012345678901234567890}"#.into()),
+        );
+        let (m, body) = publish(converter().plan(&records[0], now()));
+        assert_eq!(body["messageVersion"], "1.0");
+        assert_eq!(body["timestamp"], "2026-11-22T12:00:00.000Z");
+        for absent in ["correlationId", "causationId", "aggregateType"] {
+            assert!(body.get(absent).is_none(), "{absent} should be omitted");
+        }
+        assert!(
+            String::from_utf8_lossy(&m.body)
+                .contains(r#""payload":{"price": 19.99, "big": 123456789012345678901234567890}"#)
+        );
+        assert!(m.properties.correlation_id.is_none());
+
+        let item = &mut records[0].change.new_image;
+        item.insert("eventVersion".into(), AttributeValue::N("2".into()));
+        item.insert(
+            "occurredAt".into(),
+            AttributeValue::N("1795348800250".into()),
+        );
+        item.remove("payload");
+        let (m, body) = publish(converter().plan(&records[0], now()));
+        assert_eq!(body["messageVersion"], "2");
+        assert_eq!(body["timestamp"], "2026-11-22T12:00:00.250Z");
+        assert_eq!(body["payload"], json!({}));
+        assert_eq!(m.routing_key, "product.created.v2");
+    }
+
+    #[test]
+    fn attribute_names_are_configurable() {
+        let mut config = MappingConfig::new("x");
+        config.attributes.aggregate_id = "streamId".into();
+        config.attributes.event_type = "type".into();
+        config.event_source = Some("CatalogService".into());
+        let mut records = records(INSERTS);
+        let item = &mut records[0].change.new_image;
+        let id = item.remove("aggregateId").unwrap();
+        item.insert("streamId".into(), id);
+        let t = item.remove("eventType").unwrap();
+        item.insert("type".into(), t);
+        let (_, body) = publish(Converter::new(config).plan(&records[0], now()));
+        assert_eq!(body["partitionKey"], "prod-00042");
+        assert_eq!(body["messageType"], "ProductCreated");
+        assert_eq!(body["source"], "CatalogService");
+        // The id depends on the table, aggregate and version only.
+        assert_eq!(body["messageId"], "208b257d-cc48-58fe-9af4-b7ba4eb97925");
+    }
+
+    #[test]
+    fn a_poison_record_is_dead_lettered_with_its_reason_and_identity() {
+        let records = records(POISON);
+        let (m, reason) = dead_letter(converter().plan(&records[1], now()));
+        assert_eq!(reason, "missing required attribute `eventType`");
+        assert_eq!(m.exchange, "product.events.dead-letter");
+        assert_eq!(
+            header(&m, "x-error"),
+            Some(&HeaderValue::String(reason.clone()))
+        );
+        assert_eq!(
+            header(&m, "x-sequence-number"),
+            Some(&HeaderValue::String("4100000000012345680601".into()))
+        );
+        assert_eq!(
+            header(&m, "x-event-id"),
+            Some(&HeaderValue::String(records[1].event_id.clone()))
+        );
+        assert_eq!(
+            header(&m, "x-event-source-arn"),
+            Some(&HeaderValue::String(
+                records[1].event_source_arn.clone().unwrap()
+            ))
+        );
+        let original: Value = serde_json::from_str(POISON).unwrap();
+        let body: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(
+            body["dynamodb"]["NewImage"],
+            original["Records"][1]["dynamodb"]["NewImage"]
+        );
+        assert_eq!(body["eventID"], original["Records"][1]["eventID"]);
+    }
+
+    #[test]
+    fn unconvertible_records_name_the_problem_without_values() {
+        let base = records(INSERTS).swap_remove(0);
+        type Mutation = Box<dyn Fn(&mut EventRecord)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|r| r.change.new_image.clear()),
+                "the record has no NewImage (is the stream KEYS_ONLY or OLD_IMAGE?)",
+            ),
+            (
+                Box::new(|r| {
+                    r.change
+                        .new_image
+                        .insert("version".into(), AttributeValue::S("7".into()));
+                }),
+                "attribute `version` must be N, found S",
+            ),
+            (
+                Box::new(|r| {
+                    r.change
+                        .new_image
+                        .insert("version".into(), AttributeValue::N("7.5".into()));
+                }),
+                "attribute `version` is not a non-negative integer",
+            ),
+            (
+                Box::new(|r| {
+                    r.change.new_image.insert(
+                        "payload".into(),
+                        AttributeValue::S("secret <not json>".into()),
+                    );
+                }),
+                "attribute `payload` is not valid JSON",
+            ),
+            (
+                Box::new(|r| {
+                    r.change
+                        .new_image
+                        .insert("occurredAt".into(), AttributeValue::S("yesterday".into()));
+                }),
+                "attribute `occurredAt` is not an RFC 3339 timestamp",
+            ),
+            (
+                Box::new(|r| {
+                    r.change
+                        .new_image
+                        .insert("eventVersion".into(), AttributeValue::S("beta".into()));
+                }),
+                "routing key: messageVersion does not start with a number, needed for {major}",
+            ),
+            (
+                Box::new(|r| {
+                    r.change.new_image.insert(
+                        "payload".into(),
+                        AttributeValue::M(
+                            [("n".to_string(), AttributeValue::N("1.2.3".into()))].into(),
+                        ),
+                    );
+                }),
+                "payload: a number attribute is not a valid decimal number",
+            ),
+            (
+                Box::new(|r| {
+                    r.change
+                        .new_image
+                        .insert("correlationId".into(), AttributeValue::S("c".repeat(256)));
+                }),
+                "attribute `correlationId` is longer than 255 bytes",
+            ),
+            (
+                Box::new(|r| {
+                    r.change
+                        .new_image
+                        .insert("eventId".into(), AttributeValue::S("e".repeat(256)));
+                }),
+                "attribute `eventId` is longer than 255 bytes",
+            ),
+            (
+                Box::new(|r| r.event_name = "UPSERT".into()),
+                "unknown eventName (expected INSERT, MODIFY or REMOVE)",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut record = base.clone();
+            mutate(&mut record);
+            let (_, reason) = dead_letter(converter().plan(&record, now()));
+            assert_eq!(reason, expected);
+            assert!(!reason.contains("secret"));
+        }
+    }
+
+    #[test]
+    fn the_change_mapping_names_created_updated_deleted_and_expired() {
+        let mut config = MappingConfig::new("customer.events");
+        config.mapping = MappingKind::Change;
+        let c = Converter::new(config);
+        let records = records(CHANGES);
+        let planned: Vec<(Message, Value)> =
+            records.iter().map(|r| publish(c.plan(r, now()))).collect();
+        let types: Vec<&str> = planned
+            .iter()
+            .map(|(_, b)| b["messageType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "CustomerAccountsCreated",
+                "CustomerAccountsUpdated",
+                "CustomerAccountsDeleted",
+                "CustomerAccountsExpired"
+            ]
+        );
+        let (m, created) = &planned[0];
+        assert_eq!(m.routing_key, "customer.accounts.created.v1");
+        assert_eq!(created["partitionKey"], "cust-311");
+        assert_eq!(created["messageVersion"], "1.0");
+        assert_eq!(created["aggregateType"], "CustomerAccounts");
+        assert_eq!(created["timestamp"], "2026-11-22T12:00:32.000Z");
+        assert_eq!(created["payload"]["balance"], json!(10.50));
+        assert_eq!(planned[1].1["payload"]["tier"], "platinum");
+        // Deletions carry the old image.
+        assert_eq!(planned[2].1["payload"]["tier"], "platinum");
+        assert_eq!(planned[3].1["payload"]["email"], "temp@example.com");
+        assert!(created.get("aggregateVersion").is_none());
+        assert_eq!(
+            created["messageId"],
+            Uuid::new_v5(&MESSAGE_ID_NAMESPACE, records[0].event_id.as_bytes()).to_string()
+        );
+    }
+
+    #[test]
+    fn the_change_mapping_joins_composite_keys_and_uses_keys_when_no_old_image() {
+        let mut config = MappingConfig::new("x");
+        config.mapping = MappingKind::Change;
+        config.entity_name = Some("Customer".into());
+        let mut record = records(CHANGES).swap_remove(2);
+        record.change.old_image.clear();
+        record
+            .change
+            .keys
+            .insert("accountNo".into(), AttributeValue::N("42".into()));
+        let (m, body) = publish(Converter::new(config).plan(&record, now()));
+        assert_eq!(body["messageType"], "CustomerDeleted");
+        assert_eq!(body["partitionKey"], "42#cust-311");
+        assert_eq!(
+            body["payload"],
+            json!({"accountNo": 42, "customerId": "cust-311"})
+        );
+        assert_eq!(m.routing_key, "customer.deleted.v1");
+    }
+
+    #[test]
+    fn the_ids_of_the_change_mapping_follow_the_documented_formula() {
+        let mut config = MappingConfig::new("x");
+        config.mapping = MappingKind::Change;
+        let mut record = records(CHANGES).swap_remove(0);
+        record.event_id = "c81e728d9d4c2f636f067f89cc148620".into();
+        let (_, body) = publish(Converter::new(config).plan(&record, now()));
+        assert_eq!(body["messageId"], "699a8279-e0d3-5ec5-98bb-b5c1e6fd63e5");
+    }
+
+    #[test]
+    fn a_record_that_does_not_parse_is_dead_lettered_as_it_came() {
+        let original: Value = serde_json::from_str(POISON).unwrap();
+        let mut broken = original["Records"][0].clone();
+        broken["dynamodb"]["NewImage"] = json!(["secret", "not an item"]);
+        let raw = serde_json::to_string(&broken).unwrap();
+
+        let planned = converter().plan_raw(&raw, now());
+
+        let (m, reason) = dead_letter(planned.plan);
+        assert!(
+            reason.starts_with(
+                "not a valid DynamoDB stream record: data error at `dynamodb.NewImage"
+            ),
+            "{reason}"
+        );
+        assert!(!reason.contains("secret"), "{reason}");
+        assert_eq!(m.body, raw.as_bytes());
+        assert_eq!(
+            header(&m, "x-sequence-number"),
+            Some(&HeaderValue::String("4100000000012345680501".into()))
+        );
+        assert_eq!(m.properties.app_id, "product-events");
+        assert_eq!(planned.created, None);
+
+        let (_, reason) = dead_letter(converter().plan_raw("[1, 2]", now()).plan);
+        assert!(
+            reason.starts_with("not a valid DynamoDB stream record"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_raw_record_converts_like_a_parsed_one_and_dead_letters_keep_its_bytes() {
+        let original: Value = serde_json::from_str(POISON).unwrap();
+        let raw = serde_json::to_string(&original["Records"][0]).unwrap();
+        let parsed: EventRecord = serde_json::from_str(&raw).unwrap();
+        let planned = converter().plan_raw(&raw, now());
+        let (from_raw, raw_body) = publish(planned.plan.clone());
+        let (from_parsed, parsed_body) = publish(converter().plan(&parsed, now()));
+        assert_eq!(raw_body, parsed_body);
+        assert_eq!(from_raw.routing_key, from_parsed.routing_key);
+        assert_eq!(from_raw.properties, from_parsed.properties);
+        // The payload keeps the record's attribute order: same record, same bytes.
+        assert_eq!(converter().plan_raw(&raw, now()).plan, planned.plan);
+        let text = String::from_utf8(from_raw.body).unwrap();
+        assert!(
+            text.contains(r#""payload":{"price":5.00,"sku":"SKU-00077"}"#),
+            "{text}"
+        );
+        assert_eq!(
+            planned.created,
+            Some(parsed.change.approximate_creation_date_time)
+        );
+
+        let raw = serde_json::to_string(&original["Records"][1]).unwrap();
+        let (m, _) = dead_letter(converter().plan_raw(&raw, now()).plan);
+        assert_eq!(m.body, raw.as_bytes());
+    }
+
+    #[test]
+    fn a_json_payload_must_parse_strictly_and_null_means_empty() {
+        let mut records = records(INSERTS);
+        for bad in [r#"{"x":"\ud800"}"#, r#"{"x":1e400}"#, "{", "secret"] {
+            records[0]
+                .change
+                .new_image
+                .insert("payload".into(), AttributeValue::S(bad.into()));
+            let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+            assert_eq!(reason, "attribute `payload` is not valid JSON", "{bad}");
+        }
+        records[0]
+            .change
+            .new_image
+            .insert("payload".into(), AttributeValue::S("null".into()));
+        let (_, body) = publish(converter().plan(&records[0], now()));
+        assert_eq!(body["payload"], json!({}));
+    }
+
+    #[test]
+    fn timestamps_outside_four_digit_years_are_refused() {
+        let mut records = records(INSERTS);
+        for ms in ["253402300800000", "-62167219200001"] {
+            records[0]
+                .change
+                .new_image
+                .insert("occurredAt".into(), AttributeValue::N(ms.into()));
+            let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+            assert_eq!(
+                reason,
+                "attribute `occurredAt` is not epoch milliseconds of years 0 to 9999"
+            );
+        }
+        // A creation time that far out is ignored, the invocation time used.
+        records[0].change.new_image.remove("occurredAt");
+        let mut raw: Value = serde_json::to_value(&records[0]).unwrap();
+        raw["dynamodb"]["ApproximateCreationDateTime"] = json!(1e13);
+        let planned = converter().plan_raw(&raw.to_string(), now());
+        let (_, body) = publish(planned.plan);
+        assert_eq!(body["timestamp"], "2026-11-23T08:00:00.000Z");
+    }
+
+    #[test]
+    fn dead_letters_without_an_event_id_get_distinct_ids() {
+        let first = r#"{"dynamodb": 1}"#;
+        let second = r#"{"dynamodb": 2}"#;
+        let (a, _) = dead_letter(converter().plan_raw(first, now()).plan);
+        let (b, _) = dead_letter(converter().plan_raw(second, now()).plan);
+        let (a2, _) = dead_letter(converter().plan_raw(first, now()).plan);
+        assert_ne!(a.properties.message_id, b.properties.message_id);
+        assert_eq!(a.properties.message_id, a2.properties.message_id);
+    }
+
+    #[test]
+    fn table_names_come_from_the_stream_arn() {
+        let records = records(INSERTS);
+        let raw = serde_json::to_string(&records[0]).unwrap();
+        let record: Record = serde_json::from_str(&raw).unwrap();
+        assert_eq!(table_name(&record), Some("product-events"));
+        assert_eq!(pascal_case("customer-accounts"), "CustomerAccounts");
+        assert_eq!(pascal_case("orders_v2"), "OrdersV2");
+        assert_eq!(pascal_case("Products"), "Products");
+    }
+
+    #[test]
+    fn a_missing_creation_time_falls_back_to_now() {
+        let mut record = records(INSERTS).swap_remove(0);
+        record.change.new_image.remove("occurredAt");
+        record.change.approximate_creation_date_time = DateTime::default();
+        let (_, body) = publish(converter().plan(&record, now()));
+        assert_eq!(body["timestamp"], "2026-11-23T08:00:00.000Z");
+    }
+}

@@ -1,0 +1,489 @@
+//! The lapin adapter: one connection and one confirm-mode channel per
+//! execution environment, the topology of CONTRACT §5, and publishes whose
+//! confirms are checked one by one (a nack or a returned message fails).
+//!
+//! Every await on the network has a bound: a frozen or blackholed broker
+//! must not outlive the invocation.
+
+use std::time::{Duration, Instant};
+
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
+    ExchangeKind,
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    tcp::OwnedTLSConfig,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+use super::trust::{SystemRoots, extra_roots_pem};
+use super::{Broker, Confirm, HeaderValue, Message, PublishError, Reset};
+use crate::config::{AmqpUri, BrokerAddress, Config, QueueType, TrustedCa};
+use crate::secrets::SecretError;
+
+/// The exchanges and queues declared at connect time.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub queue_type: QueueType,
+}
+
+impl Topology {
+    pub fn unrouted(&self) -> String {
+        format!("{}.unrouted", self.exchange)
+    }
+
+    pub fn dead_letter(&self) -> String {
+        format!("{}.dead-letter", self.exchange)
+    }
+}
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// The URI, or the secret that holds it.
+    pub address: BrokerAddress,
+    /// `AMQP_CA_FILE`: CA certificates trusted for `amqps://` besides the
+    /// bundled and the system roots.
+    pub ca: Option<TrustedCa>,
+    /// The operating system's roots, trusted for `amqps://` besides the
+    /// bundled ones; `None` when the URI is `amqp://`.
+    pub system_roots: Option<SystemRoots>,
+    /// Client-provided connection name, shown in the management UI.
+    pub connection_name: String,
+    pub connect_timeout: Duration,
+    /// `None` when `DECLARE_TOPOLOGY=false`.
+    pub topology: Option<Topology>,
+}
+
+impl AmqpSettings {
+    /// The settings of `config`. Reads the system trust store (once per
+    /// cold start, as this is called once) unless the URI is `amqp://`;
+    /// a secret's URI is not known yet, so it may need them.
+    pub fn from_config(config: &Config) -> Self {
+        let tls = match &config.broker {
+            BrokerAddress::Uri(uri) => uri.is_tls(),
+            BrokerAddress::Secret(_) => true,
+        };
+        Self {
+            address: config.broker.clone(),
+            ca: config.ca.clone(),
+            system_roots: tls.then(SystemRoots::load),
+            connection_name: format!("event-forwarder:{}", config.function_name),
+            connect_timeout: config.connect_timeout,
+            topology: config.declare_topology.then(|| Topology {
+                exchange: config.mapping.exchange.clone(),
+                queue_type: config.queue_type,
+            }),
+        }
+    }
+}
+
+/// A [`Broker`] backed by a lapin connection that is reopened when it dies.
+pub struct AmqpBroker {
+    settings: AmqpSettings,
+    /// The URI in use: `AMQP_URI`, or the secret's value once read.
+    uri: Option<AmqpUri>,
+    connection: Option<Connection>,
+    channel: Option<Channel>,
+}
+
+impl AmqpBroker {
+    pub fn new(settings: AmqpSettings) -> Self {
+        let uri = match &settings.address {
+            BrokerAddress::Uri(uri) => Some(uri.clone()),
+            BrokerAddress::Secret(_) => None,
+        };
+        Self {
+            settings,
+            uri,
+            connection: None,
+            channel: None,
+        }
+    }
+
+    /// Reads the broker secret (when the URI comes from one), bounded by the
+    /// connect timeout and `until`. A no-op with `AMQP_URI`.
+    pub async fn load_secret(&mut self, until: Instant) -> Result<(), SecretError> {
+        let BrokerAddress::Secret(source) = &self.settings.address else {
+            return Ok(());
+        };
+        let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
+        let system_roots = self
+            .settings
+            .system_roots
+            .as_ref()
+            .map_or(&[][..], SystemRoots::certificates);
+        let uri = tokio::time::timeout_at(deadline.into(), source.fetch(system_roots))
+            .await
+            .map_err(|_| SecretError::Transport {
+                endpoint: source.endpoint(),
+                reason: "no answer within the connect timeout".into(),
+            })??;
+        if self.settings.ca.is_some() && !uri.is_tls() {
+            return Err(SecretError::Format {
+                arn: source.arn().to_owned(),
+                reason: "its URI is amqp:// (plain text) but AMQP_CA_FILE is set; use amqps://"
+                    .into(),
+            });
+        }
+        tracing::info!(secret = source.arn(), broker = %uri, "broker secret read");
+        self.uri = Some(uri);
+        Ok(())
+    }
+
+    pub fn settings(&self) -> &AmqpSettings {
+        &self.settings
+    }
+
+    /// Whether the connection and the channel are open, as far as the client
+    /// knows (a connection that died while frozen is only found out on use).
+    pub fn is_open(&self) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+            && self
+                .channel
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+    }
+
+    /// Closes the connection cleanly (connection.close, 200), for shutdown.
+    pub async fn close(&mut self) {
+        // Dropping a channel starts its own close, which would race the
+        // connection's: keep it until the connection is closed.
+        let _channel = self.channel.take();
+        if let Some(connection) = self.connection.take()
+            && connection.status().connected()
+        {
+            let closing = connection.close(200, "shutdown".into());
+            match tokio::time::timeout(Duration::from_millis(400), closing).await {
+                Ok(Ok(())) => tracing::info!("broker connection closed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "closing the broker connection failed"),
+                Err(_) => tracing::warn!("closing the broker connection timed out"),
+            }
+        }
+    }
+
+    async fn open(&mut self, until: Instant) -> Result<(), PublishError> {
+        let had_connection = self
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected());
+        if !had_connection {
+            self.connect(until).await?;
+        }
+        match self.open_channel(until).await {
+            Err(PublishError::ChannelLost(reason)) if had_connection => {
+                // The old connection only looked alive: start over once.
+                tracing::warn!(%reason, "opening a channel failed; reconnecting");
+                self.connect(until).await?;
+                self.open_channel(until).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect(&mut self, until: Instant) -> Result<(), PublishError> {
+        self.channel = None;
+        self.connection = None;
+        let from_secret = matches!(self.settings.address, BrokerAddress::Secret(_));
+        if self.uri.is_none() {
+            self.load_secret(until).await.map_err(secret_unavailable)?;
+        }
+        let first = self.try_connect(until).await;
+        let connection = match first {
+            // The password may have been rotated since the secret was read:
+            // read it once more before giving up.
+            Err(Attempt::Refused(reason)) if from_secret => {
+                tracing::warn!(%reason, "the broker refused the credentials; reading the secret again");
+                self.load_secret(until).await.map_err(secret_unavailable)?;
+                self.try_connect(until).await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
+            Attempt::Refused(reason) | Attempt::Failed(reason) => PublishError::Unreachable(reason),
+        })?;
+        tracing::info!(broker = %self.uri_text(), name = %self.settings.connection_name, "connected to the broker");
+        self.connection = Some(connection);
+        Ok(())
+    }
+
+    /// The URI for logs (password hidden).
+    fn uri_text(&self) -> String {
+        self.uri
+            .as_ref()
+            .map_or_else(|| "(secret not read)".to_string(), ToString::to_string)
+    }
+
+    async fn try_connect(&self, until: Instant) -> Result<Connection, Attempt> {
+        let Some(uri) = self.uri.as_ref() else {
+            return Err(Attempt::Failed("no broker URI".into()));
+        };
+        let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.settings.connection_name.as_str().into());
+        // Verification is never turned off: the TLS configuration can only
+        // add trust roots (the system's and AMQP_CA_FILE's) to the bundled
+        // webpki ones, which lapin always trusts with its
+        // `rustls-webpki-roots-certs` feature.
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: extra_roots_pem(
+                self.settings.system_roots.as_ref(),
+                self.settings.ca.as_ref(),
+            ),
+        };
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| Attempt::Failed(format!("no async runtime for lapin: {e}")))?;
+        let connect = Connection::connect_with_config(uri.expose(), properties, tls, runtime);
+        match tokio::time::timeout_at(deadline.into(), connect).await {
+            Err(_) => Err(Attempt::Failed(format!(
+                "no connection to {uri} within the connect timeout"
+            ))),
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(e)) => {
+                let reason = format!("{uri}: {}", describe_connect_error(&e, uri.is_tls()));
+                if is_access_refused(&e) {
+                    Err(Attempt::Refused(reason))
+                } else {
+                    Err(Attempt::Failed(reason))
+                }
+            }
+        }
+    }
+
+    async fn open_channel(&mut self, until: Instant) -> Result<(), PublishError> {
+        let Some(connection) = self.connection.as_ref() else {
+            return Err(PublishError::Unreachable("no connection".into()));
+        };
+        let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
+        let channel = tokio::time::timeout_at(deadline.into(), async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        })
+        .await
+        .map_err(|_| PublishError::ChannelLost("opening a channel timed out".into()))?
+        .map_err(|e| PublishError::ChannelLost(format!("opening a channel: {e}")))?;
+        if let Some(topology) = &self.settings.topology {
+            tokio::time::timeout_at(deadline.into(), declare(&channel, topology))
+                .await
+                .map_err(|_| {
+                    PublishError::ChannelLost("declaring the topology timed out".into())
+                })??;
+        }
+        self.channel = Some(channel);
+        Ok(())
+    }
+}
+
+impl Broker for AmqpBroker {
+    async fn ensure_ready(&mut self, until: Instant) -> Result<bool, PublishError> {
+        if self.is_open() {
+            return Ok(false);
+        }
+        self.open(until).await.map(|()| true)
+    }
+
+    async fn publish(
+        &mut self,
+        message: &Message,
+        until: Instant,
+    ) -> Result<Confirm, PublishError> {
+        let channel = self
+            .channel
+            .as_ref()
+            .ok_or_else(|| PublishError::ChannelLost("no open channel".into()))?;
+        let sending = channel.basic_publish(
+            short(&message.exchange)?,
+            short(&message.routing_key)?,
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &message.body,
+            properties(message)?,
+        );
+        let confirm = tokio::time::timeout_at(until.into(), sending)
+            .await
+            .map_err(|_| PublishError::WriteTimeout)?
+            .map_err(|e| PublishError::ChannelLost(e.to_string()))?;
+        Ok(Box::pin(async move {
+            match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
+                    Err(PublishError::Returned {
+                        code: returned.reply_code,
+                        text: returned.reply_text.to_string(),
+                    })
+                }
+                Ok(Confirmation::Nack(None)) => Err(PublishError::Nacked),
+                Ok(Confirmation::NotRequested) => Err(PublishError::ChannelLost(
+                    "the channel is not in confirm mode".into(),
+                )),
+                Err(e) => Err(PublishError::ChannelLost(e.to_string())),
+            }
+        }))
+    }
+
+    fn reset(&mut self, scope: Reset) {
+        // Dropping them closes them in the background (lapin's closers).
+        self.channel = None;
+        let dead = self
+            .connection
+            .as_ref()
+            .is_some_and(|c| !c.status().connected());
+        if scope == Reset::Connection || dead {
+            self.connection = None;
+        }
+    }
+}
+
+/// How one connection attempt failed.
+enum Attempt {
+    /// The broker refused the credentials (403 ACCESS_REFUSED).
+    Refused(String),
+    Failed(String),
+}
+
+fn secret_unavailable(e: SecretError) -> PublishError {
+    PublishError::Unreachable(format!("reading the broker secret: {e}"))
+}
+
+/// RabbitMQ closes the connection with 403 ACCESS_REFUSED when the user
+/// name or password is wrong (or the user may not use the vhost).
+fn is_access_refused(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(p) if p.get_id() == 403)
+}
+
+/// The connect error, with a plain word for the TLS failures an operator
+/// meets: an untrusted certificate, a host-name mismatch, or a plain-text
+/// port behind `amqps://` (rustls reports all of them as invalid data).
+fn describe_connect_error(e: &lapin::Error, tls: bool) -> String {
+    let text = e.to_string();
+    let invalid_data =
+        matches!(e.kind(), ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::InvalidData);
+    if tls && (invalid_data || text.contains("certificate")) {
+        format!("TLS handshake failed: {text}")
+    } else {
+        text
+    }
+}
+
+/// An AMQP short string. The mapping keeps every field within 255 bytes;
+/// this turns a slip into an error instead of lapin's panic.
+fn short(s: &str) -> Result<ShortString, PublishError> {
+    ShortString::try_new(s)
+        .map_err(|_| PublishError::Invalid("a name or property is longer than 255 bytes".into()))
+}
+
+fn properties(message: &Message) -> Result<BasicProperties, PublishError> {
+    let p = &message.properties;
+    let mut headers = FieldTable::default();
+    for (name, value) in &p.headers {
+        let value = match value {
+            HeaderValue::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            HeaderValue::Int(i) => i64::try_from(*i).map_or_else(
+                |_| AMQPValue::LongString(LongString::from(i.to_string())),
+                AMQPValue::LongLongInt,
+            ),
+        };
+        headers.insert(short(name)?, value);
+    }
+    let mut props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(short(&p.message_id)?)
+        .with_app_id(short(&p.app_id)?)
+        .with_headers(headers);
+    if let Some(c) = &p.correlation_id {
+        props = props.with_correlation_id(short(c)?);
+    }
+    if let Some(k) = &p.kind {
+        props = props.with_type(short(k)?);
+    }
+    if let Some(t) = p.timestamp {
+        props = props.with_timestamp(t);
+    }
+    Ok(props)
+}
+
+/// Declares CONTRACT §5. A declaration that clashes with what exists closes
+/// the channel; the error names the object and the way out.
+async fn declare(channel: &Channel, topology: &Topology) -> Result<(), PublishError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    // Only a refusal (406 PRECONDITION_FAILED, 403 ACCESS_REFUSED) says the
+    // broker's topology or permissions differ; anything else is the
+    // connection's trouble and is retried like one.
+    let clash = |what: &str, name: &str, e: lapin::Error| {
+        let refused =
+            matches!(e.kind(), ErrorKind::ProtocolError(p) if matches!(p.get_id(), 403 | 406));
+        if refused {
+            PublishError::Topology(format!(
+                "{what} '{name}' could not be declared ({e}); if it already exists with other \
+                 settings, align them or set DECLARE_TOPOLOGY=false"
+            ))
+        } else {
+            PublishError::ChannelLost(format!("declaring {what} '{name}': {e}"))
+        }
+    };
+    let mut queue_args = FieldTable::default();
+    queue_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(topology.queue_type.as_str().into()),
+    );
+    let exchange = topology.exchange.as_str();
+    let unrouted = topology.unrouted();
+    let dead_letter = topology.dead_letter();
+    for side in [unrouted.as_str(), dead_letter.as_str()] {
+        channel
+            .exchange_declare(
+                side.into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| clash("exchange", side, e))?;
+        channel
+            .queue_declare(
+                side.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                queue_args.clone(),
+            )
+            .await
+            .map_err(|e| clash("queue", side, e))?;
+        channel
+            .queue_bind(
+                side.into(),
+                side.into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| clash("binding of queue", side, e))?;
+    }
+    let mut args = FieldTable::default();
+    args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(unrouted.as_str().into()),
+    );
+    channel
+        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, args)
+        .await
+        .map_err(|e| clash("exchange", exchange, e))?;
+    Ok(())
+}

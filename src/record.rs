@@ -1,0 +1,628 @@
+//! A DynamoDB stream record read in place from the JSON text the event
+//! source mapping sent, and the DynamoDB-JSON to plain-JSON transcoder.
+//!
+//! Nothing is copied that need not be: strings borrow from the text, item
+//! attributes stay raw JSON until the mapping asks for one, and a payload is
+//! written straight into the message body in the order the record holds it
+//! (so the same record always gives the same bytes, without sorting).
+//! Numbers are copied as the decimal text DynamoDB sent, never through a
+//! float; binaries stay the base64 text they arrive as.
+
+use std::{borrow::Cow, fmt, ops::Deref};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor},
+};
+use serde_json::value::RawValue;
+
+/// A string that borrows from the record text unless it had escapes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The fields of a stream record the forwarder reads.
+#[derive(Debug, Deserialize)]
+pub struct Record<'a> {
+    #[serde(rename = "eventID", borrow, default)]
+    pub event_id: Option<Text<'a>>,
+    #[serde(rename = "eventName", borrow, default)]
+    pub event_name: Option<Text<'a>>,
+    #[serde(rename = "eventSourceARN", borrow, default)]
+    pub event_source_arn: Option<Text<'a>>,
+    #[serde(rename = "tableName", borrow, default)]
+    pub table_name: Option<Text<'a>>,
+    #[serde(rename = "userIdentity", borrow, default)]
+    pub user_identity: Option<UserIdentity<'a>>,
+    #[serde(borrow)]
+    pub dynamodb: Stream<'a>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UserIdentity<'a> {
+    #[serde(rename = "principalId", borrow, default)]
+    pub principal_id: Option<Text<'a>>,
+}
+
+/// The `dynamodb` part of a record.
+#[derive(Debug, Deserialize)]
+pub struct Stream<'a> {
+    /// Epoch seconds, possibly with a fraction.
+    #[serde(rename = "ApproximateCreationDateTime", default)]
+    pub approximate_creation: Option<f64>,
+    #[serde(rename = "Keys", borrow, default)]
+    pub keys: Option<Image<'a>>,
+    #[serde(rename = "NewImage", borrow, default)]
+    pub new_image: Option<Image<'a>>,
+    #[serde(rename = "OldImage", borrow, default)]
+    pub old_image: Option<Image<'a>>,
+    #[serde(rename = "SequenceNumber", borrow, default)]
+    pub sequence_number: Option<Text<'a>>,
+}
+
+/// An item: attribute names and their raw DynamoDB-JSON values, in the
+/// order of the record.
+#[derive(Debug, Default)]
+pub struct Image<'a>(pub Vec<(Text<'a>, &'a RawValue)>);
+
+impl<'a> Image<'a> {
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(n, _)| **n == *name).map(|(_, v)| *v)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Image<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Image<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of attributes")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<Text<'de>, &'de RawValue>()? {
+                    out.push((k, v));
+                }
+                Ok(Image(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// One attribute value, its nested contents left raw.
+#[derive(Debug)]
+pub enum Attr<'a> {
+    S(Text<'a>),
+    N(Text<'a>),
+    B(Text<'a>),
+    Bool(bool),
+    Null,
+    /// `M`, `L`, `SS`, `NS`, `BS`: the inner JSON.
+    Nested(&'static str, &'a RawValue),
+}
+
+impl Attr<'_> {
+    /// The DynamoDB type name, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Attr::S(_) => "S",
+            Attr::N(_) => "N",
+            Attr::B(_) => "B",
+            Attr::Bool(_) => "BOOL",
+            Attr::Null => "NULL",
+            Attr::Nested(t, _) => t,
+        }
+    }
+}
+
+/// The reason an attribute value is malformed (never its contents).
+pub const MALFORMED: &str = "an attribute value is not valid DynamoDB JSON";
+/// The reason a number attribute cannot be written as a JSON number.
+pub const INVALID_NUMBER: &str = "a number attribute is not a valid decimal number";
+
+impl<'a> Attr<'a> {
+    /// Reads one attribute value (`{"S": "..."}`, `{"M": {...}}`, ...).
+    pub fn parse(raw: &'a RawValue) -> Result<Self, &'static str> {
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        de.deserialize_map(AttrVisitor).map_err(|_| MALFORMED)
+    }
+}
+
+struct AttrVisitor;
+
+impl<'de> Visitor<'de> for AttrVisitor {
+    type Value = Attr<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a DynamoDB attribute value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let tag: Text<'de> = map.next_key()?.ok_or_else(|| A::Error::custom(MALFORMED))?;
+        let attr = match &*tag {
+            "S" => Attr::S(map.next_value()?),
+            "N" => Attr::N(map.next_value()?),
+            "B" => Attr::B(map.next_value()?),
+            "BOOL" => Attr::Bool(map.next_value()?),
+            "NULL" => {
+                map.next_value::<bool>()?;
+                Attr::Null
+            }
+            "M" => Attr::Nested("M", map.next_value()?),
+            "L" => Attr::Nested("L", map.next_value()?),
+            "SS" => Attr::Nested("SS", map.next_value()?),
+            "NS" => Attr::Nested("NS", map.next_value()?),
+            "BS" => Attr::Nested("BS", map.next_value()?),
+            _ => return Err(A::Error::custom(MALFORMED)),
+        };
+        if map.next_key::<de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::custom(MALFORMED));
+        }
+        Ok(attr)
+    }
+}
+
+/// Writes a JSON string.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail and a &str is always valid.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The reason a binary attribute is not base64.
+pub const INVALID_BINARY: &str = "a binary attribute is not valid base64";
+
+/// Checks that a binary attribute is standard padded base64 (what DynamoDB
+/// sends), then writes it as a JSON string: the payload keeps the text.
+pub fn write_binary(out: &mut Vec<u8>, b: &str) -> Result<(), &'static str> {
+    use base64::Engine;
+    // The standard engine is strict: padding and no leftover bits, as a
+    // consumer's decoder will be.
+    if base64::engine::general_purpose::STANDARD.decode(b).is_err() {
+        return Err(INVALID_BINARY);
+    }
+    let bytes = b.as_bytes();
+    // Base64 needs no escaping.
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
+    Ok(())
+}
+
+/// Checks that DynamoDB's number text is a JSON number, then copies it.
+pub fn write_number(out: &mut Vec<u8>, n: &str) -> Result<(), &'static str> {
+    if !is_json_number(n.as_bytes()) {
+        return Err(INVALID_NUMBER);
+    }
+    out.extend_from_slice(n.as_bytes());
+    Ok(())
+}
+
+/// The JSON number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+/// DynamoDB sends numbers in this form (`19.99`, `1E+125`, `-1E-130`).
+fn is_json_number(b: &[u8]) -> bool {
+    let mut i = 0;
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > start
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(c) if c.is_ascii_digit() => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+/// Writes an attribute value (DynamoDB JSON) as plain JSON.
+pub fn write_attr(out: &mut Vec<u8>, raw: &RawValue) -> Result<(), &'static str> {
+    transcode(out, raw, Shape::Attr)
+}
+
+/// Writes the inner JSON of a nested attribute (`M`, `L`, `SS`, ...).
+pub fn write_nested(out: &mut Vec<u8>, tag: &str, raw: &RawValue) -> Result<(), &'static str> {
+    let shape = match tag {
+        "M" => Shape::Map,
+        "L" => Shape::List,
+        "SS" => Shape::Strings,
+        "BS" => Shape::Binaries,
+        "NS" => Shape::Numbers,
+        _ => return Err(MALFORMED),
+    };
+    transcode(out, raw, shape)
+}
+
+/// Writes an item as a JSON object, attributes in the record's order.
+pub fn write_image(out: &mut Vec<u8>, image: &Image<'_>) -> Result<(), &'static str> {
+    out.push(b'{');
+    for (i, (name, value)) in image.0.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        write_attr(out, value)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn transcode(out: &mut Vec<u8>, raw: &RawValue, shape: Shape) -> Result<(), &'static str> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let mut failure = None;
+    let seed = Writer {
+        out,
+        shape,
+        failure: &mut failure,
+    };
+    match seed.deserialize(&mut de) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(failure.unwrap_or(MALFORMED)),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Shape {
+    /// `{"S": ...}` and the like.
+    Attr,
+    /// An `M` value: names to attributes.
+    Map,
+    /// An `L` value: attributes.
+    List,
+    /// `SS`: strings.
+    Strings,
+    /// `BS`: base64 strings.
+    Binaries,
+    /// `NS`: number strings.
+    Numbers,
+}
+
+/// Deserializes one value of `shape` and writes it as plain JSON. The
+/// reason of a failure is kept apart so that serde's message, which may
+/// quote the input, is never shown.
+struct Writer<'o, 'f> {
+    out: &'o mut Vec<u8>,
+    shape: Shape,
+    failure: &'f mut Option<&'static str>,
+}
+
+impl<'o, 'f> Writer<'o, 'f> {
+    fn fail<E: de::Error>(&mut self, reason: &'static str) -> E {
+        self.failure.get_or_insert(reason);
+        E::custom(reason)
+    }
+
+    fn nested(&mut self, shape: Shape) -> Writer<'_, '_> {
+        Writer {
+            out: self.out,
+            shape,
+            failure: self.failure,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Writer<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        match self.shape {
+            Shape::Attr | Shape::Map => d.deserialize_map(self),
+            Shape::List | Shape::Strings | Shape::Binaries | Shape::Numbers => {
+                d.deserialize_seq(self)
+            }
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Writer<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DynamoDB JSON")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        match self.shape {
+            Shape::Attr => {
+                let Some(tag) = map.next_key::<Text<'de>>()? else {
+                    return Err(self.fail(MALFORMED));
+                };
+                match &*tag {
+                    "S" => {
+                        let s: Text<'de> = map.next_value()?;
+                        write_str(self.out, &s);
+                    }
+                    "B" => {
+                        let b: Text<'de> = map.next_value()?;
+                        if let Err(reason) = write_binary(self.out, &b) {
+                            return Err(self.fail(reason));
+                        }
+                    }
+                    "N" => {
+                        let n: Text<'de> = map.next_value()?;
+                        if let Err(reason) = write_number(self.out, &n) {
+                            return Err(self.fail(reason));
+                        }
+                    }
+                    "BOOL" => {
+                        let b: bool = map.next_value()?;
+                        self.out
+                            .extend_from_slice(if b { b"true" } else { b"false" });
+                    }
+                    "NULL" => {
+                        map.next_value::<bool>()?;
+                        self.out.extend_from_slice(b"null");
+                    }
+                    "M" => map.next_value_seed(self.nested(Shape::Map))?,
+                    "L" => map.next_value_seed(self.nested(Shape::List))?,
+                    "SS" => map.next_value_seed(self.nested(Shape::Strings))?,
+                    "BS" => map.next_value_seed(self.nested(Shape::Binaries))?,
+                    "NS" => map.next_value_seed(self.nested(Shape::Numbers))?,
+                    _ => return Err(self.fail(MALFORMED)),
+                }
+                if map.next_key::<de::IgnoredAny>()?.is_some() {
+                    return Err(self.fail(MALFORMED));
+                }
+                Ok(())
+            }
+            Shape::Map => {
+                self.out.push(b'{');
+                let mut first = true;
+                while let Some(name) = map.next_key::<Text<'de>>()? {
+                    if !first {
+                        self.out.push(b',');
+                    }
+                    first = false;
+                    write_str(self.out, &name);
+                    self.out.push(b':');
+                    map.next_value_seed(self.nested(Shape::Attr))?;
+                }
+                self.out.push(b'}');
+                Ok(())
+            }
+            _ => Err(self.fail(MALFORMED)),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        self.out.push(b'[');
+        let mut first = true;
+        loop {
+            let more = match self.shape {
+                Shape::List => {
+                    let mark = self.out.len();
+                    if !first {
+                        self.out.push(b',');
+                    }
+                    let more = seq.next_element_seed(self.nested(Shape::Attr))?.is_some();
+                    if !more {
+                        self.out.truncate(mark);
+                    }
+                    more
+                }
+                Shape::Strings | Shape::Binaries | Shape::Numbers => {
+                    match seq.next_element::<Text<'de>>()? {
+                        Some(s) => {
+                            if !first {
+                                self.out.push(b',');
+                            }
+                            let written = match self.shape {
+                                Shape::Numbers => write_number(self.out, &s),
+                                Shape::Binaries => write_binary(self.out, &s),
+                                _ => {
+                                    write_str(self.out, &s);
+                                    Ok(())
+                                }
+                            };
+                            if let Err(reason) = written {
+                                return Err(self.fail(reason));
+                            }
+                            true
+                        }
+                        None => false,
+                    }
+                }
+                _ => return Err(self.fail(MALFORMED)),
+            };
+            if !more {
+                break;
+            }
+            first = false;
+        }
+        self.out.push(b']');
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr_json(attr: &str) -> Result<String, &'static str> {
+        let raw: Box<RawValue> = serde_json::from_str(attr).unwrap();
+        let mut out = Vec::new();
+        write_attr(&mut out, &raw)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn every_dynamodb_type_maps_to_natural_json_in_record_order() {
+        let json = attr_json(
+            r#"{"M": {
+            "s": {"S": "text"}, "n": {"N": "42"}, "t": {"BOOL": true}, "z": {"NULL": true},
+            "b": {"B": "AAEC/w=="}, "l": {"L": [{"S": "a"}, {"N": "1"}, {"L": []}]},
+            "m": {"M": {"y": {"S": "Y"}, "x": {"N": "-1.5"}}}, "e": {"M": {}},
+            "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2.5"]}, "bs": {"BS": ["AQ==", "Ag=="]}
+        }}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"s":"text","n":42,"t":true,"z":null,"b":"AAEC/w==","l":["a",1,[]],"m":{"y":"Y","x":-1.5},"e":{},"ss":["a","b"],"ns":[1,2.5],"bs":["AQ==","Ag=="]}"#
+        );
+        serde_json::from_str::<serde_json::Value>(&json).unwrap();
+    }
+
+    #[test]
+    fn numbers_keep_every_digit() {
+        let json = attr_json(
+            r#"{"M": {"price": {"N": "19.99"}, "big": {"N": "12345678901234567890123456789012345678"},
+                "huge": {"N": "1E+125"}, "tiny": {"N": "-1E-130"}, "frac": {"N": "12345678901234567890.5"}, "zero": {"N": "0"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"price":19.99,"big":12345678901234567890123456789012345678,"huge":1E+125,"tiny":-1E-130,"frac":12345678901234567890.5,"zero":0}"#
+        );
+    }
+
+    #[test]
+    fn a_malformed_number_is_an_error_not_a_guess() {
+        for bad in [
+            "abc", "", "1.2.3", "+5", "NaN", "1e", "[1]", " 1", "01", "1.", ".5", "--1",
+        ] {
+            let err = attr_json(&format!(r#"{{"N": "{bad}"}}"#)).unwrap_err();
+            assert_eq!(err, INVALID_NUMBER, "{bad}");
+            let err = attr_json(&format!(r#"{{"NS": ["1", "{bad}"]}}"#)).unwrap_err();
+            assert_eq!(err, INVALID_NUMBER, "{bad}");
+        }
+    }
+
+    #[test]
+    fn binaries_must_be_base64() {
+        for good in ["", "AA==", "AAE=", "AAEC", "q83vEjRWeJAS+w=="] {
+            let json = attr_json(&format!(r#"{{"B": "{good}"}}"#));
+            assert_eq!(json, Ok(format!(r#""{good}""#)), "{good}");
+        }
+        for bad in [
+            "!!",
+            "AAE",
+            "A===",
+            "AA=A",
+            "AA AA",
+            r"\u0000AAA",
+            "AB==",
+            "AAB=",
+        ] {
+            assert_eq!(
+                attr_json(&format!(r#"{{"B": "{bad}"}}"#)),
+                Err(INVALID_BINARY),
+                "{bad}"
+            );
+            assert_eq!(
+                attr_json(&format!(r#"{{"BS": ["AA==", "{bad}"]}}"#)),
+                Err(INVALID_BINARY),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_attribute_values_are_refused() {
+        for bad in [
+            r#"{}"#,
+            r#"{"X": "1"}"#,
+            r#"{"S": 1}"#,
+            r#"{"S": "a", "N": "1"}"#,
+            r#"{"M": [1]}"#,
+            r#"{"L": [{"Q": 1}]}"#,
+            r#""plain""#,
+            r#"{"SS": [1]}"#,
+        ] {
+            assert_eq!(attr_json(bad), Err(MALFORMED), "{bad}");
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_and_escaped_input_is_read() {
+        let json = attr_json(r#"{"S": "quote \" slash \\ tab \t é \u00e9 \ud83d\ude00"}"#).unwrap();
+        assert_eq!(
+            serde_json::from_str::<String>(&json).unwrap(),
+            "quote \" slash \\ tab \t é é 😀"
+        );
+    }
+
+    #[test]
+    fn a_record_is_read_in_place() {
+        let raw = r#"{"eventID":"e1","eventName":"INSERT","eventSourceARN":"arn:aws:dynamodb:r:1:table/T/stream/x",
+            "userIdentity":{"type":"Service","principalId":"dynamodb.amazonaws.com"},
+            "dynamodb":{"ApproximateCreationDateTime":1.5,"Keys":{"id":{"S":"a"}},"NewImage":{"id":{"S":"a"},"n":{"N":"1"}},
+            "SequenceNumber":"100","SizeBytes":5,"StreamViewType":"NEW_IMAGE"}}"#;
+        let r: Record = serde_json::from_str(raw).unwrap();
+        assert_eq!(r.event_id.as_deref(), Some("e1"));
+        assert!(matches!(
+            r.event_name.as_ref().map(|t| &t.0),
+            Some(Cow::Borrowed("INSERT"))
+        ));
+        assert_eq!(r.dynamodb.approximate_creation, Some(1.5));
+        let image = r.dynamodb.new_image.unwrap();
+        assert_eq!(image.0.len(), 2);
+        assert!(matches!(Attr::parse(image.get("n").unwrap()), Ok(Attr::N(n)) if &*n == "1"));
+        assert!(r.dynamodb.old_image.is_none());
+        let r: Record =
+            serde_json::from_str(r#"{"dynamodb":{"NewImage":null,"Keys":null}}"#).unwrap();
+        assert!(r.dynamodb.new_image.is_none());
+    }
+
+    #[test]
+    fn deep_nesting_is_handled_or_refused_without_crashing() {
+        let mut attr = r#"{"S": "leaf"}"#.to_string();
+        for _ in 0..32 {
+            attr = format!(r#"{{"M": {{"k": {attr}}}}}"#);
+        }
+        assert!(attr_json(&attr).unwrap().contains("leaf"));
+    }
+}
