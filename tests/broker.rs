@@ -1,0 +1,577 @@
+//! The forwarder against a real RabbitMQ, through the public API: what
+//! arrives in the queues, with which properties, and what the batch
+//! response says.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use event_forwarder::Forwarder;
+use lapin::{
+    ExchangeKind,
+    options::ExchangeDeleteOptions,
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::{Value, json};
+
+const TEN_SECONDS: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn inserts_arrive_in_order_with_the_contract_body_properties_and_headers() {
+    let exchange = unique("ordered");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(&exchange, &[("EVENT_SOURCE", "ProductService")]))
+        .await
+        .expect("cold start");
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let event = event("insert-batch.json");
+
+    let (response, report) = forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+
+    assert!(reported(&response).is_empty());
+    assert_eq!((report.published, report.skipped), (5, 1));
+    let got = broker.take(&queue, 6, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 5, "the MODIFY record is skipped");
+    let types: Vec<Value> = got.iter().map(|d| body(d)["messageType"].clone()).collect();
+    assert_eq!(
+        types,
+        [
+            "ProductCreated",
+            "ProductPriceChanged",
+            "OrderPlaced",
+            "UserProfileUpdated",
+            "OrderShippedEvent"
+        ]
+    );
+    let keys: Vec<String> = got.iter().map(|d| d.routing_key.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "product.created.v1",
+            "product.price.changed.v1",
+            "order.placed.v1",
+            "user.profile.updated.v1",
+            "order.shipped.v1"
+        ]
+    );
+
+    let first = &got[0];
+    let b = body(first);
+    assert_eq!(
+        b,
+        json!({
+            "messageId": b["messageId"],
+            "messageType": "ProductCreated",
+            "messageVersion": "1.0",
+            "envelopeVersion": "1.0",
+            "timestamp": "2026-11-22T12:00:00.123Z",
+            "source": "ProductService",
+            "correlationId": "corr-7f3a9c",
+            "causationId": "cmd-7f3a9c",
+            "partitionKey": "prod-00042",
+            "aggregateType": "Product",
+            "aggregateVersion": 1,
+            "payload": {
+                "name": "Trail running shoe",
+                "price": {"amount": 119.99, "currency": "EUR"},
+                "sizes": [41, 42, 43.5],
+                "sku": "SKU-00042",
+                "tags": ["outdoor", "running"]
+            }
+        })
+    );
+    let text = String::from_utf8_lossy(&first.data);
+    assert!(text.contains(r#""amount":119.99"#), "{text}");
+    let p = &first.properties;
+    assert_eq!(*p.delivery_mode(), Some(2));
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        p.message_id().as_ref().map(|s| s.to_string()),
+        b["messageId"].as_str().map(str::to_string)
+    );
+    assert_eq!(
+        p.correlation_id().as_ref().map(|s| s.as_str()),
+        Some("corr-7f3a9c")
+    );
+    assert_eq!(
+        p.app_id().as_ref().map(|s| s.as_str()),
+        Some("ProductService")
+    );
+    assert_eq!(
+        p.kind().as_ref().map(|s| s.as_str()),
+        Some("ProductCreated")
+    );
+    assert_eq!(*p.timestamp(), Some(1_795_348_800));
+    assert_eq!(
+        header_str(first, "partitionKey").as_deref(),
+        Some("prod-00042")
+    );
+    assert_eq!(header_str(first, "messageVersion").as_deref(), Some("1.0"));
+    assert_eq!(header_int(first, "aggregateVersion"), Some(1));
+
+    // The 38-digit number survives the trip to the consumer.
+    assert!(
+        String::from_utf8_lossy(&got[3].data)
+            .contains(r#""loyaltyPoints":12345678901234567890123456789012345678"#)
+    );
+    // A record without correlationId has no correlation_id property.
+    assert_eq!(*got[3].properties.correlation_id(), None);
+
+    // Forwarding the same batch again gives the same ids: consumers can
+    // deduplicate a retry.
+    forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+    let again = broker.take(&queue, 5, Duration::from_secs(5)).await;
+    let ids = |ds: &[lapin::message::Delivery]| -> Vec<Value> {
+        ds.iter().map(|d| body(d)["messageId"].clone()).collect()
+    };
+    assert_eq!(ids(&again), ids(&got));
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn a_poison_record_lands_in_dead_letter_with_its_reason_and_the_batch_goes_on() {
+    let exchange = unique("poison");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let event = event("poison-batch.json");
+
+    let (response, report) = forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+
+    assert!(reported(&response).is_empty());
+    assert_eq!((report.published, report.dead_lettered), (2, 1));
+    let good = broker.take(&queue, 2, Duration::from_secs(5)).await;
+    let types: Vec<Value> = good
+        .iter()
+        .map(|d| body(d)["messageType"].clone())
+        .collect();
+    assert_eq!(types, ["ProductCreated", "ProductDiscontinued"]);
+
+    let dead = broker
+        .take(
+            &format!("{exchange}.dead-letter"),
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(
+        header_str(d, "x-error").as_deref(),
+        Some("missing required attribute `eventType`")
+    );
+    let record = &event.record(1).unwrap();
+    assert_eq!(
+        header_str(d, "x-sequence-number"),
+        record.change.sequence_number.clone()
+    );
+    assert_eq!(
+        header_str(d, "x-event-id").as_deref(),
+        Some(record.event_id.as_str())
+    );
+    assert_eq!(
+        header_str(d, "x-event-source-arn"),
+        record.event_source_arn.clone()
+    );
+    // The body is the original stream record.
+    let original: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/events/poison-batch.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    // The body is the record exactly as the event source mapping sent it.
+    assert_eq!(body(d), original["Records"][1]);
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn an_event_nobody_subscribed_to_is_kept_in_unrouted() {
+    let exchange = unique("unrouted");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
+    // Only product events have a subscriber.
+    let queue = broker
+        .bind_queue(&exchange, "product.#", FieldTable::default())
+        .await;
+
+    let (response, _) = forwarder
+        .handle(&event("insert-batch.json"), TEN_SECONDS)
+        .await
+        .unwrap();
+
+    assert!(reported(&response).is_empty());
+    let products = broker.drain(&queue).await;
+    assert_eq!(products.len(), 2);
+    let unrouted = broker
+        .take(&format!("{exchange}.unrouted"), 3, Duration::from_secs(5))
+        .await;
+    let keys: Vec<String> = unrouted.iter().map(|d| d.routing_key.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "order.placed.v1",
+            "user.profile.updated.v1",
+            "order.shipped.v1"
+        ]
+    );
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn a_broker_nack_reports_exactly_the_first_nacked_record() {
+    let exchange = unique("nack");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let queue = broker.bind_queue(&exchange, "#", args).await;
+    let event = event("insert-batch.json");
+
+    let (response, report) = forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+
+    // Records 0 and 1 fit; record 2 is a skipped MODIFY; record 3 is nacked.
+    assert_eq!(
+        reported(&response),
+        [event
+            .record(3)
+            .unwrap()
+            .change
+            .sequence_number
+            .clone()
+            .unwrap()]
+    );
+    assert_eq!(report.failure.unwrap().error.kind(), "nack");
+    assert_eq!((report.published, report.skipped, report.failed), (2, 1, 3));
+    assert_eq!(broker.drain(&queue).await.len(), 2);
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn a_connection_closed_between_invocations_is_reopened() {
+    let exchange = unique("reopen");
+    let function = unique("fn");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(
+        &exchange,
+        &[("AWS_LAMBDA_FUNCTION_NAME", function.as_str())],
+    ))
+    .await
+    .unwrap();
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let event = event("insert-batch.json");
+    let (response, _) = forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+    assert!(reported(&response).is_empty());
+
+    // The connection is named after the function; the broker closes it.
+    let name = format!("event-forwarder:{function}");
+    let pids = connections_named(&name);
+    assert_eq!(pids.len(), 1, "one connection named {name}");
+    rabbitmqctl(&[
+        "close_connection",
+        &pids[0],
+        "test: closed between invocations",
+    ]);
+    let gone = Instant::now() + Duration::from_secs(5);
+    while !connections_named(&name).is_empty() && Instant::now() < gone {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (response, report) = forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+
+    assert!(reported(&response).is_empty(), "{report:?}");
+    assert_eq!(report.published, 5);
+    assert_eq!(report.reconnects, 1);
+    assert_eq!(
+        broker.take(&queue, 10, Duration::from_secs(5)).await.len(),
+        10
+    );
+    assert_eq!(connections_named(&name).len(), 1);
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn a_deleted_exchange_is_redeclared_on_a_new_channel() {
+    let exchange = unique("deleted");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
+    broker
+        .channel
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+
+    // The first publish closes the channel (404); the forwarder reopens it,
+    // declares the topology again and goes on.
+    let (response, report) = forwarder
+        .handle(&event("insert-batch.json"), TEN_SECONDS)
+        .await
+        .unwrap();
+
+    assert!(reported(&response).is_empty(), "{report:?}");
+    assert_eq!(report.published, 5);
+    assert_eq!(report.reconnects, 1);
+    let kept = broker
+        .take(&format!("{exchange}.unrouted"), 5, Duration::from_secs(5))
+        .await;
+    assert_eq!(kept.len(), 5);
+    broker.cleanup(&exchange, &[]).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_reports_the_first_record_within_the_deadline() {
+    // A closed port refuses at once; a listener that never answers the AMQP
+    // handshake is bounded by CONNECT_TIMEOUT_MS.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let _accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let event = event("insert-batch.json");
+    let first = event
+        .record(0)
+        .unwrap()
+        .change
+        .sequence_number
+        .clone()
+        .unwrap();
+    for port in [closed_port, silent_port] {
+        let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+        let mut c = config("unreachable.events", &[("CONNECT_TIMEOUT_MS", "500")]);
+        c.broker = event_forwarder::config::BrokerAddress::Uri(
+            event_forwarder::config::AmqpUri::parse(&uri).unwrap(),
+        );
+        let started = Instant::now();
+        let forwarder = Forwarder::start(c)
+            .await
+            .expect("a down broker does not fail init");
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        let started = Instant::now();
+        let (response, report) = forwarder
+            .handle(&event, Duration::from_secs(3))
+            .await
+            .unwrap();
+
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "port {port}: answered in time"
+        );
+        assert_eq!(reported(&response), vec![first.clone()], "port {port}");
+        assert_eq!(report.failure.unwrap().error.kind(), "unreachable");
+        assert_eq!(report.failed, 6);
+    }
+}
+
+#[tokio::test]
+async fn a_clashing_exchange_fails_the_cold_start_and_names_it() {
+    let exchange = unique("clash");
+    let broker = TestBroker::connect().await;
+    broker
+        .declare_exchange(&exchange, ExchangeKind::Topic, FieldTable::default())
+        .await;
+
+    let err = match Forwarder::start(config(&exchange, &[])).await {
+        Ok(_) => panic!("the clash must fail the cold start"),
+        Err(e) => e.to_string(),
+    };
+
+    assert!(err.contains(&format!("exchange '{exchange}'")), "{err}");
+    assert!(err.contains("DECLARE_TOPOLOGY=false"), "{err}");
+
+    // With DECLARE_TOPOLOGY=false the existing exchange is used as it is.
+    let forwarder = Forwarder::start(config(&exchange, &[("DECLARE_TOPOLOGY", "false")]))
+        .await
+        .unwrap();
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let (response, _) = forwarder
+        .handle(&event("insert-batch.json"), TEN_SECONDS)
+        .await
+        .unwrap();
+    assert!(reported(&response).is_empty());
+    assert_eq!(
+        broker.take(&queue, 5, Duration::from_secs(5)).await.len(),
+        5
+    );
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn without_topology_declaration_nothing_is_declared() {
+    let exchange = unique("nodeclare");
+    let broker = TestBroker::connect().await;
+    broker
+        .declare_exchange(&exchange, ExchangeKind::Topic, FieldTable::default())
+        .await;
+    let forwarder = Forwarder::start(config(&exchange, &[("DECLARE_TOPOLOGY", "false")]))
+        .await
+        .unwrap();
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+
+    let (response, _) = forwarder
+        .handle(&event("insert-batch.json"), TEN_SECONDS)
+        .await
+        .unwrap();
+
+    assert!(reported(&response).is_empty());
+    assert!(
+        !broker
+            .exchange_exists(&format!("{exchange}.unrouted"))
+            .await
+    );
+    assert!(
+        !broker
+            .exchange_exists(&format!("{exchange}.dead-letter"))
+            .await
+    );
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn a_record_nobody_can_route_without_an_alternate_exchange_is_reported() {
+    // Without the forwarder's topology there is no alternate exchange: the
+    // broker returns the mandatory message and the record is not confirmed.
+    let exchange = unique("returned");
+    let broker = TestBroker::connect().await;
+    broker
+        .declare_exchange(&exchange, ExchangeKind::Topic, FieldTable::default())
+        .await;
+    let forwarder = Forwarder::start(config(&exchange, &[("DECLARE_TOPOLOGY", "false")]))
+        .await
+        .unwrap();
+    let event = event("insert-batch.json");
+
+    let (response, report) = forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+
+    assert_eq!(
+        reported(&response),
+        [event
+            .record(0)
+            .unwrap()
+            .change
+            .sequence_number
+            .clone()
+            .unwrap()]
+    );
+    assert_eq!(report.failure.unwrap().error.kind(), "returned");
+    broker.cleanup(&exchange, &[]).await;
+}
+
+#[tokio::test]
+async fn the_change_mapping_publishes_created_updated_deleted_and_expired() {
+    let exchange = unique("change");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(
+        &exchange,
+        &[("MAPPING", "change"), ("ENTITY_NAME", "Customer")],
+    ))
+    .await
+    .unwrap();
+    let queue = broker
+        .bind_queue(&exchange, "customer.#", FieldTable::default())
+        .await;
+
+    let (response, report) = forwarder
+        .handle(&event("change-batch.json"), TEN_SECONDS)
+        .await
+        .unwrap();
+
+    assert!(reported(&response).is_empty());
+    assert_eq!(report.published, 4);
+    let got = broker.take(&queue, 4, Duration::from_secs(5)).await;
+    let keys: Vec<String> = got.iter().map(|d| d.routing_key.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "customer.created.v1",
+            "customer.updated.v1",
+            "customer.deleted.v1",
+            "customer.expired.v1"
+        ]
+    );
+    assert_eq!(body(&got[1])["payload"]["tier"], "platinum");
+    assert_eq!(
+        header_str(&got[3], "partitionKey").as_deref(),
+        Some("cust-999")
+    );
+    assert_eq!(header_int(&got[0], "aggregateVersion"), None);
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+/// The contract's default queue type (the other tests ask for classic):
+/// the forwarder's own `.unrouted` and `.dead-letter` queues are quorum
+/// queues, a second cold start declares them again without a clash, and
+/// they take what they are for.
+#[tokio::test]
+async fn the_default_quorum_queues_are_declared_again_and_take_their_messages() {
+    let exchange = unique("quorum");
+    let broker = TestBroker::connect().await;
+    let quorum = [("QUEUE_TYPE", "quorum")];
+    let first = Forwarder::start(config(&exchange, &quorum)).await.unwrap();
+    first.shutdown().await;
+    let forwarder = Forwarder::start(config(&exchange, &quorum))
+        .await
+        .expect("the same quorum topology declared again");
+
+    let listed = common::rabbitmqctl(&["-q", "list_queues", "name", "type"]);
+    for queue in [
+        format!("{exchange}.unrouted"),
+        format!("{exchange}.dead-letter"),
+    ] {
+        let line = listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(queue.as_str()))
+            .unwrap_or_else(|| panic!("{queue} is not declared:\n{listed}"));
+        assert_eq!(line.split_whitespace().nth(1), Some("quorum"), "{line}");
+    }
+
+    // Nothing is bound: the good records go to .unrouted, the poison one
+    // to .dead-letter.
+    let (response, report) = forwarder
+        .handle(&event("poison-batch.json"), TEN_SECONDS)
+        .await
+        .unwrap();
+    assert!(reported(&response).is_empty());
+    assert_eq!((report.published, report.dead_lettered), (2, 1));
+    let unrouted = broker
+        .take(&format!("{exchange}.unrouted"), 2, Duration::from_secs(5))
+        .await;
+    assert_eq!(unrouted.len(), 2);
+    let dead = broker
+        .take(
+            &format!("{exchange}.dead-letter"),
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(dead.len(), 1);
+    forwarder.shutdown().await;
+    broker.cleanup(&exchange, &[]).await;
+}

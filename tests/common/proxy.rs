@@ -1,0 +1,189 @@
+//! A TCP proxy between the function and the broker that injects network
+//! faults on command: refuse connections, blackhole them (accept, then
+//! forward nothing), or sever every open connection, now or once the
+//! function has sent a number of bytes (to cut a batch in the middle).
+#![allow(dead_code)]
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU8, AtomicU64, Ordering},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    Forward = 0,
+    /// New connections are closed at once (a stopped broker, a closed port).
+    Refuse = 1,
+    /// Bytes stop flowing both ways; sockets stay open (a partition).
+    Blackhole = 2,
+}
+
+struct State {
+    mode: AtomicU8,
+    /// Bumped to sever every open connection.
+    generation: watch::Sender<u64>,
+    /// Bytes sent by clients since the last `sever_after`.
+    sent: AtomicU64,
+    /// Sever once `sent` reaches this (0: never), then switch to `then`.
+    sever_at: AtomicU64,
+    then: AtomicU8,
+    mode_changed: watch::Sender<u8>,
+    /// Connections numbered below this never carry a byte again.
+    abandon_below: AtomicU64,
+    next_id: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    pub port: u16,
+    state: Arc<State>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(State {
+            mode: AtomicU8::new(Mode::Forward as u8),
+            generation: watch::channel(0).0,
+            sent: AtomicU64::new(0),
+            sever_at: AtomicU64::new(0),
+            then: AtomicU8::new(Mode::Forward as u8),
+            mode_changed: watch::channel(Mode::Forward as u8).0,
+            abandon_below: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+        });
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    match mode(&state) {
+                        Mode::Refuse => drop(client),
+                        Mode::Blackhole => {
+                            // Hold the socket until severed; never answer.
+                            let mut gen_rx = state.generation.subscribe();
+                            let _ = gen_rx.changed().await;
+                            drop(client);
+                        }
+                        Mode::Forward => {
+                            if let Ok(upstream) =
+                                TcpStream::connect(("127.0.0.1", upstream_port)).await
+                            {
+                                pump(state, client, upstream).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, state }
+    }
+
+    pub fn uri(&self, query: &str) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f{query}", self.port)
+    }
+
+    pub fn set(&self, m: Mode) {
+        self.state.mode.store(m as u8, Ordering::SeqCst);
+        self.state.mode_changed.send_replace(m as u8);
+    }
+
+    /// Leaves every open connection half-open for good: no byte flows and
+    /// no FIN is sent, as when a peer vanishes. New connections are not
+    /// affected.
+    pub fn abandon(&self) {
+        let below = self.state.next_id.load(Ordering::SeqCst);
+        self.state.abandon_below.store(below, Ordering::SeqCst);
+        self.state.mode_changed.send_modify(|_| {});
+    }
+
+    /// Closes every open connection now.
+    pub fn sever(&self) {
+        self.state.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Severs every connection once clients have sent `bytes` more bytes,
+    /// then switches to `then`.
+    pub fn sever_after(&self, bytes: u64, then: Mode) {
+        self.state.sent.store(0, Ordering::SeqCst);
+        self.state.then.store(then as u8, Ordering::SeqCst);
+        self.state.sever_at.store(bytes, Ordering::SeqCst);
+    }
+}
+
+fn mode(state: &State) -> Mode {
+    match state.mode.load(Ordering::SeqCst) {
+        1 => Mode::Refuse,
+        2 => Mode::Blackhole,
+        _ => Mode::Forward,
+    }
+}
+
+async fn pump(state: Arc<State>, client: TcpStream, upstream: TcpStream) {
+    let id = state.next_id.fetch_add(1, Ordering::SeqCst);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let up = copy(
+        state.clone(),
+        id,
+        true,
+        async move |buf: &mut [u8]| cr.read(buf).await,
+        async move |b: Vec<u8>| uw.write_all(&b).await,
+    );
+    let down = copy(
+        state.clone(),
+        id,
+        false,
+        async move |buf: &mut [u8]| ur.read(buf).await,
+        async move |b: Vec<u8>| cw.write_all(&b).await,
+    );
+    let mut gen_rx = state.generation.subscribe();
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = gen_rx.changed() => {}
+    }
+}
+
+async fn copy<R, W>(state: Arc<State>, id: u64, from_client: bool, mut read: R, mut write: W)
+where
+    R: AsyncFnMut(&mut [u8]) -> std::io::Result<usize>,
+    W: AsyncFnMut(Vec<u8>) -> std::io::Result<()>,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut mode_rx = state.mode_changed.subscribe();
+    loop {
+        let n = match read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // In a blackhole the bytes are held, not delivered, until it ends.
+        while mode(&state) == Mode::Blackhole || id < state.abandon_below.load(Ordering::SeqCst) {
+            if mode_rx.changed().await.is_err() {
+                return;
+            }
+        }
+        if write(buf[..n].to_vec()).await.is_err() {
+            return;
+        }
+        if from_client {
+            let sent = state.sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+            let at = state.sever_at.load(Ordering::SeqCst);
+            if at > 0 && sent >= at {
+                state.sever_at.store(0, Ordering::SeqCst);
+                let then = state.then.load(Ordering::SeqCst);
+                state.mode.store(then, Ordering::SeqCst);
+                state.mode_changed.send_replace(then);
+                state.generation.send_modify(|g| *g += 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Hostile and extreme input, through the public API and a real RabbitMQ
+//! (and the real binary for events that are not stream batches): each case
+//! is published exactly, dead-lettered with a reason, or an invocation
+//! error, and never a crash.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use common::{
+    TestBroker, config, function::Function, header_str, reported, runtime_api::Outcome, unique,
+};
+use event_forwarder::{Forwarder, handler::StreamBatch};
+use lapin::{message::Delivery, types::FieldTable};
+use serde_json::{Value, json};
+
+/// One event-store INSERT whose `payload` attribute is `payload` (DynamoDB
+/// JSON) and whose `version` is `version`.
+fn record(seq: u64, version: Value, payload: Value) -> Value {
+    json!({
+        "eventID": format!("ev-{seq}"),
+        "eventName": "INSERT",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "eu-west-1",
+        "eventSourceARN": "arn:aws:dynamodb:eu-west-1:123456789012:table/hostile-events/stream/2026-11-01T00:00:00.000",
+        "dynamodb": {
+            "ApproximateCreationDateTime": 1795348800,
+            "Keys": {"aggregateId": {"S": format!("agg-{seq}")}, "version": version},
+            "NewImage": {
+                "aggregateId": {"S": format!("agg-{seq}")},
+                "version": version,
+                "eventType": {"S": "ThingHappened"},
+                "payload": payload
+            },
+            "SequenceNumber": format!("{seq:021}"),
+            "SizeBytes": 100,
+            "StreamViewType": "NEW_IMAGE"
+        }
+    })
+}
+
+/// A map nested `levels` deep (the payload attribute itself is level 1).
+fn nested(levels: usize) -> Value {
+    let mut value = json!({"S": "bottom"});
+    for _ in 0..levels {
+        value = json!({"M": {"next": value}});
+    }
+    value
+}
+
+struct Run {
+    response: Value,
+    delivered: Vec<Delivery>,
+    dead: Vec<Delivery>,
+}
+
+/// Forwards one batch made of `records` and collects what arrived.
+async fn forward(records: Vec<Value>) -> Run {
+    let exchange = unique("hostile");
+    let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
+    let broker = TestBroker::connect().await;
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let event: StreamBatch = serde_json::from_value(json!({ "Records": records })).unwrap();
+    let (response, _) = forwarder
+        .handle(&event, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let response = json!({ "batchItemFailures": reported(&response) });
+    let delivered = broker.drain(&queue).await;
+    let dead = broker.drain(&format!("{exchange}.dead-letter")).await;
+    broker.cleanup(&exchange, &[&queue]).await;
+    Run {
+        response,
+        delivered,
+        dead,
+    }
+}
+
+fn payload_of(d: &Delivery) -> Value {
+    let body: Value = serde_json::from_slice(&d.data).expect("a JSON body");
+    body["payload"].clone()
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[tokio::test]
+async fn a_map_nested_32_levels_deep_is_published_exactly() {
+    // DynamoDB's limit: 32 levels of nesting.
+    let run = forward(vec![record(1, json!({"N": "1"}), nested(32))]).await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.delivered.len(), 1);
+    let payload = payload_of(&run.delivered[0]);
+    // The payload object itself, then 31 nested maps, then the string.
+    assert_eq!(depth(&payload), 32);
+    let mut v = &payload;
+    for _ in 0..31 {
+        v = &v["next"];
+    }
+    assert_eq!(v["next"], json!("bottom"));
+}
+
+#[tokio::test]
+async fn a_400_kb_item_is_published_exactly() {
+    let big = "x".repeat(399 * 1024);
+    let run = forward(vec![record(
+        1,
+        json!({"N": "1"}),
+        json!({"M": {"blob": {"S": big}}}),
+    )])
+    .await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.delivered.len(), 1);
+    assert_eq!(
+        payload_of(&run.delivered[0])["blob"].as_str(),
+        Some(big.as_str())
+    );
+}
+
+#[tokio::test]
+async fn binary_attributes_that_are_not_utf8_are_published_as_base64() {
+    let bytes: &[u8] = &[0xff, 0xfe, 0x00, 0xc3, 0x28, 0xed, 0xa0, 0x80];
+    let b64 = BASE64.encode(bytes);
+    let run = forward(vec![record(
+        1,
+        json!({"N": "1"}),
+        json!({"M": {"b": {"B": b64}, "bs": {"BS": [b64, BASE64.encode([0x80])]}}}),
+    )])
+    .await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    let payload = payload_of(&run.delivered[0]);
+    assert_eq!(payload["b"], json!(b64));
+    assert_eq!(payload["bs"], json!([b64, "gA=="]));
+}
+
+#[tokio::test]
+async fn numbers_at_dynamodbs_limits_keep_their_exact_text() {
+    let run = forward(vec![record(
+        1,
+        json!({"N": "1"}),
+        json!({"M": {
+            "max": {"N": "99999999999999999999999999999999999999"},
+            "neg": {"N": "-99999999999999999999999999999999999999"},
+            "huge": {"N": "1E+125"},
+            "tiny": {"N": "-1E-130"},
+            "set": {"NS": ["1E+125", "-1E-130", "0.00000000000000000000000000000000000001"]}
+        }}),
+    )])
+    .await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    let body = String::from_utf8(run.delivered[0].data.clone()).unwrap();
+    for text in [
+        r#""max":99999999999999999999999999999999999999"#,
+        r#""neg":-99999999999999999999999999999999999999"#,
+        r#""huge":1E+125"#,
+        r#""tiny":-1E-130"#,
+        r#""set":[1E+125,-1E-130,0.00000000000000000000000000000000000001]"#,
+    ] {
+        assert!(body.contains(text), "{text} not in {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_version_beyond_u64_is_dead_lettered_with_a_reason() {
+    let run = forward(vec![
+        record(1, json!({"N": "1E+125"}), json!({"M": {}})),
+        record(
+            2,
+            json!({"N": "99999999999999999999999999999999999999"}),
+            json!({"M": {}}),
+        ),
+        record(3, json!({"N": "1"}), json!({"M": {}})),
+    ])
+    .await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.dead.len(), 2);
+    for d in &run.dead {
+        let reason = header_str(d, "x-error").unwrap();
+        assert!(reason.contains("`version`"), "{reason}");
+    }
+    assert_eq!(run.delivered.len(), 1, "the good record still goes out");
+}
+
+#[tokio::test]
+async fn sets_with_thousands_of_members_are_published_whole() {
+    let strings: Vec<String> = (0..5000).map(|i| format!("member-{i}")).collect();
+    let numbers: Vec<String> = (0..5000).map(|i| format!("{i}.5")).collect();
+    let blobs: Vec<String> = (0..2000u32)
+        .map(|i| BASE64.encode(i.to_be_bytes()))
+        .collect();
+    let run = forward(vec![record(
+        1,
+        json!({"N": "1"}),
+        json!({"M": {"ss": {"SS": strings}, "ns": {"NS": numbers}, "bs": {"BS": blobs}}}),
+    )])
+    .await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    let payload = payload_of(&run.delivered[0]);
+    assert_eq!(payload["ss"].as_array().unwrap().len(), 5000);
+    assert_eq!(payload["ss"][4999], json!("member-4999"));
+    assert_eq!(payload["ns"][4999], json!(4999.5));
+    assert_eq!(payload["bs"].as_array().unwrap().len(), 2000);
+}
+
+/// Events that are not a DynamoDB stream batch: each is an invocation
+/// error, and the function goes on serving the next event.
+#[tokio::test]
+async fn events_that_are_not_stream_batches_are_invocation_errors_not_crashes() {
+    let exchange = unique("hostile");
+    let uri = common::amqp_uri();
+    let function =
+        Function::start(&[("AMQP_URI", uri.as_str()), ("EXCHANGE", exchange.as_str())]).await;
+    let deep_json = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let mut bad_utf8 =
+        serde_json::to_vec(&json!({"Records": [record(1, json!({"N": "1"}), json!({"S": "AB"}))]}))
+            .unwrap();
+    let at = bad_utf8.windows(2).position(|w| w == b"AB").unwrap();
+    bad_utf8[at] = 0xff;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"this is not JSON".to_vec()),
+        ("empty body", Vec::new()),
+        ("a JSON string", br#""Records""#.to_vec()),
+        ("an SQS-like object", br#"{"messages":[]}"#.to_vec()),
+        ("Records not a list", br#"{"Records":"nope"}"#.to_vec()),
+        ("100,000 nested arrays", deep_json.into_bytes()),
+        (
+            "a JSON array of records",
+            br#"[[{"eventID":"1"}]]"#.to_vec(),
+        ),
+        ("invalid UTF-8 in a string", bad_utf8),
+    ];
+    for (what, body) in cases {
+        match function.api.invoke_raw(body, Duration::from_secs(10)).await {
+            Some(Outcome::Error(e)) => {
+                assert!(e.to_string().len() < 2000, "{what}: a bounded error: {e}")
+            }
+            other => panic!("{what}: {other:?}\n{}", function.output()),
+        }
+    }
+    // Still alive: a real batch goes through.
+    let good = json!({"Records": [record(1, json!({"N": "1"}), nested(3))]});
+    let (response, _) = function.invoke(&good, Duration::from_secs(10)).await;
+    assert_eq!(response["batchItemFailures"], json!([]));
+    let output = function.output();
+    assert!(!output.contains("panicked"), "{output}");
+
+    TestBroker::connect().await.cleanup(&exchange, &[]).await;
+}
+
+/// A record the stream could never have sent: a map nested 1,000 levels
+/// (DynamoDB allows 32) and a binary that is not base64. Each is
+/// dead-lettered with a reason naming where, and the batch goes on.
+#[tokio::test]
+async fn records_that_do_not_parse_are_dead_lettered_and_the_batch_goes_on() {
+    // Built as text: a serde_json::Value that deep would overflow the
+    // test's own stack when dropped.
+    let too_deep = serde_json::to_string(&record(1, json!({"N": "1"}), json!("PAYLOAD")))
+        .unwrap()
+        .replace(
+            r#""PAYLOAD""#,
+            &format!(
+                r#"{}{{"S":"bottom"}}{}"#,
+                r#"{"M":{"next":"#.repeat(1000),
+                "}}".repeat(1000)
+            ),
+        );
+    let bad_base64 =
+        serde_json::to_string(&record(2, json!({"N": "1"}), json!({"B": "!!"}))).unwrap();
+    let good = serde_json::to_string(&record(3, json!({"N": "1"}), nested(2))).unwrap();
+    let exchange = unique("hostile");
+    let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
+    let broker = TestBroker::connect().await;
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let event: StreamBatch = serde_json::from_str(&format!(
+        r#"{{"Records":[{too_deep},{bad_base64},{good}]}}"#
+    ))
+    .unwrap();
+    let (response, _) = forwarder
+        .handle(&event, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(reported(&response).is_empty());
+    let delivered = broker.drain(&queue).await;
+    let dead = broker.drain(&format!("{exchange}.dead-letter")).await;
+    broker.cleanup(&exchange, &[&queue]).await;
+    assert_eq!(delivered.len(), 1, "the good record is published");
+    assert_eq!(dead.len(), 2);
+    for d in &dead {
+        let reason = header_str(d, "x-error").unwrap();
+        assert!(reason.contains("payload"), "{reason}");
+    }
+}
