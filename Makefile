@@ -1,0 +1,105 @@
+# event-forwarder: the README's commands, one target each.
+# `make run` and `make test` install and start what they need (RabbitMQ from
+# apt, cargo-lambda, cfn-lint and moto from pip) on a Debian/Ubuntu machine.
+
+.PHONY: run test test-faults test-artefact lint fuzz broker tools bench clean build validate invoke measure deploy sam-invoke
+
+# Event file for `make invoke` and `make sam-invoke`.
+EVENT ?=
+# samconfig.toml environment for `make deploy`.
+ENV ?= dev
+
+## Local RabbitMQ + the function under the Lambda runtime emulator; forwards
+## the sample events and shows the responses and the delivered messages.
+run: broker tools
+	scripts/run.sh
+
+## Every test: the template lint, unit, broker-backed integration, the
+## binary under the Lambda runtime API emulator, and the fault-injection
+## suite with the replay driver (on a second, disposable RabbitMQ node on
+## port 5673), the security tests (a third node with TLS on 5675/5676 and
+## moto's Secrets Manager on 5677, started by the tests) and hostile input.
+test: validate broker tools
+	cargo test
+	@cat target/replay-report.txt
+
+## The fault-injection suite alone, with the replay driver's figures.
+## REPLAY_SEED=<n> plays another random fault schedule.
+test-faults: broker
+	cargo test --test faults -- --nocapture
+
+## Formatting and lints, as CI runs them: the crate, then the fuzz targets
+## (their own workspace in fuzz/).
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cd fuzz && cargo fmt --check && cargo clippy --all-targets -- -D warnings
+
+## libFuzzer on record-to-envelope and on the whole event parse +
+## conversion (fuzz/), FUZZ_SECONDS per target (default 60; CI runs this).
+fuzz:
+	scripts/fuzz.sh
+
+## The benchmark: forwarder vs the broker ceiling, conversion, cold start, memory, size.
+bench: broker
+	cargo bench --bench forwarder
+
+## The Lambda artefact for provided.al2023 on arm64:
+## target/lambda/event-forwarder/bootstrap and bootstrap.zip.
+build:
+	scripts/deploy-tools.sh build
+	cargo lambda build --release --arm64
+	cargo lambda build --release --arm64 --output-format zip
+	@file target/lambda/event-forwarder/bootstrap
+	@ls -l target/lambda/event-forwarder/bootstrap target/lambda/event-forwarder/bootstrap.zip
+
+## The arm64 artefact of `make build` under qemu user emulation: starts,
+## connects to the local RabbitMQ and forwards a sample batch (tests/artefact.rs).
+test-artefact: build broker
+	scripts/deploy-tools.sh qemu
+	cargo test --test artefact -- --ignored
+
+## cfn-lint on template.yaml (offline); any error or warning fails.
+validate:
+	scripts/deploy-tools.sh validate
+	cfn-lint template.yaml
+
+## One event through the function (host build, runtime emulator, local
+## RabbitMQ): make invoke EVENT=events/sam-dynamodb-update.json [MAPPING=change]
+invoke: broker tools
+	scripts/invoke.sh "$(EVENT)"
+
+## Peak RSS, CPU time and batch duration for 1,000-record batches (release build).
+measure: broker tools
+	scripts/measure.sh
+
+## sam build + sam deploy --config-env $(ENV). Needs AWS credentials and the
+## parameters of that environment in samconfig.toml.
+deploy:
+	scripts/deploy-tools.sh build
+	scripts/deploy-tools.sh sam
+	sam build
+	sam deploy --config-env $(ENV)
+
+## sam local invoke with $(EVENT) against a RabbitMQ on the Docker host
+## (sam-local-env.json). Needs Docker.
+sam-invoke:
+	@test -n "$(EVENT)" || { echo "usage: make sam-invoke EVENT=events/<file>.json" >&2; exit 2; }
+	scripts/deploy-tools.sh build
+	scripts/deploy-tools.sh sam
+	sam build
+	sam local invoke ForwarderFunction -e "$(EVENT)" --env-vars sam-local-env.json \
+		--add-host host.docker.internal:host-gateway
+
+broker:
+	scripts/broker.sh
+
+tools:
+	scripts/tools.sh
+
+clean:
+	scripts/fault-broker.sh stop
+	scripts/tls-broker.sh stop
+	scripts/moto.sh stop
+	cargo clean
+	rm -rf .run .aws-sam
