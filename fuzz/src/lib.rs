@@ -1,0 +1,172 @@
+//! Shared by the fuzz targets: plan records with both mappings and check
+//! what every plan must satisfy, whatever the input.
+
+use std::collections::HashMap;
+
+use arbitrary::{Arbitrary, Result, Unstructured};
+use aws_lambda_events::dynamodb::EventRecord;
+use chrono::{DateTime, TimeZone, Utc};
+use event_forwarder::{
+    config::{MappingConfig, MappingKind},
+    mapping::{Converter, Plan},
+};
+use serde_dynamo::AttributeValue;
+use serde_json::value::RawValue;
+
+fn converters() -> [Converter; 2] {
+    let mut change = MappingConfig::new("fuzz.events");
+    change.mapping = MappingKind::Change;
+    [
+        Converter::new(MappingConfig::new("fuzz.events")),
+        Converter::new(change),
+    ]
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.timestamp_opt(1_795_348_800, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+/// Plans every record with both mappings and checks the invariants: a
+/// published body is JSON with the envelope's required fields, a
+/// dead-lettered body is JSON, names fit AMQP short strings, and the same
+/// record gives the same bytes twice (message ids are deterministic).
+pub fn check_records(records: &[EventRecord]) {
+    for converter in converters() {
+        for record in records {
+            check(
+                &converter.plan(record, now()),
+                &converter.plan(record, now()),
+            );
+        }
+    }
+}
+
+/// The same for records as the batch loop gets them: raw JSON text.
+pub fn check_raw(records: &[Box<RawValue>]) {
+    for converter in converters() {
+        for raw in records {
+            check(
+                &converter.plan_raw(raw.get(), now()).plan,
+                &converter.plan_raw(raw.get(), now()).plan,
+            );
+        }
+    }
+}
+
+fn check(first: &Plan, again: &Plan) {
+    match (first, again) {
+        (Plan::Publish(m), Plan::Publish(n)) => {
+            assert_eq!(m, n, "the same record gave two messages");
+            let body: serde_json::Value =
+                serde_json::from_slice(&m.body).expect("a published body is JSON");
+            for field in ["messageId", "messageType", "timestamp", "partitionKey"] {
+                assert!(body.get(field).is_some(), "no {field} in {body}");
+            }
+            assert!(m.routing_key.len() <= 255);
+            assert!(m.properties.message_id.len() <= 255);
+            assert!(m.properties.app_id.len() <= 255);
+            assert!(m.properties.kind.as_ref().is_none_or(|k| k.len() <= 255));
+            assert!(
+                m.properties
+                    .correlation_id
+                    .as_ref()
+                    .is_none_or(|c| c.len() <= 255)
+            );
+        }
+        (Plan::DeadLetter { message: m, reason }, Plan::DeadLetter { message: n, .. }) => {
+            assert_eq!(m, n, "the same record gave two dead letters");
+            assert!(!reason.is_empty());
+        }
+        (Plan::Skip(_), Plan::Skip(_)) => {}
+        _ => panic!("the same record was planned two ways"),
+    }
+}
+
+/// An attribute value of bounded depth, built from fuzz input.
+fn attribute(u: &mut Unstructured<'_>, depth: u32) -> Result<AttributeValue> {
+    let leaf_only = depth >= 40;
+    let kind = u.int_in_range(0..=if leaf_only { 7 } else { 9 })?;
+    Ok(match kind {
+        0 => AttributeValue::S(String::arbitrary(u)?),
+        1 => AttributeValue::N(number(u)?),
+        2 => AttributeValue::Bool(bool::arbitrary(u)?),
+        3 => AttributeValue::Null(true),
+        4 => AttributeValue::B(Vec::<u8>::arbitrary(u)?),
+        5 => AttributeValue::Ss(Vec::<String>::arbitrary(u)?),
+        6 => AttributeValue::Ns(
+            (0..u.int_in_range(0..=8)?)
+                .map(|_| number(u))
+                .collect::<Result<_>>()?,
+        ),
+        7 => AttributeValue::Bs(Vec::<Vec<u8>>::arbitrary(u)?),
+        8 => AttributeValue::L(
+            (0..u.int_in_range(0..=4)?)
+                .map(|_| attribute(u, depth + 1))
+                .collect::<Result<_>>()?,
+        ),
+        _ => AttributeValue::M(map(u, depth + 1)?),
+    })
+}
+
+fn map(u: &mut Unstructured<'_>, depth: u32) -> Result<HashMap<String, AttributeValue>> {
+    (0..u.int_in_range(0..=4)?)
+        .map(|_| Ok((String::arbitrary(u)?, attribute(u, depth)?)))
+        .collect()
+}
+
+/// Mostly numbers as DynamoDB writes them, sometimes anything at all.
+fn number(u: &mut Unstructured<'_>) -> Result<String> {
+    Ok(match u.int_in_range(0..=3)? {
+        0 => i64::arbitrary(u)?.to_string(),
+        1 => format!("{}.{}", i32::arbitrary(u)?, u32::arbitrary(u)?),
+        2 => format!("{}E{}", u8::arbitrary(u)?, i16::arbitrary(u)? % 131),
+        _ => String::arbitrary(u)?,
+    })
+}
+
+/// A stream record whose images hold fuzz-chosen attributes, often with the
+/// event-store attributes present under their default names.
+pub fn record(u: &mut Unstructured<'_>) -> Result<EventRecord> {
+    let mut image = map(u, 0)?;
+    for name in [
+        "aggregateId",
+        "version",
+        "eventType",
+        "eventVersion",
+        "payload",
+        "occurredAt",
+        "correlationId",
+        "causationId",
+        "eventId",
+        "aggregateType",
+    ] {
+        if u.ratio(2, 3)? {
+            let value = match (name, u.ratio(3, 4)?) {
+                ("version", true) => AttributeValue::N(u64::arbitrary(u)?.to_string()),
+                ("payload" | "occurredAt", _) | (_, false) => attribute(u, 0)?,
+                (_, true) => AttributeValue::S(String::arbitrary(u)?),
+            };
+            image.insert(name.to_string(), value);
+        }
+    }
+    let mut record = EventRecord::default();
+    record.event_id = String::arbitrary(u)?;
+    record.event_name = u.choose(&["INSERT", "MODIFY", "REMOVE", ""])?.to_string();
+    record.event_source_arn = Some(
+        u.choose(&[
+            "arn:aws:dynamodb:eu-west-1:123456789012:table/fuzz-events/stream/2026-11-01T00:00:00.000",
+            "",
+            "arn:aws:dynamodb:eu-west-1:1:table/",
+        ])?
+        .to_string(),
+    );
+    record.change.sequence_number = Some(u64::arbitrary(u)?.to_string());
+    record.change.keys = map(u, 30)?.into();
+    record.change.new_image = image.into();
+    if u.arbitrary()? {
+        record.change.old_image = map(u, 0)?.into();
+    }
+    Ok(record)
+}
