@@ -153,6 +153,9 @@ impl Attr<'_> {
 pub const MALFORMED: &str = "an attribute value is not valid DynamoDB JSON";
 /// The reason a number attribute cannot be written as a JSON number.
 pub const INVALID_NUMBER: &str = "a number attribute is not a valid decimal number";
+/// The reason a number attribute is beyond what DynamoDB can store.
+pub const OUT_OF_RANGE: &str =
+    "a number attribute is beyond DynamoDB's limits (38 significant digits, 1E-130 to 1E+126)";
 
 impl<'a> Attr<'a> {
     /// Reads one attribute value (`{"S": "..."}`, `{"M": {...}}`, ...).
@@ -220,52 +223,83 @@ pub fn write_binary(out: &mut Vec<u8>, b: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Checks that DynamoDB's number text is a JSON number, then copies it.
+/// Checks that DynamoDB's number text is a JSON number DynamoDB could have
+/// stored, then copies it.
 pub fn write_number(out: &mut Vec<u8>, n: &str) -> Result<(), &'static str> {
-    if !is_json_number(n.as_bytes()) {
-        return Err(INVALID_NUMBER);
-    }
+    check_number(n.as_bytes())?;
     out.extend_from_slice(n.as_bytes());
     Ok(())
 }
 
-/// The JSON number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-/// DynamoDB sends numbers in this form (`19.99`, `1E+125`, `-1E-130`).
-fn is_json_number(b: &[u8]) -> bool {
-    let mut i = 0;
+/// DynamoDB's limits: 38 significant digits, magnitude from 1E-130 to
+/// 9.99...E+125 (the leading digit's power of ten from -130 to 125).
+const MAX_DIGITS: usize = 38;
+const MIN_POWER: i64 = -130;
+const MAX_POWER: i64 = 125;
+
+/// The JSON number grammar, `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`,
+/// within DynamoDB's limits. DynamoDB sends numbers in this form (`19.99`,
+/// `1E+125`, `-1E-130`); one beyond its limits cannot come from a table,
+/// and could not be read by consumers that parse JSON numbers as doubles
+/// (`1E+400` is "number out of range" for serde_json and Infinity for
+/// JavaScript), so it is refused rather than published.
+fn check_number(b: &[u8]) -> Result<(), &'static str> {
     let digits = |i: &mut usize| {
         let start = *i;
         while *i < b.len() && b[*i].is_ascii_digit() {
             *i += 1;
         }
-        *i > start
+        start..*i
     };
-    if b.get(i) == Some(&b'-') {
-        i += 1;
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let int = digits(&mut i);
+    if int.is_empty() || (b[int.start] == b'0' && int.len() > 1) {
+        return Err(INVALID_NUMBER);
     }
-    match b.get(i) {
-        Some(b'0') => i += 1,
-        Some(c) if c.is_ascii_digit() => {
-            digits(&mut i);
-        }
-        _ => return false,
-    }
+    let mut frac = i..i;
     if b.get(i) == Some(&b'.') {
         i += 1;
-        if !digits(&mut i) {
-            return false;
+        frac = digits(&mut i);
+        if frac.is_empty() {
+            return Err(INVALID_NUMBER);
         }
     }
+    let mut exponent: i64 = 0;
     if matches!(b.get(i), Some(b'e' | b'E')) {
         i += 1;
+        let negative = b.get(i) == Some(&b'-');
         if matches!(b.get(i), Some(b'+' | b'-')) {
             i += 1;
         }
-        if !digits(&mut i) {
-            return false;
+        let exp = digits(&mut i);
+        if exp.is_empty() {
+            return Err(INVALID_NUMBER);
         }
+        // Saturates: anything past a few digits is out of range anyway.
+        let magnitude = b[exp].iter().fold(0i64, |acc, d| {
+            acc.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+        });
+        exponent = if negative { -magnitude } else { magnitude };
     }
-    i == b.len()
+    if i != b.len() {
+        return Err(INVALID_NUMBER);
+    }
+    // The significant digits run from the first to the last non-zero digit
+    // of the integer and fraction parts together.
+    let mantissa = || b[int.clone()].iter().chain(&b[frac.clone()]);
+    let Some(first) = mantissa().position(|&d| d != b'0') else {
+        return Ok(()); // zero, whatever its exponent
+    };
+    let trailing_zeros = mantissa().rev().position(|&d| d != b'0').unwrap_or(0);
+    let significant = int.len() + frac.len() - trailing_zeros - first;
+    if significant > MAX_DIGITS {
+        return Err(OUT_OF_RANGE);
+    }
+    let power = (int.len() as i64 - 1 - first as i64).saturating_add(exponent);
+    if !(MIN_POWER..=MAX_POWER).contains(&power) {
+        return Err(OUT_OF_RANGE);
+    }
+    Ok(())
 }
 
 /// Writes an attribute value (DynamoDB JSON) as plain JSON.
@@ -538,6 +572,42 @@ mod tests {
             assert_eq!(err, INVALID_NUMBER, "{bad}");
             let err = attr_json(&format!(r#"{{"NS": ["1", "{bad}"]}}"#)).unwrap_err();
             assert_eq!(err, INVALID_NUMBER, "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_dynamodbs_limits_are_refused() {
+        for good in [
+            "99999999999999999999999999999999999999",
+            "-9.9999999999999999999999999999999999999E+125",
+            "1E-130",
+            "0.1E-129",
+            "100000000000000000000000000000000000000000000000000",
+            "1.00000000000000000000000000000000000000000000",
+            "0.00000000000000000000000000000000000001",
+            "0E+999999999999999999999999",
+            "-0",
+        ] {
+            assert!(
+                attr_json(&format!(r#"{{"N": "{good}"}}"#)).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in [
+            "999999999999999999999999999999999999999",
+            "1.000000000000000000000000000000000000001",
+            "1E+126",
+            "10E+125",
+            "1E-131",
+            "0.01E-129",
+            "1e99999999999999999999999999",
+            "-1e-99999999999999999999999999",
+            "12345678901234567890123454444444400000000000e0000000006789012345678",
+        ] {
+            let err = attr_json(&format!(r#"{{"N": "{bad}"}}"#)).unwrap_err();
+            assert_eq!(err, OUT_OF_RANGE, "{bad}");
+            let err = attr_json(&format!(r#"{{"NS": ["1", "{bad}"]}}"#)).unwrap_err();
+            assert_eq!(err, OUT_OF_RANGE, "{bad}");
         }
     }
 

@@ -169,6 +169,42 @@ async fn numbers_at_dynamodbs_limits_keep_their_exact_text() {
     }
 }
 
+/// Numbers no DynamoDB table can hold (a fuzz find: `1E+6789012345678` was
+/// published as is, and consumers parsing doubles could not read the body).
+#[tokio::test]
+async fn numbers_beyond_dynamodbs_limits_are_dead_lettered_with_a_reason() {
+    let beyond = [
+        "1E+126",
+        "1E-131",
+        "1e400",
+        "999999999999999999999999999999999999999",
+    ];
+    let mut records: Vec<_> = beyond
+        .iter()
+        .zip(1..)
+        .map(|(n, i)| record(i, json!({"N": "1"}), json!({"M": {"n": {"N": n}}})))
+        .collect();
+    records.push(record(
+        9,
+        json!({"N": "1"}),
+        json!({"M": {"ns": {"NS": ["1", "1E+126"]}}}),
+    ));
+    records.push(record(
+        10,
+        json!({"N": "1"}),
+        json!({"M": {"n": {"N": "1E+125"}}}),
+    ));
+    let run = forward(records).await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.dead.len(), beyond.len() + 1);
+    for d in &run.dead {
+        let reason = header_str(d, "x-error").unwrap();
+        assert!(reason.contains("beyond DynamoDB's limits"), "{reason}");
+    }
+    assert_eq!(run.delivered.len(), 1, "the good record still goes out");
+    assert_eq!(payload_of(&run.delivered[0])["n"], json!(1E125));
+}
+
 #[tokio::test]
 async fn a_version_beyond_u64_is_dead_lettered_with_a_reason() {
     let run = forward(vec![
