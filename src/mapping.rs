@@ -48,6 +48,10 @@ pub enum MappingError {
     Invalid { name: String, problem: &'static str },
     #[error("the record has no eventSourceARN naming its table and EVENT_SOURCE is not set")]
     NoTable,
+    // DynamoDB's own limit, so only a forged record gets here; the name
+    // would not fit the app_id short string.
+    #[error("the table name in eventSourceARN is longer than 255 bytes")]
+    LongTableName,
     #[error("the record has no eventID")]
     NoEventId,
     #[error("unknown eventName (expected INSERT, MODIFY or REMOVE)")]
@@ -191,9 +195,11 @@ impl Converter {
     fn source<'a>(&'a self, record: &'a Record<'a>) -> Result<Cow<'a, str>, MappingError> {
         match &self.config.event_source {
             Some(s) => Ok(Cow::Borrowed(s)),
-            None => table_name(record)
-                .map(Cow::Borrowed)
-                .ok_or(MappingError::NoTable),
+            None => match table_name(record) {
+                Some(t) if t.len() > 255 => Err(MappingError::LongTableName),
+                Some(t) => Ok(Cow::Borrowed(t)),
+                None => Err(MappingError::NoTable),
+            },
         }
     }
 
@@ -450,6 +456,7 @@ impl Identity {
                 .as_deref()
                 .and_then(|a| a.split_once(":table/"))
                 .and_then(|(_, rest)| rest.split('/').next())
+                .filter(|t| t.len() <= 255)
                 .map(str::to_owned),
             event_source_arn: arn,
             created_secs: v
@@ -918,6 +925,26 @@ mod tests {
             assert_eq!(reason, expected);
             assert!(!reason.contains("secret"));
         }
+    }
+
+    #[test]
+    fn a_table_name_too_long_for_app_id_is_left_out_of_the_dead_letter() {
+        let mut record = records(INSERTS).swap_remove(0);
+        let long = "t".repeat(256);
+        record.event_source_arn = Some(format!(
+            "arn:aws:dynamodb:eu-west-1:1:table/{long}/stream/x"
+        ));
+        let (message, reason) = dead_letter(converter().plan(&record, now()));
+        assert!(reason.contains("255"), "{reason}");
+        assert_eq!(message.properties.app_id, "");
+        // The ARN itself is a long-string header and stays.
+        assert!(header(&message, "x-event-source-arn").is_some());
+        // The same for a record that does not parse at all.
+        let mut raw = serde_json::to_value(&record).unwrap();
+        raw["dynamodb"]["NewImage"] = json!("not a map");
+        let planned = converter().plan_raw(&raw.to_string(), now());
+        let (message, _) = dead_letter(planned.plan);
+        assert_eq!(message.properties.app_id, "");
     }
 
     #[test]

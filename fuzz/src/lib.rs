@@ -30,7 +30,7 @@ fn now() -> DateTime<Utc> {
 
 /// Plans every record with both mappings and checks the invariants: a
 /// published body is JSON with the envelope's required fields, a
-/// dead-lettered body is JSON, names fit AMQP short strings, and the same
+/// dead letter has a reason, names fit AMQP short strings, and the same
 /// record gives the same bytes twice (message ids are deterministic).
 pub fn check_records(records: &[EventRecord]) {
     for converter in converters() {
@@ -78,6 +78,7 @@ fn check(first: &Plan, again: &Plan) {
         (Plan::DeadLetter { message: m, reason }, Plan::DeadLetter { message: n, .. }) => {
             assert_eq!(m, n, "the same record gave two dead letters");
             assert!(!reason.is_empty());
+            assert!(m.properties.app_id.len() <= 255);
         }
         (Plan::Skip(_), Plan::Skip(_)) => {}
         _ => panic!("the same record was planned two ways"),
@@ -154,14 +155,17 @@ pub fn record(u: &mut Unstructured<'_>) -> Result<EventRecord> {
     let mut record = EventRecord::default();
     record.event_id = String::arbitrary(u)?;
     record.event_name = u.choose(&["INSERT", "MODIFY", "REMOVE", ""])?.to_string();
-    record.event_source_arn = Some(
-        u.choose(&[
-            "arn:aws:dynamodb:eu-west-1:123456789012:table/fuzz-events/stream/2026-11-01T00:00:00.000",
-            "",
-            "arn:aws:dynamodb:eu-west-1:1:table/",
-        ])?
-        .to_string(),
-    );
+    record.event_source_arn = Some(match u.int_in_range(0..=3)? {
+        0 => "arn:aws:dynamodb:eu-west-1:123456789012:table/fuzz-events/stream/2026-11-01T00:00:00.000"
+            .to_string(),
+        1 => String::new(),
+        2 => "arn:aws:dynamodb:eu-west-1:1:table/".to_string(),
+        // A table name of any length, DynamoDB's 255 or beyond.
+        _ => format!(
+            "arn:aws:dynamodb:eu-west-1:1:table/{}/stream/x",
+            "t".repeat(u.int_in_range(1..=300)?)
+        ),
+    });
     record.change.sequence_number = Some(u64::arbitrary(u)?.to_string());
     record.change.keys = map(u, 30)?.into();
     record.change.new_image = image.into();
