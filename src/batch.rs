@@ -16,11 +16,11 @@ use std::{
 
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::mapping::{Converter, Plan, Planned};
 use crate::publisher::{Broker, Confirm, PublishError, Reset};
+use crate::record;
 
 /// How many confirms may be outstanding before the loop waits for the
 /// oldest: the largest batch the event source mapping sends. A smaller
@@ -138,18 +138,7 @@ pub struct NoSequenceNumber(pub usize);
 
 /// The sequence number of a record given as JSON text, if it has one.
 pub fn sequence_number(raw: &RawValue) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Record {
-        dynamodb: Option<Stream>,
-    }
-    #[derive(Deserialize)]
-    struct Stream {
-        #[serde(rename = "SequenceNumber")]
-        sequence_number: Option<String>,
-    }
-    serde_json::from_str::<Record>(raw.get())
-        .ok()?
-        .dynamodb?
+    record::Identity::read(raw.get())
         .sequence_number
         .filter(|s| !s.is_empty())
 }

@@ -21,6 +21,7 @@ use crate::publisher::{
     Broker, PublishError,
     amqp::{AmqpBroker, AmqpSettings},
 };
+use crate::record;
 use crate::telemetry;
 
 /// A DynamoDB stream batch as the event source mapping sends it. The records
@@ -166,12 +167,18 @@ impl<B: Broker> Forwarder<B> {
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         for (index, reason) in &report.dead_letter_reasons {
-            let sequence_number = event
+            let id = event
                 .records
                 .get(*index)
-                .and_then(|r| batch::sequence_number(r));
+                .map(|r| record::Identity::read(r.get()))
+                .unwrap_or_default();
+            // Ids from a forged record could be huge; a log line need not be.
+            fn short(s: &Option<String>) -> Option<&str> {
+                s.as_deref().filter(|s| s.len() <= 1024)
+            }
             tracing::warn!(
-                sequence_number = sequence_number.as_deref(),
+                sequence_number = short(&id.sequence_number),
+                event_id = short(&id.event_id),
                 index,
                 reason = %reason,
                 "record dead-lettered"

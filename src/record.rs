@@ -521,6 +521,97 @@ impl<'de> Visitor<'de> for Writer<'_, '_> {
     }
 }
 
+/// What identifies a record, read from its JSON text trusting nothing else
+/// in it: a record the mapping refuses (a number beyond f64, nesting past
+/// serde_json's limit, a lone surrogate in a name, a field of the wrong
+/// type) still names its sequence number and event id. Each field is read
+/// on its own and everything else is skipped unparsed, so even a large
+/// record costs no allocation beyond the fields; a record cut short keeps
+/// the fields that came before the cut.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Identity {
+    pub sequence_number: Option<String>,
+    pub event_id: Option<String>,
+    pub event_source_arn: Option<String>,
+    /// ApproximateCreationDateTime, epoch seconds.
+    pub created: Option<f64>,
+}
+
+impl Identity {
+    pub fn read(raw: &str) -> Self {
+        let [event_id, arn, stream] = pick(raw, ["eventID", "eventSourceARN", "dynamodb"]);
+        let [seq, created] = stream.map_or([None, None], |s| {
+            pick(s.get(), ["SequenceNumber", "ApproximateCreationDateTime"])
+        });
+        let text = |v: Option<&RawValue>| v.and_then(|v| serde_json::from_str(v.get()).ok());
+        Self {
+            sequence_number: text(seq),
+            event_id: text(event_id),
+            event_source_arn: text(arn),
+            created: created.and_then(|v| serde_json::from_str(v.get()).ok()),
+        }
+    }
+}
+
+/// The raw values of the named fields of the JSON object `raw`, the last
+/// one when a name repeats. Names are compared as bytes after unescaping,
+/// so a name that is not valid UTF-16 is skipped rather than fatal.
+fn pick<'a, const N: usize>(raw: &'a str, names: [&str; N]) -> [Option<&'a RawValue>; N] {
+    struct Fields<'n, 'f, 'de, const N: usize> {
+        names: &'n [&'n str; N],
+        found: &'f mut [Option<&'de RawValue>; N],
+    }
+    impl<'de, const N: usize> Visitor<'de> for Fields<'_, '_, 'de, N> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key_seed(Name(self.names))? {
+                match key {
+                    Some(i) => self.found[i] = Some(map.next_value()?),
+                    None => {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    /// A key, as the index of the name it matches.
+    struct Name<'n, const N: usize>(&'n [&'n str; N]);
+    impl<'de, const N: usize> DeserializeSeed<'de> for Name<'_, N> {
+        type Value = Option<usize>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+            // Bytes, not str: serde_json then accepts lone surrogates.
+            d.deserialize_bytes(self)
+        }
+    }
+    impl<'de, const N: usize> Visitor<'de> for Name<'_, N> {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a name")
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Option<usize>, E> {
+            Ok(self.0.iter().position(|n| n.as_bytes() == v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+            self.visit_bytes(v.as_bytes())
+        }
+    }
+    let mut found = [None; N];
+    let mut de = serde_json::Deserializer::from_str(raw);
+    // An error keeps what was found before it.
+    let _ = serde::Deserializer::deserialize_map(
+        &mut de,
+        Fields {
+            names: &names,
+            found: &mut found,
+        },
+    );
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,5 +785,44 @@ mod tests {
             attr = format!(r#"{{"M": {{"k": {attr}}}}}"#);
         }
         assert!(attr_json(&attr).unwrap().contains("leaf"));
+    }
+
+    #[test]
+    fn a_records_identity_survives_whatever_else_it_holds() {
+        let deep = format!("{}1{}", "[".repeat(1000), "]".repeat(1000));
+        let raw = format!(
+            r#"{{"eventID":"ev-1","x\ud800":1e400,"eventSourceARN":"arn:t","deep":{deep},
+               "dynamodb":{{"NewImage":{{"\udfff":{{"N":1e999}}}},"SequenceNumber":"42",
+               "ApproximateCreationDateTime":1795348800.5}}}}"#
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(&raw).is_err());
+        assert_eq!(
+            Identity::read(&raw),
+            Identity {
+                sequence_number: Some("42".into()),
+                event_id: Some("ev-1".into()),
+                event_source_arn: Some("arn:t".into()),
+                created: Some(1_795_348_800.5),
+            }
+        );
+    }
+
+    #[test]
+    fn each_identity_field_stands_alone() {
+        // A wrong type loses that field only; a repeated name keeps the
+        // last; escapes in names are decoded.
+        let raw = r#"{"eventID":7,"dynamodb":{"SequenceNumber":"1","Sequence\u004eumber":"2"},
+                      "eventSourceARN":"a","eventSourceARN":"b"}"#;
+        let id = Identity::read(raw);
+        assert_eq!(id.event_id, None);
+        assert_eq!(id.sequence_number.as_deref(), Some("2"));
+        assert_eq!(id.event_source_arn.as_deref(), Some("b"));
+        // Cut short: what came before the cut is kept.
+        let id = Identity::read(r#"{"eventID":"ev-9","dynamodb":{"SequenceNumber":"9"},"x":[1,"#);
+        assert_eq!(id.event_id.as_deref(), Some("ev-9"));
+        assert_eq!(id.sequence_number.as_deref(), Some("9"));
+        for not_a_record in ["", "[1]", "\"eventID\"", "{\"dynamodb\":[]}"] {
+            assert_eq!(Identity::read(not_a_record), Identity::default());
+        }
     }
 }
