@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 
 use aws_lambda_events::dynamodb::EventRecord;
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::config::{MappingConfig, MappingKind};
 use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload};
 use crate::publisher::{HeaderValue, Message, Properties};
-use crate::record::{Attr, Image, Record, Text};
+use crate::record::{self, Attr, Image, Record, Text};
 use crate::routing::{self, RoutingError};
 
 /// Namespace of the UUIDv5 message ids. Part of the public contract: the
@@ -120,7 +120,7 @@ impl Converter {
                     Ok(Some(message)) => Plan::Publish(message),
                     Ok(None) => Plan::Skip(skip_reason(self.config.mapping)),
                     Err(e) => {
-                        let reason = e.to_string();
+                        let reason = capped(e.to_string());
                         Plan::DeadLetter {
                             message: self.dead_letter(Identity::of(&record, self), raw, &reason),
                             reason,
@@ -132,7 +132,7 @@ impl Converter {
             Err(e) => {
                 // The path names attributes, never values; serde's own
                 // message could quote a value.
-                let reason = match e {
+                let reason = capped(match e {
                     Some(e) => format!(
                         "not a valid DynamoDB stream record: {} error at `{}`",
                         match e.inner().classify() {
@@ -145,7 +145,7 @@ impl Converter {
                     // Deserialization is deterministic; this is unreachable
                     // unless the two passes disagree.
                     None => "not a valid DynamoDB stream record".to_string(),
-                };
+                });
                 Planned {
                     plan: Plan::DeadLetter {
                         message: self.dead_letter(Identity::lenient(raw), raw, &reason),
@@ -219,6 +219,7 @@ impl Converter {
         };
         let names = &self.config.attributes;
         let aggregate_id = required_str(item, &names.aggregate_id)?;
+        partition_key(&names.aggregate_id, &aggregate_id)?;
         let version = match attr(item, &names.version)? {
             None => return Err(MappingError::Missing(names.version.clone())),
             Some(Attr::N(n)) => n.parse::<u64>().map_err(|_| MappingError::Invalid {
@@ -240,6 +241,7 @@ impl Converter {
             Some(Attr::S(s) | Attr::N(s)) => s.0,
             Some(other) => return Err(wrong_type(&names.event_version, "S or N", &other)),
         };
+        short(&names.event_version, &event_version)?;
         let payload = match attr(item, &names.payload)? {
             None | Some(Attr::Null) => Payload::Empty,
             Some(Attr::Nested("M", raw)) => Payload::Map(raw),
@@ -249,6 +251,12 @@ impl Converter {
                 // with a body they cannot parse.
                 match serde_json::from_str::<serde_json::Value>(&s) {
                     Ok(serde_json::Value::Null) => Payload::Empty,
+                    Ok(_) if json_depth(&s) > MAX_PAYLOAD_DEPTH => {
+                        return Err(MappingError::Invalid {
+                            name: names.payload.clone(),
+                            problem: "JSON nested more than 64 levels deep",
+                        });
+                    }
                     Ok(_) => Payload::Json(s.0),
                     Err(_) => {
                         return Err(MappingError::Invalid {
@@ -263,10 +271,13 @@ impl Converter {
         let timestamp = match attr(item, &names.occurred_at)? {
             None => creation_time(record).unwrap_or(now),
             Some(Attr::S(s)) => DateTime::parse_from_rfc3339(&s)
+                .ok()
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| MappingError::Invalid {
+                .and_then(rfc3339_year)
+                .map(without_leap_second)
+                .ok_or_else(|| MappingError::Invalid {
                     name: names.occurred_at.clone(),
-                    problem: "not an RFC 3339 timestamp",
+                    problem: "not an RFC 3339 timestamp of years 0 to 9999",
                 })?,
             Some(Attr::N(n)) => n
                 .parse::<i64>()
@@ -355,6 +366,8 @@ impl Converter {
             .ok_or(MappingError::NoEventId)?;
         let message_type = format!("{entity}{verb}");
         short("messageType", &message_type)?;
+        let key = key_value(keys.ok_or(MappingError::NoKeys)?)?;
+        partition_key("Keys", &key)?;
         Ok(Envelope {
             message_id: Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes()).to_string(),
             message_type: Cow::Owned(message_type),
@@ -364,7 +377,7 @@ impl Converter {
             source: self.source(record)?,
             correlation_id: None,
             causation_id: None,
-            partition_key: Cow::Owned(key_value(keys.ok_or(MappingError::NoKeys)?)?),
+            partition_key: Cow::Owned(key),
             aggregate_type: Some(entity),
             aggregate_version: None,
             payload: Payload::Image(image),
@@ -440,18 +453,12 @@ impl Identity {
 
     /// Whatever can be read from a record that does not parse as one.
     fn lenient(raw: &str) -> Self {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return Self::default();
-        };
-        let text = |v: Option<&serde_json::Value>| {
-            v.and_then(|v| v.as_str())
-                .filter(|s| s.len() <= MAX_HEADER)
-                .map(str::to_owned)
-        };
-        let arn = text(v.get("eventSourceARN"));
+        let id = record::Identity::read(raw);
+        let cap = |s: Option<String>| s.filter(|s| s.len() <= MAX_HEADER);
+        let arn = cap(id.event_source_arn);
         Self {
-            sequence_number: text(v.pointer("/dynamodb/SequenceNumber")),
-            event_id: text(v.get("eventID")),
+            sequence_number: cap(id.sequence_number),
+            event_id: cap(id.event_id),
             source: arn
                 .as_deref()
                 .and_then(|a| a.split_once(":table/"))
@@ -459,9 +466,8 @@ impl Identity {
                 .filter(|t| t.len() <= 255)
                 .map(str::to_owned),
             event_source_arn: arn,
-            created_secs: v
-                .pointer("/dynamodb/ApproximateCreationDateTime")
-                .and_then(|t| t.as_f64())
+            created_secs: id
+                .created
                 .filter(|t| t.is_finite() && *t >= 1.0)
                 .map(|t| t as u64),
         }
@@ -521,6 +527,74 @@ fn creation_time(record: &Record<'_>) -> Option<DateTime<Utc>> {
 /// RFC 3339 has four-digit years; chrono would write others as `+10000`.
 fn rfc3339_year(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
     (0..=9999).contains(&t.year()).then_some(t)
+}
+
+/// A leap second (`23:59:60`) as the last instant of the second before:
+/// RFC 3339 allows it but many consumers' parsers do not.
+fn without_leap_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.with_nanosecond(t.nanosecond().min(999_999_999))
+        .unwrap_or(t)
+}
+
+/// serde_json (and so most Rust consumers) refuses JSON nested deeper than
+/// 128 levels; a payload gets at most half of that, the envelope wraps it.
+const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// How deeply arrays and objects nest in `json`, known to be valid JSON.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// A key value goes into the `partitionKey` header and the body. DynamoDB
+/// keys are at most 2048 + 1024 bytes (base64 makes a binary key a third
+/// longer); only a non-key aggregateId or a forged record gets past this,
+/// and a header that size would exceed the broker's frame size and close
+/// the connection for the whole batch.
+const MAX_PARTITION_KEY: usize = 8192;
+
+fn partition_key(name: &str, value: &str) -> Result<(), MappingError> {
+    if value.len() > MAX_PARTITION_KEY {
+        return Err(MappingError::Invalid {
+            name: name.to_owned(),
+            problem: "longer than 8192 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// A reason goes into the `x-error` header and the log: attribute names in
+/// it come from the record, so it is cut at [`MAX_HEADER`] bytes.
+fn capped(mut reason: String) -> String {
+    if reason.len() > MAX_HEADER {
+        let mut end = MAX_HEADER - '…'.len_utf8();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// Key values joined by `#` in attribute-name order.
@@ -594,6 +668,7 @@ mod tests {
     use chrono::TimeZone;
     use serde_dynamo::AttributeValue;
     use serde_json::{Value, json};
+    use std::collections::HashMap;
 
     const INSERTS: &str = include_str!("../events/insert-batch.json");
     const POISON: &str = include_str!("../events/poison-batch.json");
@@ -876,7 +951,7 @@ mod tests {
                         .new_image
                         .insert("occurredAt".into(), AttributeValue::S("yesterday".into()));
                 }),
-                "attribute `occurredAt` is not an RFC 3339 timestamp",
+                "attribute `occurredAt` is not an RFC 3339 timestamp of years 0 to 9999",
             ),
             (
                 Box::new(|r| {
@@ -1117,6 +1192,112 @@ mod tests {
         let planned = converter().plan_raw(&raw.to_string(), now());
         let (_, body) = publish(planned.plan);
         assert_eq!(body["timestamp"], "2026-11-23T08:00:00.000Z");
+    }
+
+    #[test]
+    fn occurred_at_texts_outside_four_digit_utc_years_are_refused() {
+        let mut records = records(INSERTS);
+        // In range as written, out of range once in UTC.
+        for text in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"] {
+            records[0]
+                .change
+                .new_image
+                .insert("occurredAt".into(), AttributeValue::S(text.into()));
+            let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+            assert_eq!(
+                reason, "attribute `occurredAt` is not an RFC 3339 timestamp of years 0 to 9999",
+                "{text}"
+            );
+        }
+        for (text, published) in [
+            ("0000-01-01T00:30:00+00:30", "0000-01-01T00:00:00.000Z"),
+            ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
+            // A leap second becomes the end of the second before it.
+            ("2016-12-31T23:59:60.5Z", "2016-12-31T23:59:59.999Z"),
+        ] {
+            records[0]
+                .change
+                .new_image
+                .insert("occurredAt".into(), AttributeValue::S(text.into()));
+            let (m, body) = publish(converter().plan(&records[0], now()));
+            assert_eq!(body["timestamp"], published, "{text}");
+            let again = serde_json::from_slice::<Value>(&m.body).unwrap();
+            assert_eq!(again["timestamp"], published);
+        }
+    }
+
+    #[test]
+    fn a_json_payload_nested_past_64_levels_is_refused() {
+        let mut records = records(INSERTS);
+        let nested = |levels: usize| {
+            // Brackets inside strings do not count.
+            format!("{}\"[{{\\\"\"{}", "[".repeat(levels), "]".repeat(levels))
+        };
+        records[0]
+            .change
+            .new_image
+            .insert("payload".into(), AttributeValue::S(nested(64)));
+        let (_, body) = publish(converter().plan(&records[0], now()));
+        let mut inner = &body["payload"];
+        for _ in 0..63 {
+            inner = &inner[0];
+        }
+        assert_eq!(inner, &json!(["[{\""]));
+        records[0]
+            .change
+            .new_image
+            .insert("payload".into(), AttributeValue::S(nested(65)));
+        let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+        assert_eq!(
+            reason,
+            "attribute `payload` is JSON nested more than 64 levels deep"
+        );
+    }
+
+    #[test]
+    fn values_too_long_for_a_header_are_refused() {
+        let mut records = records(INSERTS);
+        let base = records[0].clone();
+        records[0].change.new_image.insert(
+            "eventVersion".into(),
+            AttributeValue::S(format!("1.{}", "0".repeat(254))),
+        );
+        let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+        assert_eq!(reason, "attribute `eventVersion` is longer than 255 bytes");
+        records[0] = base.clone();
+        records[0]
+            .change
+            .new_image
+            .insert("aggregateId".into(), AttributeValue::S("a".repeat(8193)));
+        let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+        assert_eq!(reason, "attribute `aggregateId` is longer than 8192 bytes");
+        records[0] = base;
+        records[0]
+            .change
+            .new_image
+            .insert("aggregateId".into(), AttributeValue::S("a".repeat(8192)));
+        let (m, _) = publish(converter().plan(&records[0], now()));
+        assert_eq!(
+            header(&m, "partitionKey"),
+            Some(&HeaderValue::String("a".repeat(8192)))
+        );
+    }
+
+    #[test]
+    fn a_reason_is_cut_to_a_header_size_at_a_character_boundary() {
+        let mut change = MappingConfig::new("product.events");
+        change.mapping = MappingKind::Change;
+        let mut records = records(CHANGES);
+        let name = format!("k{}", "é".repeat(2000));
+        records[0].change.keys = HashMap::from([(name, AttributeValue::Bool(true))]).into();
+        let (m, reason) = dead_letter(Converter::new(change).plan(&records[0], now()));
+        assert!(reason.starts_with("attribute `ké"), "{reason}");
+        assert!(reason.ends_with('…'));
+        assert!((1020..=1024).contains(&reason.len()), "{}", reason.len());
+        assert_eq!(
+            header(&m, "x-error"),
+            Some(&HeaderValue::String(reason.clone()))
+        );
     }
 
     #[test]

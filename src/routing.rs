@@ -31,6 +31,8 @@ pub enum RoutingError {
     NoMajorVersion,
     #[error("the event has no aggregateType, needed for {{aggregateType}}")]
     NoAggregateType,
+    #[error("messageType has no letters or digits, needed for {{name}}")]
+    NoName,
     #[error("the routing key is longer than 255 bytes")]
     TooLong,
 }
@@ -130,7 +132,12 @@ impl RoutingTemplate {
             match part {
                 Part::Literal(s) => key.push_str(s),
                 Part::Placeholder(Placeholder::Name) => {
-                    push_dotted_name(&mut key, &envelope.message_type)
+                    // `.v1` would route by the version alone.
+                    let before = key.len();
+                    push_dotted_name(&mut key, &envelope.message_type);
+                    if key.len() == before {
+                        return Err(RoutingError::NoName);
+                    }
                 }
                 Part::Placeholder(Placeholder::Major) => {
                     key.push_str(major_version(&envelope.message_version)?)
@@ -370,6 +377,18 @@ mod tests {
         let long = "A".repeat(300);
         let t = RoutingTemplate::parse("{messageType}").unwrap();
         assert_eq!(t.render(&envelope(&long, "1")), Err(RoutingError::TooLong));
+        for name in ["_", "-. _"] {
+            assert_eq!(
+                RoutingTemplate::default().render(&envelope(name, "1")),
+                Err(RoutingError::NoName),
+                "{name:?}"
+            );
+        }
+        // A lone `Event` is a word, kept.
+        assert_eq!(
+            RoutingTemplate::default().render(&envelope("Event", "1")),
+            Ok("event.v1".into())
+        );
     }
 
     #[test]

@@ -58,8 +58,13 @@ struct Run {
 
 /// Forwards one batch made of `records` and collects what arrived.
 async fn forward(records: Vec<Value>) -> Run {
+    forward_with(&[], records).await
+}
+
+/// The same with more configuration.
+async fn forward_with(extra: &[(&str, &str)], records: Vec<Value>) -> Run {
     let exchange = unique("hostile");
-    let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
+    let forwarder = Forwarder::start(config(&exchange, extra)).await.unwrap();
     let broker = TestBroker::connect().await;
     let queue = broker
         .bind_queue(&exchange, "#", FieldTable::default())
@@ -336,4 +341,65 @@ async fn records_that_do_not_parse_are_dead_lettered_and_the_batch_goes_on() {
         let reason = header_str(d, "x-error").unwrap();
         assert!(reason.contains("payload"), "{reason}");
     }
+}
+
+/// Values that would make the message's header frame larger than the
+/// broker's frame size (128 KiB): the broker would close the connection,
+/// failing the batch on every retry. Each is dead-lettered instead, with a
+/// reason of bounded size, and the rest of the batch goes out.
+#[tokio::test]
+async fn values_too_large_for_a_header_are_dead_lettered_and_the_batch_goes_on() {
+    let huge = "x".repeat(140 * 1024);
+    let mut long_version = record(1, json!({"N": "1"}), json!({"M": {}}));
+    long_version["dynamodb"]["NewImage"]["eventVersion"] = json!({"S": format!("1.{huge}")});
+    // aggregateId need not be the table's key, so DynamoDB's 2 KB key limit
+    // does not bound it.
+    let mut long_aggregate = record(2, json!({"N": "1"}), json!({"M": {}}));
+    long_aggregate["dynamodb"]["NewImage"]["aggregateId"] = json!({"S": huge});
+    let good = record(3, json!({"N": "1"}), json!({"M": {}}));
+    let run = forward(vec![long_version, long_aggregate, good]).await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.delivered.len(), 1, "the good record still goes out");
+    assert_eq!(
+        header_str(&run.delivered[0], "partitionKey").unwrap(),
+        "agg-3"
+    );
+    let reasons: Vec<_> = run
+        .dead
+        .iter()
+        .map(|d| header_str(d, "x-error").unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "attribute `eventVersion` is longer than 255 bytes",
+            "attribute `aggregateId` is longer than 8192 bytes",
+        ]
+    );
+}
+
+/// A forged change record whose key attribute has a 140 KB name: the
+/// reason naming it is cut to 1 KiB so the dead letter itself can be sent.
+#[tokio::test]
+async fn a_reason_naming_a_huge_attribute_is_cut_to_fit_a_header() {
+    let name = "k".repeat(140 * 1024);
+    let mut forged = record(1, json!({"N": "1"}), json!({"M": {}}));
+    forged["eventName"] = json!("REMOVE");
+    forged["dynamodb"]["Keys"] = json!({ name: {"BOOL": true} });
+    forged["dynamodb"]["NewImage"] = json!(null);
+    let mut good = record(2, json!({"N": "1"}), json!({"M": {}}));
+    good["eventName"] = json!("REMOVE");
+    good["dynamodb"]["NewImage"] = json!(null);
+    let run = forward_with(&[("MAPPING", "change")], vec![forged, good]).await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.delivered.len(), 1, "the good record still goes out");
+    assert_eq!(run.dead.len(), 1);
+    let reason = header_str(&run.dead[0], "x-error").unwrap();
+    assert!(reason.starts_with("attribute `kkkk"), "{}", &reason[..40]);
+    assert!(
+        reason.len() <= 1024 && reason.ends_with('…'),
+        "{}",
+        reason.len()
+    );
+    assert_eq!(header_str(&run.dead[0], "x-event-id").unwrap(), "ev-1");
 }
