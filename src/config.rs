@@ -24,6 +24,9 @@ pub enum ConfigError {
     Template(#[from] TemplateError),
 }
 
+/// The smallest `frame_max` the forwarder accepts in `AMQP_URI`.
+const MIN_FRAME_MAX: u32 = 16384;
+
 /// The broker URI. Its `Debug` and `Display` never show the password.
 #[derive(Clone)]
 pub struct AmqpUri(String);
@@ -41,7 +44,19 @@ impl AmqpUri {
             return Err(invalid("must start with amqp:// or amqps://"));
         }
         // The parser's own message may quote the URI, so it is replaced.
-        lapin::uri::AMQPUri::from_str(raw).map_err(|_| invalid("not a valid AMQP URI"))?;
+        let uri =
+            lapin::uri::AMQPUri::from_str(raw).map_err(|_| invalid("not a valid AMQP URI"))?;
+        // A message's properties and headers go in one frame: up to about
+        // 10 KB for an event, 4.5 KB for a dead letter. A smaller frame
+        // would make the broker close the connection on such a record, on
+        // every retry. (0 means no limit.)
+        if uri
+            .query
+            .frame_max
+            .is_some_and(|f| f != 0 && f < MIN_FRAME_MAX)
+        {
+            return Err(invalid("frame_max must be 0 or at least 16384"));
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -533,6 +548,18 @@ mod tests {
             .to_string();
         assert!(!err.contains("pa/ss"), "{err}");
         let long_source = "S".repeat(256);
+        let small_frames = "amqp://u:s3cret@h/%2f?frame_max=8192";
+        let err = config(&[("AMQP_URI", small_frames), BASE[1]])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "AMQP_URI is invalid: frame_max must be 0 or at least 16384 (value not shown)"
+        );
+        for fine in ["16384", "0", "131072"] {
+            let uri = format!("amqp://u:s3cret@h/%2f?frame_max={fine}");
+            assert!(config(&[("AMQP_URI", &uri), BASE[1]]).is_ok(), "{fine}");
+        }
         for (name, value) in [
             ("DECLARE_TOPOLOGY", "maybe"),
             ("QUEUE_TYPE", "stream"),

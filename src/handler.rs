@@ -172,13 +172,9 @@ impl<B: Broker> Forwarder<B> {
                 .get(*index)
                 .map(|r| record::Identity::read(r.get()))
                 .unwrap_or_default();
-            // Ids from a forged record could be huge; a log line need not be.
-            fn short(s: &Option<String>) -> Option<&str> {
-                s.as_deref().filter(|s| s.len() <= 1024)
-            }
             tracing::warn!(
-                sequence_number = short(&id.sequence_number),
-                event_id = short(&id.event_id),
+                sequence_number = id.sequence_number.as_deref().and_then(loggable),
+                event_id = id.event_id.as_deref().and_then(loggable),
                 index,
                 reason = %reason,
                 "record dead-lettered"
@@ -189,7 +185,8 @@ impl<B: Broker> Forwarder<B> {
             .as_ref()
             .ok()
             .and_then(|r| r.batch_item_failures.first())
-            .and_then(|f| f.item_identifier.as_deref());
+            .and_then(|f| f.item_identifier.as_deref())
+            .and_then(loggable);
         telemetry::log_summary(&report, duration_ms, first_failed);
         let max_age_ms = report
             .oldest_record
@@ -216,6 +213,11 @@ impl<B: Broker> Forwarder<B> {
         let (response, _) = self.handle(&event.payload, remaining).await?;
         Ok(response)
     }
+}
+
+/// An id from the record for a log line; a forged record's could be huge.
+fn loggable(id: &str) -> Option<&str> {
+    (id.len() <= 1024).then_some(id)
 }
 
 /// Lambda's longest timeout; no invocation has more time than this.

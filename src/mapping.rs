@@ -254,7 +254,7 @@ impl Converter {
                     Ok(_) if json_depth(&s) > MAX_PAYLOAD_DEPTH => {
                         return Err(MappingError::Invalid {
                             name: names.payload.clone(),
-                            problem: "JSON nested more than 64 levels deep",
+                            problem: "JSON nested more than 32 levels deep",
                         });
                     }
                     Ok(_) => Payload::Json(s.0),
@@ -277,7 +277,7 @@ impl Converter {
                 .map(without_leap_second)
                 .ok_or_else(|| MappingError::Invalid {
                     name: names.occurred_at.clone(),
-                    problem: "not an RFC 3339 timestamp of years 0 to 9999",
+                    problem: "not an RFC 3339 timestamp of years 1 to 9999",
                 })?,
             Some(Attr::N(n)) => n
                 .parse::<i64>()
@@ -286,7 +286,7 @@ impl Converter {
                 .and_then(rfc3339_year)
                 .ok_or_else(|| MappingError::Invalid {
                     name: names.occurred_at.clone(),
-                    problem: "not epoch milliseconds of years 0 to 9999",
+                    problem: "not epoch milliseconds of years 1 to 9999",
                 })?,
             Some(other) => return Err(wrong_type(&names.occurred_at, "S or N", &other)),
         };
@@ -409,9 +409,12 @@ impl Converter {
             properties: Properties {
                 message_id: message_id.to_string(),
                 correlation_id: None,
-                app_id: id
-                    .source
-                    .or_else(|| self.config.event_source.clone())
+                // EVENT_SOURCE first, as for a record that converts.
+                app_id: self
+                    .config
+                    .event_source
+                    .clone()
+                    .or(id.source)
                     .unwrap_or_default(),
                 kind: None,
                 timestamp: id.created_secs,
@@ -463,13 +466,13 @@ impl Identity {
                 .as_deref()
                 .and_then(|a| a.split_once(":table/"))
                 .and_then(|(_, rest)| rest.split('/').next())
-                .filter(|t| t.len() <= 255)
+                .filter(|t| !t.is_empty() && t.len() <= 255)
                 .map(str::to_owned),
             event_source_arn: arn,
             created_secs: id
                 .created
-                .filter(|t| t.is_finite() && *t >= 1.0)
-                .map(|t| t as u64),
+                .and_then(epoch_seconds)
+                .and_then(|t| u64::try_from(t.timestamp()).ok()),
         }
     }
 }
@@ -512,7 +515,11 @@ pub fn pascal_case(name: &str) -> String {
 /// ApproximateCreationDateTime (epoch seconds, maybe with a fraction);
 /// `None` when absent or zero.
 fn creation_time(record: &Record<'_>) -> Option<DateTime<Utc>> {
-    let secs = record.dynamodb.approximate_creation?;
+    epoch_seconds(record.dynamodb.approximate_creation?)
+}
+
+/// Epoch seconds with a fraction, when positive and of years 1 to 9999.
+fn epoch_seconds(secs: f64) -> Option<DateTime<Utc>> {
     if !secs.is_finite() || secs < 1.0 {
         return None;
     }
@@ -524,9 +531,10 @@ fn creation_time(record: &Record<'_>) -> Option<DateTime<Utc>> {
         .and_then(rfc3339_year)
 }
 
-/// RFC 3339 has four-digit years; chrono would write others as `+10000`.
+/// RFC 3339 has four-digit years (chrono would write others as `+10000`),
+/// and year 0 is beyond Python's and .NET's date types.
 fn rfc3339_year(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    (0..=9999).contains(&t.year()).then_some(t)
+    (1..=9999).contains(&t.year()).then_some(t)
 }
 
 /// A leap second (`23:59:60`) as the last instant of the second before:
@@ -536,9 +544,10 @@ fn without_leap_second(t: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(t)
 }
 
-/// serde_json (and so most Rust consumers) refuses JSON nested deeper than
-/// 128 levels; a payload gets at most half of that, the envelope wraps it.
-const MAX_PAYLOAD_DEPTH: usize = 64;
+/// JSON text gets the nesting DynamoDB allows its maps and lists: with the
+/// envelope's level it stays far within consumers' own limits (.NET's
+/// default is 64, serde_json's 128).
+const MAX_PAYLOAD_DEPTH: usize = record::MAX_NESTING as usize;
 
 /// How deeply arrays and objects nest in `json`, known to be valid JSON.
 fn json_depth(json: &str) -> usize {
@@ -951,7 +960,7 @@ mod tests {
                         .new_image
                         .insert("occurredAt".into(), AttributeValue::S("yesterday".into()));
                 }),
-                "attribute `occurredAt` is not an RFC 3339 timestamp of years 0 to 9999",
+                "attribute `occurredAt` is not an RFC 3339 timestamp of years 1 to 9999",
             ),
             (
                 Box::new(|r| {
@@ -1122,6 +1131,17 @@ mod tests {
             reason.starts_with("not a valid DynamoDB stream record"),
             "{reason}"
         );
+
+        // EVENT_SOURCE names the source of such a dead letter too, and an
+        // ARN with an empty table name names none.
+        let mut config = MappingConfig::new("product.events");
+        config.event_source = Some("ProductService".into());
+        let (m, _) = dead_letter(Converter::new(config).plan_raw(&raw, now()).plan);
+        assert_eq!(m.properties.app_id, "ProductService");
+        broken["eventSourceARN"] = json!("arn:aws:dynamodb:eu-west-1:1:table//stream/x");
+        let raw = serde_json::to_string(&broken).unwrap();
+        let (m, _) = dead_letter(converter().plan_raw(&raw, now()).plan);
+        assert_eq!(m.properties.app_id, "");
     }
 
     #[test]
@@ -1174,7 +1194,8 @@ mod tests {
     #[test]
     fn timestamps_outside_four_digit_years_are_refused() {
         let mut records = records(INSERTS);
-        for ms in ["253402300800000", "-62167219200001"] {
+        // 10000-01-01 and the last millisecond of year 0.
+        for ms in ["253402300800000", "-62135596800001"] {
             records[0]
                 .change
                 .new_image
@@ -1182,7 +1203,7 @@ mod tests {
             let (_, reason) = dead_letter(converter().plan(&records[0], now()));
             assert_eq!(
                 reason,
-                "attribute `occurredAt` is not epoch milliseconds of years 0 to 9999"
+                "attribute `occurredAt` is not epoch milliseconds of years 1 to 9999"
             );
         }
         // A creation time that far out is ignored, the invocation time used.
@@ -1198,19 +1219,23 @@ mod tests {
     fn occurred_at_texts_outside_four_digit_utc_years_are_refused() {
         let mut records = records(INSERTS);
         // In range as written, out of range once in UTC.
-        for text in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"] {
+        for text in [
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:30:00-01:00",
+            "0000-06-01T00:00:00Z",
+        ] {
             records[0]
                 .change
                 .new_image
                 .insert("occurredAt".into(), AttributeValue::S(text.into()));
             let (_, reason) = dead_letter(converter().plan(&records[0], now()));
             assert_eq!(
-                reason, "attribute `occurredAt` is not an RFC 3339 timestamp of years 0 to 9999",
+                reason, "attribute `occurredAt` is not an RFC 3339 timestamp of years 1 to 9999",
                 "{text}"
             );
         }
         for (text, published) in [
-            ("0000-01-01T00:30:00+00:30", "0000-01-01T00:00:00.000Z"),
+            ("0001-01-01T00:30:00+00:30", "0001-01-01T00:00:00.000Z"),
             ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
             // A leap second becomes the end of the second before it.
             ("2016-12-31T23:59:60.5Z", "2016-12-31T23:59:59.999Z"),
@@ -1227,7 +1252,7 @@ mod tests {
     }
 
     #[test]
-    fn a_json_payload_nested_past_64_levels_is_refused() {
+    fn a_json_payload_nested_past_32_levels_is_refused() {
         let mut records = records(INSERTS);
         let nested = |levels: usize| {
             // Brackets inside strings do not count.
@@ -1236,21 +1261,21 @@ mod tests {
         records[0]
             .change
             .new_image
-            .insert("payload".into(), AttributeValue::S(nested(64)));
+            .insert("payload".into(), AttributeValue::S(nested(32)));
         let (_, body) = publish(converter().plan(&records[0], now()));
         let mut inner = &body["payload"];
-        for _ in 0..63 {
+        for _ in 0..31 {
             inner = &inner[0];
         }
         assert_eq!(inner, &json!(["[{\""]));
         records[0]
             .change
             .new_image
-            .insert("payload".into(), AttributeValue::S(nested(65)));
+            .insert("payload".into(), AttributeValue::S(nested(33)));
         let (_, reason) = dead_letter(converter().plan(&records[0], now()));
         assert_eq!(
             reason,
-            "attribute `payload` is JSON nested more than 64 levels deep"
+            "attribute `payload` is JSON nested more than 32 levels deep"
         );
     }
 
@@ -1264,6 +1289,15 @@ mod tests {
         );
         let (_, reason) = dead_letter(converter().plan(&records[0], now()));
         assert_eq!(reason, "attribute `eventVersion` is longer than 255 bytes");
+        records[0].change.new_image.insert(
+            "eventVersion".into(),
+            AttributeValue::S(format!("1.{}", "0".repeat(253))),
+        );
+        let (m, _) = publish(converter().plan(&records[0], now()));
+        assert_eq!(
+            header(&m, "messageVersion"),
+            Some(&HeaderValue::String(format!("1.{}", "0".repeat(253))))
+        );
         records[0] = base.clone();
         records[0]
             .change
@@ -1281,6 +1315,32 @@ mod tests {
             header(&m, "partitionKey"),
             Some(&HeaderValue::String("a".repeat(8192)))
         );
+    }
+
+    #[test]
+    fn change_keys_too_long_for_a_header_are_refused() {
+        let mut change = MappingConfig::new("product.events");
+        change.mapping = MappingKind::Change;
+        let converter = Converter::new(change);
+        let mut records = records(CHANGES);
+        // Two keys joined by `#`: 8,192 bytes in all is the most allowed.
+        for (sort_key, fits) in [(4095, true), (4096, false)] {
+            records[0].change.keys = HashMap::from([
+                ("a".to_string(), AttributeValue::S("p".repeat(4096))),
+                ("b".to_string(), AttributeValue::S("s".repeat(sort_key))),
+            ])
+            .into();
+            match converter.plan(&records[0], now()) {
+                Plan::Publish(m) if fits => {
+                    let key = format!("{}#{}", "p".repeat(4096), "s".repeat(sort_key));
+                    assert_eq!(header(&m, "partitionKey"), Some(&HeaderValue::String(key)));
+                }
+                Plan::DeadLetter { reason, .. } if !fits => {
+                    assert_eq!(reason, "attribute `Keys` is longer than 8192 bytes");
+                }
+                other => panic!("{sort_key}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -156,6 +156,10 @@ pub const INVALID_NUMBER: &str = "a number attribute is not a valid decimal numb
 /// The reason a number attribute is beyond what DynamoDB can store.
 pub const OUT_OF_RANGE: &str =
     "a number attribute is beyond DynamoDB's limits (38 significant digits, 1E-130 to 1E+126)";
+/// DynamoDB nests maps and lists at most 32 levels deep.
+pub const MAX_NESTING: u32 = 32;
+/// The reason a map or list is nested deeper than DynamoDB allows.
+pub const TOO_DEEP: &str = "maps and lists are nested more than 32 levels deep";
 
 impl<'a> Attr<'a> {
     /// Reads one attribute value (`{"S": "..."}`, `{"M": {...}}`, ...).
@@ -341,6 +345,8 @@ fn transcode(out: &mut Vec<u8>, raw: &RawValue, shape: Shape) -> Result<(), &'st
     let seed = Writer {
         out,
         shape,
+        // The value of an M or L attribute is its first level.
+        depth: u32::from(!matches!(shape, Shape::Attr)),
         failure: &mut failure,
     };
     match seed.deserialize(&mut de) {
@@ -368,9 +374,13 @@ enum Shape {
 /// Deserializes one value of `shape` and writes it as plain JSON. The
 /// reason of a failure is kept apart so that serde's message, which may
 /// quote the input, is never shown.
+/// Only a forged record nests deeper than DynamoDB's 32 levels, and
+/// consumers' parsers have limits of their own (.NET's default is 64).
 struct Writer<'o, 'f> {
     out: &'o mut Vec<u8>,
     shape: Shape,
+    /// Maps and lists this value is inside of, itself included.
+    depth: u32,
     failure: &'f mut Option<&'static str>,
 }
 
@@ -384,6 +394,7 @@ impl<'o, 'f> Writer<'o, 'f> {
         Writer {
             out: self.out,
             shape,
+            depth: self.depth + u32::from(matches!(shape, Shape::Map | Shape::List)),
             failure: self.failure,
         }
     }
@@ -391,7 +402,10 @@ impl<'o, 'f> Writer<'o, 'f> {
 
 impl<'de> DeserializeSeed<'de> for Writer<'_, '_> {
     type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    fn deserialize<D: Deserializer<'de>>(mut self, d: D) -> Result<(), D::Error> {
+        if self.depth > MAX_NESTING {
+            return Err(self.fail(TOO_DEEP));
+        }
         match self.shape {
             Shape::Attr | Shape::Map => d.deserialize_map(self),
             Shape::List | Shape::Strings | Shape::Binaries | Shape::Numbers => {
@@ -785,6 +799,42 @@ mod tests {
             attr = format!(r#"{{"M": {{"k": {attr}}}}}"#);
         }
         assert!(attr_json(&attr).unwrap().contains("leaf"));
+    }
+
+    #[test]
+    fn maps_and_lists_nest_at_most_32_levels() {
+        let nested = |levels: usize, tag: &str| {
+            let (open, close) = if tag == "M" {
+                (r#"{"M":{"n":"#, "}}")
+            } else {
+                (r#"{"L":["#, "]}")
+            };
+            format!(
+                r#"{}{{"S":"x"}}{}"#,
+                open.repeat(levels),
+                close.repeat(levels)
+            )
+        };
+        for tag in ["M", "L"] {
+            let out = attr_json(&nested(32, tag)).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let mut inner = &value;
+            for _ in 0..32 {
+                inner = if tag == "M" { &inner["n"] } else { &inner[0] };
+            }
+            assert_eq!(inner, "x", "{tag}");
+            assert_eq!(attr_json(&nested(33, tag)), Err(TOO_DEEP), "{tag}");
+        }
+        // The value of an M attribute written on its own is level 1.
+        let raw: Box<RawValue> = serde_json::from_str(&nested(32, "M")).unwrap();
+        let inner = &raw.get()[5..raw.get().len() - 1];
+        let inner: Box<RawValue> = serde_json::from_str(inner).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(write_nested(&mut out, "M", &inner), Ok(()));
+        let raw: Box<RawValue> = serde_json::from_str(&nested(33, "M")).unwrap();
+        let inner: Box<RawValue> =
+            serde_json::from_str(&raw.get()[5..raw.get().len() - 1]).unwrap();
+        assert_eq!(write_nested(&mut Vec::new(), "M", &inner), Err(TOO_DEEP));
     }
 
     #[test]

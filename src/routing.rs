@@ -31,7 +31,7 @@ pub enum RoutingError {
     NoMajorVersion,
     #[error("the event has no aggregateType, needed for {{aggregateType}}")]
     NoAggregateType,
-    #[error("messageType has no letters or digits, needed for {{name}}")]
+    #[error("messageType is only separators (`_ - .` and spaces), needed for {{name}}")]
     NoName,
     #[error("the routing key is longer than 255 bytes")]
     TooLong,

@@ -100,9 +100,18 @@ fn depth(v: &Value) -> usize {
 
 #[tokio::test]
 async fn a_map_nested_32_levels_deep_is_published_exactly() {
-    // DynamoDB's limit: 32 levels of nesting.
-    let run = forward(vec![record(1, json!({"N": "1"}), nested(32))]).await;
+    // DynamoDB's limit: 32 levels of nesting. Only a forged record has 33.
+    let run = forward(vec![
+        record(1, json!({"N": "1"}), nested(33)),
+        record(2, json!({"N": "1"}), nested(32)),
+    ])
+    .await;
     assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.dead.len(), 1);
+    assert_eq!(
+        header_str(&run.dead[0], "x-error").unwrap(),
+        "payload: maps and lists are nested more than 32 levels deep"
+    );
     assert_eq!(run.delivered.len(), 1);
     let payload = payload_of(&run.delivered[0]);
     // The payload object itself, then 31 nested maps, then the string.
