@@ -9,6 +9,7 @@
 //! known to have failed.
 
 use std::{
+    borrow::Borrow,
     collections::VecDeque,
     task::Poll,
     time::{Duration, Instant},
@@ -148,8 +149,8 @@ pub fn sequence_number(raw: &RawValue) -> Option<String> {
 /// A failed record without a sequence number (never seen from a real
 /// stream) is reported through the nearest earlier record that has one:
 /// that only redelivers more, never less.
-pub fn response(
-    records: &[Box<RawValue>],
+pub fn response<R: Borrow<RawValue>>(
+    records: &[R],
     report: &BatchReport,
 ) -> Result<DynamoDbEventResponse, NoSequenceNumber> {
     let mut response = DynamoDbEventResponse::default();
@@ -160,7 +161,7 @@ pub fn response(
             .unwrap_or_default()
             .iter()
             .rev()
-            .find_map(|r| sequence_number(r))
+            .find_map(|r| sequence_number(r.borrow()))
             .ok_or(NoSequenceNumber(failure.index))?;
         let mut item = DynamoDbBatchItemFailure::default();
         item.item_identifier = Some(seq);
@@ -178,10 +179,10 @@ struct InFlight {
 
 /// Forwards one batch: plans, publishes and confirms records in order, and
 /// reports the first one that was not handled.
-pub async fn forward<B: Broker>(
+pub async fn forward<B: Broker, R: Borrow<RawValue>>(
     broker: &mut B,
     converter: &Converter,
-    records: &[Box<RawValue>],
+    records: &[R],
     now: DateTime<Utc>,
     deadlines: Deadlines,
     options: BatchOptions,
@@ -246,11 +247,11 @@ struct Run<'b, 'o, B> {
 }
 
 impl<B: Broker> Run<'_, '_, B> {
-    async fn publish_from(
+    async fn publish_from<R: Borrow<RawValue>>(
         &mut self,
         start: usize,
         converter: &Converter,
-        records: &[Box<RawValue>],
+        records: &[R],
         now: DateTime<Utc>,
         reasons: &mut Vec<(usize, String)>,
         oldest: &mut Option<DateTime<Utc>>,
@@ -263,7 +264,7 @@ impl<B: Broker> Run<'_, '_, B> {
             if Instant::now() >= self.deadlines.publish_until {
                 return self.fail_at(index, PublishError::Deadline).await;
             }
-            let Planned { plan, created } = converter.plan_raw(record.get(), now);
+            let Planned { plan, created } = converter.plan_raw(record.borrow().get(), now);
             if let Some(t) = created {
                 *oldest = Some(oldest.map_or(t, |o: DateTime<Utc>| o.min(t)));
             }

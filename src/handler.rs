@@ -5,11 +5,17 @@
 //! invocation; invocations never run concurrently, the mutex only satisfies
 //! the runtime's `Fn` handler.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    borrow::Borrow,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
 
 use aws_lambda_events::{dynamodb::EventRecord, streams::DynamoDbEventResponse};
+use bytes::Bytes;
 use chrono::Utc;
-use lambda_runtime::LambdaEvent;
+use lambda_runtime::{LambdaInvocation, Service, tower::Layer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
@@ -29,21 +35,24 @@ use crate::telemetry;
 /// batch is never held fully parsed, and a record that does not parse is
 /// dead-lettered as it came instead of failing the whole batch. Anything
 /// without a `Records` array is not a stream batch (an invocation error).
+///
+/// The Lambda binary reads records as slices of the invocation's body
+/// (`StreamBatch<&RawValue>`, see [`KeepBody`]); tests and tools own them.
 #[derive(Debug)]
-pub struct StreamBatch {
-    pub records: Vec<Box<RawValue>>,
+pub struct StreamBatch<R = Box<RawValue>> {
+    pub records: Vec<R>,
 }
 
 /// Only a JSON object with a `Records` array: a derived `Deserialize` would
 /// also take a JSON array as the struct's fields in order, so `[[...]]`
 /// became a "batch" whose junk was dead-lettered instead of an invocation
 /// error.
-impl<'de> Deserialize<'de> for StreamBatch {
+impl<'de, R: Deserialize<'de>> Deserialize<'de> for StreamBatch<R> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct BatchVisitor;
+        struct BatchVisitor<R>(std::marker::PhantomData<R>);
 
-        impl<'de> serde::de::Visitor<'de> for BatchVisitor {
-            type Value = StreamBatch;
+        impl<'de, R: Deserialize<'de>> serde::de::Visitor<'de> for BatchVisitor<R> {
+            type Value = StreamBatch<R>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a DynamoDB stream batch (an object with a Records array)")
@@ -52,7 +61,7 @@ impl<'de> Deserialize<'de> for StreamBatch {
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<StreamBatch, A::Error> {
+            ) -> Result<StreamBatch<R>, A::Error> {
                 let mut records = None;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if key == "Records" {
@@ -70,14 +79,103 @@ impl<'de> Deserialize<'de> for StreamBatch {
             }
         }
 
-        deserializer.deserialize_map(BatchVisitor)
+        deserializer.deserialize_map(BatchVisitor(std::marker::PhantomData))
     }
 }
 
-impl StreamBatch {
+impl<R: Borrow<RawValue>> StreamBatch<R> {
     /// Record `index` parsed, for tests and tools.
     pub fn record(&self, index: usize) -> Option<EventRecord> {
-        serde_json::from_str(self.records.get(index)?.get()).ok()
+        serde_json::from_str(self.records.get(index)?.borrow().get()).ok()
+    }
+}
+
+/// Why an invocation's event is not a stream batch. serde's own message
+/// could quote a value of the event, so only where and what kind of error.
+#[derive(thiserror::Error)]
+#[error(
+    "the event is not a DynamoDB stream batch (an object with a Records array): {kind} error at line {line}, column {column}"
+)]
+pub struct NotABatch {
+    kind: &'static str,
+    line: usize,
+    column: usize,
+}
+
+/// The runtime logs errors with `{:?}`: the message reads better.
+impl std::fmt::Debug for NotABatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl NotABatch {
+    fn new(e: &serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        Self {
+            kind: match e.classify() {
+                Category::Io => "read",
+                Category::Syntax => "syntax",
+                Category::Data => "data",
+                Category::Eof => "truncated",
+            },
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+/// The batch in an invocation's body, its records borrowed from the body.
+pub fn parse_batch(body: &[u8]) -> Result<StreamBatch<&RawValue>, NotABatch> {
+    serde_json::from_slice(body).map_err(|e| NotABatch::new(&e))
+}
+
+/// A runtime layer that keeps the invocation's body for the handler, which
+/// then reads the records in place instead of lambda_runtime deserializing
+/// a copy of each: for a large batch that copy was the function's peak
+/// memory. The handler's own event is left as `null` (`LambdaEvent<()>`).
+/// Invocations run one at a time, so one slot holds the body.
+#[derive(Debug, Clone, Default)]
+pub struct KeepBody(Arc<std::sync::Mutex<Option<Bytes>>>);
+
+impl KeepBody {
+    /// The body of the current invocation (once).
+    pub fn take(&self) -> Option<Bytes> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl<S> Layer<S> for KeepBody {
+    type Service = KeepBodyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        KeepBodyService {
+            inner,
+            slot: self.clone(),
+        }
+    }
+}
+
+/// The service of [`KeepBody`].
+pub struct KeepBodyService<S> {
+    inner: S,
+    slot: KeepBody,
+}
+
+impl<S: Service<LambdaInvocation>> Service<LambdaInvocation> for KeepBodyService<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut invocation: LambdaInvocation) -> S::Future {
+        let body = std::mem::replace(&mut invocation.body, Bytes::from_static(b"null"));
+        if let Ok(mut slot) = self.slot.0.lock() {
+            *slot = Some(body);
+        }
+        self.inner.call(invocation)
     }
 }
 
@@ -145,9 +243,9 @@ impl<B: Broker> Forwarder<B> {
 
     /// Handles one batch with `remaining` time before the invocation's
     /// deadline; logs the summary and prints the metrics.
-    pub async fn handle(
+    pub async fn handle<R: Borrow<RawValue>>(
         &self,
-        event: &StreamBatch,
+        event: &StreamBatch<R>,
         remaining: Duration,
     ) -> Result<(DynamoDbEventResponse, BatchReport), NoSequenceNumber> {
         let started = Instant::now();
@@ -170,7 +268,7 @@ impl<B: Broker> Forwarder<B> {
             let id = event
                 .records
                 .get(*index)
-                .map(|r| record::Identity::read(r.get()))
+                .map(|r| record::Identity::read(r.borrow().get()))
                 .unwrap_or_default();
             tracing::warn!(
                 sequence_number = id.sequence_number.as_deref().and_then(loggable),
@@ -203,14 +301,18 @@ impl<B: Broker> Forwarder<B> {
         Ok((response, report))
     }
 
-    /// The Lambda entry point.
+    /// The Lambda entry point: `body` is the invocation's event as
+    /// [`KeepBody`] kept it.
     pub async fn handle_lambda(
         &self,
-        event: LambdaEvent<StreamBatch>,
+        body: Option<Bytes>,
+        context: &lambda_runtime::Context,
     ) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
-        let remaining = remaining_time(event.context.deadline, SystemTime::now());
+        let remaining = remaining_time(context.deadline, SystemTime::now());
         tracing::debug!(remaining_ms = remaining.as_millis() as u64, "invocation");
-        let (response, _) = self.handle(&event.payload, remaining).await?;
+        let body = body.ok_or("the invocation's body was not kept")?;
+        let batch = parse_batch(&body)?;
+        let (response, _) = self.handle(&batch, remaining).await?;
         Ok(response)
     }
 }
