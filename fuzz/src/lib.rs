@@ -9,16 +9,20 @@ use chrono::{DateTime, TimeZone, Utc};
 use event_forwarder::{
     config::{MappingConfig, MappingKind},
     mapping::{Converter, Plan},
+    publisher::{HeaderValue, Message},
 };
 use serde_dynamo::AttributeValue;
 use serde_json::value::RawValue;
 
-fn converters() -> [Converter; 2] {
+/// Both mappings, each with the deepest body it may publish: DynamoDB's 32
+/// levels of nesting, plus the envelope's and, for the change mapping, the
+/// item's own object.
+fn converters() -> [(Converter, usize); 2] {
     let mut change = MappingConfig::new("fuzz.events");
     change.mapping = MappingKind::Change;
     [
-        Converter::new(MappingConfig::new("fuzz.events")),
-        Converter::new(change),
+        (Converter::new(MappingConfig::new("fuzz.events")), 33),
+        (Converter::new(change), 34),
     ]
 }
 
@@ -33,11 +37,12 @@ fn now() -> DateTime<Utc> {
 /// dead letter has a reason, names fit AMQP short strings, and the same
 /// record gives the same bytes twice (message ids are deterministic).
 pub fn check_records(records: &[EventRecord]) {
-    for converter in converters() {
+    for (converter, max_depth) in converters() {
         for record in records {
             check(
                 &converter.plan(record, now()),
                 &converter.plan(record, now()),
+                max_depth,
             );
         }
     }
@@ -45,17 +50,42 @@ pub fn check_records(records: &[EventRecord]) {
 
 /// The same for records as the batch loop gets them: raw JSON text.
 pub fn check_raw(records: &[Box<RawValue>]) {
-    for converter in converters() {
+    for (converter, max_depth) in converters() {
         for raw in records {
             check(
                 &converter.plan_raw(raw.get(), now()).plan,
                 &converter.plan_raw(raw.get(), now()).plan,
+                max_depth,
             );
         }
     }
 }
 
-fn check(first: &Plan, again: &Plan) {
+/// Header values must keep the header frame far below the broker's frame
+/// size (128 KiB), or the broker closes the connection.
+fn header_bytes(m: &Message) -> usize {
+    m.properties
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    HeaderValue::String(s) => s.len(),
+                    HeaderValue::Int(_) => 8,
+                }
+        })
+        .sum()
+}
+
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn check(first: &Plan, again: &Plan, max_depth: usize) {
     match (first, again) {
         (Plan::Publish(m), Plan::Publish(n)) => {
             assert_eq!(m, n, "the same record gave two messages");
@@ -64,6 +94,16 @@ fn check(first: &Plan, again: &Plan) {
             for field in ["messageId", "messageType", "timestamp", "partitionKey"] {
                 assert!(body.get(field).is_some(), "no {field} in {body}");
             }
+            // RFC 3339 with four-digit years, no leap second, in UTC.
+            let timestamp = body["timestamp"].as_str().expect("a timestamp text");
+            assert_eq!(timestamp.len(), 24, "{timestamp}");
+            assert!(
+                DateTime::parse_from_rfc3339(timestamp).is_ok(),
+                "{timestamp}"
+            );
+            assert!(!timestamp.contains(":60"), "{timestamp}");
+            assert!(header_bytes(m) <= 8192 + 255 + 64, "{}", header_bytes(m));
+            assert!(depth(&body) <= max_depth, "{}", depth(&body));
             assert!(m.routing_key.len() <= 255);
             assert!(m.properties.message_id.len() <= 255);
             assert!(m.properties.app_id.len() <= 255);
@@ -78,6 +118,8 @@ fn check(first: &Plan, again: &Plan) {
         (Plan::DeadLetter { message: m, reason }, Plan::DeadLetter { message: n, .. }) => {
             assert_eq!(m, n, "the same record gave two dead letters");
             assert!(!reason.is_empty());
+            assert!(reason.len() <= 1024, "{}", reason.len());
+            assert!(header_bytes(m) <= 4 * 1024 + 64, "{}", header_bytes(m));
             assert!(m.properties.app_id.len() <= 255);
         }
         (Plan::Skip(_), Plan::Skip(_)) => {}
@@ -127,6 +169,29 @@ fn number(u: &mut Unstructured<'_>) -> Result<String> {
     })
 }
 
+/// An RFC 3339 text at the edges: years 0 and 9999, leap seconds, offsets.
+fn timestamp(u: &mut Unstructured<'_>) -> Result<String> {
+    let year = *u.choose(&[0, 1, 1970, 2026, 9998, 9999])?;
+    let offset = match u.int_in_range(0..=2)? {
+        0 => "Z".to_string(),
+        sign => format!(
+            "{}{:02}:{:02}",
+            if sign == 1 { '+' } else { '-' },
+            u.int_in_range(0..=23)?,
+            u.int_in_range(0..=59)?
+        ),
+    };
+    Ok(format!(
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}{offset}",
+        u.int_in_range(1..=12)?,
+        u.int_in_range(1..=31)?,
+        u.int_in_range(0..=23)?,
+        u.int_in_range(0..=59)?,
+        u.int_in_range(0..=60)?,
+        u.int_in_range(0..=999)?,
+    ))
+}
+
 /// A stream record whose images hold fuzz-chosen attributes, often with the
 /// event-store attributes present under their default names.
 pub fn record(u: &mut Unstructured<'_>) -> Result<EventRecord> {
@@ -146,6 +211,12 @@ pub fn record(u: &mut Unstructured<'_>) -> Result<EventRecord> {
         if u.ratio(2, 3)? {
             let value = match (name, u.ratio(3, 4)?) {
                 ("version", true) => AttributeValue::N(u64::arbitrary(u)?.to_string()),
+                ("occurredAt", true) => AttributeValue::S(timestamp(u)?),
+                ("payload", true) if u.ratio(1, 4)? => {
+                    // JSON text nested around the limit of 32 levels.
+                    let levels = u.int_in_range(0..=130)?;
+                    AttributeValue::S(format!("{}{}", "[".repeat(levels), "]".repeat(levels)))
+                }
                 ("payload" | "occurredAt", _) | (_, false) => attribute(u, 0)?,
                 (_, true) => AttributeValue::S(String::arbitrary(u)?),
             };
