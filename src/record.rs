@@ -825,6 +825,13 @@ mod tests {
             assert_eq!(inner, "x", "{tag}");
             assert_eq!(attr_json(&nested(33, tag)), Err(TOO_DEEP), "{tag}");
         }
+        // A set is not a level: a 32-level item may end in one.
+        let set_at_the_bottom = format!(
+            r#"{}{{"SS":["x"]}}{}"#,
+            r#"{"M":{"n":"#.repeat(32),
+            "}}".repeat(32)
+        );
+        assert!(attr_json(&set_at_the_bottom).is_ok());
         // The value of an M attribute written on its own is level 1.
         let raw: Box<RawValue> = serde_json::from_str(&nested(32, "M")).unwrap();
         let inner = &raw.get()[5..raw.get().len() - 1];

@@ -15,14 +15,14 @@ use serde_dynamo::AttributeValue;
 use serde_json::value::RawValue;
 
 /// Both mappings, each with the deepest body it may publish: DynamoDB's 32
-/// levels of nesting, plus the envelope's and, for the change mapping, the
-/// item's own object.
+/// levels of maps and lists, a set's array inside the last, the envelope's
+/// object and, for the change mapping, the item's own.
 fn converters() -> [(Converter, usize); 2] {
     let mut change = MappingConfig::new("fuzz.events");
     change.mapping = MappingKind::Change;
     [
-        (Converter::new(MappingConfig::new("fuzz.events")), 33),
-        (Converter::new(change), 34),
+        (Converter::new(MappingConfig::new("fuzz.events")), 34),
+        (Converter::new(change), 35),
     ]
 }
 
