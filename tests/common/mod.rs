@@ -185,10 +185,28 @@ impl TestBroker {
         out
     }
 
-    /// Every message in `queue` now (after a short settle for quorum queues).
+    /// Every message in `queue`: taken until it has stayed empty for 300 ms
+    /// (a settle for quorum queues). Not bounded in time otherwise: on a slow
+    /// machine 10,000 `basic.get`s take longer than any fixed budget, and
+    /// what was left behind would look lost.
     pub async fn drain(&self, queue: &str) -> Vec<Delivery> {
-        self.take(queue, usize::MAX, Duration::from_millis(300))
-            .await
+        let mut out = Vec::new();
+        let mut empty_since = Instant::now();
+        loop {
+            match self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")
+            {
+                Some(m) => {
+                    out.push(m.delivery);
+                    empty_since = Instant::now();
+                }
+                None if empty_since.elapsed() >= Duration::from_millis(300) => return out,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     /// Removes the forwarder's topology for `exchange` and the given queues.
