@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 
 use crate::batch::{self, BatchOptions, BatchReport, Deadlines, NoSequenceNumber};
 use crate::config::Config;
-use crate::mapping::Converter;
+use crate::mapping::{Converter, MAX_HEADER};
 use crate::publisher::{
     Broker, PublishError,
     amqp::{AmqpBroker, AmqpSettings},
@@ -111,14 +111,8 @@ impl std::fmt::Debug for NotABatch {
 
 impl NotABatch {
     fn new(e: &serde_json::Error) -> Self {
-        use serde_json::error::Category;
         Self {
-            kind: match e.classify() {
-                Category::Io => "read",
-                Category::Syntax => "syntax",
-                Category::Data => "data",
-                Category::Eof => "truncated",
-            },
+            kind: record::json_error_kind(e),
             line: e.line(),
             column: e.column(),
         }
@@ -318,8 +312,9 @@ impl<B: Broker> Forwarder<B> {
 }
 
 /// An id from the record for a log line; a forged record's could be huge.
+/// The same bound as for the dead-letter headers.
 fn loggable(id: &str) -> Option<&str> {
-    (id.len() <= 1024).then_some(id)
+    (id.len() <= MAX_HEADER).then_some(id)
 }
 
 /// Lambda's longest timeout; no invocation has more time than this.

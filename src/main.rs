@@ -44,7 +44,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
 /// the heap, where freed chunks stay resident: the function's peak then
 /// holds the body twice. A fixed threshold (glibc's initial 128 KiB) keeps
 /// them mapped, so each is returned to the system when freed. `make bench`:
-/// peak RSS for 10,000 records 51.8 → 40.9 MB.
+/// peak RSS for 10,000 records 51.8 → 39.3 MB.
 fn unmap_large_frees() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; glibc serializes it

@@ -135,11 +135,7 @@ impl Converter {
                 let reason = capped(match e {
                     Some(e) => format!(
                         "not a valid DynamoDB stream record: {} error at `{}`",
-                        match e.inner().classify() {
-                            serde_json::error::Category::Syntax => "syntax",
-                            serde_json::error::Category::Eof => "truncated",
-                            _ => "data",
-                        },
+                        record::json_error_kind(e.inner()),
                         e.path()
                     ),
                     // Deserialization is deterministic; this is unreachable
@@ -436,7 +432,7 @@ struct Identity {
 
 /// Header values come from the record; anything absurdly long is left out
 /// rather than copied into every dead letter's headers.
-const MAX_HEADER: usize = 1024;
+pub(crate) const MAX_HEADER: usize = 1024;
 
 impl Identity {
     fn of(record: &Record<'_>, converter: &Converter) -> Self {
@@ -464,9 +460,8 @@ impl Identity {
             event_id: cap(id.event_id),
             source: arn
                 .as_deref()
-                .and_then(|a| a.split_once(":table/"))
-                .and_then(|(_, rest)| rest.split('/').next())
-                .filter(|t| !t.is_empty() && t.len() <= 255)
+                .and_then(arn_table)
+                .filter(|t| t.len() <= 255)
                 .map(str::to_owned),
             event_source_arn: arn,
             created_secs: id
@@ -486,15 +481,17 @@ fn skip_reason(kind: MappingKind) -> &'static str {
 
 /// The table name from `arn:aws:dynamodb:<region>:<account>:table/<name>/stream/<label>`.
 fn table_name<'a>(record: &'a Record<'a>) -> Option<&'a str> {
-    if let Some(arn) = record.event_source_arn.as_deref()
-        && let Some((_, rest)) = arn.split_once(":table/")
-    {
-        let name = rest.split('/').next().unwrap_or(rest);
-        if !name.is_empty() {
-            return Some(name);
-        }
-    }
-    record.table_name.as_deref().filter(|t| !t.is_empty())
+    record
+        .event_source_arn
+        .as_deref()
+        .and_then(arn_table)
+        .or_else(|| record.table_name.as_deref().filter(|t| !t.is_empty()))
+}
+
+/// The non-empty table name in a stream ARN.
+fn arn_table(arn: &str) -> Option<&str> {
+    let (_, rest) = arn.split_once(":table/")?;
+    rest.split('/').next().filter(|name| !name.is_empty())
 }
 
 /// `product-catalog` → `ProductCatalog`, `orders_v2` → `OrdersV2`.

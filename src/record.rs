@@ -535,6 +535,18 @@ impl<'de> Visitor<'de> for Writer<'_, '_> {
     }
 }
 
+/// What kind of error a JSON parse met, for messages that must not quote
+/// the input (serde's own message may).
+pub fn json_error_kind(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Io => "read",
+        Category::Syntax => "syntax",
+        Category::Data => "data",
+        Category::Eof => "truncated",
+    }
+}
+
 /// What identifies a record, read from its JSON text trusting nothing else
 /// in it: a record the mapping refuses (a number beyond f64, nesting past
 /// serde_json's limit, a lone surrogate in a name, a field of the wrong
