@@ -204,7 +204,10 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
             &converter,
             &records_serial,
             Utc::now(),
-            Deadlines::from_remaining(Duration::from_secs(120), Duration::from_secs(1)),
+            Deadlines::new(
+                Instant::now() + Duration::from_secs(120),
+                Duration::from_secs(1),
+            ),
             options,
         )
         .await;
@@ -313,7 +316,10 @@ async fn forward_once(
         converter,
         records,
         Utc::now(),
-        Deadlines::from_remaining(Duration::from_secs(120), Duration::from_secs(1)),
+        Deadlines::new(
+            Instant::now() + Duration::from_secs(120),
+            Duration::from_secs(1),
+        ),
         options,
     )
     .await;

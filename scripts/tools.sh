@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
-# Installs the command-line tools the tests and the local run use.
+# Installs the command-line tools and Python packages the tests and the
+# local run use, when they are missing: cargo-lambda (the Lambda runtime
+# emulator and invoke endpoint), moto's server (DynamoDB and its stream, SQS,
+# Secrets Manager; 5.2.0 or later, whose GetRecords the AWS SDK for Rust can
+# parse) and pika (a Python consumer in the tests).
 set -euo pipefail
+pip_install() {
+  echo "==> installing $* (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check "$@"
+}
 if ! command -v cargo-lambda >/dev/null 2>&1; then
-  echo "==> installing cargo-lambda (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check cargo-lambda
+  pip_install cargo-lambda
 fi
-if ! command -v moto_server >/dev/null 2>&1; then
-  echo "==> installing moto[server] (pip), a local Secrets Manager for the tests"
-  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 - <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+major, minor = (int(p) for p in version("moto").split(".")[:2])
+sys.exit(0 if (major, minor) >= (5, 2) else 1)
+PY
+then
+  pip_install 'moto[server]>=5.2.0'
+fi
+if ! python3 -c 'import pika' 2>/dev/null; then
+  pip_install 'pika>=1.3'
 fi

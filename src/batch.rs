@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
 use crate::mapping::{Converter, Plan, Planned};
-use crate::publisher::{Broker, Confirm, PublishError, Reset};
+use crate::publisher::{Broker, Confirm, Confirmation, PublishError, Reset, Returned};
 use crate::record;
 
 /// How many confirms may be outstanding before the loop waits for the
@@ -53,11 +53,6 @@ impl Deadlines {
             publish_until: before(margin),
             answer_by: before(margin / 4),
         }
-    }
-
-    /// From the remaining time of an invocation.
-    pub fn from_remaining(remaining: Duration, margin: Duration) -> Self {
-        Self::new(Instant::now() + remaining, margin)
     }
 }
 
@@ -173,8 +168,15 @@ pub fn response<R: Borrow<RawValue>>(
 struct InFlight {
     index: usize,
     outcome: Outcome,
+    message_id: String,
     sent_at: Instant,
-    confirm: Confirm,
+    confirm: Settle,
+}
+
+/// A confirm still awaited, or one already seen while looking for returns.
+enum Settle {
+    Waiting(Confirm),
+    Done(Confirmation),
 }
 
 /// Forwards one batch: plans, publishes and confirms records in order, and
@@ -199,6 +201,8 @@ pub async fn forward<B: Broker, R: Borrow<RawValue>>(
             options,
             deadlines,
             in_flight: VecDeque::new(),
+            confirmed: Vec::new(),
+            returned: None,
             outcomes: &mut outcomes,
             reconnects: &mut reconnects,
         };
@@ -229,6 +233,7 @@ pub async fn forward<B: Broker, R: Borrow<RawValue>>(
         // (or connection, after a timeout) keeps them from piling up.
         broker.reset(f.error.reset_scope());
     }
+    broker.idle();
     let mut report = BatchReport::new(&outcomes, failure, reconnects);
     let settled = report.failure.as_ref().map_or(records.len(), |f| f.index);
     reasons.retain(|(i, _)| *i < settled);
@@ -242,6 +247,11 @@ struct Run<'b, 'o, B> {
     options: BatchOptions,
     deadlines: Deadlines,
     in_flight: VecDeque<InFlight>,
+    /// Records confirmed on this channel, with their message ids, in order:
+    /// a return that arrives later may still name one of them.
+    confirmed: Vec<(usize, String)>,
+    /// The earliest record a returned message named so far, and why.
+    returned: Option<(usize, PublishError)>,
     outcomes: &'o mut [Outcome],
     reconnects: &'o mut u32,
 }
@@ -261,6 +271,11 @@ impl<B: Broker> Run<'_, '_, B> {
             if let Err(f) = self.settle_arrived().await {
                 return Some(f);
             }
+            if self.returned.is_some() {
+                // A record in flight was returned: nothing more is sent, and
+                // the confirms before it decide where the batch stops.
+                return self.drain().await.err();
+            }
             if Instant::now() >= self.deadlines.publish_until {
                 return self.fail_at(index, PublishError::Deadline).await;
             }
@@ -268,7 +283,7 @@ impl<B: Broker> Run<'_, '_, B> {
             if let Some(t) = created {
                 *oldest = Some(oldest.map_or(t, |o: DateTime<Utc>| o.min(t)));
             }
-            let (message, outcome) = match plan {
+            let (mut message, outcome) = match plan {
                 Plan::Skip(_) => {
                     self.outcomes[index] = Outcome::Skipped;
                     continue;
@@ -297,20 +312,29 @@ impl<B: Broker> Run<'_, '_, B> {
                 Ok(confirm) => self.in_flight.push_back(InFlight {
                     index,
                     outcome,
+                    message_id: std::mem::take(&mut message.properties.message_id),
                     sent_at: Instant::now(),
-                    confirm,
+                    confirm: Settle::Waiting(confirm),
                 }),
                 Err(e) => return self.fail_at(index, e).await,
             }
         }
-        self.drain().await.err()
+        match self.drain().await {
+            Err(f) => Some(f),
+            // Unreachable: a return names a record in flight or the one that
+            // carried it, and draining reaches both.
+            Ok(()) => self
+                .returned
+                .take()
+                .map(|(index, error)| Failure { index, error }),
+        }
     }
 
     /// A failure at `index`, unless an earlier record in flight failed first.
     async fn fail_at(&mut self, index: usize, error: PublishError) -> Option<Failure> {
         match self.drain().await {
             Err(earlier) => Some(earlier),
-            Ok(()) => Some(Failure { index, error }),
+            Ok(()) => Some(self.fail(index, error)),
         }
     }
 
@@ -325,12 +349,16 @@ impl<B: Broker> Run<'_, '_, B> {
     /// Records the confirms that have already arrived, without waiting.
     async fn settle_arrived(&mut self) -> Result<(), Failure> {
         while let Some(front) = self.in_flight.front_mut() {
-            let polled =
-                std::future::poll_fn(|cx| Poll::Ready(front.confirm.as_mut().poll(cx))).await;
-            match polled {
-                Poll::Pending => break,
-                Poll::Ready(result) => self.record_front(result)?,
-            }
+            let confirmation = match &mut front.confirm {
+                Settle::Done(c) => c.clone(),
+                Settle::Waiting(confirm) => {
+                    match std::future::poll_fn(|cx| Poll::Ready(confirm.as_mut().poll(cx))).await {
+                        Poll::Pending => break,
+                        Poll::Ready(c) => c,
+                    }
+                }
+            };
+            self.record_front(confirmation)?;
         }
         Ok(())
     }
@@ -341,33 +369,109 @@ impl<B: Broker> Run<'_, '_, B> {
         let Some(front) = self.in_flight.front_mut() else {
             return Ok(());
         };
-        let until = (front.sent_at + self.options.confirm_timeout).min(self.deadlines.answer_by);
-        let result = tokio::time::timeout_at(until.into(), front.confirm.as_mut())
-            .await
-            .unwrap_or(Err(if until >= self.deadlines.answer_by {
-                PublishError::Deadline
-            } else {
-                PublishError::ConfirmTimeout
-            }));
-        self.record_front(result)
+        let confirmation = match &mut front.confirm {
+            Settle::Done(c) => c.clone(),
+            Settle::Waiting(confirm) => {
+                let until =
+                    (front.sent_at + self.options.confirm_timeout).min(self.deadlines.answer_by);
+                tokio::time::timeout_at(until.into(), confirm.as_mut())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Confirmation::failed(if until >= self.deadlines.answer_by {
+                            PublishError::Deadline
+                        } else {
+                            PublishError::ConfirmTimeout
+                        })
+                    })
+            }
+        };
+        self.record_front(confirmation)
     }
 
-    fn record_front(&mut self, result: Result<(), PublishError>) -> Result<(), Failure> {
+    /// Settles the oldest record in flight with its confirm. A return that
+    /// came with it is charged to the record it names, which may be the
+    /// record itself, one confirmed before it or one still in flight; the
+    /// batch then stops at the earliest record so named.
+    fn record_front(&mut self, confirmation: Confirmation) -> Result<(), Failure> {
         let Some(front) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        match result {
-            Ok(()) => {
-                self.outcomes[front.index] = front.outcome;
-                Ok(())
+        let Confirmation { outcome, returned } = confirmation;
+        if let Some(returned) = returned {
+            self.note_return(&returned, &front);
+        }
+        if self.returned.is_some() {
+            self.look_for_returns(&front);
+        }
+        if let Err(error) = outcome {
+            return Err(self.fail(front.index, error));
+        }
+        if let Some((index, error)) = self.returned.take_if(|(i, _)| *i <= front.index) {
+            return Err(self.fail(index, error));
+        }
+        self.outcomes[front.index] = front.outcome;
+        self.confirmed.push((front.index, front.message_id));
+        Ok(())
+    }
+
+    /// Charges a return to the earliest record of this batch with its
+    /// message id; one that names none is charged to `carrier`, the earliest
+    /// record not yet confirmed.
+    fn note_return(&mut self, returned: &Returned, carrier: &InFlight) {
+        let named = |id: &str| returned.message_id.as_deref() == Some(id);
+        let owner = self
+            .confirmed
+            .iter()
+            .map(|(i, id)| (*i, id.as_str()))
+            .chain(std::iter::once((
+                carrier.index,
+                carrier.message_id.as_str(),
+            )))
+            .chain(
+                self.in_flight
+                    .iter()
+                    .map(|f| (f.index, f.message_id.as_str())),
+            )
+            .find(|(_, id)| named(id))
+            .map_or(carrier.index, |(i, _)| i);
+        if self.returned.as_ref().is_none_or(|(i, _)| owner < *i) {
+            self.returned = Some((owner, returned.error()));
+        }
+    }
+
+    /// The client completes the confirms of one multiple-ack in any order
+    /// and may attach a return to any of them: once a return is seen, the
+    /// confirms that have already arrived are looked at for more, so none
+    /// naming an earlier record is missed.
+    fn look_for_returns(&mut self, carrier: &InFlight) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut found = Vec::new();
+        for entry in &mut self.in_flight {
+            if let Settle::Waiting(confirm) = &mut entry.confirm
+                && let Poll::Ready(c) = confirm.as_mut().poll(&mut cx)
+            {
+                entry.confirm = Settle::Done(c);
             }
-            Err(error) => {
-                self.in_flight.clear();
-                Err(Failure {
-                    index: front.index,
-                    error,
-                })
+            if let Settle::Done(c) = &mut entry.confirm
+                && let Some(r) = c.returned.take()
+            {
+                found.push(r);
             }
+        }
+        for r in found {
+            self.note_return(&r, carrier);
+        }
+    }
+
+    /// The batch stops at `index`, or at an earlier record a return named.
+    fn fail(&mut self, index: usize, error: PublishError) -> Failure {
+        self.in_flight.clear();
+        match self.returned.take() {
+            Some((earlier, returned)) if earlier <= index => Failure {
+                index: earlier,
+                error: returned,
+            },
+            _ => Failure { index, error },
         }
     }
 }
@@ -398,6 +502,15 @@ mod tests {
         LostInFlight,
         /// The confirm comes only once `n` messages were published in all.
         AckAfter(usize),
+        /// Acked once `after` messages were published in all, carrying the
+        /// return of message `owner` (as lapin hands a return to whichever
+        /// confirm it completes next).
+        AckCarrying {
+            owner: usize,
+            after: usize,
+        },
+        /// Acked, carrying a return with a message id of no record.
+        AckCarryingStranger,
     }
 
     struct FakeBroker {
@@ -405,6 +518,7 @@ mod tests {
         published: Vec<Message>,
         count: Arc<AtomicUsize>,
         notify: Arc<tokio::sync::Notify>,
+        ids: Arc<std::sync::Mutex<Vec<String>>>,
         ready_error: Option<PublishError>,
         ready_calls: usize,
         open: bool,
@@ -418,6 +532,7 @@ mod tests {
                 published: Vec::new(),
                 count: Arc::default(),
                 notify: Arc::default(),
+                ids: Arc::default(),
                 ready_error: None,
                 ready_calls: 0,
                 open: false,
@@ -455,25 +570,51 @@ mod tests {
                 return Err(e);
             }
             self.published.push(m.clone());
+            self.ids
+                .lock()
+                .unwrap()
+                .push(m.properties.message_id.clone());
             self.count.store(self.published.len(), Ordering::SeqCst);
             self.notify.notify_waiters();
             let (count, notify) = (self.count.clone(), self.notify.clone());
+            let ids = self.ids.clone();
+            let returned = move |id: Option<String>| Returned {
+                message_id: id,
+                code: 312,
+                text: "NO_ROUTE".into(),
+            };
+            let own_id = m.properties.message_id.clone();
             Ok(Box::pin(async move {
                 match reply {
-                    Reply::Ack | Reply::WriteFails(_) => Ok(()),
-                    Reply::Nack => Err(PublishError::Nacked),
-                    Reply::Return => Err(PublishError::Returned {
-                        code: 312,
-                        text: "NO_ROUTE".into(),
-                    }),
+                    Reply::Ack | Reply::WriteFails(_) => Confirmation::ack(),
+                    Reply::Nack => Confirmation::failed(PublishError::Nacked),
+                    Reply::Return => Confirmation {
+                        outcome: Ok(()),
+                        returned: Some(returned(Some(own_id))),
+                    },
+                    Reply::AckCarryingStranger => Confirmation {
+                        outcome: Ok(()),
+                        returned: Some(returned(Some("a-stranger".into()))),
+                    },
+                    Reply::AckCarrying { owner, after } => loop {
+                        let notified = notify.notified();
+                        if count.load(Ordering::SeqCst) >= after.max(owner + 1) {
+                            let id = ids.lock().unwrap().get(owner).cloned();
+                            return Confirmation {
+                                outcome: Ok(()),
+                                returned: Some(returned(id)),
+                            };
+                        }
+                        notified.await;
+                    },
                     Reply::Silent => std::future::pending().await,
                     Reply::LostInFlight => {
-                        Err(PublishError::ChannelLost("connection reset".into()))
+                        Confirmation::failed(PublishError::ChannelLost("connection reset".into()))
                     }
                     Reply::AckAfter(total) => loop {
                         let notified = notify.notified();
                         if count.load(Ordering::SeqCst) >= total {
-                            return Ok(());
+                            return Confirmation::ack();
                         }
                         notified.await;
                     },
@@ -519,7 +660,10 @@ mod tests {
     }
 
     fn ample() -> Deadlines {
-        Deadlines::from_remaining(Duration::from_secs(30), Duration::from_secs(1))
+        Deadlines::new(
+            Instant::now() + Duration::from_secs(30),
+            Duration::from_secs(1),
+        )
     }
 
     fn options() -> BatchOptions {
@@ -604,6 +748,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_return_carried_by_an_earlier_confirm_fails_the_record_it_names() {
+        let records = inserts(8);
+        let mut replies = vec![Reply::Ack; 8];
+        replies[1] = Reply::AckCarrying { owner: 3, after: 4 };
+        let mut broker = FakeBroker::new(replies);
+        let report = run(&mut broker, &records).await;
+        assert_eq!(reported(&records, &report), ["4"]);
+        assert!(matches!(
+            report.failure.unwrap().error,
+            PublishError::Returned { code: 312, .. }
+        ));
+        assert_eq!(report.published, 3);
+        // Nothing was sent once the return was seen.
+        assert!(broker.published.len() < 8, "{}", broker.published.len());
+    }
+
+    #[tokio::test]
+    async fn a_return_carried_by_a_later_confirm_fails_the_earlier_record_it_names() {
+        // Record 2's own confirm is an ack; its return comes with record 5's.
+        let records = inserts(6);
+        let mut replies = vec![Reply::Ack; 6];
+        replies[4] = Reply::AckCarrying { owner: 1, after: 5 };
+        let mut broker = FakeBroker::new(replies);
+        let report = run(&mut broker, &records).await;
+        assert_eq!(reported(&records, &report), ["2"]);
+        assert_eq!(report.published, 1);
+    }
+
+    #[tokio::test]
+    async fn returns_swapped_between_two_confirms_fail_the_earlier_record() {
+        // One multiple-ack completes records 3 to 7 in any order: the return
+        // of record 6 comes with record 3's confirm, and record 3's own
+        // return with record 7's, after record 6 in the queue.
+        let records = inserts(8);
+        let mut replies = vec![Reply::Ack; 8];
+        replies[2] = Reply::AckCarrying { owner: 5, after: 7 };
+        replies[6] = Reply::AckCarrying { owner: 2, after: 7 };
+        let mut broker = FakeBroker::new(replies);
+        let report = run(&mut broker, &records).await;
+        assert_eq!(reported(&records, &report), ["3"]);
+        assert_eq!(report.published, 2);
+    }
+
+    #[tokio::test]
+    async fn a_return_naming_no_record_fails_the_earliest_unconfirmed_one() {
+        let records = inserts(5);
+        let mut replies = vec![Reply::Ack; 5];
+        replies[2] = Reply::AckCarryingStranger;
+        let mut broker = FakeBroker::new(replies);
+        let report = run(&mut broker, &records).await;
+        assert_eq!(reported(&records, &report), ["3"]);
+        assert_eq!(report.published, 2);
+    }
+
+    #[tokio::test]
+    async fn a_nack_after_a_record_whose_return_is_still_to_come_reports_the_nack() {
+        // Record 4 is nacked before the return naming record 5 is seen: the
+        // earlier of the two decides.
+        let records = inserts(6);
+        let mut replies = vec![Reply::Ack; 6];
+        replies[3] = Reply::Nack;
+        replies[5] = Reply::AckCarrying { owner: 4, after: 6 };
+        let mut broker = FakeBroker::new(replies);
+        let report = run(&mut broker, &records).await;
+        assert_eq!(reported(&records, &report), ["4"]);
+        assert_eq!(report.failure.unwrap().error, PublishError::Nacked);
+    }
+
+    #[tokio::test]
     async fn a_confirm_that_never_comes_times_out_and_is_reported() {
         let records = inserts(4);
         let mut broker = FakeBroker::new(vec![Reply::Ack, Reply::Silent, Reply::Ack, Reply::Ack]);
@@ -633,7 +846,10 @@ mod tests {
     async fn past_the_deadline_margin_nothing_is_published_and_the_first_record_is_reported() {
         let records = inserts(3);
         let mut broker = FakeBroker::new(vec![]);
-        let tight = Deadlines::from_remaining(Duration::from_millis(500), Duration::from_secs(1));
+        let tight = Deadlines::new(
+            Instant::now() + Duration::from_millis(500),
+            Duration::from_secs(1),
+        );
         let report = forward(
             &mut broker,
             &converter(),

@@ -30,6 +30,9 @@ pub struct Envelope<'a> {
     pub partition_key: Cow<'a, str>,
     pub aggregate_type: Option<Cow<'a, str>>,
     pub aggregate_version: Option<u64>,
+    /// The stream record's SequenceNumber (digits): consumers order the
+    /// events of one partition key by it, compared as integers.
+    pub sequence_number: Cow<'a, str>,
     pub payload: Payload<'a>,
 }
 
@@ -93,6 +96,8 @@ impl Envelope<'_> {
             // Writing to a Vec cannot fail.
             let _ = write!(out, "{v}");
         }
+        field(&mut out, "sequenceNumber");
+        write_str(&mut out, &self.sequence_number);
         field(&mut out, "payload");
         match &self.payload {
             Payload::Empty => out.extend_from_slice(b"{}"),
@@ -133,6 +138,7 @@ mod tests {
             partition_key: "prod-00042".into(),
             aggregate_type: None,
             aggregate_version: Some(7),
+            sequence_number: "4100000000012345680601".into(),
             payload,
         }
     }
@@ -142,7 +148,7 @@ mod tests {
         let e = envelope(Payload::Empty);
         assert_eq!(
             String::from_utf8(e.to_body().unwrap()).unwrap(),
-            r#"{"messageId":"m-1","messageType":"ProductPriceChanged","messageVersion":"1.0","envelopeVersion":"1.0","timestamp":"2026-11-22T12:00:00.123Z","source":"ProductService","correlationId":"c-1","partitionKey":"prod-00042","aggregateVersion":7,"payload":{}}"#
+            r#"{"messageId":"m-1","messageType":"ProductPriceChanged","messageVersion":"1.0","envelopeVersion":"1.0","timestamp":"2026-11-22T12:00:00.123Z","source":"ProductService","correlationId":"c-1","partitionKey":"prod-00042","aggregateVersion":7,"sequenceNumber":"4100000000012345680601","payload":{}}"#
         );
     }
 

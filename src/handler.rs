@@ -235,15 +235,25 @@ impl<B: Broker> Forwarder<B> {
         }
     }
 
-    /// Handles one batch with `remaining` time before the invocation's
-    /// deadline; logs the summary and prints the metrics.
+    /// Handles one batch with `remaining` time from now before the
+    /// invocation's deadline; logs the summary and prints the metrics.
     pub async fn handle<R: Borrow<RawValue>>(
         &self,
         event: &StreamBatch<R>,
         remaining: Duration,
     ) -> Result<(DynamoDbEventResponse, BatchReport), NoSequenceNumber> {
+        self.handle_until(event, Instant::now() + remaining).await
+    }
+
+    /// Handles one batch that must be answered by `deadline`; logs the
+    /// summary and prints the metrics.
+    pub async fn handle_until<R: Borrow<RawValue>>(
+        &self,
+        event: &StreamBatch<R>,
+        deadline: Instant,
+    ) -> Result<(DynamoDbEventResponse, BatchReport), NoSequenceNumber> {
         let started = Instant::now();
-        let deadlines = Deadlines::from_remaining(remaining, self.deadline_margin);
+        let deadlines = Deadlines::new(deadline, self.deadline_margin);
         let now = Utc::now();
         let report = {
             let mut broker = self.broker.lock().await;
@@ -302,11 +312,15 @@ impl<B: Broker> Forwarder<B> {
         body: Option<Bytes>,
         context: &lambda_runtime::Context,
     ) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
+        // First of all: the clock runs from here, not from when the body
+        // has been parsed (a large batch takes a good part of a second at
+        // 128 MB) or the broker lock taken.
         let remaining = remaining_time(context.deadline, SystemTime::now());
+        let deadline = Instant::now() + remaining;
         tracing::debug!(remaining_ms = remaining.as_millis() as u64, "invocation");
         let body = body.ok_or("the invocation's body was not kept")?;
         let batch = parse_batch(&body)?;
-        let (response, _) = self.handle(&batch, remaining).await?;
+        let (response, _) = self.handle_until(&batch, deadline).await?;
         Ok(response)
     }
 }
@@ -367,6 +381,79 @@ mod tests {
                 "{not_a_batch}"
             );
         }
+    }
+
+    /// A broker that takes every message and never confirms one.
+    struct Silent;
+
+    impl Broker for Silent {
+        async fn ensure_ready(&mut self, _until: Instant) -> Result<bool, PublishError> {
+            Ok(false)
+        }
+
+        async fn publish(
+            &mut self,
+            _message: &crate::publisher::Message,
+            _until: Instant,
+        ) -> Result<crate::publisher::Confirm, PublishError> {
+            Ok(Box::pin(std::future::pending()))
+        }
+
+        fn reset(&mut self, _scope: crate::publisher::Reset) {}
+    }
+
+    /// A one-record batch with `padding` bytes the parser must read past.
+    fn padded_batch(padding: usize) -> Bytes {
+        let record = include_str!("../events/sam-dynamodb-update.json");
+        let batch: serde_json::Value = serde_json::from_str(record).unwrap();
+        let records = vec![batch["Records"][0].clone()];
+        let body = serde_json::json!({"padding": "x".repeat(padding), "Records": records});
+        Bytes::from(serde_json::to_vec(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_cut_offs_come_from_the_deadline_not_from_when_the_body_was_parsed() {
+        // A body that takes at least 300 ms to parse here.
+        let mut padding = 8 << 20;
+        let (body, parse) = loop {
+            let body = padded_batch(padding);
+            let started = Instant::now();
+            parse_batch(&body).unwrap();
+            let parse = started.elapsed();
+            if parse >= Duration::from_millis(300) || padding >= 1 << 30 {
+                break (body, parse);
+            }
+            padding *= 2;
+        };
+        let config = Config::from_lookup(|k| match k {
+            "AMQP_URI" => Some("amqp://127.0.0.1:1".into()),
+            "EXCHANGE" => Some("product.events".into()),
+            "MAPPING" => Some("change".into()),
+            "DEADLINE_MARGIN_MS" => Some("1000".into()),
+            "CONFIRM_TIMEOUT_MS" => Some("60000".into()),
+            _ => None,
+        })
+        .unwrap();
+        let forwarder = Forwarder::with_broker(config, Silent);
+        let mut context = lambda_runtime::Context::default();
+        let deadline = SystemTime::now() + Duration::from_secs(3);
+        context.deadline = deadline
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+
+        let response = forwarder.handle_lambda(Some(body), &context).await.unwrap();
+
+        // The confirm never comes, so the answer waits until `answer_by`,
+        // a quarter of the margin before the deadline, whatever the parse
+        // took (today: {parse:?}).
+        let answered = SystemTime::now();
+        assert_eq!(response.batch_item_failures.len(), 1);
+        let early = deadline.duration_since(answered).unwrap_or_default();
+        assert!(
+            early >= Duration::from_millis(150),
+            "answered {early:?} before the deadline, the parse took {parse:?}"
+        );
     }
 
     #[test]

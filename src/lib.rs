@@ -18,6 +18,8 @@
 //! - [`secrets`]: broker credentials from Secrets Manager (signed call).
 //! - [`telemetry`]: JSON logs, summary line, EMF metrics.
 //! - [`handler`]: one invocation, wiring the above together.
+//! - [`shutdown`]: the SIGTERM handler and the extension Lambda needs to
+//!   send it.
 
 pub mod batch;
 pub mod config;
@@ -28,6 +30,7 @@ pub mod publisher;
 pub mod record;
 pub mod routing;
 pub mod secrets;
+pub mod shutdown;
 pub mod telemetry;
 
 pub use config::Config;

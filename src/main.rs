@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use event_forwarder::{Config, Forwarder, handler::KeepBody, telemetry};
+use event_forwarder::{Config, Forwarder, handler::KeepBody, shutdown, telemetry};
 use lambda_runtime::{LambdaEvent, Runtime, layers::TracingLayer, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
@@ -19,10 +19,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     };
 
     let on_shutdown = Arc::clone(&forwarder);
-    lambda_runtime::spawn_graceful_shutdown_handler(move || async move {
-        on_shutdown.shutdown().await;
-    })
-    .await;
+    shutdown::on_sigterm(move || async move { on_shutdown.shutdown().await }).await;
 
     // The body is kept whole and the batch read from it in place, rather
     // than deserialized by the runtime into a copy of every record.

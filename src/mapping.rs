@@ -54,6 +54,8 @@ pub enum MappingError {
     LongTableName,
     #[error("the record has no eventID")]
     NoEventId,
+    #[error("the record has no SequenceNumber")]
+    NoSequenceNumber,
     #[error("unknown eventName (expected INSERT, MODIFY or REMOVE)")]
     UnknownEventName,
     #[error("routing key: {0}")]
@@ -247,6 +249,13 @@ impl Converter {
                 // with a body they cannot parse.
                 match serde_json::from_str::<serde_json::Value>(&s) {
                     Ok(serde_json::Value::Null) => Payload::Empty,
+                    // Typed consumers take `payload` as an object.
+                    Ok(v) if !v.is_object() => {
+                        return Err(MappingError::Invalid {
+                            name: names.payload.clone(),
+                            problem: "JSON text that is not an object",
+                        });
+                    }
                     Ok(_) if json_depth(&s) > MAX_PAYLOAD_DEPTH => {
                         return Err(MappingError::Invalid {
                             name: names.payload.clone(),
@@ -317,6 +326,7 @@ impl Converter {
             partition_key: aggregate_id,
             aggregate_type: optional_str(item, &names.aggregate_type)?,
             aggregate_version: Some(version),
+            sequence_number: sequence_number(record)?,
             payload,
         }))
     }
@@ -376,6 +386,7 @@ impl Converter {
             partition_key: Cow::Owned(key),
             aggregate_type: Some(entity),
             aggregate_version: None,
+            sequence_number: sequence_number(record)?,
             payload: Payload::Image(image),
         })
     }
@@ -492,6 +503,24 @@ fn table_name<'a>(record: &'a Record<'a>) -> Option<&'a str> {
 fn arn_table(arn: &str) -> Option<&str> {
     let (_, rest) = arn.split_once(":table/")?;
     rest.split('/').next().filter(|name| !name.is_empty())
+}
+
+/// The record's SequenceNumber, which consumers compare as an integer:
+/// only digits (DynamoDB's are 21 to 40 of them).
+fn sequence_number<'a>(record: &'a Record<'a>) -> Result<Cow<'a, str>, MappingError> {
+    let seq = record
+        .dynamodb
+        .sequence_number
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or(MappingError::NoSequenceNumber)?;
+    if seq.len() > 255 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(MappingError::Invalid {
+            name: "SequenceNumber".into(),
+            problem: "not a string of 1 to 255 digits",
+        });
+    }
+    Ok(Cow::Borrowed(seq))
 }
 
 /// `product-catalog` → `ProductCatalog`, `orders_v2` → `OrdersV2`.
@@ -735,6 +764,7 @@ mod tests {
                 "partitionKey": "prod-00042",
                 "aggregateType": "Product",
                 "aggregateVersion": 1,
+                "sequenceNumber": "4100000000012345678901",
                 "payload": {
                     "name": "Trail running shoe",
                     "price": {"amount": 119.99, "currency": "EUR"},
@@ -1068,6 +1098,36 @@ mod tests {
     }
 
     #[test]
+    fn both_mappings_carry_the_sequence_number_and_refuse_records_without_one() {
+        let mut config = MappingConfig::new("customer.events");
+        config.mapping = MappingKind::Change;
+        for (converter, mut record) in [
+            (converter(), records(INSERTS).remove(0)),
+            (Converter::new(config), records(CHANGES).remove(1)),
+        ] {
+            let seq = record.change.sequence_number.clone().unwrap();
+            let (m, body) = publish(converter.plan(&record, now()));
+            assert_eq!(body["sequenceNumber"], json!(seq));
+            assert_eq!(
+                header(&m, "sequenceNumber"),
+                Some(&HeaderValue::String(seq))
+            );
+            for (bad, reason) in [
+                (None, "the record has no SequenceNumber"),
+                (Some(""), "the record has no SequenceNumber"),
+                (
+                    Some("41e5"),
+                    "attribute `SequenceNumber` is not a string of 1 to 255 digits",
+                ),
+            ] {
+                record.change.sequence_number = bad.map(str::to_owned);
+                let (_, got) = dead_letter(converter.plan(&record, now()));
+                assert_eq!(got, reason, "{bad:?}");
+            }
+        }
+    }
+
+    #[test]
     fn the_change_mapping_joins_composite_keys_and_uses_keys_when_no_old_image() {
         let mut config = MappingConfig::new("x");
         config.mapping = MappingKind::Change;
@@ -1180,6 +1240,17 @@ mod tests {
             let (_, reason) = dead_letter(converter().plan(&records[0], now()));
             assert_eq!(reason, "attribute `payload` is not valid JSON", "{bad}");
         }
+        for not_an_object in ["42", r#""x""#, "[1]", "true", " [] "] {
+            records[0]
+                .change
+                .new_image
+                .insert("payload".into(), AttributeValue::S(not_an_object.into()));
+            let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+            assert_eq!(
+                reason, "attribute `payload` is JSON text that is not an object",
+                "{not_an_object}"
+            );
+        }
         records[0]
             .change
             .new_image
@@ -1253,7 +1324,11 @@ mod tests {
         let mut records = records(INSERTS);
         let nested = |levels: usize| {
             // Brackets inside strings do not count.
-            format!("{}\"[{{\\\"\"{}", "[".repeat(levels), "]".repeat(levels))
+            format!(
+                "{}\"[{{\\\"\"{}",
+                "{\"a\":".repeat(levels),
+                "}".repeat(levels)
+            )
         };
         records[0]
             .change
@@ -1262,9 +1337,9 @@ mod tests {
         let (_, body) = publish(converter().plan(&records[0], now()));
         let mut inner = &body["payload"];
         for _ in 0..31 {
-            inner = &inner[0];
+            inner = &inner["a"];
         }
-        assert_eq!(inner, &json!(["[{\""]));
+        assert_eq!(inner, &json!({"a": "[{\""}));
         records[0]
             .change
             .new_image

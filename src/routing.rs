@@ -261,6 +261,10 @@ pub fn to_message(
     if let Some(v) = envelope.aggregate_version {
         headers.push(("aggregateVersion", HeaderValue::Int(v)));
     }
+    headers.push((
+        "sequenceNumber",
+        HeaderValue::String(envelope.sequence_number.to_string()),
+    ));
     Message {
         exchange: exchange.to_owned(),
         routing_key,
@@ -296,6 +300,7 @@ mod tests {
             partition_key: Cow::Borrowed("prod-00042"),
             aggregate_type: Some(Cow::Borrowed("Product")),
             aggregate_version: Some(7),
+            sequence_number: Cow::Borrowed("4100000000012345680601"),
             payload: Payload::Empty,
         }
     }
@@ -412,6 +417,10 @@ mod tests {
                 ("partitionKey", HeaderValue::String("prod-00042".into())),
                 ("messageVersion", HeaderValue::String("1.0".into())),
                 ("aggregateVersion", HeaderValue::Int(7)),
+                (
+                    "sequenceNumber",
+                    HeaderValue::String("4100000000012345680601".into())
+                ),
             ]
         );
     }

@@ -74,6 +74,7 @@ async fn inserts_arrive_in_order_with_the_contract_body_properties_and_headers()
             "partitionKey": "prod-00042",
             "aggregateType": "Product",
             "aggregateVersion": 1,
+            "sequenceNumber": "4100000000012345678901",
             "payload": {
                 "name": "Trail running shoe",
                 "price": {"amount": 119.99, "currency": "EUR"},
@@ -114,6 +115,10 @@ async fn inserts_arrive_in_order_with_the_contract_body_properties_and_headers()
     );
     assert_eq!(header_str(first, "messageVersion").as_deref(), Some("1.0"));
     assert_eq!(header_int(first, "aggregateVersion"), Some(1));
+    assert_eq!(
+        header_str(first, "sequenceNumber").as_deref(),
+        Some("4100000000012345678901")
+    );
 
     // The 38-digit number survives the trip to the consumer.
     assert!(
@@ -233,12 +238,7 @@ async fn a_broker_nack_reports_exactly_the_first_nacked_record() {
     let exchange = unique("nack");
     let broker = TestBroker::connect().await;
     let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
-    let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
+    let args = reject_publish_after(2);
     let queue = broker.bind_queue(&exchange, "#", args).await;
     let event = event("insert-batch.json");
 
@@ -574,4 +574,208 @@ async fn the_default_quorum_queues_are_declared_again_and_take_their_messages() 
     assert_eq!(dead.len(), 1);
     forwarder.shutdown().await;
     broker.cleanup(&exchange, &[]).await;
+}
+
+/// `n` records of distinct aggregates; from a random index on, every 7th is
+/// `odd_one` (by `make`), the others `ProductCreated`. Returns the batch and
+/// the index of the first odd record.
+fn mixed_batch(
+    rng: &mut fastrand::Rng,
+    n: usize,
+    odd_one: impl Fn(&function::StreamRecord) -> Value,
+) -> (event_forwarder::handler::StreamBatch, Vec<String>, usize) {
+    let first = rng.usize(..n);
+    let base = rng.u64(1..1_000_000_000) * 10_000;
+    let records: Vec<function::StreamRecord> = (0..n)
+        .map(|i| function::StreamRecord {
+            seq: base + i as u64,
+            aggregate: format!("prod-{base}-{i}"),
+            version: 1,
+        })
+        .collect();
+    let json: Vec<Value> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if i >= first && (i - first) % 7 == 0 {
+                odd_one(r)
+            } else {
+                r.to_json_as("ProductCreated")
+            }
+        })
+        .collect();
+    let batch = serde_json::from_value(json!({ "Records": json })).unwrap();
+    let seqs = records.iter().map(|r| r.sequence_number()).collect();
+    (batch, seqs, first)
+}
+
+#[tokio::test]
+async fn a_returned_message_fails_exactly_its_own_record_whichever_confirm_carries_it() {
+    // No alternate exchange: a record nobody is bound for is returned.
+    // lapin hands a return to whichever confirm it completes next, so only
+    // the return's own message id tells which record it was.
+    let exchange = unique("returns");
+    let broker = TestBroker::connect().await;
+    broker
+        .declare_exchange(&exchange, ExchangeKind::Topic, FieldTable::default())
+        .await;
+    let queue = broker
+        .bind_queue(&exchange, "product.created.v1", FieldTable::default())
+        .await;
+    let forwarder = Forwarder::start(config(&exchange, &[("DECLARE_TOPOLOGY", "false")]))
+        .await
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(20261202);
+
+    for round in 0..60 {
+        let (batch, seqs, first) = mixed_batch(&mut rng, 500, |r| r.to_json_as("ProductRenamed"));
+
+        let (response, report) = forwarder.handle(&batch, TEN_SECONDS).await.unwrap();
+
+        assert_eq!(
+            reported(&response),
+            [seqs[first].clone()],
+            "round {round}: the first unroutable record is {first}, {report:?}"
+        );
+        assert_eq!(report.failure.unwrap().error.kind(), "returned");
+        assert_eq!(report.published, first, "round {round}");
+        // Everything before it was confirmed, so it is in the queue.
+        let got = broker.drain(&queue).await;
+        let ids: std::collections::HashSet<String> = got
+            .iter()
+            .map(|d| body(d)["partitionKey"].as_str().unwrap().to_owned())
+            .collect();
+        for i in 0..first {
+            let key = batch.record(i).unwrap().change.new_image["aggregateId"].clone();
+            let serde_dynamo::AttributeValue::S(key) = key else {
+                panic!()
+            };
+            assert!(
+                ids.contains(&key),
+                "round {round}: record {i} confirmed but missing"
+            );
+        }
+    }
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn a_returned_dead_letter_fails_exactly_its_own_record() {
+    // The forwarder's topology, set up by hand (a forwarder that declares it
+    // would bind the queue again on every new channel), but the dead-letter
+    // exchange has lost its queue: dead letters are returned.
+    let exchange = unique("returned-dl");
+    let broker = TestBroker::connect().await;
+    let unrouted = format!("{exchange}.unrouted");
+    broker
+        .declare_exchange(&unrouted, ExchangeKind::Fanout, FieldTable::default())
+        .await;
+    let kept = broker
+        .bind_queue(&unrouted, "", FieldTable::default())
+        .await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(unrouted.as_str().into()),
+    );
+    broker
+        .declare_exchange(&exchange, ExchangeKind::Topic, args)
+        .await;
+    broker
+        .declare_exchange(
+            &format!("{exchange}.dead-letter"),
+            ExchangeKind::Fanout,
+            FieldTable::default(),
+        )
+        .await;
+    let forwarder = Forwarder::start(config(&exchange, &[("DECLARE_TOPOLOGY", "false")]))
+        .await
+        .unwrap();
+    let mut rng = fastrand::Rng::with_seed(20261203);
+
+    for round in 0..50 {
+        let (batch, seqs, first) = mixed_batch(&mut rng, 500, |r| r.to_json_without_type());
+
+        let (response, report) = forwarder.handle(&batch, TEN_SECONDS).await.unwrap();
+
+        assert_eq!(
+            reported(&response),
+            [seqs[first].clone()],
+            "round {round}: the first poison record is {first}, {report:?}"
+        );
+        assert_eq!(report.failure.unwrap().error.kind(), "returned");
+        assert!(broker.drain(&kept).await.len() >= first, "round {round}");
+    }
+    broker.cleanup(&exchange, &[&kept]).await;
+}
+
+/// A `change` MODIFY of `cust-311` with `tier` and `seq`.
+fn tier_update(tier: &str, seq: &str) -> Value {
+    let mut record = serde_json::to_value(event("change-batch.json").record(1).unwrap()).unwrap();
+    record["dynamodb"]["NewImage"]["tier"] = json!({ "S": tier });
+    record["dynamodb"]["SequenceNumber"] = json!(seq);
+    record["eventID"] = json!(format!("ev-{seq}"));
+    record
+}
+
+#[tokio::test]
+async fn a_consumer_tells_the_newer_update_from_the_message_alone_after_a_redelivery() {
+    let exchange = unique("order-key");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(
+        &exchange,
+        &[("MAPPING", "change"), ("ENTITY_NAME", "Customer")],
+    ))
+    .await
+    .unwrap();
+    let inbox = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    // A second subscriber that is full: whatever it rejects is nacked, even
+    // though the first one got the message.
+    let args = reject_publish_after(0);
+    let full = broker.bind_queue(&exchange, "#", args).await;
+    // Sequence numbers grow in length: compared as text, the older would
+    // look newer.
+    let older = tier_update("gold", "900000000000000000001");
+    let newer = tier_update("platinum", "1000000000000000000001");
+    let batch = |r: &Value| -> event_forwarder::handler::StreamBatch {
+        serde_json::from_value(json!({ "Records": [r] })).unwrap()
+    };
+
+    let (response, _) = forwarder.handle(&batch(&older), TEN_SECONDS).await.unwrap();
+    assert_eq!(reported(&response), ["900000000000000000001"]);
+    broker
+        .channel()
+        .await
+        .queue_delete(full.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    // The newer update is confirmed, then the older one is delivered again:
+    // the consumer's queue holds older, newer, older.
+    for r in [&newer, &older] {
+        let (response, _) = forwarder.handle(&batch(r), TEN_SECONDS).await.unwrap();
+        assert!(reported(&response).is_empty());
+    }
+
+    let out = std::process::Command::new("python3")
+        .arg(format!(
+            "{}/tests/consumers/latest_by_sequence.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([&amqp_uri(), &inbox])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let latest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        latest["cust-311"]["sequenceNumber"],
+        "1000000000000000000001"
+    );
+    assert_eq!(latest["cust-311"]["payload"]["tier"], "platinum");
+    broker.cleanup(&exchange, &[&inbox]).await;
 }

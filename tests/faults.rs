@@ -18,7 +18,7 @@ use common::{
         fault_uri, reported_index, stream,
     },
     proxy::{Mode, Proxy},
-    unique,
+    reject_publish_after, unique,
 };
 use lapin::{ExchangeKind, options::ExchangeDeleteOptions, types::FieldTable};
 
@@ -149,6 +149,59 @@ async fn a_frozen_environment_reconnects_transparently() {
         "{summaries:?}"
     );
     assert_eq!(s.delivered(300).await.lost(&records), 0);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_died_silently_while_frozen_costs_no_failure_and_no_stall() {
+    let _serial = SERIAL.lock().await;
+    fault_broker();
+    let proxy = Proxy::start(FAULT_PORT).await;
+    // A 4-second heartbeat timeout: the broker gives a silent client up
+    // after 4 s, lapin only after 8 s without a byte from the broker.
+    let s = Setup::new(
+        &proxy.uri("?heartbeat=4"),
+        &[("CONFIRM_TIMEOUT_MS", "2500")],
+    )
+    .await;
+    let records = stream(400, 20, 12);
+    let (response, _) = s
+        .function
+        .invoke(&batch(&records[..100]), Duration::from_secs(10))
+        .await;
+    assert_eq!(reported_index(&response, &records[..100]), None);
+
+    // Frozen past the heartbeat timeout, while the broker's close is lost
+    // on the way and the connection swallows whatever the client sends:
+    // 5 s is past the broker's limit but not past lapin's, which is where
+    // a thawed client does not know yet. Twice, then once past both.
+    for (round, frozen) in [(1, 5000), (2, 5500), (3, 9000)] {
+        s.function.signal("-STOP");
+        proxy.vanish();
+        tokio::time::sleep(Duration::from_millis(frozen)).await;
+        s.function.signal("-CONT");
+        let part = &records[round * 100..(round + 1) * 100];
+
+        let (response, took) = s
+            .function
+            .invoke(&batch(part), Duration::from_secs(10))
+            .await;
+
+        assert_eq!(
+            reported_index(&response, part),
+            None,
+            "round {round}: {}",
+            s.function.log()
+        );
+        assert!(
+            took < Duration::from_millis(2000),
+            "round {round}: {took:?}, a confirm timeout's stall"
+        );
+        // The old connection was found dead and replaced.
+        let summary = &s.function.summaries()[round];
+        assert!(summary["reconnects"].as_u64() >= Some(1), "{summary}");
+    }
+    assert_eq!(s.delivered(400).await.lost(&records), 0);
     s.cleanup().await;
 }
 
@@ -330,16 +383,113 @@ async fn a_memory_alarm_is_reported_in_time_and_replay_completes_when_it_clears(
     s.cleanup().await;
 }
 
+/// A memory alarm on the fault node, cleared when dropped (also when the
+/// test fails, so that the next test finds a broker that takes messages).
+struct MemoryAlarm;
+
+impl MemoryAlarm {
+    fn raise() -> Self {
+        fault_ctl(&["set_vm_memory_high_watermark", "0.0001"]);
+        Self
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        fault_ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+/// The connections the broker has open with the function's name.
+fn open_connections(name: &str) -> usize {
+    fault_ctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "client_properties",
+    ])
+    .lines()
+    .filter(|l| l.contains(&format!("\"{name}\"")))
+    .count()
+}
+
+#[tokio::test]
+async fn a_blocked_broker_fails_fast_on_its_one_connection_until_the_alarm_clears() {
+    let _serial = SERIAL.lock().await;
+    let s = Setup::new(&fault_uri(""), &[]).await;
+    let name = s.function.connection_name();
+    let records = stream(600, 30, 11);
+    let (response, _) = s
+        .function
+        .invoke(&batch(&records[..100]), Duration::from_secs(10))
+        .await;
+    assert_eq!(reported_index(&response, &records[..100]), None);
+
+    // A memory alarm: the broker blocks every publishing connection. Each
+    // invocation must answer in time naming its first record, and no
+    // connection may pile up beside the blocked one.
+    let alarm = MemoryAlarm::raise();
+    let timeout = Duration::from_secs(4);
+    let rest = &records[100..];
+    let mut most = 0;
+    let mut durations = Vec::new();
+    for i in 0..10 {
+        let (response, took) = s.function.invoke(&batch(rest), timeout).await;
+        assert_eq!(reported_index(&response, rest), Some(0), "invocation {i}");
+        durations.push(took);
+        if i % 3 == 0 || i == 9 {
+            most = most.max(open_connections(&name));
+        }
+    }
+    let during = open_connections(&name);
+    drop(alarm);
+
+    let summaries = s.function.summaries();
+    let kinds: Vec<&str> = summaries[1..]
+        .iter()
+        .map(|l| l["failure_kind"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        most <= 1 && during <= 1,
+        "{most} connections named {name} while blocked; failures: {kinds:?}"
+    );
+    // Once blocked is known, invocations fail at once.
+    assert!(kinds[1..].iter().all(|k| *k == "blocked"), "{kinds:?}");
+    assert!(
+        durations[1..].iter().all(|d| *d < Duration::from_secs(1)),
+        "{durations:?}"
+    );
+
+    // The alarm clears: the next batch goes through, on the same connection.
+    let until = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let (response, _) = s
+            .function
+            .invoke(&batch(rest), Duration::from_secs(10))
+            .await;
+        let last = s.function.summaries().last().cloned().unwrap_or_default();
+        // The unblock notification may trail the alarm's end by a moment.
+        if last["failure_kind"] != "blocked" || Instant::now() > until {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        reported_index(&response, rest),
+        None,
+        "{}",
+        s.function.log()
+    );
+    assert_eq!(open_connections(&name), 1);
+    assert_eq!(s.delivered(600).await.lost(&records), 0);
+    s.cleanup().await;
+}
+
 #[tokio::test]
 async fn broker_nacks_name_the_first_nacked_record_and_replay_completes() {
     let _serial = SERIAL.lock().await;
     let s = Setup::new(&fault_uri(""), &[]).await;
-    let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(30));
-    args.insert(
-        "x-overflow".into(),
-        lapin::types::AMQPValue::LongString("reject-publish".into()),
-    );
+    let args = reject_publish_after(30);
     let full = s.broker.bind_queue(&s.exchange, "#", args).await;
     let records = stream(100, 10, 7);
 
@@ -495,6 +645,46 @@ async fn sigterm_closes_the_connection_cleanly() {
     assert!(closing.contains("[info]"), "{closing}");
     assert!(!closing.contains("unexpectedly"), "{closing}");
     s.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_an_extensions_api_the_cold_start_warns_and_sigterm_still_closes_cleanly() {
+    let _serial = SERIAL.lock().await;
+    fault_broker();
+    let exchange = unique("no-extensions");
+    let mut f = Function::start_without_extensions_api(&[
+        ("AMQP_URI", &fault_uri("")),
+        ("EXCHANGE", &exchange),
+    ])
+    .await;
+    let records = stream(10, 2, 13);
+    let (response, _) = f.invoke(&batch(&records), Duration::from_secs(10)).await;
+    assert_eq!(reported_index(&response, &records), None, "{}", f.output());
+    let warned = f
+        .log()
+        .lines()
+        .any(|l| l.contains("WARN") && l.contains("shutdown extension"));
+    assert!(warned, "{}", f.output());
+    assert!(!f.output().contains("panicked"), "{}", f.output());
+
+    let name = f.connection_name();
+    let status = f.terminate();
+    assert!(status.success(), "{status:?}");
+    let until = Instant::now() + Duration::from_secs(5);
+    while !fault_log()
+        .lines()
+        .any(|l| l.contains("closing AMQP connection") && l.contains(&name))
+    {
+        assert!(
+            Instant::now() < until,
+            "no close of {name} in the broker log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    TestBroker::connect_to(&fault_uri(""))
+        .await
+        .cleanup(&exchange, &[])
+        .await;
 }
 
 /// A fault the replay driver injects around one invocation.

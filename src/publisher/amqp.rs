@@ -8,8 +8,7 @@
 use std::time::{Duration, Instant};
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
-    ExchangeKind,
+    BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind,
     options::{
         BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
         QueueDeclareOptions,
@@ -18,8 +17,10 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
+use tokio::sync::watch;
+
 use super::trust::{SystemRoots, extra_roots_pem};
-use super::{Broker, Confirm, HeaderValue, Message, PublishError, Reset};
+use super::{Broker, Confirm, Confirmation, HeaderValue, Message, PublishError, Reset, Returned};
 use crate::config::{AmqpUri, BrokerAddress, Config, QueueType, TrustedCa};
 use crate::secrets::SecretError;
 
@@ -88,6 +89,10 @@ pub struct AmqpBroker {
     uri: Option<AmqpUri>,
     connection: Option<Connection>,
     channel: Option<Channel>,
+    /// `true` while the broker blocks the connection (`connection.blocked`).
+    blocked: watch::Receiver<bool>,
+    /// When the last batch ended (or the connection was made).
+    last_used: Instant,
 }
 
 impl AmqpBroker {
@@ -101,6 +106,8 @@ impl AmqpBroker {
             uri,
             connection: None,
             channel: None,
+            blocked: watch::channel(false).1,
+            last_used: Instant::now(),
         }
     }
 
@@ -136,6 +143,23 @@ impl AmqpBroker {
 
     pub fn settings(&self) -> &AmqpSettings {
         &self.settings
+    }
+
+    /// Whether the broker blocks publishers on the connection (a memory or
+    /// disk alarm). lapin then writes nothing at all until it is unblocked.
+    pub fn is_blocked(&self) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected() && c.status().blocked())
+    }
+
+    /// Whether the last batch ended longer ago than the heartbeat timeout
+    /// the broker negotiated (none with heartbeats off).
+    fn idle_past_heartbeat(&self) -> bool {
+        self.connection.as_ref().is_some_and(|c| {
+            let timeout = Duration::from_secs(u64::from(c.configuration().heartbeat()));
+            !timeout.is_zero() && self.last_used.elapsed() > timeout
+        })
     }
 
     /// Whether the connection and the channel are open, as far as the client
@@ -208,6 +232,8 @@ impl AmqpBroker {
             Attempt::Refused(reason) | Attempt::Failed(reason) => PublishError::Unreachable(reason),
         })?;
         tracing::info!(broker = %self.uri_text(), name = %self.settings.connection_name, "connected to the broker");
+        self.blocked = watch_blocked(&connection);
+        self.last_used = Instant::now();
         self.connection = Some(connection);
         Ok(())
     }
@@ -285,6 +311,23 @@ impl AmqpBroker {
 
 impl Broker for AmqpBroker {
     async fn ensure_ready(&mut self, until: Instant) -> Result<bool, PublishError> {
+        // Opening a channel or a connection would wait for the alarm to end:
+        // fail at once, and keep the one connection.
+        if self.is_blocked() {
+            return Err(PublishError::Blocked);
+        }
+        if self.is_open() && self.idle_past_heartbeat() {
+            // Lambda froze the environment for longer than the broker waits
+            // for a heartbeat: the broker has given the connection up, and
+            // if its close was lost on the way the client would only find
+            // out after waiting for confirms that never come.
+            tracing::info!(
+                idle_ms = self.last_used.elapsed().as_millis() as u64,
+                "idle past the heartbeat timeout; reconnecting before publishing"
+            );
+            self.channel = None;
+            self.connection = None;
+        }
         if self.is_open() {
             return Ok(false);
         }
@@ -310,26 +353,40 @@ impl Broker for AmqpBroker {
             &message.body,
             properties(message)?,
         );
-        let confirm = tokio::time::timeout_at(until.into(), sending)
-            .await
-            .map_err(|_| PublishError::WriteTimeout)?
-            .map_err(|e| PublishError::ChannelLost(e.to_string()))?;
+        let mut blocked = self.blocked.clone();
+        let confirm = tokio::select! {
+            biased;
+            sent = tokio::time::timeout_at(until.into(), sending) => sent
+                .map_err(|_| PublishError::WriteTimeout)?
+                .map_err(|e| PublishError::ChannelLost(e.to_string()))?,
+            _ = blocked.wait_for(|b| *b) => return Err(PublishError::Blocked),
+        };
         Ok(Box::pin(async move {
-            match confirm.await {
-                Ok(Confirmation::Ack(None)) => Ok(()),
-                Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                    Err(PublishError::Returned {
-                        code: returned.reply_code,
-                        text: returned.reply_text.to_string(),
-                    })
-                }
-                Ok(Confirmation::Nack(None)) => Err(PublishError::Nacked),
-                Ok(Confirmation::NotRequested) => Err(PublishError::ChannelLost(
-                    "the channel is not in confirm mode".into(),
-                )),
-                Err(e) => Err(PublishError::ChannelLost(e.to_string())),
+            let confirmation = tokio::select! {
+                biased;
+                c = confirm => c,
+                // A blocked broker confirms nothing until its alarm clears.
+                _ = blocked.wait_for(|b| *b) => return Confirmation::failed(PublishError::Blocked),
+            };
+            match confirmation {
+                Ok(lapin::Confirmation::Ack(returned)) => Confirmation {
+                    outcome: Ok(()),
+                    returned: returned.map(|r| returned_message(&r)),
+                },
+                Ok(lapin::Confirmation::Nack(returned)) => Confirmation {
+                    outcome: Err(PublishError::Nacked),
+                    returned: returned.map(|r| returned_message(&r)),
+                },
+                Ok(lapin::Confirmation::NotRequested) => Confirmation::failed(
+                    PublishError::ChannelLost("the channel is not in confirm mode".into()),
+                ),
+                Err(e) => Confirmation::failed(PublishError::ChannelLost(e.to_string())),
             }
         }))
+    }
+
+    fn idle(&mut self) {
+        self.last_used = Instant::now();
     }
 
     fn reset(&mut self, scope: Reset) {
@@ -339,10 +396,43 @@ impl Broker for AmqpBroker {
             .connection
             .as_ref()
             .is_some_and(|c| !c.status().connected());
-        if scope == Reset::Connection || dead {
+        if dead || (scope == Reset::Connection && !self.is_blocked()) {
             self.connection = None;
         }
     }
+}
+
+/// A returned message, named by its message id; its body is dropped here.
+fn returned_message(message: &lapin::message::BasicReturnMessage) -> Returned {
+    Returned {
+        message_id: message
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(ToString::to_string),
+        code: message.reply_code,
+        text: message.reply_text.to_string(),
+    }
+}
+
+/// Follows the connection's `connection.blocked` / `connection.unblocked`
+/// notifications. The task ends with the connection's event stream.
+fn watch_blocked(connection: &Connection) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(connection.status().blocked());
+    let mut events = Box::pin(connection.events_listener());
+    tokio::spawn(async move {
+        while let Some(event) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(events.as_mut(), cx)).await
+        {
+            match event {
+                lapin::Event::ConnectionBlocked(_) => tx.send_replace(true),
+                lapin::Event::ConnectionUnblocked => tx.send_replace(false),
+                _ => continue,
+            };
+        }
+    });
+    rx
 }
 
 /// How one connection attempt failed.

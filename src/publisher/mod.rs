@@ -52,6 +52,8 @@ pub enum PublishError {
     Nacked,
     #[error("the broker returned the message: {code} {text}")]
     Returned { code: u16, text: String },
+    #[error("the broker blocks publishers (connection.blocked: a memory or disk alarm)")]
+    Blocked,
     #[error("the broker did not take the message in time (blocked by a resource alarm?)")]
     WriteTimeout,
     #[error("no publisher confirm within the confirm timeout")]
@@ -78,6 +80,7 @@ impl PublishError {
             PublishError::Topology(_) => "topology",
             PublishError::Nacked => "nack",
             PublishError::Returned { .. } => "returned",
+            PublishError::Blocked => "blocked",
             PublishError::WriteTimeout => "write_timeout",
             PublishError::ConfirmTimeout => "confirm_timeout",
             PublishError::ChannelLost(_) => "channel_lost",
@@ -90,27 +93,72 @@ impl PublishError {
 /// How much to throw away after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reset {
-    /// The channel: after a nack, a return or a channel error.
+    /// The channel: after a nack, a return, a channel error, the deadline
+    /// or a blocked broker.
     Channel,
     /// The connection too: after a timeout, when the socket may be dead
-    /// without the client knowing it yet.
+    /// without the client knowing it yet. A blocked connection is kept all
+    /// the same (see [`Broker::reset`]).
     Connection,
 }
 
 impl PublishError {
-    /// What to reset after this failure.
+    /// What to reset after this failure. Reaching the deadline says nothing
+    /// about the connection (a slow broker, a large batch), so it keeps it.
     pub fn reset_scope(&self) -> Reset {
         match self {
-            PublishError::WriteTimeout | PublishError::ConfirmTimeout | PublishError::Deadline => {
-                Reset::Connection
-            }
+            PublishError::WriteTimeout | PublishError::ConfirmTimeout => Reset::Connection,
             _ => Reset::Channel,
         }
     }
 }
 
+/// A message the broker handed back (`mandatory`, and no queue took it).
+/// `basic.return` carries no delivery tag and the client may attach it to
+/// any publish's confirm, so it names its record by its own message id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Returned {
+    pub message_id: Option<String>,
+    pub code: u16,
+    pub text: String,
+}
+
+impl Returned {
+    /// The failure it is for its own record.
+    pub fn error(&self) -> PublishError {
+        PublishError::Returned {
+            code: self.code,
+            text: self.text.clone(),
+        }
+    }
+}
+
+/// What one publish's confirm resolved to: its own outcome, and a returned
+/// message that came with it, which may belong to another publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    pub outcome: Result<(), PublishError>,
+    pub returned: Option<Returned>,
+}
+
+impl Confirmation {
+    pub fn ack() -> Self {
+        Self {
+            outcome: Ok(()),
+            returned: None,
+        }
+    }
+
+    pub fn failed(error: PublishError) -> Self {
+        Self {
+            outcome: Err(error),
+            returned: None,
+        }
+    }
+}
+
 /// The broker's answer to one publish, resolved when it confirms.
-pub type Confirm = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+pub type Confirm = Pin<Box<dyn Future<Output = Confirmation> + Send>>;
 
 /// What the batch loop needs from a broker.
 pub trait Broker {
@@ -130,6 +178,12 @@ pub trait Broker {
 
     /// Forgets the channel (and with [`Reset::Connection`] the connection)
     /// after a failure, so that the next [`Broker::ensure_ready`] opens
-    /// fresh ones and no confirm of a failed batch lingers.
+    /// fresh ones and no confirm of a failed batch lingers. A connection the
+    /// broker blocks is never dropped: nothing can be written to it, not
+    /// even its close, so the broker would keep it open (and flush what it
+    /// held) for as long as the alarm lasts, beside every new one.
     fn reset(&mut self, scope: Reset);
+
+    /// The batch is over: the broker was last used now.
+    fn idle(&mut self) {}
 }

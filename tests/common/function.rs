@@ -69,7 +69,16 @@ impl Function {
     /// Like [`Function::start_without`], with another program: `program`
     /// is the command line (e.g. an emulator and the arm64 artefact).
     pub async fn start_program(program: &[&str], env: &[(&str, &str)], unset: &[&str]) -> Self {
-        let api = RuntimeApi::start().await;
+        Self::start_on(RuntimeApi::start().await, program, env, unset)
+    }
+
+    /// The binary under a Runtime API that lacks the Extensions API.
+    pub async fn start_without_extensions_api(env: &[(&str, &str)]) -> Self {
+        let program = [env!("CARGO_BIN_EXE_event-forwarder")];
+        Self::start_on(RuntimeApi::without_extensions().await, &program, env, &[])
+    }
+
+    fn start_on(api: RuntimeApi, program: &[&str], env: &[(&str, &str)], unset: &[&str]) -> Self {
         let name = super::unique("fn").replace('.', "-");
         let log_path = std::env::temp_dir().join(format!("{name}.log"));
         let stderr_path = std::env::temp_dir().join(format!("{name}.stderr.log"));
@@ -199,6 +208,19 @@ impl StreamRecord {
     }
 
     pub fn to_json(&self) -> Value {
+        self.to_json_as("StockAdjusted")
+    }
+
+    /// The record with `event_type` as its `eventType` attribute.
+    pub fn to_json_as(&self, event_type: &str) -> Value {
+        let mut record = self.to_json_without_type();
+        record["dynamodb"]["NewImage"]["eventType"] = json!({"S": event_type});
+        record
+    }
+
+    /// The record without the required `eventType`: it cannot be converted
+    /// and is dead-lettered.
+    pub fn to_json_without_type(&self) -> Value {
         json!({
             "eventID": format!("ev-{}", self.seq),
             "eventName": "INSERT",
@@ -212,7 +234,6 @@ impl StreamRecord {
                 "NewImage": {
                     "aggregateId": {"S": self.aggregate},
                     "version": {"N": self.version.to_string()},
-                    "eventType": {"S": "StockAdjusted"},
                     "payload": {"M": {
                         "sku": {"S": self.aggregate},
                         "delta": {"N": "-3"},

@@ -232,6 +232,18 @@ impl TestBroker {
     }
 }
 
+/// Arguments of a queue that holds at most `max` messages and refuses the
+/// next ones, so that the broker nacks them.
+pub fn reject_publish_after(max: i32) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(max));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    args
+}
+
 /// A message body as JSON.
 pub fn body(d: &Delivery) -> serde_json::Value {
     serde_json::from_slice(&d.data).expect("the body is JSON")

@@ -10,7 +10,7 @@ use std::sync::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -37,6 +37,9 @@ struct State {
     mode_changed: watch::Sender<u8>,
     /// Connections numbered below this never carry a byte again.
     abandon_below: AtomicU64,
+    /// Connections numbered below this lose their broker side: it is
+    /// closed, and whatever the client sends is swallowed without a word.
+    vanish_below: watch::Sender<u64>,
     next_id: AtomicU64,
 }
 
@@ -58,6 +61,7 @@ impl Proxy {
             then: AtomicU8::new(Mode::Forward as u8),
             mode_changed: watch::channel(Mode::Forward as u8).0,
             abandon_below: AtomicU64::new(0),
+            vanish_below: watch::channel(0).0,
             next_id: AtomicU64::new(0),
         });
         let shared = state.clone();
@@ -105,6 +109,15 @@ impl Proxy {
         self.state.mode_changed.send_modify(|_| {});
     }
 
+    /// Closes the broker's side of every open connection, while the client
+    /// side stays open and swallows what it is sent, with no answer and no
+    /// FIN: what a client frozen for a while finds when the broker's close
+    /// never reached it. New connections are not affected.
+    pub fn vanish(&self) {
+        let below = self.state.next_id.load(Ordering::SeqCst);
+        self.state.vanish_below.send_replace(below);
+    }
+
     /// Closes every open connection now.
     pub fn sever(&self) {
         self.state.generation.send_modify(|g| *g += 1);
@@ -131,37 +144,37 @@ async fn pump(state: Arc<State>, client: TcpStream, upstream: TcpStream) {
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();
-    let up = copy(
-        state.clone(),
-        id,
-        true,
-        async move |buf: &mut [u8]| cr.read(buf).await,
-        async move |b: Vec<u8>| uw.write_all(&b).await,
-    );
-    let down = copy(
-        state.clone(),
-        id,
-        false,
-        async move |buf: &mut [u8]| ur.read(buf).await,
-        async move |b: Vec<u8>| cw.write_all(&b).await,
-    );
+    let up = copy(state.clone(), id, true, &mut cr, &mut uw);
+    let down = copy(state.clone(), id, false, &mut ur, &mut cw);
     let mut gen_rx = state.generation.subscribe();
-    tokio::select! {
-        _ = up => {}
-        _ = down => {}
-        _ = gen_rx.changed() => {}
+    let mut vanish_rx = state.vanish_below.subscribe();
+    let vanished = tokio::select! {
+        _ = up => false,
+        _ = down => false,
+        _ = gen_rx.changed() => false,
+        _ = vanish_rx.wait_for(|below| id < *below) => true,
+    };
+    if vanished {
+        drop((ur, uw));
+        let mut sink = vec![0u8; 64 * 1024];
+        while let Ok(n) = cr.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+        drop(cw);
     }
 }
 
-async fn copy<R, W>(state: Arc<State>, id: u64, from_client: bool, mut read: R, mut write: W)
+async fn copy<R, W>(state: Arc<State>, id: u64, from_client: bool, read: &mut R, write: &mut W)
 where
-    R: AsyncFnMut(&mut [u8]) -> std::io::Result<usize>,
-    W: AsyncFnMut(Vec<u8>) -> std::io::Result<()>,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 64 * 1024];
     let mut mode_rx = state.mode_changed.subscribe();
     loop {
-        let n = match read(&mut buf).await {
+        let n = match read.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -171,7 +184,7 @@ where
                 return;
             }
         }
-        if write(buf[..n].to_vec()).await.is_err() {
+        if write.write_all(&buf[..n]).await.is_err() {
             return;
         }
         if from_client {

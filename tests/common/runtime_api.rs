@@ -43,6 +43,8 @@ struct Inner {
     init_error: Mutex<Option<Value>>,
     /// When the function first asked for an invocation: the end of its init.
     first_poll: Mutex<Option<std::time::Instant>>,
+    /// Whether the Extensions API is served (some emulators lack it).
+    extensions: bool,
 }
 
 /// The emulator; dropped with the test.
@@ -54,6 +56,15 @@ pub struct RuntimeApi {
 
 impl RuntimeApi {
     pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// Without the Extensions API, as some emulators.
+    pub async fn without_extensions() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(extensions: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
@@ -64,6 +75,7 @@ impl RuntimeApi {
             next_id: AtomicU64::new(1),
             init_error: Mutex::new(None),
             first_poll: Mutex::new(None),
+            extensions,
         });
         let server = inner.clone();
         tokio::spawn(async move {
@@ -190,6 +202,11 @@ async fn route(
         ("POST", ["2018-06-01", "runtime", "init", "error"]) => {
             *inner.init_error.lock().unwrap() = Some(json());
             reply(StatusCode::ACCEPTED, "")
+        }
+        ("POST", ["2020-01-01", "extension", _]) | ("GET", ["2020-01-01", "extension", ..])
+            if !inner.extensions =>
+        {
+            reply(StatusCode::NOT_FOUND, "")
         }
         ("POST", ["2020-01-01", "extension", "register"]) => {
             let mut r = reply(
