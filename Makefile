@@ -2,25 +2,34 @@
 # `make run` and `make test` install and start what they need (RabbitMQ from
 # apt, cargo-lambda, cfn-lint and moto from pip) on a Debian/Ubuntu machine.
 
-.PHONY: run test test-faults test-artefact lint fuzz broker tools bench clean build validate invoke measure deploy sam-invoke
+.PHONY: run dev test test-faults test-artefact lint fuzz broker tools bench clean build validate invoke measure deploy sam-invoke
 
 # Event file for `make invoke` and `make sam-invoke`.
 EVENT ?=
 # samconfig.toml environment for `make deploy`.
 ENV ?= dev
 
-## Local RabbitMQ + the function under the Lambda runtime emulator; forwards
-## the sample events and shows the responses and the delivered messages.
+## The real loop, without Docker: RabbitMQ, moto's DynamoDB with a stream and
+## SQS, the function under cargo lambda watch and forwarder-ops stream as the
+## event source mapping. Writes the sample events as items and shows what
+## arrived (queue, dead letters, OnFailure), with the summaries and metrics.
 run: broker tools
 	scripts/run.sh
 
+## The same loop, left running: put items of your own (the command is
+## printed) and watch them arrive. Ctrl-C stops it.
+dev: broker tools
+	DEV=1 scripts/run.sh
+
 ## Every test: the template lint, unit, broker-backed integration, the
-## binary under the Lambda runtime API emulator, and the fault-injection
+## binary under the Lambda runtime API emulator, the local stream loop
+## (moto's DynamoDB stream, forwarder-ops stream, cargo lambda watch), the
+## fault-injection
 ## suite with the replay driver (on a second, disposable RabbitMQ node on
 ## port 5673), the security tests (a third node with TLS on 5675/5676 and
 ## moto's Secrets Manager on 5677, started by the tests) and hostile input.
 test: validate broker tools
-	cargo test
+	cargo test --no-fail-fast --features ops
 	@cat target/replay-report.txt
 
 ## The fault-injection suite alone, with the replay driver's figures.
@@ -33,6 +42,7 @@ test-faults: broker
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features ops -- -D warnings
 	cd fuzz && cargo fmt --check && cargo clippy --all-targets -- -D warnings
 
 ## libFuzzer on record-to-envelope and on the whole event parse +

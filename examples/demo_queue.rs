@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --example demo_queue -- bind <exchange> <queue>
 //! cargo run --example demo_queue -- show <queue> [<queue>...]
+//! cargo run --example demo_queue -- wait <queue> <count>
 //! cargo run --example demo_queue -- delete <exchange> [<queue>...]
 //! ```
 
@@ -41,8 +42,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         ["delete", exchange, queues @ ..] => delete(&connection, exchange, queues).await,
+        ["wait", queue, count] => wait(&connection, queue, count.parse()?).await,
         _ => bail!(
-            "usage: demo_queue bind <exchange> <queue> | show <queue>... | delete <exchange> [<queue>...]"
+            "usage: demo_queue bind <exchange> <queue> | show <queue>... | wait <queue> <count> | delete <exchange> [<queue>...]"
         ),
     }
 }
@@ -95,6 +97,34 @@ async fn bind(connection: &Connection, exchange: &str, queue: &str) -> anyhow::R
         .await?;
     println!("queue {queue} bound to {exchange} with '#'");
     Ok(())
+}
+
+/// Waits (at most 60 s) until `queue` holds `count` messages, without taking
+/// them, and prints the time it did, in epoch milliseconds.
+async fn wait(connection: &Connection, queue: &str, count: u32) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(60);
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let channel = connection.create_channel().await?;
+    loop {
+        let q = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await?;
+        if q.message_count() >= count {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            println!("{}", now.as_millis());
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!(
+                "{queue} holds {} of {count} messages after 60 s",
+                q.message_count()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn show(connection: &Connection, queue: &str) -> anyhow::Result<()> {

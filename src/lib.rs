@@ -18,12 +18,15 @@
 //! - [`secrets`]: broker credentials from Secrets Manager (signed call).
 //! - [`telemetry`]: JSON logs, summary line, EMF metrics.
 //! - [`handler`]: one invocation, wiring the above together.
+//! - [`esm`]: the event source mapping's rules (checkpoint of a response,
+//!   retries, bisect, OnFailure message), for the operations tool.
 //! - [`shutdown`]: the SIGTERM handler and the extension Lambda needs to
 //!   send it.
 
 pub mod batch;
 pub mod config;
 pub mod envelope;
+pub mod esm;
 pub mod handler;
 pub mod mapping;
 pub mod publisher;

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod function;
+#[cfg(feature = "ops")]
+pub mod local;
 pub mod proxy;
 pub mod runtime_api;
 pub mod secrets;

@@ -1,0 +1,112 @@
+//! The AWS clients every command shares, from the usual configuration
+//! chain, with the endpoints pointed at local servers when asked.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, retry::RetryConfig, timeout::TimeoutConfig};
+
+/// Where the AWS APIs are.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Endpoint of DynamoDB, DynamoDB Streams and SQS (e.g. moto's server,
+    /// http://127.0.0.1:5677). Default: AWS, or AWS_ENDPOINT_URL.
+    #[arg(long, global = true, value_name = "URL", help_heading = "AWS")]
+    pub endpoint_url: Option<String>,
+
+    /// Endpoint of the Lambda Invoke API (e.g. `cargo lambda watch`,
+    /// http://127.0.0.1:9000). Default: --endpoint-url, else AWS.
+    #[arg(long, global = true, value_name = "URL", help_heading = "AWS")]
+    pub lambda_endpoint_url: Option<String>,
+
+    /// AWS region. Default: AWS_REGION or the profile's.
+    #[arg(long, global = true, help_heading = "AWS")]
+    pub region: Option<String>,
+
+    /// The function to invoke: name or ARN. `_` is the function of
+    /// `cargo lambda watch --only-lambda-apis`.
+    #[arg(
+        long,
+        global = true,
+        default_value = "_",
+        env = "FORWARDER_FUNCTION",
+        help_heading = "AWS"
+    )]
+    pub function_name: String,
+}
+
+/// One client per API.
+pub struct Clients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub streams: aws_sdk_dynamodbstreams::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub lambda: aws_sdk_lambda::Client,
+    pub function_name: String,
+    pub region: String,
+}
+
+impl Clients {
+    pub async fn new(args: &Args) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &args.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &args.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let shared = loader.load().await;
+        let mut lambda = aws_sdk_lambda::config::Builder::from(&shared)
+            // An invocation is never repeated by the client: a retry is the
+            // mapping's decision (and counts), not the SDK's.
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .build(),
+            );
+        if let Some(url) = &args.lambda_endpoint_url {
+            lambda = lambda.endpoint_url(url);
+        }
+        Self {
+            dynamodb: aws_sdk_dynamodb::Client::new(&shared),
+            streams: aws_sdk_dynamodbstreams::Client::new(&shared),
+            sqs: aws_sdk_sqs::Client::new(&shared),
+            lambda: aws_sdk_lambda::Client::from_conf(lambda.build()),
+            function_name: args.function_name.clone(),
+            region: shared
+                .region()
+                .map_or_else(|| "us-east-1".to_string(), ToString::to_string),
+        }
+    }
+
+    /// The function's ARN, for OnFailure messages: as given, or made of its
+    /// name (the account is not known locally).
+    pub fn function_arn(&self) -> String {
+        if self.function_name.starts_with("arn:") {
+            self.function_name.clone()
+        } else {
+            format!(
+                "arn:aws:lambda:{}:000000000000:function:{}",
+                self.region, self.function_name
+            )
+        }
+    }
+
+    /// The URL of an SQS queue given by URL, ARN or name.
+    pub async fn queue_url(&self, queue: &str) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        if queue.starts_with("http://") || queue.starts_with("https://") {
+            return Ok(queue.to_owned());
+        }
+        let name = queue.rsplit(':').next().unwrap_or(queue);
+        let out = self
+            .sqs
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .with_context(|| format!("the SQS queue {name} (GetQueueUrl)"))?;
+        out.queue_url()
+            .map(str::to_owned)
+            .with_context(|| format!("GetQueueUrl gave no URL for {name}"))
+    }
+}

@@ -1,0 +1,71 @@
+//! `forwarder-ops`: what happens around the function, through the function.
+//!
+//! A local event source mapping over a real (local) DynamoDB stream
+//! (`stream`). It reaches the broker only by invoking the function with the
+//! Lambda Invoke API, so one code path, one checkpoint rule and one set of
+//! message ids serve every way an event reaches RabbitMQ.
+
+mod aws;
+mod invoker;
+mod reader;
+mod stream;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Operations around event-forwarder: a local event source mapping (and,
+/// with the same invoker, redrive and backfill).
+#[derive(Debug, Parser)]
+#[command(name = "forwarder-ops", version, about, long_about = None)]
+#[command(after_help = "\
+Examples:
+  # The local loop: moto on 5677, cargo lambda watch on 9000
+  forwarder-ops --endpoint-url http://127.0.0.1:5677 \\
+      --lambda-endpoint-url http://127.0.0.1:9000 \\
+      stream --table product-events --on-failure on-failure --idle-exit 5
+
+Credentials and region come from the usual AWS variables and profiles
+(AWS_PROFILE, AWS_REGION, AWS_ACCESS_KEY_ID, ...); AWS_ENDPOINT_URL and
+AWS_ENDPOINT_URL_<SERVICE> work as in the AWS CLI.")]
+struct Cli {
+    #[command(flatten)]
+    aws: aws::Args,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Stream(stream::Args),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let clients = aws::Clients::new(&cli.aws).await;
+    let result = match cli.command {
+        Command::Stream(args) => stream::run(args, &clients).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Human-readable lines on stderr; `RUST_LOG` picks the level (INFO).
+fn init_logging() {
+    use lambda_runtime::tracing::subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn"));
+    let _ = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,859 @@
+//! The rules of Lambda's event source mapping for a DynamoDB stream, as the
+//! operations tool applies them locally (CONTRACT §8): which checkpoint a
+//! partial batch response gives, how a failed batch is retried, bisected
+//! and finally given up on, and the OnFailure message that records it.
+//!
+//! Pure but for the [`Invoker`] port, so the rules are tested here with
+//! fakes; the tool plugs in the Lambda Invoke API and the stream reader.
+
+use std::{future::Future, ops::Range, time::Duration};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json, value::RawValue};
+
+/// The event source mapping's settings, with the defaults of
+/// `template.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// `BatchSize`: records per invocation, 1 to 10,000.
+    pub batch_size: usize,
+    /// `MaximumBatchingWindowInSeconds`: how long to wait to fill a batch.
+    pub batching_window: Duration,
+    /// `FunctionResponseTypes: [ReportBatchItemFailures]`.
+    pub report_batch_item_failures: bool,
+    /// `BisectBatchOnFunctionError`.
+    pub bisect_on_function_error: bool,
+    /// `MaximumRetryAttempts`; `None` is -1 (until the records expire).
+    pub max_retries: Option<u32>,
+    /// `MaximumRecordAgeInSeconds`; `None` is -1 (the stream's 24 h).
+    pub max_record_age: Option<Duration>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            batching_window: Duration::ZERO,
+            report_batch_item_failures: true,
+            bisect_on_function_error: true,
+            max_retries: Some(10_000),
+            max_record_age: Some(Duration::from_secs(21_600)),
+        }
+    }
+}
+
+/// One stream record waiting to be delivered: its place in the shard and
+/// its JSON as Lambda delivers it.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub sequence_number: String,
+    /// ApproximateCreationDateTime.
+    pub created: Option<DateTime<Utc>>,
+    pub record: Box<RawValue>,
+}
+
+/// A stream record as `GetRecords` returns it, its images already in
+/// DynamoDB JSON (`{"S": "..."}`).
+#[derive(Debug, Clone, Default)]
+pub struct StreamRecord {
+    pub event_id: String,
+    pub event_name: String,
+    pub event_version: String,
+    pub aws_region: String,
+    /// ApproximateCreationDateTime, in epoch seconds.
+    pub created: Option<f64>,
+    pub keys: Option<Value>,
+    pub new_image: Option<Value>,
+    pub old_image: Option<Value>,
+    pub sequence_number: String,
+    pub size_bytes: Option<i64>,
+    pub stream_view_type: Option<String>,
+    /// `(type, principalId)`: set on deletions made by TTL.
+    pub user_identity: Option<(String, String)>,
+}
+
+impl StreamRecord {
+    /// The record as Lambda delivers it, with the fields and types of AWS's
+    /// sample events: `eventSourceARN` added (GetRecords has none), and
+    /// `ApproximateCreationDateTime` in epoch seconds.
+    pub fn to_lambda(&self, stream_arn: &str) -> Pending {
+        let mut dynamodb = serde_json::Map::new();
+        if let Some(t) = self.created {
+            // Whole seconds as an integer, as in AWS's samples.
+            let t = if t.fract() == 0.0 && t.abs() < 9e15 {
+                json!(t as i64)
+            } else {
+                json!(t)
+            };
+            dynamodb.insert("ApproximateCreationDateTime".into(), t);
+        }
+        for (name, image) in [
+            ("Keys", &self.keys),
+            ("NewImage", &self.new_image),
+            ("OldImage", &self.old_image),
+        ] {
+            if let Some(image) = image {
+                dynamodb.insert(name.into(), image.clone());
+            }
+        }
+        dynamodb.insert("SequenceNumber".into(), json!(self.sequence_number));
+        if let Some(size) = self.size_bytes {
+            dynamodb.insert("SizeBytes".into(), json!(size));
+        }
+        if let Some(view) = &self.stream_view_type {
+            dynamodb.insert("StreamViewType".into(), json!(view));
+        }
+        let mut record = json!({
+            "eventID": self.event_id,
+            "eventName": self.event_name,
+            "eventVersion": self.event_version,
+            "eventSource": "aws:dynamodb",
+            "awsRegion": self.aws_region,
+            "dynamodb": dynamodb,
+            "eventSourceARN": stream_arn,
+        });
+        if let Some((kind, principal)) = &self.user_identity {
+            record["userIdentity"] = json!({"type": kind, "principalId": principal});
+        }
+        Pending {
+            sequence_number: self.sequence_number.clone(),
+            created: self
+                .created
+                .and_then(|t| DateTime::from_timestamp_millis((t * 1000.0).round() as i64)),
+            // A Value always serializes.
+            record: serde_json::value::to_raw_value(&record)
+                .unwrap_or_else(|_| RawValue::NULL.to_owned()),
+        }
+    }
+}
+
+/// The Invoke API's limit on a synchronous request's payload.
+pub const MAX_EVENT_BYTES: usize = 6 * 1024 * 1024;
+
+/// Takes the next batch off `buffer`: at most `max_records`, and no more
+/// than fit one invocation event of `max_bytes` (a single larger record
+/// still goes alone: the Invoke API refuses it and the mapping gives up on
+/// it, as Lambda's would).
+pub fn take_batch(
+    buffer: &mut std::collections::VecDeque<Pending>,
+    max_records: usize,
+    max_bytes: usize,
+) -> Vec<Pending> {
+    let mut size = 14;
+    let mut n = 0;
+    for r in buffer.iter().take(max_records.max(1)) {
+        size += r.record.get().len() + 1;
+        if n > 0 && size > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    buffer.drain(..n).collect()
+}
+
+/// The invocation event of `records`: `{"Records":[...]}`, the records'
+/// JSON text copied as it is.
+pub fn event(records: &[Pending]) -> Vec<u8> {
+    let len = records
+        .iter()
+        .map(|r| r.record.get().len() + 1)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(len + 14);
+    out.extend_from_slice(b"{\"Records\":[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(r.record.get().as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// What one invocation came back with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// The function returned this response.
+    Response(Value),
+    /// The function failed (an invocation error, a timeout, a crash).
+    FunctionError {
+        /// `Unhandled`, or the error type the endpoint reported.
+        error: String,
+        /// The HTTP status of the Invoke call.
+        status: u16,
+    },
+}
+
+/// Why an invocation could not be made at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    /// The endpoint cannot be reached: retried without counting, as the
+    /// function never saw the batch.
+    #[error("the function could not be invoked: {0}")]
+    Unreachable(String),
+    /// The Invoke API refused the call (no such function, no permission):
+    /// retrying cannot help, so delivery stops.
+    #[error("the Invoke API refused the call: {0}")]
+    Refused(String),
+}
+
+/// Invokes the function with one event.
+pub trait Invoker {
+    fn invoke(&mut self, event: Vec<u8>) -> impl Future<Output = Result<Answer, InvokeError>>;
+}
+
+/// Where a response leaves the checkpoint of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Every record is done.
+    All,
+    /// The records before this index are done; it is retried from there.
+    Before(usize),
+    /// The response reports a failure Lambda cannot place (an empty or
+    /// null identifier, or one not in the batch): the whole batch failed.
+    Whole,
+}
+
+/// The checkpoint a partial batch response gives (AWS: "Lambda
+/// checkpoints at the lowest sequence number reported"). An empty or null
+/// response, or an empty or null `batchItemFailures`, is a success.
+pub fn checkpoint(response: &Value, sequence_numbers: &[&str]) -> Checkpoint {
+    let failures = match response {
+        Value::Null => return Checkpoint::All,
+        Value::Object(o) => match o.get("batchItemFailures") {
+            None | Some(Value::Null) => return Checkpoint::All,
+            Some(Value::Array(a)) if a.is_empty() => return Checkpoint::All,
+            Some(Value::Array(a)) => a,
+            Some(_) => return Checkpoint::Whole,
+        },
+        Value::String(s) if s.is_empty() => return Checkpoint::All,
+        _ => return Checkpoint::Whole,
+    };
+    let mut lowest: Option<usize> = None;
+    for failure in failures {
+        let position = failure
+            .get("itemIdentifier")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .and_then(|id| sequence_numbers.iter().position(|s| *s == id));
+        match position {
+            None => return Checkpoint::Whole,
+            Some(p) => lowest = Some(lowest.map_or(p, |l| l.min(p))),
+        }
+    }
+    lowest.map_or(Checkpoint::All, Checkpoint::Before)
+}
+
+/// Why records were given up on (the OnFailure message's `condition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    RetryAttemptsExhausted,
+    RecordAgeExceeded,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::RetryAttemptsExhausted => "RetryAttemptsExhausted",
+            Condition::RecordAgeExceeded => "RecordAgeExceeded",
+        }
+    }
+}
+
+/// Records of a batch the mapping gave up on, for the OnFailure queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GivenUp {
+    /// Their indexes in the batch.
+    pub range: Range<usize>,
+    pub condition: Condition,
+    /// Invocations made with them.
+    pub invocations: u32,
+    /// The last answer's HTTP status and function error, if any.
+    pub status: u16,
+    pub function_error: Option<String>,
+}
+
+/// What delivering one batch took.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delivery {
+    pub invocations: u32,
+    /// Invocations whose response reported a failed record.
+    pub partial: u32,
+    pub function_errors: u32,
+    pub bisects: u32,
+    /// Invocations that could not be made (retried, not counted).
+    pub unreachable: u32,
+    pub given_up: Vec<GivenUp>,
+    /// Set when delivery was stopped: records from this index on were
+    /// neither delivered nor given up on.
+    pub stopped_at: Option<usize>,
+    /// Why the Invoke API refused the call, when it did (delivery stopped).
+    pub refused: Option<String>,
+}
+
+impl Delivery {
+    /// Records given up on.
+    pub fn given_up_records(&self) -> usize {
+        self.given_up.iter().map(|g| g.range.len()).sum()
+    }
+}
+
+/// How the mapping waits between retries, and when it stops.
+pub struct Pace<'a> {
+    /// Before a retry of a failed batch.
+    pub retry_delay: Duration,
+    pub now: &'a dyn Fn() -> DateTime<Utc>,
+    /// Asked before every invocation: `true` stops the delivery there.
+    pub stop: &'a dyn Fn() -> bool,
+}
+
+/// Delivers one batch by Lambda's rules: records in order, a partial
+/// response resumes at the reported record, a function error bisects the
+/// batch (when on) and retries each half on its own, and records that run
+/// out of retries or grow older than the age limit are given up on, their
+/// range recorded for the OnFailure queue, so that the shard moves on.
+pub async fn deliver<I: Invoker>(
+    invoker: &mut I,
+    batch: &[Pending],
+    rules: &Rules,
+    pace: &Pace<'_>,
+) -> Delivery {
+    let mut delivery = Delivery::default();
+    // Parts still to deliver, in stream order, with the retries they used.
+    let mut parts: Vec<(Range<usize>, u32)> = vec![(0..batch.len(), 0)];
+    while let Some((mut range, retries)) = parts.pop() {
+        if let Some(age) = rules.max_record_age {
+            let now = (pace.now)();
+            let expired = batch[range.clone()]
+                .iter()
+                .take_while(|r| {
+                    r.created
+                        .is_some_and(|c| (now - c).to_std().is_ok_and(|a| a > age))
+                })
+                .count();
+            if expired > 0 {
+                delivery.given_up.push(GivenUp {
+                    range: range.start..range.start + expired,
+                    condition: Condition::RecordAgeExceeded,
+                    invocations: retries,
+                    status: 200,
+                    function_error: None,
+                });
+                range.start += expired;
+            }
+        }
+        if range.is_empty() {
+            continue;
+        }
+        if (pace.stop)() {
+            delivery.stopped_at = Some(range.start);
+            return delivery;
+        }
+        if retries > 0 {
+            tokio::time::sleep(pace.retry_delay).await;
+        }
+        let answer = loop {
+            match invoker.invoke(event(&batch[range.clone()])).await {
+                Ok(answer) => break answer,
+                Err(InvokeError::Refused(reason)) => {
+                    delivery.stopped_at = Some(range.start);
+                    delivery.refused = Some(reason);
+                    return delivery;
+                }
+                Err(InvokeError::Unreachable(reason)) => {
+                    delivery.unreachable += 1;
+                    tracing::warn!(%reason, "invoke failed; retrying");
+                    if (pace.stop)() {
+                        delivery.stopped_at = Some(range.start);
+                        return delivery;
+                    }
+                    tokio::time::sleep(pace.retry_delay).await;
+                }
+            }
+        };
+        delivery.invocations += 1;
+        let failed_from = match &answer {
+            Answer::Response(_) if !rules.report_batch_item_failures => None,
+            Answer::Response(response) => {
+                let seqs: Vec<&str> = batch[range.clone()]
+                    .iter()
+                    .map(|r| r.sequence_number.as_str())
+                    .collect();
+                match checkpoint(response, &seqs) {
+                    Checkpoint::All => None,
+                    Checkpoint::Before(i) => {
+                        delivery.partial += 1;
+                        Some(range.start + i)
+                    }
+                    Checkpoint::Whole => {
+                        delivery.partial += 1;
+                        Some(range.start)
+                    }
+                }
+            }
+            Answer::FunctionError { .. } => {
+                delivery.function_errors += 1;
+                Some(range.start)
+            }
+        };
+        let Some(from) = failed_from else { continue };
+        let rest = from..range.end;
+        let (status, function_error) = match &answer {
+            Answer::FunctionError { error, status } => (*status, Some(error.clone())),
+            Answer::Response(_) => (200, None),
+        };
+        if rules.max_retries.is_some_and(|max| retries >= max) {
+            delivery.given_up.push(GivenUp {
+                range: rest,
+                condition: Condition::RetryAttemptsExhausted,
+                invocations: retries + 1,
+                status,
+                function_error,
+            });
+            continue;
+        }
+        let bisect = matches!(answer, Answer::FunctionError { .. })
+            && rules.bisect_on_function_error
+            && rest.len() > 1;
+        if bisect {
+            delivery.bisects += 1;
+            let middle = rest.start + rest.len() / 2;
+            // Popped from the end: the first half goes last onto the stack.
+            parts.push((middle..rest.end, retries + 1));
+            parts.push((rest.start..middle, retries + 1));
+        } else {
+            parts.push((rest, retries + 1));
+        }
+    }
+    delivery
+}
+
+/// Where the given-up records were, for their OnFailure message.
+pub struct ShardContext<'a> {
+    pub shard_id: &'a str,
+    pub stream_arn: &'a str,
+    pub function_arn: &'a str,
+    pub request_id: &'a str,
+}
+
+/// The OnFailure message for records given up on, in the format Lambda
+/// sends to an SQS destination: the position of the records, not the
+/// records themselves.
+pub fn on_failure_message(
+    given_up: &GivenUp,
+    batch: &[Pending],
+    at: &ShardContext<'_>,
+    now: DateTime<Utc>,
+) -> Value {
+    let records = &batch[given_up.range.clone()];
+    let arrival = |r: Option<&Pending>| {
+        r.and_then(|r| r.created)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+    };
+    let mut response = json!({
+        "statusCode": given_up.status,
+        "executedVersion": "$LATEST",
+    });
+    if let Some(e) = &given_up.function_error {
+        response["functionError"] = json!(e);
+    }
+    json!({
+        "requestContext": {
+            "requestId": at.request_id,
+            "functionArn": at.function_arn,
+            "condition": given_up.condition.as_str(),
+            "approximateInvokeCount": given_up.invocations,
+        },
+        "responseContext": response,
+        "version": "1.0",
+        "timestamp": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "DDBStreamBatchInfo": {
+            "shardId": at.shard_id,
+            "startSequenceNumber": records.first().map(|r| r.sequence_number.as_str()),
+            "endSequenceNumber": records.last().map(|r| r.sequence_number.as_str()),
+            "approximateArrivalOfFirstRecord": arrival(records.first()),
+            "approximateArrivalOfLastRecord": arrival(records.last()),
+            "batchSize": records.len(),
+            "streamArn": at.stream_arn,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    fn pending(n: usize) -> Vec<Pending> {
+        (0..n)
+            .map(|i| Pending {
+                sequence_number: format!("{}", 100 + i),
+                created: DateTime::from_timestamp(1_795_348_800 + i as i64, 0),
+                record: serde_json::value::to_raw_value(&json!({
+                    "eventID": format!("e{i}"),
+                    "dynamodb": {"SequenceNumber": format!("{}", 100 + i)}
+                }))
+                .unwrap(),
+            })
+            .collect()
+    }
+
+    /// How the fake answers one invocation, given its sequence numbers.
+    type Script = Box<dyn Fn(&[String]) -> Result<Answer, InvokeError>>;
+
+    /// Answers invocations from a script; records what it was sent.
+    struct Scripted {
+        answers: Vec<Script>,
+        sent: RefCell<Vec<Vec<String>>>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Script>) -> Self {
+            Self {
+                answers,
+                sent: RefCell::default(),
+            }
+        }
+    }
+
+    impl Invoker for Scripted {
+        async fn invoke(&mut self, event: Vec<u8>) -> Result<Answer, InvokeError> {
+            let event: Value = serde_json::from_slice(&event).unwrap();
+            let seqs: Vec<String> = event["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["dynamodb"]["SequenceNumber"].as_str().unwrap().to_owned())
+                .collect();
+            let n = self.sent.borrow().len();
+            self.sent.borrow_mut().push(seqs.clone());
+            match self.answers.get(n) {
+                Some(answer) => answer(&seqs),
+                None => Ok(Answer::Response(json!({"batchItemFailures": []}))),
+            }
+        }
+    }
+
+    fn ok() -> Script {
+        Box::new(|_| Ok(Answer::Response(json!({"batchItemFailures": []}))))
+    }
+
+    fn fails_at(k: usize) -> Script {
+        Box::new(move |seqs| {
+            Ok(Answer::Response(
+                json!({"batchItemFailures": [{"itemIdentifier": seqs[k]}]}),
+            ))
+        })
+    }
+
+    fn function_error() -> Script {
+        Box::new(|_| {
+            Ok(Answer::FunctionError {
+                error: "Unhandled".into(),
+                status: 200,
+            })
+        })
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_795_348_900, 0).unwrap()
+    }
+
+    async fn run(invoker: &mut Scripted, batch: &[Pending], rules: &Rules) -> Delivery {
+        let pace = Pace {
+            retry_delay: Duration::ZERO,
+            now: &now,
+            stop: &|| false,
+        };
+        deliver(invoker, batch, rules, &pace).await
+    }
+
+    #[test]
+    fn the_checkpoint_is_the_lowest_reported_record() {
+        let seqs = ["7", "8", "9", "10"];
+        let failures = |ids: Value| json!({ "batchItemFailures": ids });
+        for success in [
+            json!(null),
+            json!({}),
+            json!(""),
+            failures(json!(null)),
+            failures(json!([])),
+        ] {
+            assert_eq!(checkpoint(&success, &seqs), Checkpoint::All, "{success}");
+        }
+        assert_eq!(
+            checkpoint(&failures(json!([{"itemIdentifier": "9"}])), &seqs),
+            Checkpoint::Before(2)
+        );
+        assert_eq!(
+            checkpoint(
+                &failures(json!([{"itemIdentifier": "10"}, {"itemIdentifier": "8"}])),
+                &seqs
+            ),
+            Checkpoint::Before(1)
+        );
+        for whole in [
+            failures(json!([{"itemIdentifier": ""}])),
+            failures(json!([{"itemIdentifier": null}])),
+            failures(json!([{"itemIdentifier": "11"}])),
+            failures(json!([{"id": "8"}])),
+            failures(json!("8")),
+            json!([1]),
+        ] {
+            assert_eq!(checkpoint(&whole, &seqs), Checkpoint::Whole, "{whole}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_partial_response_resumes_at_the_reported_record() {
+        let batch = pending(5);
+        let mut invoker = Scripted::new(vec![fails_at(2), ok()]);
+        let d = run(&mut invoker, &batch, &Rules::default()).await;
+        assert!(d.given_up.is_empty());
+        assert_eq!((d.invocations, d.partial), (2, 1));
+        assert_eq!(invoker.sent.borrow()[1], ["102", "103", "104"]);
+    }
+
+    #[tokio::test]
+    async fn an_unplaceable_failure_retries_the_whole_batch() {
+        let batch = pending(3);
+        let null: Script = Box::new(|_| {
+            Ok(Answer::Response(
+                json!({"batchItemFailures": [{"itemIdentifier": null}]}),
+            ))
+        });
+        let mut invoker = Scripted::new(vec![null, ok()]);
+        let d = run(&mut invoker, &batch, &Rules::default()).await;
+        assert_eq!(invoker.sent.borrow()[1], ["100", "101", "102"]);
+        assert_eq!(d.bisects, 0, "a response is not a function error");
+    }
+
+    #[tokio::test]
+    async fn a_function_error_is_bisected_and_each_half_retried_in_order() {
+        let batch = pending(6);
+        // The whole batch fails, then its first half fails again; the
+        // quarters and the second half go through.
+        let mut invoker = Scripted::new(vec![function_error(), function_error()]);
+        let d = run(&mut invoker, &batch, &Rules::default()).await;
+        assert!(d.given_up.is_empty());
+        assert_eq!(d.bisects, 2);
+        let sent = invoker.sent.borrow();
+        assert_eq!(sent[0].len(), 6);
+        assert_eq!(sent[1], ["100", "101", "102"]);
+        assert_eq!(sent[2], ["100"]);
+        assert_eq!(sent[3], ["101", "102"]);
+        assert_eq!(sent[4], ["103", "104", "105"]);
+    }
+
+    #[tokio::test]
+    async fn without_bisect_a_function_error_retries_the_whole_batch() {
+        let batch = pending(4);
+        let rules = Rules {
+            bisect_on_function_error: false,
+            ..Rules::default()
+        };
+        let mut invoker = Scripted::new(vec![function_error()]);
+        run(&mut invoker, &batch, &rules).await;
+        assert_eq!(invoker.sent.borrow()[1].len(), 4);
+    }
+
+    #[tokio::test]
+    async fn records_that_run_out_of_retries_are_given_up_on_once() {
+        let batch = pending(5);
+        let rules = Rules {
+            max_retries: Some(2),
+            ..Rules::default()
+        };
+        // Record 1 on goes through on no try: 1 + 2 retries, then given up.
+        let mut invoker = Scripted::new(vec![fails_at(1), fails_at(0), fails_at(0)]);
+        let d = run(&mut invoker, &batch, &rules).await;
+        assert_eq!(d.invocations, 3);
+        assert_eq!(
+            d.given_up,
+            [GivenUp {
+                range: 1..5,
+                condition: Condition::RetryAttemptsExhausted,
+                invocations: 3,
+                status: 200,
+                function_error: None,
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn records_older_than_the_age_limit_are_given_up_on_without_an_invocation() {
+        let batch = pending(4);
+        let rules = Rules {
+            // now() is 100 s after the first record: the first two are older
+            // than 98 s.
+            max_record_age: Some(Duration::from_secs(98)),
+            ..Rules::default()
+        };
+        let mut invoker = Scripted::new(vec![]);
+        let d = run(&mut invoker, &batch, &rules).await;
+        assert_eq!(d.given_up[0].range, 0..2);
+        assert_eq!(d.given_up[0].condition, Condition::RecordAgeExceeded);
+        assert_eq!(invoker.sent.borrow()[0], ["102", "103"]);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_retried_without_counting() {
+        let batch = pending(2);
+        let rules = Rules {
+            max_retries: Some(0),
+            ..Rules::default()
+        };
+        let down: Script = Box::new(|_| Err(InvokeError::Unreachable("connection refused".into())));
+        let mut invoker = Scripted::new(vec![down, ok()]);
+        let d = run(&mut invoker, &batch, &rules).await;
+        assert!(d.given_up.is_empty());
+        assert_eq!((d.unreachable, d.invocations), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_refused_invocation_stops_the_delivery() {
+        let batch = pending(2);
+        let refused: Script = Box::new(|_| Err(InvokeError::Refused("no such function".into())));
+        let mut invoker = Scripted::new(vec![refused]);
+        let d = run(&mut invoker, &batch, &Rules::default()).await;
+        assert_eq!(d.stopped_at, Some(0));
+        assert_eq!(d.refused.as_deref(), Some("no such function"));
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_leaves_the_rest_undelivered() {
+        let batch = pending(3);
+        let mut invoker = Scripted::new(vec![]);
+        let pace = Pace {
+            retry_delay: Duration::ZERO,
+            now: &now,
+            stop: &|| true,
+        };
+        let d = deliver(&mut invoker, &batch, &Rules::default(), &pace).await;
+        assert_eq!(d.stopped_at, Some(0));
+        assert!(invoker.sent.borrow().is_empty());
+    }
+
+    #[test]
+    fn the_on_failure_message_has_lambdas_fields() {
+        let batch = pending(5);
+        let given_up = GivenUp {
+            range: 1..4,
+            condition: Condition::RetryAttemptsExhausted,
+            invocations: 3,
+            status: 200,
+            function_error: Some("Unhandled".into()),
+        };
+        let at = ShardContext {
+            shard_id: "shardId-1",
+            stream_arn: "arn:aws:dynamodb:eu-west-1:1:table/t/stream/x",
+            function_arn: "arn:aws:lambda:eu-west-1:1:function:f",
+            request_id: "r-1",
+        };
+        let m = on_failure_message(&given_up, &batch, &at, now());
+        assert_eq!(
+            m,
+            json!({
+                "requestContext": {
+                    "requestId": "r-1",
+                    "functionArn": "arn:aws:lambda:eu-west-1:1:function:f",
+                    "condition": "RetryAttemptsExhausted",
+                    "approximateInvokeCount": 3
+                },
+                "responseContext": {
+                    "statusCode": 200,
+                    "executedVersion": "$LATEST",
+                    "functionError": "Unhandled"
+                },
+                "version": "1.0",
+                "timestamp": "2026-11-22T12:01:40.000Z",
+                "DDBStreamBatchInfo": {
+                    "shardId": "shardId-1",
+                    "startSequenceNumber": "101",
+                    "endSequenceNumber": "103",
+                    "approximateArrivalOfFirstRecord": "2026-11-22T12:00:01Z",
+                    "approximateArrivalOfLastRecord": "2026-11-22T12:00:03Z",
+                    "batchSize": 3,
+                    "streamArn": "arn:aws:dynamodb:eu-west-1:1:table/t/stream/x"
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn a_stream_record_becomes_the_record_of_awss_sample_event() {
+        let sample: Value =
+            serde_json::from_str(include_str!("../events/sam-dynamodb-update.json")).unwrap();
+        for expected in sample["Records"].as_array().unwrap() {
+            let d = &expected["dynamodb"];
+            let image = |name: &str| d.get(name).cloned();
+            let record = StreamRecord {
+                event_id: expected["eventID"].as_str().unwrap().into(),
+                event_name: expected["eventName"].as_str().unwrap().into(),
+                event_version: expected["eventVersion"].as_str().unwrap().into(),
+                aws_region: expected["awsRegion"].as_str().unwrap().into(),
+                created: d["ApproximateCreationDateTime"].as_f64(),
+                keys: image("Keys"),
+                new_image: image("NewImage"),
+                old_image: image("OldImage"),
+                sequence_number: d["SequenceNumber"].as_str().unwrap().into(),
+                size_bytes: d["SizeBytes"].as_i64(),
+                stream_view_type: d["StreamViewType"].as_str().map(str::to_owned),
+                user_identity: None,
+            };
+            let arn = expected["eventSourceARN"].as_str().unwrap();
+            let got: Value = serde_json::from_str(record.to_lambda(arn).record.get()).unwrap();
+            assert_eq!(&got, expected);
+        }
+    }
+
+    #[test]
+    fn a_ttl_deletion_names_dynamodb_as_its_principal() {
+        let record = StreamRecord {
+            event_name: "REMOVE".into(),
+            sequence_number: "5".into(),
+            created: Some(1_795_348_800.25),
+            user_identity: Some(("Service".into(), "dynamodb.amazonaws.com".into())),
+            ..StreamRecord::default()
+        };
+        let pending = record.to_lambda("arn");
+        let got: Value = serde_json::from_str(pending.record.get()).unwrap();
+        assert_eq!(
+            got["userIdentity"],
+            json!({"type": "Service", "principalId": "dynamodb.amazonaws.com"})
+        );
+        assert_eq!(
+            got["dynamodb"]["ApproximateCreationDateTime"],
+            1_795_348_800.25
+        );
+        assert_eq!(
+            pending.created,
+            DateTime::from_timestamp_millis(1_795_348_800_250)
+        );
+    }
+
+    #[test]
+    fn a_batch_fits_the_record_count_and_the_payload_limit() {
+        let mut buffer: std::collections::VecDeque<Pending> = pending(10).into();
+        let one = buffer[0].record.get().len() + 1;
+        assert_eq!(take_batch(&mut buffer, 4, MAX_EVENT_BYTES).len(), 4);
+        let batch = take_batch(&mut buffer, 10, 14 + 3 * one);
+        assert_eq!(batch.len(), 3);
+        assert!(event(&batch).len() <= 14 + 3 * one);
+        assert_eq!(batch[0].sequence_number, "104");
+        // A record larger than the limit still goes, alone.
+        assert_eq!(take_batch(&mut buffer, 10, 1).len(), 1);
+        assert_eq!(buffer.len(), 2);
+    }
+
+    #[test]
+    fn the_event_holds_the_records_as_they_are() {
+        let batch = pending(2);
+        let event: Value = serde_json::from_slice(&event(&batch)).unwrap();
+        assert_eq!(event["Records"][1]["eventID"], "e1");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&self::event(&[])).unwrap(),
+            json!({"Records": []})
+        );
+    }
+}

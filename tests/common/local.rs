@@ -1,0 +1,380 @@
+//! The local loop with real parts: moto's server for DynamoDB, its stream
+//! and SQS (`scripts/moto.sh`), `cargo lambda watch` as the Lambda runtime
+//! and Invoke API, the real function binary polling it, and the real
+//! `forwarder-ops` as the event source mapping.
+#![allow(dead_code)]
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TransactWriteItem,
+};
+use serde_json::Value;
+
+/// moto's port (`scripts/moto.sh`, shared with the security tests).
+pub const MOTO_PORT: u16 = 5677;
+
+pub fn moto_url() -> String {
+    format!("http://127.0.0.1:{MOTO_PORT}")
+}
+
+/// Starts moto's server if it is not running.
+pub fn moto() {
+    let script = format!("{}/scripts/moto.sh", env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new("bash")
+        .args([&script, "start"])
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "moto's server did not start");
+}
+
+/// The settings every AWS client of the tests (and the tool) uses.
+pub const AWS_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    for (k, v) in AWS_ENV {
+        // SAFETY: tests set the same values from every thread.
+        unsafe { std::env::set_var(k, v) };
+    }
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto_url())
+        .load()
+        .await
+}
+
+/// Kills the child when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `cargo lambda watch --only-lambda-apis` and the function polling it.
+pub struct LocalFunction {
+    pub port: u16,
+    _emulator: Process,
+    pub function: Process,
+    pub log: PathBuf,
+}
+
+impl LocalFunction {
+    /// Starts the emulator and the function with `env` (EXCHANGE, AMQP_URI...).
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let emulator = Process(
+            Command::new("cargo-lambda")
+                .args([
+                    "lambda",
+                    "watch",
+                    "--only-lambda-apis",
+                    "-A",
+                    "127.0.0.1",
+                    "-P",
+                ])
+                .arg(port.to_string())
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cargo-lambda is installed (pip install cargo-lambda)"),
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "cargo lambda watch did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::env::temp_dir().join(format!("local-fn-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-forwarder"));
+        cmd.env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt"),
+        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", format!("local-fn-{port}"))
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("QUEUE_TYPE", "classic")
+        .env_remove("RUST_LOG")
+        .stdout(std::fs::File::create(&log).expect("a log file"))
+        .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let function = Process(cmd.spawn().expect("the function starts"));
+        Self {
+            port,
+            _emulator: emulator,
+            function,
+            log,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// An event-store table (`aggregateId` + `version`) or an entity table
+/// (`key`) with a NEW_AND_OLD_IMAGES stream, and an OnFailure queue.
+pub struct Table {
+    pub name: String,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub on_failure: String,
+}
+
+impl Table {
+    pub async fn event_store(name: &str) -> Self {
+        Self::create(
+            name,
+            &[
+                ("aggregateId", KeyType::Hash, ScalarAttributeType::S),
+                ("version", KeyType::Range, ScalarAttributeType::N),
+            ],
+        )
+        .await
+    }
+
+    pub async fn entities(name: &str, key: &str) -> Self {
+        Self::create(name, &[(key, KeyType::Hash, ScalarAttributeType::S)]).await
+    }
+
+    async fn create(name: &str, keys: &[(&str, KeyType, ScalarAttributeType)]) -> Self {
+        moto();
+        let config = sdk_config().await;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let mut create = dynamodb
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .expect("a stream specification"),
+            );
+        for (attribute, kind, scalar) in keys {
+            create = create
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(*attribute)
+                        .key_type(kind.clone())
+                        .build()
+                        .expect("a key"),
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(*attribute)
+                        .attribute_type(scalar.clone())
+                        .build()
+                        .expect("an attribute"),
+                );
+        }
+        create.send().await.expect("CreateTable");
+        let on_failure = sqs
+            .create_queue()
+            .queue_name(format!("{name}-on-failure"))
+            .send()
+            .await
+            .expect("CreateQueue")
+            .queue_url()
+            .expect("a queue URL")
+            .to_owned();
+        Self {
+            name: name.to_owned(),
+            dynamodb,
+            sqs,
+            on_failure,
+        }
+    }
+
+    /// One domain event, written as an aggregate's command handler would.
+    pub fn event(aggregate: &str, version: u64, event_type: &str) -> Item {
+        Item::from([
+            (
+                "aggregateId".to_string(),
+                AttributeValue::S(aggregate.into()),
+            ),
+            (
+                "version".to_string(),
+                AttributeValue::N(version.to_string()),
+            ),
+            (
+                "eventType".to_string(),
+                AttributeValue::S(event_type.into()),
+            ),
+            (
+                "aggregateType".to_string(),
+                AttributeValue::S("Product".into()),
+            ),
+            (
+                "payload".to_string(),
+                AttributeValue::M(Item::from([(
+                    "version".to_string(),
+                    AttributeValue::N(version.to_string()),
+                )])),
+            ),
+        ])
+    }
+
+    pub async fn put(&self, item: Item) {
+        self.dynamodb
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("PutItem");
+    }
+
+    /// Several events in one transaction.
+    pub async fn transact(&self, items: Vec<Item>) {
+        let mut tx = self.dynamodb.transact_write_items();
+        for item in items {
+            tx = tx.transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.name)
+                            .set_item(Some(item))
+                            .build()
+                            .expect("a put"),
+                    )
+                    .build(),
+            );
+        }
+        tx.send().await.expect("TransactWriteItems");
+    }
+
+    /// Every message in the OnFailure queue, as JSON (taken off the queue).
+    pub async fn on_failure_messages(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.on_failure)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .expect("ReceiveMessage");
+            let messages = got.messages();
+            if messages.is_empty() {
+                return out;
+            }
+            for m in messages {
+                out.push(serde_json::from_str(m.body().unwrap_or("null")).expect("JSON body"));
+                if let Some(handle) = m.receipt_handle() {
+                    let _ = self
+                        .sqs
+                        .delete_message()
+                        .queue_url(&self.on_failure)
+                        .receipt_handle(handle)
+                        .send()
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+pub type Item = std::collections::HashMap<String, AttributeValue>;
+
+/// `forwarder-ops` with the local endpoints, `args` after them.
+pub fn ops(function: &LocalFunction, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forwarder-ops"));
+    cmd.args(["--endpoint-url", &moto_url()])
+        .args(["--lambda-endpoint-url", &function.endpoint()])
+        .args(args)
+        .envs(AWS_ENV)
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// What one run of the tool printed.
+#[derive(Debug)]
+pub struct Run {
+    pub success: bool,
+    /// The summary line's `key=value` pairs.
+    pub summary: std::collections::HashMap<String, String>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn count(&self, key: &str) -> u64 {
+        self.summary
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in the summary: {self:?}"))
+    }
+}
+
+/// Parses the tool's output.
+pub fn run_result(out: std::process::Output) -> Run {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Run {
+        success: out.status.success(),
+        summary,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the tool to its end. The wait is on a thread of its own, so the
+/// test's runtime (its fault proxy, say) goes on meanwhile.
+pub async fn run(function: &LocalFunction, args: &[&str]) -> Run {
+    let mut cmd = ops(function, args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("the wait ends")
+        .expect("forwarder-ops runs");
+    run_result(out)
+}
+
+/// Waits for a tool started in the background.
+pub async fn wait(child: Child) -> Run {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("the wait ends")
+        .expect("the tool ends");
+    run_result(out)
+}
