@@ -50,9 +50,11 @@ lint:
 fuzz:
 	scripts/fuzz.sh
 
-## The benchmark: forwarder vs the broker ceiling, conversion, cold start, memory, size.
-bench: broker
-	cargo bench --bench forwarder
+## The benchmarks: forwarder vs the broker ceiling, conversion, cold start,
+## memory, size; then a backfill of 10,000 events through the function (moto,
+## cargo lambda watch) against the ceiling in the same run.
+bench: broker tools
+	cargo bench --features ops
 
 ## The Lambda artefact for provided.al2023 on arm64:
 ## target/lambda/event-forwarder/bootstrap and bootstrap.zip.

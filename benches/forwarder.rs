@@ -209,6 +209,7 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
                 Duration::from_secs(1),
             ),
             options,
+            None,
         )
         .await;
         serial_times.push(started.elapsed());
@@ -321,6 +322,7 @@ async fn forward_once(
             Duration::from_secs(1),
         ),
         options,
+        None,
     )
     .await;
     let elapsed = started.elapsed();

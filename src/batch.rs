@@ -180,7 +180,9 @@ enum Settle {
 }
 
 /// Forwards one batch: plans, publishes and confirms records in order, and
-/// reports the first one that was not handled.
+/// reports the first one that was not handled. With `to_queue`, events go
+/// straight to that queue instead of the exchange (a backfill for one
+/// consumer; the caller has checked it is allowed).
 pub async fn forward<B: Broker, R: Borrow<RawValue>>(
     broker: &mut B,
     converter: &Converter,
@@ -188,6 +190,7 @@ pub async fn forward<B: Broker, R: Borrow<RawValue>>(
     now: DateTime<Utc>,
     deadlines: Deadlines,
     options: BatchOptions,
+    to_queue: Option<&str>,
 ) -> BatchReport {
     let mut outcomes = vec![Outcome::Pending; records.len()];
     let mut reasons = Vec::new();
@@ -205,6 +208,7 @@ pub async fn forward<B: Broker, R: Borrow<RawValue>>(
             returned: None,
             outcomes: &mut outcomes,
             reconnects: &mut reconnects,
+            to_queue,
         };
         match run
             .publish_from(start, converter, records, now, &mut reasons, &mut oldest)
@@ -254,6 +258,8 @@ struct Run<'b, 'o, B> {
     returned: Option<(usize, PublishError)>,
     outcomes: &'o mut [Outcome],
     reconnects: &'o mut u32,
+    /// The queue a backfill sends to, instead of the exchange.
+    to_queue: Option<&'o str>,
 }
 
 impl<B: Broker> Run<'_, '_, B> {
@@ -288,7 +294,10 @@ impl<B: Broker> Run<'_, '_, B> {
                     self.outcomes[index] = Outcome::Skipped;
                     continue;
                 }
-                Plan::Publish(m) => (m, Outcome::Published),
+                Plan::Publish(m) => match self.to_queue {
+                    Some(queue) => (crate::routing::to_queue(m, queue), Outcome::Published),
+                    None => (m, Outcome::Published),
+                },
                 Plan::DeadLetter { message, reason } => {
                     reasons.push((index, reason));
                     (message, Outcome::DeadLettered)
@@ -686,6 +695,7 @@ mod tests {
             Utc::now(),
             ample(),
             options(),
+            None,
         )
         .await
     }
@@ -857,6 +867,7 @@ mod tests {
             Utc::now(),
             tight,
             options(),
+            None,
         )
         .await;
         assert_eq!(reported(&records, &report), ["1"]);

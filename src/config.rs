@@ -251,6 +251,76 @@ impl Default for AttributeNames {
     }
 }
 
+impl AttributeNames {
+    /// The names the function's `ATTR_*` settings give, from the process
+    /// environment (so the operations tool reads the same attributes).
+    pub fn from_env() -> Self {
+        Self::read(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+}
+
+/// `REPLAY_QUEUES`: the queues a backfill may publish to directly, by name
+/// or `*` pattern. Empty allows none, so permission to invoke the function
+/// is not permission to write any queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayQueues(Vec<String>);
+
+impl ReplayQueues {
+    /// Comma-separated names or patterns (`*` stands for any run of
+    /// characters), e.g. `projection-*,audit`.
+    pub fn parse(list: &str) -> Result<Self, ConfigError> {
+        let mut patterns = Vec::new();
+        for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if pattern.len() > 255 || !pattern.chars().all(queue_name_char) {
+                return Err(ConfigError::Invalid {
+                    name: "REPLAY_QUEUES",
+                    reason: format!(
+                        "{pattern:?} is not a queue name or pattern (letters, digits, '-', '_', '.', ':', '*'; at most 255 bytes)"
+                    ),
+                });
+            }
+            patterns.push(pattern.to_owned());
+        }
+        Ok(Self(patterns))
+    }
+
+    /// Whether a backfill may publish straight to `queue`.
+    pub fn allows(&self, queue: &str) -> bool {
+        !queue.is_empty()
+            && !queue.starts_with("amq.")
+            && queue.chars().all(|c| c != '*' && queue_name_char(c))
+            && self.0.iter().any(|p| glob(p, queue))
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
+}
+
+fn queue_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '*')
+}
+
+/// `*` matches any run of characters (also none); everything else itself.
+fn glob(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 /// How records are turned into envelopes and routed; everything the pure
 /// conversion needs.
 #[derive(Debug, Clone)]
@@ -294,6 +364,8 @@ pub struct Config {
     pub metrics_namespace: String,
     /// `AWS_LAMBDA_FUNCTION_NAME`, used in the connection name and metrics.
     pub function_name: String,
+    /// `REPLAY_QUEUES`.
+    pub replay_queues: ReplayQueues,
 }
 
 impl Config {
@@ -407,6 +479,10 @@ impl Config {
             metrics_namespace: get("METRICS_NAMESPACE").unwrap_or_else(|| "EventForwarder".into()),
             function_name: get("AWS_LAMBDA_FUNCTION_NAME")
                 .unwrap_or_else(|| "event-forwarder".into()),
+            replay_queues: get("REPLAY_QUEUES")
+                .map(|v| ReplayQueues::parse(&v))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -479,6 +555,45 @@ mod tests {
         ("AMQP_URI", "amqp://guest:s3cret@localhost:5672/%2f"),
         ("EXCHANGE", "product.events"),
     ];
+
+    #[test]
+    fn replay_queues_allow_only_what_they_name() {
+        let none = config(&BASE).unwrap().replay_queues;
+        assert!(!none.allows("anything"));
+        let mut vars = BASE.to_vec();
+        vars.push(("REPLAY_QUEUES", " projection-* , audit,a*b*c "));
+        let q = config(&vars).unwrap().replay_queues;
+        for yes in [
+            "projection-orders",
+            "projection-",
+            "audit",
+            "abc",
+            "a-b-c",
+            "axxbyyc",
+        ] {
+            assert!(q.allows(yes), "{yes}");
+        }
+        for no in [
+            "audit2",
+            "xaudit",
+            "projection",
+            "ab",
+            "acb",
+            "",
+            "projection-*",
+            "amq.audit",
+        ] {
+            assert!(!q.allows(no), "{no}");
+        }
+        let every = ReplayQueues::parse("*").unwrap();
+        assert!(every.allows("x") && !every.allows("amq.gen-1"));
+        for bad in ["a b", "q/1", "é"] {
+            let mut vars = BASE.to_vec();
+            vars.push(("REPLAY_QUEUES", bad));
+            let e = config(&vars).unwrap_err().to_string();
+            assert!(e.starts_with("REPLAY_QUEUES is invalid"), "{e}");
+        }
+    }
 
     #[test]
     fn defaults_follow_the_contract() {

@@ -27,6 +27,10 @@ pub struct Rules {
     pub max_retries: Option<u32>,
     /// `MaximumRecordAgeInSeconds`; `None` is -1 (the stream's 24 h).
     pub max_record_age: Option<Duration>,
+    /// Stop at the first records given up on, instead of moving on past
+    /// them as Lambda's mapping does: a redrive or a backfill must not
+    /// deliver an aggregate's later events without its earlier ones.
+    pub stop_on_give_up: bool,
 }
 
 impl Default for Rules {
@@ -38,6 +42,7 @@ impl Default for Rules {
             bisect_on_function_error: true,
             max_retries: Some(10_000),
             max_record_age: Some(Duration::from_secs(21_600)),
+            stop_on_give_up: false,
         }
     }
 }
@@ -70,6 +75,9 @@ pub struct StreamRecord {
     pub stream_view_type: Option<String>,
     /// `(type, principalId)`: set on deletions made by TTL.
     pub user_identity: Option<(String, String)>,
+    /// Made by a backfill from the table, not read from the stream: its
+    /// `eventSource` says so ([`crate::record::BACKFILL_SOURCE`]).
+    pub backfill: bool,
 }
 
 impl StreamRecord {
@@ -107,7 +115,11 @@ impl StreamRecord {
             "eventID": self.event_id,
             "eventName": self.event_name,
             "eventVersion": self.event_version,
-            "eventSource": "aws:dynamodb",
+            "eventSource": if self.backfill {
+                crate::record::BACKFILL_SOURCE
+            } else {
+                "aws:dynamodb"
+            },
             "awsRegion": self.aws_region,
             "dynamodb": dynamodb,
             "eventSourceARN": stream_arn,
@@ -139,21 +151,32 @@ pub fn take_batch(
     max_records: usize,
     max_bytes: usize,
 ) -> Vec<Pending> {
+    let n = batch_len(buffer.iter(), max_records, max_bytes);
+    buffer.drain(..n).collect()
+}
+
+/// How many of `records` the next batch takes (see [`take_batch`]).
+fn batch_len<'a>(
+    records: impl Iterator<Item = &'a Pending>,
+    max_records: usize,
+    max_bytes: usize,
+) -> usize {
     let mut size = 14;
     let mut n = 0;
-    for r in buffer.iter().take(max_records.max(1)) {
+    for r in records.take(max_records.max(1)) {
         size += r.record.get().len() + 1;
         if n > 0 && size > max_bytes {
             break;
         }
         n += 1;
     }
-    buffer.drain(..n).collect()
+    n
 }
 
 /// The invocation event of `records`: `{"Records":[...]}`, the records'
-/// JSON text copied as it is.
-pub fn event(records: &[Pending]) -> Vec<u8> {
+/// JSON text copied as it is, and the queue a backfill targets, if any
+/// (`"target":{"queue":...}`).
+pub fn event(records: &[Pending], target: Option<&str>) -> Vec<u8> {
     let len = records
         .iter()
         .map(|r| r.record.get().len() + 1)
@@ -166,7 +189,13 @@ pub fn event(records: &[Pending]) -> Vec<u8> {
         }
         out.extend_from_slice(r.record.get().as_bytes());
     }
-    out.extend_from_slice(b"]}");
+    out.push(b']');
+    if let Some(queue) = target {
+        out.extend_from_slice(b",\"target\":{\"queue\":");
+        out.extend_from_slice(json!(queue).to_string().as_bytes());
+        out.push(b'}');
+    }
+    out.push(b'}');
     out
 }
 
@@ -179,6 +208,8 @@ pub enum Answer {
     FunctionError {
         /// `Unhandled`, or the error type the endpoint reported.
         error: String,
+        /// The error document's `errorMessage`, when there is one.
+        message: String,
         /// The HTTP status of the Invoke call.
         status: u16,
     },
@@ -305,6 +336,8 @@ pub struct Pace<'a> {
     pub now: &'a dyn Fn() -> DateTime<Utc>,
     /// Asked before every invocation: `true` stops the delivery there.
     pub stop: &'a dyn Fn() -> bool,
+    /// The queue a backfill sends to, instead of the exchange.
+    pub target: Option<&'a str>,
 }
 
 /// Delivers one batch by Lambda's rules: records in order, a partial
@@ -339,6 +372,10 @@ pub async fn deliver<I: Invoker>(
                     status: 200,
                     function_error: None,
                 });
+                if rules.stop_on_give_up {
+                    delivery.stopped_at = Some(range.start);
+                    return delivery;
+                }
                 range.start += expired;
             }
         }
@@ -353,7 +390,10 @@ pub async fn deliver<I: Invoker>(
             tokio::time::sleep(pace.retry_delay).await;
         }
         let answer = loop {
-            match invoker.invoke(event(&batch[range.clone()])).await {
+            match invoker
+                .invoke(event(&batch[range.clone()], pace.target))
+                .await
+            {
                 Ok(answer) => break answer,
                 Err(InvokeError::Refused(reason)) => {
                     delivery.stopped_at = Some(range.start);
@@ -399,10 +439,11 @@ pub async fn deliver<I: Invoker>(
         let Some(from) = failed_from else { continue };
         let rest = from..range.end;
         let (status, function_error) = match &answer {
-            Answer::FunctionError { error, status } => (*status, Some(error.clone())),
+            Answer::FunctionError { error, status, .. } => (*status, Some(error.clone())),
             Answer::Response(_) => (200, None),
         };
         if rules.max_retries.is_some_and(|max| retries >= max) {
+            let start = rest.start;
             delivery.given_up.push(GivenUp {
                 range: rest,
                 condition: Condition::RetryAttemptsExhausted,
@@ -410,6 +451,10 @@ pub async fn deliver<I: Invoker>(
                 status,
                 function_error,
             });
+            if rules.stop_on_give_up {
+                delivery.stopped_at = Some(start);
+                return delivery;
+            }
             continue;
         }
         let bisect = matches!(answer, Answer::FunctionError { .. })
@@ -426,6 +471,42 @@ pub async fn deliver<I: Invoker>(
         }
     }
     delivery
+}
+
+/// Delivers `records` in batches of at most `rules.batch_size` records and
+/// `max_bytes` of event, one after the other, by [`deliver`]'s rules. With
+/// `stop_on_give_up` it stops at the first records given up on
+/// (`stopped_at`); the counts add up over every batch.
+pub async fn deliver_all<I: Invoker>(
+    invoker: &mut I,
+    records: &[Pending],
+    rules: &Rules,
+    pace: &Pace<'_>,
+    max_bytes: usize,
+) -> Delivery {
+    let mut total = Delivery::default();
+    let mut start = 0;
+    while start < records.len() {
+        let n = batch_len(records[start..].iter(), rules.batch_size, max_bytes);
+        let batch = &records[start..start + n];
+        let d = deliver(invoker, batch, rules, pace).await;
+        total.invocations += d.invocations;
+        total.partial += d.partial;
+        total.function_errors += d.function_errors;
+        total.bisects += d.bisects;
+        total.unreachable += d.unreachable;
+        total.given_up.extend(d.given_up.into_iter().map(|mut g| {
+            g.range = g.range.start + start..g.range.end + start;
+            g
+        }));
+        if let Some(at) = d.stopped_at {
+            total.stopped_at = Some(start + at);
+            total.refused = d.refused;
+            return total;
+        }
+        start += n;
+    }
+    total
 }
 
 /// Where the given-up records were, for their OnFailure message.
@@ -550,6 +631,7 @@ mod tests {
         Box::new(|_| {
             Ok(Answer::FunctionError {
                 error: "Unhandled".into(),
+                message: String::new(),
                 status: 200,
             })
         })
@@ -564,6 +646,7 @@ mod tests {
             retry_delay: Duration::ZERO,
             now: &now,
             stop: &|| false,
+            target: None,
         };
         deliver(invoker, batch, rules, &pace).await
     }
@@ -711,6 +794,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn in_order_delivery_stops_at_the_first_records_given_up_on() {
+        let records = pending(7);
+        let rules = Rules {
+            batch_size: 3,
+            max_retries: Some(1),
+            stop_on_give_up: true,
+            ..Rules::default()
+        };
+        // Batch 1 (100-102) goes through; in batch 2 (103-105) record 104
+        // fails twice: it and everything after it stay undelivered.
+        let mut invoker = Scripted::new(vec![ok(), fails_at(1), fails_at(0)]);
+        let pace = Pace {
+            retry_delay: Duration::ZERO,
+            now: &now,
+            stop: &|| false,
+            target: Some("projection"),
+        };
+        let d = deliver_all(&mut invoker, &records, &rules, &pace, MAX_EVENT_BYTES).await;
+        assert_eq!(d.stopped_at, Some(4));
+        assert_eq!(d.given_up[0].range, 4..6);
+        assert_eq!(d.invocations, 3);
+        assert_eq!(invoker.sent.borrow().len(), 3, "batch 3 is never sent");
+    }
+
+    #[tokio::test]
     async fn a_refused_invocation_stops_the_delivery() {
         let batch = pending(2);
         let refused: Script = Box::new(|_| Err(InvokeError::Refused("no such function".into())));
@@ -728,6 +836,7 @@ mod tests {
             retry_delay: Duration::ZERO,
             now: &now,
             stop: &|| true,
+            target: None,
         };
         let d = deliver(&mut invoker, &batch, &Rules::default(), &pace).await;
         assert_eq!(d.stopped_at, Some(0));
@@ -800,6 +909,7 @@ mod tests {
                 size_bytes: d["SizeBytes"].as_i64(),
                 stream_view_type: d["StreamViewType"].as_str().map(str::to_owned),
                 user_identity: None,
+                backfill: false,
             };
             let arn = expected["eventSourceARN"].as_str().unwrap();
             let got: Value = serde_json::from_str(record.to_lambda(arn).record.get()).unwrap();
@@ -839,7 +949,7 @@ mod tests {
         assert_eq!(take_batch(&mut buffer, 4, MAX_EVENT_BYTES).len(), 4);
         let batch = take_batch(&mut buffer, 10, 14 + 3 * one);
         assert_eq!(batch.len(), 3);
-        assert!(event(&batch).len() <= 14 + 3 * one);
+        assert!(event(&batch, None).len() <= 14 + 3 * one);
         assert_eq!(batch[0].sequence_number, "104");
         // A record larger than the limit still goes, alone.
         assert_eq!(take_batch(&mut buffer, 10, 1).len(), 1);
@@ -849,11 +959,15 @@ mod tests {
     #[test]
     fn the_event_holds_the_records_as_they_are() {
         let batch = pending(2);
-        let event: Value = serde_json::from_slice(&event(&batch)).unwrap();
+        let event: Value = serde_json::from_slice(&event(&batch, None)).unwrap();
         assert_eq!(event["Records"][1]["eventID"], "e1");
         assert_eq!(
-            serde_json::from_slice::<Value>(&self::event(&[])).unwrap(),
+            serde_json::from_slice::<Value>(&self::event(&[], None)).unwrap(),
             json!({"Records": []})
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&self::event(&[], Some("q\"1"))).unwrap(),
+            json!({"Records": [], "target": {"queue": "q\"1"}})
         );
     }
 }

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
 use crate::batch::{self, BatchOptions, BatchReport, Deadlines, NoSequenceNumber};
-use crate::config::Config;
+use crate::config::{Config, ReplayQueues};
 use crate::mapping::{Converter, MAX_HEADER};
 use crate::publisher::{
     Broker, PublishError,
@@ -41,6 +41,16 @@ use crate::telemetry;
 #[derive(Debug)]
 pub struct StreamBatch<R = Box<RawValue>> {
     pub records: Vec<R>,
+    /// Set by `forwarder-ops backfill --to-queue`; never by Lambda.
+    pub target: Option<Target>,
+}
+
+/// Where a backfill wants its events: one queue, through the default
+/// exchange, allowed only by `REPLAY_QUEUES` (`"target": {"queue": ...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub queue: String,
 }
 
 /// Only a JSON object with a `Records` array: a derived `Deserialize` would
@@ -63,18 +73,24 @@ impl<'de, R: Deserialize<'de>> Deserialize<'de> for StreamBatch<R> {
                 mut map: A,
             ) -> Result<StreamBatch<R>, A::Error> {
                 let mut records = None;
+                let mut target = None;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if key == "Records" {
                         if records.is_some() {
                             return Err(serde::de::Error::duplicate_field("Records"));
                         }
                         records = Some(map.next_value()?);
+                    } else if key == "target" {
+                        if target.is_some() {
+                            return Err(serde::de::Error::duplicate_field("target"));
+                        }
+                        target = Some(map.next_value()?);
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
                     }
                 }
                 records
-                    .map(|records| StreamBatch { records })
+                    .map(|records| StreamBatch { records, target })
                     .ok_or_else(|| serde::de::Error::missing_field("Records"))
             }
         }
@@ -173,6 +189,18 @@ impl<S: Service<LambdaInvocation>> Service<LambdaInvocation> for KeepBodyService
     }
 }
 
+/// Why an invocation is answered with an error rather than a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    NoSequenceNumber(#[from] NoSequenceNumber),
+    /// A backfill asked for a queue `REPLAY_QUEUES` does not allow.
+    #[error(
+        "the queue {0:?} is not allowed by REPLAY_QUEUES: a backfill may publish straight to a queue only when the function's REPLAY_QUEUES names it; nothing was published"
+    )]
+    QueueNotAllowed(String),
+}
+
 /// A cold start that cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -186,6 +214,7 @@ pub enum StartError {
 /// The function: configuration, converter and the broker it owns.
 pub struct Forwarder<B = AmqpBroker> {
     converter: Converter,
+    replay_queues: ReplayQueues,
     options: BatchOptions,
     deadline_margin: Duration,
     metrics_namespace: String,
@@ -227,6 +256,7 @@ impl<B: Broker> Forwarder<B> {
     pub fn with_broker(config: Config, broker: B) -> Self {
         Self {
             converter: Converter::new(config.mapping),
+            replay_queues: config.replay_queues,
             options: BatchOptions::new(config.confirm_timeout),
             deadline_margin: config.deadline_margin,
             metrics_namespace: config.metrics_namespace,
@@ -241,7 +271,7 @@ impl<B: Broker> Forwarder<B> {
         &self,
         event: &StreamBatch<R>,
         remaining: Duration,
-    ) -> Result<(DynamoDbEventResponse, BatchReport), NoSequenceNumber> {
+    ) -> Result<(DynamoDbEventResponse, BatchReport), HandleError> {
         self.handle_until(event, Instant::now() + remaining).await
     }
 
@@ -251,7 +281,17 @@ impl<B: Broker> Forwarder<B> {
         &self,
         event: &StreamBatch<R>,
         deadline: Instant,
-    ) -> Result<(DynamoDbEventResponse, BatchReport), NoSequenceNumber> {
+    ) -> Result<(DynamoDbEventResponse, BatchReport), HandleError> {
+        let to_queue = event.target.as_ref().map(|t| t.queue.as_str());
+        if let Some(queue) = to_queue
+            && !self.replay_queues.allows(queue)
+        {
+            tracing::warn!(
+                queue,
+                "a backfill asked for a queue REPLAY_QUEUES does not allow"
+            );
+            return Err(HandleError::QueueNotAllowed(queue.to_owned()));
+        }
         let started = Instant::now();
         let deadlines = Deadlines::new(deadline, self.deadline_margin);
         let now = Utc::now();
@@ -264,6 +304,7 @@ impl<B: Broker> Forwarder<B> {
                 now,
                 deadlines,
                 self.options,
+                to_queue,
             )
             .await
         };
@@ -454,6 +495,48 @@ mod tests {
             early >= Duration::from_millis(150),
             "answered {early:?} before the deadline, the parse took {parse:?}"
         );
+    }
+
+    #[test]
+    fn a_backfill_names_its_queue_in_a_target_and_nothing_else() {
+        let batch: StreamBatch =
+            serde_json::from_str(r#"{"Records":[],"target":{"queue":"projection-1"}}"#).unwrap();
+        assert_eq!(batch.target.unwrap().queue, "projection-1");
+        assert!(parse_batch(br#"{"Records":[]}"#).unwrap().target.is_none());
+        for bad in [
+            r#"{"Records":[],"target":{"queue":1}}"#,
+            r#"{"Records":[],"target":{"queue":"q","exchange":"x"}}"#,
+            r#"{"Records":[],"target":"q"}"#,
+            r#"{"Records":[],"target":{"queue":"a"},"target":{"queue":"b"}}"#,
+        ] {
+            assert!(parse_batch(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_replay_queues_does_not_allow_is_refused_before_anything_is_sent() {
+        let config = |allowed: &str| {
+            let allowed = allowed.to_owned();
+            Config::from_lookup(move |k| match k {
+                "AMQP_URI" => Some("amqp://127.0.0.1:1".into()),
+                "EXCHANGE" => Some("product.events".into()),
+                "REPLAY_QUEUES" => Some(allowed.clone()),
+                _ => None,
+            })
+            .unwrap()
+        };
+        let body =
+            br#"{"Records":[{"eventName":"INSERT","dynamodb":{}}],"target":{"queue":"billing"}}"#;
+        let batch = parse_batch(body).unwrap();
+        for allowed in ["", "projection-*"] {
+            let forwarder = Forwarder::with_broker(config(allowed), Silent);
+            let refused = forwarder.handle(&batch, Duration::from_secs(5)).await;
+            assert_eq!(
+                refused.unwrap_err(),
+                HandleError::QueueNotAllowed("billing".into()),
+                "{allowed:?}"
+            );
+        }
     }
 
     #[test]

@@ -344,7 +344,10 @@ impl Converter {
         };
         let present = |image: &'a Option<Image<'a>>| image.as_ref().filter(|i| !i.is_empty());
         let keys = present(&stream.keys);
+        let snapshot = record.event_source.as_deref() == Some(record::BACKFILL_SOURCE);
         let (verb, image) = match record.event_name.as_deref() {
+            // A backfill's record is the item as it is now, not a change.
+            Some("INSERT") if snapshot => ("Snapshot", present(&stream.new_image)),
             Some("INSERT") => ("Created", present(&stream.new_image)),
             Some("MODIFY") => ("Updated", present(&stream.new_image)),
             Some("REMOVE") => {
@@ -374,8 +377,13 @@ impl Converter {
         short("messageType", &message_type)?;
         let key = key_value(keys.ok_or(MappingError::NoKeys)?)?;
         partition_key("Keys", &key)?;
+        let message_id = if snapshot {
+            snapshot_id(table_name(record).unwrap_or_default(), &key, image)
+        } else {
+            Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes())
+        };
         Ok(Envelope {
-            message_id: Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes()).to_string(),
+            message_id: message_id.to_string(),
             message_type: Cow::Owned(message_type),
             message_version: Cow::Borrowed("1.0"),
             envelope_version: ENVELOPE_VERSION,
@@ -503,6 +511,22 @@ fn table_name<'a>(record: &'a Record<'a>) -> Option<&'a str> {
 fn arn_table(arn: &str) -> Option<&str> {
     let (_, rest) = arn.split_once(":table/")?;
     rest.split('/').next().filter(|name| !name.is_empty())
+}
+
+/// The id of a snapshot: the same state of an item always gives the same
+/// id (a backfill run twice is deduplicated), another state another id.
+/// Named by the table, the key and the attributes in name order.
+fn snapshot_id(table: &str, key: &str, image: &Image<'_>) -> Uuid {
+    let mut attributes: Vec<&(Text<'_>, &RawValue)> = image.0.iter().collect();
+    attributes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut name = format!("snapshot/{table}/{key}/");
+    for (attribute, value) in attributes {
+        name.push_str(attribute);
+        name.push('\0');
+        name.push_str(value.get());
+        name.push('\0');
+    }
+    Uuid::new_v5(&MESSAGE_ID_NAMESPACE, name.as_bytes())
 }
 
 /// The record's SequenceNumber, which consumers compare as an integer:
@@ -1125,6 +1149,45 @@ mod tests {
                 assert_eq!(got, reason, "{bad:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_backfilled_item_is_a_snapshot_with_an_id_of_its_state() {
+        let mut config = MappingConfig::new("customer.events");
+        config.mapping = MappingKind::Change;
+        let c = Converter::new(config);
+        let insert = records(CHANGES).remove(0);
+        let plan = |record: &Value| c.plan_raw(&record.to_string(), now()).plan;
+        let mut backfilled = serde_json::to_value(&insert).unwrap();
+        backfilled["eventSource"] = json!(record::BACKFILL_SOURCE);
+
+        let (m, body) = publish(plan(&backfilled));
+        assert_eq!(body["messageType"], "CustomerAccountsSnapshot");
+        assert_eq!(m.routing_key, "customer.accounts.snapshot.v1");
+        let (_, live) = publish(c.plan(&insert, now()));
+        assert_ne!(body["messageId"], live["messageId"]);
+        assert_eq!(body["payload"], live["payload"]);
+
+        // The same state gives the same id, whatever the attribute order
+        // or the eventID; another state another id.
+        let image = backfilled["dynamodb"]["NewImage"].as_object().unwrap();
+        let reversed: Vec<String> = image
+            .iter()
+            .rev()
+            .map(|(k, v)| format!("{}:{v}", json!(k)))
+            .collect();
+        let mut other_id = backfilled.clone();
+        other_id["eventID"] = json!("another");
+        let text = other_id.to_string().replace(
+            &json!(image).to_string(),
+            &format!("{{{}}}", reversed.join(",")),
+        );
+        assert!(text.contains(&reversed.join(",")));
+        let reordered = c.plan_raw(&text, now()).plan;
+        assert_eq!(publish(reordered).1["messageId"], body["messageId"]);
+        let mut changed = backfilled.clone();
+        changed["dynamodb"]["NewImage"]["tier"] = json!({"S": "bronze"});
+        assert_ne!(publish(plan(&changed)).1["messageId"], body["messageId"]);
     }
 
     #[test]

@@ -49,6 +49,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// The `eventSource` of the records `forwarder-ops backfill` builds from the
+/// table: not a change the stream saw, but an item as it is now.
+pub const BACKFILL_SOURCE: &str = "event-forwarder:backfill";
+
 /// The fields of a stream record the forwarder reads.
 #[derive(Debug, Deserialize)]
 pub struct Record<'a> {
@@ -56,6 +60,9 @@ pub struct Record<'a> {
     pub event_id: Option<Text<'a>>,
     #[serde(rename = "eventName", borrow, default)]
     pub event_name: Option<Text<'a>>,
+    /// `aws:dynamodb`, or [`BACKFILL_SOURCE`] for a record a backfill made.
+    #[serde(rename = "eventSource", borrow, default)]
+    pub event_source: Option<Text<'a>>,
     #[serde(rename = "eventSourceARN", borrow, default)]
     pub event_source_arn: Option<Text<'a>>,
     #[serde(rename = "tableName", borrow, default)]

@@ -280,6 +280,20 @@ pub fn to_message(
     }
 }
 
+/// The message sent straight to `queue` (a backfill for one consumer)
+/// through the default exchange, instead of to the exchange. It keeps the
+/// routing key it would have had in the header `routingKey`, so consumers
+/// that dispatch on it work unchanged.
+pub fn to_queue(mut message: Message, queue: &str) -> Message {
+    let key = std::mem::replace(&mut message.routing_key, queue.to_owned());
+    message
+        .properties
+        .headers
+        .push(("routingKey", HeaderValue::String(key)));
+    message.exchange = String::new();
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +317,30 @@ mod tests {
             sequence_number: Cow::Borrowed("4100000000012345680601"),
             payload: Payload::Empty,
         }
+    }
+
+    #[test]
+    fn a_message_for_one_queue_keeps_its_routing_key_in_a_header() {
+        let m = to_message(
+            "product.events",
+            "product.created.v1".into(),
+            &envelope("ProductCreated", "1.0"),
+            b"{}".to_vec(),
+        );
+        let q = to_queue(m.clone(), "projection-orders");
+        assert_eq!(
+            (q.exchange.as_str(), q.routing_key.as_str()),
+            ("", "projection-orders")
+        );
+        assert_eq!(
+            q.properties.headers.last(),
+            Some(&(
+                "routingKey",
+                HeaderValue::String("product.created.v1".into())
+            ))
+        );
+        assert_eq!(q.body, m.body);
+        assert_eq!(q.properties.message_id, m.properties.message_id);
     }
 
     #[test]

@@ -343,51 +343,8 @@ async fn a_broker_outage_ends_in_one_on_failure_message_and_the_stream_resumes_a
 
 /// The sequence number of the stream record of `prod-o`'s `version`.
 async fn sequence_number(table: &Table, version: u64) -> String {
-    let config = local::sdk_config().await;
-    let streams = aws_sdk_dynamodbstreams::Client::new(&config);
-    let arn = table
-        .dynamodb
-        .describe_table()
-        .table_name(&table.name)
-        .send()
+    local::stream_records(&local::stream_arn(table).await)
         .await
-        .unwrap()
-        .table()
-        .unwrap()
-        .latest_stream_arn()
-        .unwrap()
-        .to_owned();
-    let shard = streams
-        .describe_stream()
-        .stream_arn(&arn)
-        .send()
-        .await
-        .unwrap()
-        .stream_description()
-        .unwrap()
-        .shards()[0]
-        .shard_id()
-        .unwrap()
-        .to_owned();
-    let iterator = streams
-        .get_shard_iterator()
-        .stream_arn(&arn)
-        .shard_id(shard)
-        .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap()
-        .shard_iterator()
-        .unwrap()
-        .to_owned();
-    let records = streams
-        .get_records()
-        .shard_iterator(iterator)
-        .send()
-        .await
-        .unwrap();
-    records
-        .records()
         .iter()
         .find(|r| {
             let image = r.dynamodb().and_then(|d| d.new_image());

@@ -312,6 +312,75 @@ impl Table {
 
 pub type Item = std::collections::HashMap<String, AttributeValue>;
 
+/// The table's stream.
+pub async fn stream_arn(table: &Table) -> String {
+    table
+        .dynamodb
+        .describe_table()
+        .table_name(&table.name)
+        .send()
+        .await
+        .expect("DescribeTable")
+        .table()
+        .and_then(|t| t.latest_stream_arn())
+        .expect("the table has a stream")
+        .to_owned()
+}
+
+/// The stream's (first) shard: its id and starting sequence number.
+pub async fn shard(stream_arn: &str) -> (String, String) {
+    let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config().await);
+    let described = streams
+        .describe_stream()
+        .stream_arn(stream_arn)
+        .send()
+        .await
+        .expect("DescribeStream");
+    let shard = &described
+        .stream_description()
+        .expect("a description")
+        .shards()[0];
+    (
+        shard.shard_id().expect("a shard id").to_owned(),
+        shard
+            .sequence_number_range()
+            .and_then(|r| r.starting_sequence_number())
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// The records of the stream's first shard, from its start.
+pub async fn stream_records(stream_arn: &str) -> Vec<aws_sdk_dynamodbstreams::types::Record> {
+    let streams = aws_sdk_dynamodbstreams::Client::new(&sdk_config().await);
+    let (shard, _) = shard(stream_arn).await;
+    let mut iterator = streams
+        .get_shard_iterator()
+        .stream_arn(stream_arn)
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .expect("GetShardIterator")
+        .shard_iterator()
+        .map(str::to_owned);
+    let mut records = Vec::new();
+    while let Some(it) = iterator {
+        let out = streams
+            .get_records()
+            .shard_iterator(it)
+            .send()
+            .await
+            .expect("GetRecords");
+        if out.records().is_empty() {
+            break;
+        }
+        records.extend(out.records().iter().cloned());
+        iterator = out.next_shard_iterator().map(str::to_owned);
+    }
+    records
+}
+
 /// `forwarder-ops` with the local endpoints, `args` after them.
 pub fn ops(function: &LocalFunction, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_forwarder-ops"));

@@ -44,19 +44,21 @@ impl Invoker for LambdaInvoker {
         let Ok(result) = tokio::time::timeout(self.timeout, call).await else {
             return Ok(Answer::FunctionError {
                 error: "Sandbox.Timedout".into(),
+                message: format!("no answer within {:?}", self.timeout),
                 status: 200,
             });
         };
         match result {
             Ok(out) => {
                 self.last_request_id = out.request_id().unwrap_or_default().to_owned();
+                let payload = out.payload().map(Blob::as_ref).unwrap_or_default();
                 if let Some(error) = out.function_error() {
                     return Ok(Answer::FunctionError {
                         error: error.to_owned(),
+                        message: error_message(payload),
                         status: u16::try_from(out.status_code()).unwrap_or(200),
                     });
                 }
-                let payload = out.payload().map(Blob::as_ref).unwrap_or_default();
                 let response = if payload.iter().all(u8::is_ascii_whitespace) {
                     Value::Null
                 } else {
@@ -72,6 +74,7 @@ impl Invoker for LambdaInvoker {
                     // Too large for one invocation: the mapping bisects it.
                     ApiError::RequestTooLargeException(_) => Ok(Answer::FunctionError {
                         error: "RequestTooLarge".into(),
+                        message: e.err().to_string(),
                         status,
                     }),
                     ApiError::TooManyRequestsException(_) | ApiError::ServiceException(_) => {
@@ -81,6 +84,7 @@ impl Invoker for LambdaInvoker {
                     // and the error document.
                     _ if status >= 500 => Ok(Answer::FunctionError {
                         error: error_type(body).unwrap_or_else(|| "Unhandled".into()),
+                        message: error_message(body),
                         status,
                     }),
                     other => Err(InvokeError::Refused(format!(
@@ -94,6 +98,24 @@ impl Invoker for LambdaInvoker {
             )),
         }
     }
+}
+
+/// The `errorMessage` of an error document (at most 1 KiB), or "".
+fn error_message(body: &[u8]) -> String {
+    let doc: Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut message = doc
+        .get("errorMessage")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if message.len() > 1024 {
+        let mut end = 1024;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
 }
 
 /// The `errorType` of an error document, if the body is one.

@@ -1,21 +1,27 @@
 //! `forwarder-ops`: what happens around the function, through the function.
 //!
 //! A local event source mapping over a real (local) DynamoDB stream
-//! (`stream`). It reaches the broker only by invoking the function with the
-//! Lambda Invoke API, so one code path, one checkpoint rule and one set of
-//! message ids serve every way an event reaches RabbitMQ.
+//! (`stream`), redrive of the ranges Lambda gave up on (`redrive`), and
+//! backfill from the event store (`backfill`). Each reaches the broker only
+//! by invoking the function with the Lambda Invoke API, so one code path,
+//! one checkpoint rule and one set of message ids serve every way an event
+//! reaches RabbitMQ.
 
 mod aws;
+mod backfill;
 mod invoker;
+mod progress;
 mod reader;
+mod redrive;
 mod stream;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Operations around event-forwarder: a local event source mapping (and,
-/// with the same invoker, redrive and backfill).
+/// Operations around event-forwarder, through the function: a local event
+/// source mapping, redrive of what Lambda gave up on, backfill from the
+/// table.
 #[derive(Debug, Parser)]
 #[command(name = "forwarder-ops", version, about, long_about = None)]
 #[command(after_help = "\
@@ -24,6 +30,10 @@ Examples:
   forwarder-ops --endpoint-url http://127.0.0.1:5677 \\
       --lambda-endpoint-url http://127.0.0.1:9000 \\
       stream --table product-events --on-failure on-failure --idle-exit 5
+
+  # In AWS, after an outage: the deployed function, the OnFailure queue
+  forwarder-ops --function-name product-forwarder \\
+      redrive --queue product-forwarder-OnFailureQueue-1A2B3C
 
 Credentials and region come from the usual AWS variables and profiles
 (AWS_PROFILE, AWS_REGION, AWS_ACCESS_KEY_ID, ...); AWS_ENDPOINT_URL and
@@ -38,6 +48,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Stream(stream::Args),
+    Redrive(redrive::Args),
+    Backfill(backfill::Args),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -47,6 +59,8 @@ async fn main() -> ExitCode {
     let clients = aws::Clients::new(&cli.aws).await;
     let result = match cli.command {
         Command::Stream(args) => stream::run(args, &clients).await,
+        Command::Redrive(args) => redrive::run(args, &clients).await,
+        Command::Backfill(args) => backfill::run(args, &clients).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -12,9 +12,8 @@ use aws_sdk_dynamodbstreams::{
     Client,
     types::{AttributeValue, Record, ShardIteratorType},
 };
-use base64::Engine as _;
 use event_forwarder::esm::{Pending, StreamRecord};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 /// Where reading starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +278,7 @@ pub fn before(a: &str, b: &str) -> bool {
 /// sequence number (never seen from DynamoDB).
 pub fn stream_record(record: &Record) -> Option<StreamRecord> {
     let d = record.dynamodb()?;
-    let image = |m: Option<&HashMap<String, AttributeValue>>| m.map(image_json);
+    let image = |m: Option<&HashMap<String, AttributeValue>>| m.map(item_json);
     Some(StreamRecord {
         event_id: record.event_id().unwrap_or_default().to_owned(),
         event_name: record
@@ -301,41 +300,22 @@ pub fn stream_record(record: &Record) -> Option<StreamRecord> {
                 u.principal_id().unwrap_or_default().to_owned(),
             )
         }),
+        backfill: false,
     })
 }
 
-/// An item in DynamoDB JSON, its attributes in name order so that the
-/// same record always gives the same bytes.
-pub fn image_json(item: &HashMap<String, AttributeValue>) -> Value {
-    let sorted: BTreeMap<&String, &AttributeValue> = item.iter().collect();
-    Value::Object(
-        sorted
-            .into_iter()
-            .map(|(k, v)| (k.clone(), attribute_json(v)))
-            .collect::<Map<String, Value>>(),
-    )
-}
-
-/// One attribute in DynamoDB JSON: `{"S": "..."}`, `{"B": "<base64>"}`...
-pub fn attribute_json(value: &AttributeValue) -> Value {
-    let b64 = |b: &aws_sdk_dynamodbstreams::primitives::Blob| {
-        base64::engine::general_purpose::STANDARD.encode(b.as_ref())
-    };
-    match value {
-        AttributeValue::S(s) => json!({ "S": s }),
-        AttributeValue::N(n) => json!({ "N": n }),
-        AttributeValue::B(b) => json!({ "B": b64(b) }),
-        AttributeValue::Ss(v) => json!({ "SS": v }),
-        AttributeValue::Ns(v) => json!({ "NS": v }),
-        AttributeValue::Bs(v) => json!({ "BS": v.iter().map(b64).collect::<Vec<_>>() }),
-        AttributeValue::M(m) => json!({ "M": image_json(m) }),
-        AttributeValue::L(l) => json!({ "L": l.iter().map(attribute_json).collect::<Vec<_>>() }),
-        AttributeValue::Null(b) => json!({ "NULL": b }),
-        AttributeValue::Bool(b) => json!({ "BOOL": b }),
-        // A type newer than this SDK: kept visible, and the function
-        // dead-letters the record with the reason.
-        _ => json!({ "UNKNOWN": true }),
-    }
+/// An item in DynamoDB JSON (`{"S": "..."}`, binaries in base64, by
+/// serde_dynamo), its attributes in name order at every level (serde_json's
+/// map is sorted), so the same item always gives the same bytes. For the
+/// items of both SDKs: DynamoDB's and DynamoDB Streams'.
+pub fn item_json<T>(item: &HashMap<String, T>) -> Value
+where
+    T: Clone,
+    serde_dynamo::AttributeValue: From<T>,
+{
+    let item: serde_dynamo::Item = item.clone().into();
+    // Serializing a map with string keys cannot fail.
+    serde_json::to_value(item).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
@@ -345,6 +325,8 @@ mod tests {
         primitives::{Blob, DateTime},
         types::{Identity, OperationType, StreamRecord as SdkStreamRecord, StreamViewType},
     };
+    use base64::Engine as _;
+    use serde_json::json;
 
     /// The SDK attribute of a DynamoDB JSON attribute (the inverse of
     /// `attribute_json`, for building records as GetRecords returns them).
@@ -482,7 +464,7 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            serde_json::to_string(&image_json(&item)).unwrap(),
+            serde_json::to_string(&item_json(&item)).unwrap(),
             r#"{"a":{"B":"AAH/"},"m":{"M":{"b":{"BOOL":false},"y":{"NULL":true}}},"z":{"N":"1"}}"#
         );
     }

@@ -14,11 +14,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Rules, ShardContext};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{
     aws::Clients,
     invoker::LambdaInvoker,
+    progress,
     reader::{POLL_EVERY, Start, StreamReader},
 };
 
@@ -166,6 +166,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         max_record_age: u64::try_from(args.maximum_record_age)
             .ok()
             .map(Duration::from_secs),
+        stop_on_give_up: false,
     };
     let stream_arn = match (&args.stream_arn, &args.table) {
         (Some(arn), _) => arn.clone(),
@@ -196,7 +197,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
             on_signal.store(true, Ordering::SeqCst);
         }
     });
-    let progress = progress_bar();
+    let progress = progress::bar(None, "records");
     tracing::info!(stream = %stream_arn, function = %clients.function_name, "reading the stream");
 
     let mut summary = Summary::default();
@@ -235,6 +236,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
             retry_delay: Duration::from_millis(args.retry_delay),
             now: &Utc::now,
             stop: &should_stop,
+            target: None,
         };
         let delivery = esm::deliver(&mut invoker, &batch, &rules, &pace).await;
         summary.batches += 1;
@@ -318,15 +320,4 @@ pub async fn latest_stream(clients: &Clients, table: &str) -> anyhow::Result<Str
         .and_then(|t| t.latest_stream_arn())
         .map(str::to_owned)
         .with_context(|| format!("the table {table} has no stream (StreamSpecification)"))
-}
-
-/// Records and rate on stderr, when it is a terminal.
-fn progress_bar() -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {pos} records ({per_sec}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
