@@ -37,12 +37,13 @@ test: validate broker tools
 test-faults: broker
 	cargo test --test faults -- --nocapture
 
-## Formatting and lints, as CI runs them: the crate, then the fuzz targets
-## (their own workspace in fuzz/).
+## Formatting and lints, as CI runs them: the crate (both feature sets), its
+## rustdoc, then the fuzz targets (their own workspace in fuzz/).
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features ops -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 	cd fuzz && cargo fmt --check && cargo clippy --all-targets -- -D warnings
 
 ## libFuzzer on record-to-envelope and on the whole event parse +

@@ -24,7 +24,8 @@ use aws_lambda_events::dynamodb::EventRecord;
 use chrono::Utc;
 use event_forwarder::{
     Config,
-    batch::{self, BatchOptions, Deadlines},
+    batch::{self, BatchOptions, Deadlines, Invocation},
+    enrich::NoEnricher,
     mapping::{Converter, Plan},
     publisher::{
         Broker,
@@ -202,14 +203,16 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         let report = batch::forward(
             &mut broker,
             &converter,
+            &NoEnricher,
             &records_serial,
-            Utc::now(),
-            Deadlines::new(
-                Instant::now() + Duration::from_secs(120),
-                Duration::from_secs(1),
+            Invocation::new(
+                Utc::now(),
+                Deadlines::new(
+                    Instant::now() + Duration::from_secs(120),
+                    Duration::from_secs(1),
+                ),
             ),
             options,
-            None,
         )
         .await;
         serial_times.push(started.elapsed());
@@ -315,14 +318,16 @@ async fn forward_once(
     let report = batch::forward(
         broker,
         converter,
+        &NoEnricher,
         records,
-        Utc::now(),
-        Deadlines::new(
-            Instant::now() + Duration::from_secs(120),
-            Duration::from_secs(1),
+        Invocation::new(
+            Utc::now(),
+            Deadlines::new(
+                Instant::now() + Duration::from_secs(120),
+                Duration::from_secs(1),
+            ),
         ),
         options,
-        None,
     )
     .await;
     let elapsed = started.elapsed();

@@ -3,7 +3,8 @@
 # local run use, when they are missing: cargo-lambda (the Lambda runtime
 # emulator and invoke endpoint), moto's server (DynamoDB and its stream, SQS,
 # Secrets Manager; 5.2.0 or later, whose GetRecords the AWS SDK for Rust can
-# parse) and pika (a Python consumer in the tests).
+# parse), pika and opentelemetry-api (Python consumers in the tests: one
+# reads the events' trace context with OpenTelemetry's propagator).
 set -euo pipefail
 pip_install() {
   echo "==> installing $* (pip)"
@@ -23,4 +24,7 @@ then
 fi
 if ! python3 -c 'import pika' 2>/dev/null; then
   pip_install 'pika>=1.3'
+fi
+if ! python3 -c 'import opentelemetry.trace.propagation.tracecontext' 2>/dev/null; then
+  pip_install 'opentelemetry-api>=1.20'
 fi

@@ -19,8 +19,11 @@ use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
+use crate::enrich::{self, Enricher, Enrichment, Event};
 use crate::mapping::{Converter, Plan, Planned};
-use crate::publisher::{Broker, Confirm, Confirmation, PublishError, Reset, Returned};
+use crate::publisher::{
+    Broker, Confirm, Confirmation, HeaderValue, Message, PublishError, Reset, Returned,
+};
 use crate::record;
 
 /// How many confirms may be outstanding before the loop waits for the
@@ -104,6 +107,11 @@ pub struct BatchReport {
     pub reconnects: u32,
     /// Reasons records were dead-lettered, in order (for the logs).
     pub dead_letter_reasons: Vec<(usize, String)>,
+    /// Reasons an enricher skipped records (for the logs).
+    pub skip_reasons: Vec<(usize, String)>,
+    /// What was left out of published events (an invalid trace context),
+    /// for warnings.
+    pub dropped: Vec<(usize, String)>,
     /// The oldest ApproximateCreationDateTime among the records planned.
     pub oldest_record: Option<DateTime<Utc>>,
 }
@@ -121,6 +129,8 @@ impl BatchReport {
             failure,
             reconnects,
             dead_letter_reasons: Vec::new(),
+            skip_reasons: Vec::new(),
+            dropped: Vec::new(),
             oldest_record: None,
         }
     }
@@ -179,41 +189,91 @@ enum Settle {
     Done(Confirmation),
 }
 
+/// What an invocation brings besides its records.
+#[derive(Debug, Clone, Copy)]
+pub struct Invocation<'a> {
+    /// Stands in for a missing ApproximateCreationDateTime.
+    pub now: DateTime<Utc>,
+    pub deadlines: Deadlines,
+    /// The queue a backfill sends to, instead of the exchange (the caller
+    /// has checked that `REPLAY_QUEUES` allows it).
+    pub to_queue: Option<&'a str>,
+    /// The invocation's trace context, for the events whose item has none.
+    pub traceparent: Option<&'a str>,
+}
+
+impl Invocation<'_> {
+    /// An invocation of the stream (no queue, no trace context).
+    pub fn new(now: DateTime<Utc>, deadlines: Deadlines) -> Self {
+        Self {
+            now,
+            deadlines,
+            to_queue: None,
+            traceparent: None,
+        }
+    }
+}
+
+/// What the loop notes about records besides their outcomes.
+#[derive(Default)]
+struct Notes {
+    dead_letter_reasons: Vec<(usize, String)>,
+    skip_reasons: Vec<(usize, String)>,
+    dropped: Vec<(usize, String)>,
+    oldest: Option<DateTime<Utc>>,
+}
+
+impl Notes {
+    /// Forgets what was noted from `index` on (it is planned again).
+    fn truncate(&mut self, index: usize) {
+        self.dead_letter_reasons.retain(|(i, _)| *i < index);
+        self.skip_reasons.retain(|(i, _)| *i < index);
+        self.dropped.retain(|(i, _)| *i < index);
+    }
+}
+
+/// What an enricher made of an event.
+enum Enriched {
+    Publish(Message),
+    Skip(String),
+    DeadLetter(Message, String),
+    Failed(PublishError),
+}
+
 /// Forwards one batch: plans, publishes and confirms records in order, and
-/// reports the first one that was not handled. With `to_queue`, events go
-/// straight to that queue instead of the exchange (a backfill for one
-/// consumer; the caller has checked it is allowed).
-pub async fn forward<B: Broker, R: Borrow<RawValue>>(
+/// reports the first one that was not handled. Each event passes through
+/// `enricher` between mapping and publishing.
+pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
     broker: &mut B,
     converter: &Converter,
+    enricher: &E,
     records: &[R],
-    now: DateTime<Utc>,
-    deadlines: Deadlines,
+    invocation: Invocation<'_>,
     options: BatchOptions,
-    to_queue: Option<&str>,
 ) -> BatchReport {
     let mut outcomes = vec![Outcome::Pending; records.len()];
-    let mut reasons = Vec::new();
-    let mut oldest = None;
+    let mut notes = Notes::default();
+    let mut enrichment = E::Batch::default();
     let mut reconnects = 0;
     let mut reconnects_left = options.max_reconnects;
     let mut start = 0;
+    let deadlines = invocation.deadlines;
     let failure = loop {
         let mut run = Run {
             broker: &mut *broker,
+            converter,
+            enricher,
+            enrichment: &mut enrichment,
+            invocation,
             options,
-            deadlines,
             in_flight: VecDeque::new(),
             confirmed: Vec::new(),
             returned: None,
             outcomes: &mut outcomes,
             reconnects: &mut reconnects,
-            to_queue,
+            notes: &mut notes,
         };
-        match run
-            .publish_from(start, converter, records, now, &mut reasons, &mut oldest)
-            .await
-        {
+        match run.publish_from(start, records).await {
             Some(f)
                 if f.error.is_channel_lost()
                     && reconnects_left > 0
@@ -226,7 +286,7 @@ pub async fn forward<B: Broker, R: Borrow<RawValue>>(
                 broker.reset(Reset::Channel);
                 reconnects_left -= 1;
                 outcomes[f.index..].fill(Outcome::Pending);
-                reasons.retain(|(i, _)| *i < f.index);
+                notes.truncate(f.index);
                 start = f.index;
             }
             other => break other,
@@ -240,16 +300,22 @@ pub async fn forward<B: Broker, R: Borrow<RawValue>>(
     broker.idle();
     let mut report = BatchReport::new(&outcomes, failure, reconnects);
     let settled = report.failure.as_ref().map_or(records.len(), |f| f.index);
-    reasons.retain(|(i, _)| *i < settled);
-    report.dead_letter_reasons = reasons;
-    report.oldest_record = oldest;
+    notes.truncate(settled);
+    report.dead_letter_reasons = notes.dead_letter_reasons;
+    report.skip_reasons = notes.skip_reasons;
+    report.dropped = notes.dropped;
+    report.oldest_record = notes.oldest;
     report
 }
 
-struct Run<'b, 'o, B> {
+struct Run<'b, 'o, B, E: Enricher> {
     broker: &'b mut B,
+    converter: &'o Converter,
+    enricher: &'o E,
+    /// The enricher's state for this invocation.
+    enrichment: &'o mut E::Batch,
+    invocation: Invocation<'o>,
     options: BatchOptions,
-    deadlines: Deadlines,
     in_flight: VecDeque<InFlight>,
     /// Records confirmed on this channel, with their message ids, in order:
     /// a return that arrives later may still name one of them.
@@ -258,21 +324,17 @@ struct Run<'b, 'o, B> {
     returned: Option<(usize, PublishError)>,
     outcomes: &'o mut [Outcome],
     reconnects: &'o mut u32,
-    /// The queue a backfill sends to, instead of the exchange.
-    to_queue: Option<&'o str>,
+    notes: &'o mut Notes,
 }
 
-impl<B: Broker> Run<'_, '_, B> {
+impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     async fn publish_from<R: Borrow<RawValue>>(
         &mut self,
         start: usize,
-        converter: &Converter,
         records: &[R],
-        now: DateTime<Utc>,
-        reasons: &mut Vec<(usize, String)>,
-        oldest: &mut Option<DateTime<Utc>>,
     ) -> Option<Failure> {
         let mut ready = false;
+        let deadlines = self.invocation.deadlines;
         for (index, record) in records.iter().enumerate().skip(start) {
             if let Err(f) = self.settle_arrived().await {
                 return Some(f);
@@ -282,29 +344,48 @@ impl<B: Broker> Run<'_, '_, B> {
                 // the confirms before it decide where the batch stops.
                 return self.drain().await.err();
             }
-            if Instant::now() >= self.deadlines.publish_until {
+            if Instant::now() >= deadlines.publish_until {
                 return self.fail_at(index, PublishError::Deadline).await;
             }
-            let Planned { plan, created } = converter.plan_raw(record.borrow().get(), now);
+            let Planned {
+                plan,
+                created,
+                dropped,
+            } = self
+                .converter
+                .plan_raw(record.borrow().get(), self.invocation.now);
             if let Some(t) = created {
+                let oldest = &mut self.notes.oldest;
                 *oldest = Some(oldest.map_or(t, |o: DateTime<Utc>| o.min(t)));
+            }
+            if let Some(why) = dropped {
+                self.notes.dropped.push((index, why));
             }
             let (mut message, outcome) = match plan {
                 Plan::Skip(_) => {
                     self.outcomes[index] = Outcome::Skipped;
                     continue;
                 }
-                Plan::Publish(m) => match self.to_queue {
-                    Some(queue) => (crate::routing::to_queue(m, queue), Outcome::Published),
-                    None => (m, Outcome::Published),
+                Plan::Publish(m) => match self.enrich(m, record.borrow().get()).await {
+                    Enriched::Publish(m) => (self.invocation_message(m), Outcome::Published),
+                    Enriched::Skip(reason) => {
+                        self.notes.skip_reasons.push((index, reason));
+                        self.outcomes[index] = Outcome::Skipped;
+                        continue;
+                    }
+                    Enriched::DeadLetter(message, reason) => {
+                        self.notes.dead_letter_reasons.push((index, reason));
+                        (message, Outcome::DeadLettered)
+                    }
+                    Enriched::Failed(e) => return self.fail_at(index, e).await,
                 },
                 Plan::DeadLetter { message, reason } => {
-                    reasons.push((index, reason));
+                    self.notes.dead_letter_reasons.push((index, reason));
                     (message, Outcome::DeadLettered)
                 }
             };
             if !ready {
-                match self.broker.ensure_ready(self.deadlines.publish_until).await {
+                match self.broker.ensure_ready(deadlines.publish_until).await {
                     Ok(reconnected) => *self.reconnects += u32::from(reconnected),
                     Err(e) => return self.fail_at(index, e).await,
                 }
@@ -316,7 +397,7 @@ impl<B: Broker> Run<'_, '_, B> {
                 }
             }
             let until =
-                (Instant::now() + self.options.confirm_timeout).min(self.deadlines.publish_until);
+                (Instant::now() + self.options.confirm_timeout).min(deadlines.publish_until);
             match self.broker.publish(&message, until).await {
                 Ok(confirm) => self.in_flight.push_back(InFlight {
                     index,
@@ -336,6 +417,53 @@ impl<B: Broker> Run<'_, '_, B> {
                 .returned
                 .take()
                 .map(|(index, error)| Failure { index, error }),
+        }
+    }
+
+    /// Passes an event through the enricher, within the deadline margin.
+    async fn enrich(&mut self, mut message: Message, raw: &str) -> Enriched {
+        let until = self.invocation.deadlines.publish_until;
+        let decided = {
+            let event = Event::new(&message);
+            let deciding = self.enricher.enrich(&event, self.enrichment);
+            tokio::time::timeout_at(until.into(), deciding).await
+        };
+        let decided = match decided {
+            Err(_) => {
+                return Enriched::Failed(PublishError::Enrichment(
+                    "no answer before the deadline margin".into(),
+                ));
+            }
+            Ok(Err(e)) => return Enriched::Failed(PublishError::Enrichment(e.0)),
+            Ok(Ok(decided)) => decided,
+        };
+        let dead_letter = |converter: &Converter, reason: String| {
+            Enriched::DeadLetter(converter.dead_letter_raw(raw, &reason), reason)
+        };
+        match decided {
+            Enrichment::Skip(reason) => Enriched::Skip(reason),
+            Enrichment::DeadLetter(reason) => dead_letter(self.converter, reason),
+            Enrichment::Publish { payload, headers } => {
+                match enrich::apply(&mut message, payload, headers) {
+                    Ok(()) => Enriched::Publish(message),
+                    Err(reason) => dead_letter(self.converter, reason),
+                }
+            }
+        }
+    }
+
+    /// An event as this invocation sends it: to the backfill's queue, and
+    /// with the invocation's trace context when its item had none.
+    fn invocation_message(&self, mut message: Message) -> Message {
+        if let Some(traceparent) = self.invocation.traceparent {
+            let headers = &mut message.properties.headers;
+            if !headers.iter().any(|(name, _)| *name == "traceparent") {
+                headers.push(("traceparent", HeaderValue::String(traceparent.to_owned())));
+            }
+        }
+        match self.invocation.to_queue {
+            Some(queue) => crate::routing::to_queue(message, queue),
+            None => message,
         }
     }
 
@@ -381,12 +509,12 @@ impl<B: Broker> Run<'_, '_, B> {
         let confirmation = match &mut front.confirm {
             Settle::Done(c) => c.clone(),
             Settle::Waiting(confirm) => {
-                let until =
-                    (front.sent_at + self.options.confirm_timeout).min(self.deadlines.answer_by);
+                let answer_by = self.invocation.deadlines.answer_by;
+                let until = (front.sent_at + self.options.confirm_timeout).min(answer_by);
                 tokio::time::timeout_at(until.into(), confirm.as_mut())
                     .await
                     .unwrap_or_else(|_| {
-                        Confirmation::failed(if until >= self.deadlines.answer_by {
+                        Confirmation::failed(if until >= answer_by {
                             PublishError::Deadline
                         } else {
                             PublishError::ConfirmTimeout
@@ -489,7 +617,7 @@ impl<B: Broker> Run<'_, '_, B> {
 mod tests {
     use super::*;
     use crate::config::MappingConfig;
-    use crate::publisher::Message;
+    use crate::enrich::NoEnricher;
     use aws_lambda_events::dynamodb::{Event, EventRecord};
     use serde_dynamo::AttributeValue;
     use std::sync::{
@@ -691,11 +819,10 @@ mod tests {
         forward(
             broker,
             &converter(),
+            &NoEnricher,
             &raw(records),
-            Utc::now(),
-            ample(),
+            Invocation::new(Utc::now(), ample()),
             options(),
-            None,
         )
         .await
     }
@@ -731,6 +858,159 @@ mod tests {
         let report = run(&mut broker, &records).await;
         assert_eq!(report.failure, None);
         assert_eq!(report.published, 50);
+    }
+
+    /// Decides by the event's aggregate (`agg-<i>`); counts the events it
+    /// saw in one invocation in its batch state.
+    struct ScriptedEnricher(std::collections::HashMap<usize, &'static str>);
+
+    impl Enricher for ScriptedEnricher {
+        type Batch = usize;
+
+        async fn enrich(
+            &self,
+            event: &enrich::Event<'_>,
+            seen: &mut usize,
+        ) -> Result<Enrichment, enrich::EnrichError> {
+            *seen += 1;
+            let i: usize = event.partition_key()["agg-".len()..].parse().unwrap();
+            Ok(match self.0.get(&i).copied() {
+                Some("skip") => Enrichment::Skip("a test event".into()),
+                Some("dead") => Enrichment::DeadLetter("no such product".into()),
+                Some("fail") => return Err(enrich::EnrichError::new("read model down")),
+                Some("slow") => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Enrichment::keep()
+                }
+                _ => Enrichment::keep()
+                    .with_field("seen", *seen as u64)
+                    .with_header("region", "eu"),
+            })
+        }
+    }
+
+    async fn enriched(
+        script: &[(usize, &'static str)],
+        deadlines: Deadlines,
+    ) -> (FakeBroker, Vec<EventRecord>, BatchReport) {
+        let records = inserts(5);
+        let mut broker = FakeBroker::new(vec![]);
+        let enricher = ScriptedEnricher(script.iter().copied().collect());
+        let report = forward(
+            &mut broker,
+            &converter(),
+            &enricher,
+            &raw(&records),
+            Invocation::new(Utc::now(), deadlines),
+            options(),
+        )
+        .await;
+        (broker, records, report)
+    }
+
+    #[tokio::test]
+    async fn an_enricher_adds_skips_and_dead_letters_and_the_batch_goes_on() {
+        let (broker, records, report) = enriched(&[(1, "skip"), (3, "dead")], ample()).await;
+        assert!(reported(&records, &report).is_empty());
+        assert_eq!(
+            (report.published, report.skipped, report.dead_lettered),
+            (3, 1, 1)
+        );
+        assert_eq!(report.skip_reasons, [(1, "a test event".to_string())]);
+        let exchanges: Vec<&str> = broker
+            .published
+            .iter()
+            .map(|m| m.exchange.as_str())
+            .collect();
+        assert_eq!(
+            exchanges,
+            [
+                "product.events",
+                "product.events",
+                "product.events.dead-letter",
+                "product.events"
+            ]
+        );
+        let body: serde_json::Value = serde_json::from_slice(&broker.published[1].body).unwrap();
+        // The third event the enricher saw in this invocation.
+        assert_eq!(body["payload"]["seen"], 3);
+        assert_eq!(
+            broker.published[1].properties.extra_headers,
+            [("region".to_string(), HeaderValue::String("eu".into()))]
+        );
+        let dead = &broker.published[2].properties.headers;
+        assert!(dead.contains(&("x-error", HeaderValue::String("no such product".into()))));
+    }
+
+    #[tokio::test]
+    async fn an_enrichment_error_fails_that_record_by_the_checkpoint_rule() {
+        let (broker, records, report) = enriched(&[(2, "fail")], ample()).await;
+        assert_eq!(reported(&records, &report), ["3"]);
+        let failure = report.failure.unwrap();
+        assert_eq!(failure.error.kind(), "enrichment");
+        assert_eq!(
+            failure.error.to_string(),
+            "enrichment failed: read model down"
+        );
+        assert_eq!(report.published, 2);
+        assert_eq!(broker.published.len(), 2, "nothing after it was sent");
+    }
+
+    #[tokio::test]
+    async fn an_enricher_is_bounded_by_the_deadline_margin() {
+        let tight = Deadlines::new(
+            Instant::now() + Duration::from_millis(1300),
+            Duration::from_secs(1),
+        );
+        let started = Instant::now();
+        let (_, records, report) = enriched(&[(1, "slow")], tight).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(reported(&records, &report), ["2"]);
+        assert_eq!(report.failure.unwrap().error.kind(), "enrichment");
+    }
+
+    #[tokio::test]
+    async fn events_without_a_trace_context_get_the_invocations() {
+        const ITEM: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        const XRAY: &str = "00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01";
+        let mut records = inserts(2);
+        records[1]
+            .change
+            .new_image
+            .insert("traceparent".into(), AttributeValue::S(ITEM.into()));
+        let mut broker = FakeBroker::new(vec![]);
+        let invocation = Invocation {
+            traceparent: Some(XRAY),
+            ..Invocation::new(Utc::now(), ample())
+        };
+        forward(
+            &mut broker,
+            &converter(),
+            &NoEnricher,
+            &raw(&records),
+            invocation,
+            options(),
+        )
+        .await;
+        let traceparents: Vec<Vec<&HeaderValue>> = broker
+            .published
+            .iter()
+            .map(|m| {
+                m.properties
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| *n == "traceparent")
+                    .map(|(_, v)| v)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            traceparents,
+            [
+                vec![&HeaderValue::String(XRAY.into())],
+                vec![&HeaderValue::String(ITEM.into())]
+            ]
+        );
     }
 
     #[tokio::test]
@@ -863,11 +1143,10 @@ mod tests {
         let report = forward(
             &mut broker,
             &converter(),
+            &NoEnricher,
             &raw(&records),
-            Utc::now(),
-            tight,
+            Invocation::new(Utc::now(), tight),
             options(),
-            None,
         )
         .await;
         assert_eq!(reported(&records, &report), ["1"]);

@@ -220,6 +220,9 @@ pub struct AttributeNames {
     pub causation_id: String,
     pub event_id: String,
     pub aggregate_type: String,
+    /// W3C trace context carried in the item (either mapping).
+    pub traceparent: String,
+    pub tracestate: String,
 }
 
 impl AttributeNames {
@@ -241,6 +244,8 @@ impl AttributeNames {
             causation_id: name("ATTR_CAUSATION_ID", "causationId"),
             event_id: name("ATTR_EVENT_ID", "eventId"),
             aggregate_type: name("ATTR_AGGREGATE_TYPE", "aggregateType"),
+            traceparent: name("ATTR_TRACEPARENT", "traceparent"),
+            tracestate: name("ATTR_TRACESTATE", "tracestate"),
         }
     }
 }
@@ -321,11 +326,47 @@ fn glob(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+/// `EXCHANGE`: one exchange, or a template of the routing key's
+/// placeholders (`{aggregateType}.events`) that picks one per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    Fixed(String),
+    PerEvent(RoutingTemplate),
+}
+
+impl Exchange {
+    /// The one exchange, when it is not chosen per event.
+    pub fn fixed(&self) -> Option<&str> {
+        match self {
+            Exchange::Fixed(name) => Some(name),
+            Exchange::PerEvent(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Exchange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exchange::Fixed(name) => f.write_str(name),
+            Exchange::PerEvent(template) => write!(f, "{template}"),
+        }
+    }
+}
+
+/// The most distinct exchanges a templated `EXCHANGE` may lead to by
+/// default (`MAX_EXCHANGES`): a forged item must not make the function
+/// declare thousands.
+pub const DEFAULT_MAX_EXCHANGES: usize = 32;
+
 /// How records are turned into envelopes and routed; everything the pure
 /// conversion needs.
 #[derive(Debug, Clone)]
 pub struct MappingConfig {
-    pub exchange: String,
+    pub exchange: Exchange,
+    /// `DEAD_LETTER_EXCHANGE`: `<EXCHANGE>.dead-letter` for a fixed one.
+    pub dead_letter_exchange: String,
+    /// `MAX_EXCHANGES`, for a templated `EXCHANGE`.
+    pub max_exchanges: usize,
     pub mapping: MappingKind,
     pub event_source: Option<String>,
     pub entity_name: Option<String>,
@@ -336,8 +377,11 @@ pub struct MappingConfig {
 impl MappingConfig {
     /// The defaults of CONTRACT §2 for the given exchange.
     pub fn new(exchange: impl Into<String>) -> Self {
+        let exchange = exchange.into();
         Self {
-            exchange: exchange.into(),
+            dead_letter_exchange: format!("{exchange}.dead-letter"),
+            exchange: Exchange::Fixed(exchange),
+            max_exchanges: DEFAULT_MAX_EXCHANGES,
             mapping: MappingKind::EventStore,
             event_source: None,
             entity_name: None,
@@ -366,6 +410,9 @@ pub struct Config {
     pub function_name: String,
     /// `REPLAY_QUEUES`.
     pub replay_queues: ReplayQueues,
+    /// `TRACEPARENT_FROM_XRAY`: give events without a trace context of
+    /// their own the invocation's (from its X-Ray trace header).
+    pub trace_from_xray: bool,
 }
 
 impl Config {
@@ -407,16 +454,43 @@ impl Config {
                 reason: "is set but AMQP_URI is amqp:// (plain text); use amqps://".into(),
             });
         }
-        let exchange = get("EXCHANGE").ok_or(ConfigError::Missing("EXCHANGE"))?;
-        validate_exchange(&exchange)?;
-
-        let declare_topology = match get("DECLARE_TOPOLOGY") {
-            None => true,
-            Some(v) => parse_bool(&v).ok_or_else(|| ConfigError::Invalid {
-                name: "DECLARE_TOPOLOGY",
-                reason: format!("expected true or false, got {v:?}"),
-            })?,
+        let exchange = parse_exchange(&get("EXCHANGE").ok_or(ConfigError::Missing("EXCHANGE"))?)?;
+        let dead_letter_exchange = match (get("DEAD_LETTER_EXCHANGE"), &exchange) {
+            (Some(name), _) => {
+                let name = name.trim().to_owned();
+                validate_name("DEAD_LETTER_EXCHANGE", &name, 255)?;
+                name
+            }
+            (None, Exchange::Fixed(name)) => format!("{name}.dead-letter"),
+            (None, Exchange::PerEvent(_)) => {
+                return Err(ConfigError::Invalid {
+                    name: "DEAD_LETTER_EXCHANGE",
+                    reason: "is required when EXCHANGE is a template (one dead-letter exchange for all of its exchanges)".into(),
+                });
+            }
         };
+        let max_exchanges = match get("MAX_EXCHANGES") {
+            None => DEFAULT_MAX_EXCHANGES,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "MAX_EXCHANGES",
+                        reason: format!("expected a number from 1 to 1000, got {v:?}"),
+                    });
+                }
+            },
+        };
+
+        let flag = |name: &'static str| match get(name) {
+            None => Ok(true),
+            Some(v) => parse_bool(&v).ok_or_else(|| ConfigError::Invalid {
+                name,
+                reason: format!("expected true or false, got {v:?}"),
+            }),
+        };
+        let declare_topology = flag("DECLARE_TOPOLOGY")?;
+        let trace_from_xray = flag("TRACEPARENT_FROM_XRAY")?;
         let queue_type = match get("QUEUE_TYPE").as_deref() {
             None | Some("quorum") => QueueType::Quorum,
             Some("classic") => QueueType::Classic,
@@ -467,6 +541,8 @@ impl Config {
             queue_type,
             mapping: MappingConfig {
                 exchange,
+                dead_letter_exchange,
+                max_exchanges,
                 mapping,
                 event_source,
                 entity_name,
@@ -479,6 +555,7 @@ impl Config {
             metrics_namespace: get("METRICS_NAMESPACE").unwrap_or_else(|| "EventForwarder".into()),
             function_name: get("AWS_LAMBDA_FUNCTION_NAME")
                 .unwrap_or_else(|| "event-forwarder".into()),
+            trace_from_xray,
             replay_queues: get("REPLAY_QUEUES")
                 .map(|v| ReplayQueues::parse(&v))
                 .transpose()?
@@ -514,20 +591,50 @@ fn millis(
     }
 }
 
-/// RabbitMQ names are at most 255 bytes; the forwarder appends
-/// `.dead-letter` (12 bytes) for its own exchanges.
-fn validate_exchange(name: &str) -> Result<(), ConfigError> {
-    let invalid = |reason: &str| ConfigError::Invalid {
+/// `EXCHANGE`: a name, or a template when it holds a `{placeholder}`.
+fn parse_exchange(raw: &str) -> Result<Exchange, ConfigError> {
+    let raw = raw.trim();
+    if !raw.contains(['{', '}']) {
+        // The forwarder appends `.dead-letter` (12 bytes) to a fixed one.
+        validate_name("EXCHANGE", raw, 255 - ".dead-letter".len())?;
+        return Ok(Exchange::Fixed(raw.to_owned()));
+    }
+    let template = RoutingTemplate::parse(raw).map_err(|e| ConfigError::Invalid {
         name: "EXCHANGE",
+        reason: format!("not a valid template: {e}"),
+    })?;
+    // The literal text must itself be good in a name; the values are
+    // checked per event.
+    let literal: String = raw.split(['{', '}']).step_by(2).collect();
+    if !literal.chars().all(exchange_name_char) {
+        return Err(ConfigError::Invalid {
+            name: "EXCHANGE",
+            reason: format!(
+                "may hold only letters, digits, '-', '_', '.', ':' and placeholders (got {raw:?})"
+            ),
+        });
+    }
+    Ok(Exchange::PerEvent(template))
+}
+
+/// The characters the forwarder takes in an exchange name.
+pub fn exchange_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+}
+
+/// RabbitMQ names are at most 255 bytes; `max` leaves room for suffixes.
+fn validate_name(variable: &'static str, name: &str, max: usize) -> Result<(), ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name: variable,
         reason: format!("{reason} (got {name:?})"),
     };
-    if name.len() > 255 - ".dead-letter".len() {
-        return Err(invalid("must be at most 243 bytes"));
+    if name.is_empty() {
+        return Err(invalid("must not be empty"));
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-    {
+    if name.len() > max {
+        return Err(invalid(&format!("must be at most {max} bytes")));
+    }
+    if !name.chars().all(exchange_name_char) {
         return Err(invalid(
             "may hold only letters, digits, '-', '_', '.' and ':'",
         ));
@@ -555,6 +662,62 @@ mod tests {
         ("AMQP_URI", "amqp://guest:s3cret@localhost:5672/%2f"),
         ("EXCHANGE", "product.events"),
     ];
+
+    #[test]
+    fn an_exchange_template_needs_a_dead_letter_exchange_and_good_literals() {
+        let with = |vars: &[(&'static str, &'static str)]| {
+            let mut all = vec![("AMQP_URI", "amqp://localhost")];
+            all.extend_from_slice(vars);
+            config(&all)
+        };
+        let fixed = with(&[("EXCHANGE", "product.events")]).unwrap();
+        assert_eq!(
+            fixed.mapping.exchange,
+            Exchange::Fixed("product.events".into())
+        );
+        assert_eq!(
+            fixed.mapping.dead_letter_exchange,
+            "product.events.dead-letter"
+        );
+        assert_eq!(fixed.mapping.max_exchanges, DEFAULT_MAX_EXCHANGES);
+
+        let e = with(&[("EXCHANGE", "{aggregateType}.events")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("DEAD_LETTER_EXCHANGE is invalid: is required"),
+            "{e}"
+        );
+        let c = with(&[
+            ("EXCHANGE", "{aggregateType}.events"),
+            ("DEAD_LETTER_EXCHANGE", "shop.dead-letter"),
+            ("MAX_EXCHANGES", "5"),
+        ])
+        .unwrap();
+        assert!(matches!(c.mapping.exchange, Exchange::PerEvent(_)));
+        assert_eq!(c.mapping.exchange.to_string(), "{aggregateType}.events");
+        assert_eq!(c.mapping.dead_letter_exchange, "shop.dead-letter");
+        assert_eq!(c.mapping.max_exchanges, 5);
+        for (bad, variable) in [
+            ("{aggregateType} events", "EXCHANGE"),
+            ("{nope}.events", "EXCHANGE"),
+            ("{aggregateType.events", "EXCHANGE"),
+        ] {
+            let e = with(&[("EXCHANGE", bad), ("DEAD_LETTER_EXCHANGE", "d")]).unwrap_err();
+            assert!(
+                e.to_string().starts_with(&format!("{variable} is invalid")),
+                "{bad}: {e}"
+            );
+        }
+        for bad in ["0", "1001", "many"] {
+            let e = with(&[("EXCHANGE", "x"), ("MAX_EXCHANGES", bad)]).unwrap_err();
+            assert!(e.to_string().starts_with("MAX_EXCHANGES is invalid"), "{e}");
+        }
+        let e = with(&[("EXCHANGE", "x"), ("DEAD_LETTER_EXCHANGE", "amq.dl")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("DEAD_LETTER_EXCHANGE is invalid"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn replay_queues_allow_only_what_they_name() {

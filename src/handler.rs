@@ -20,8 +20,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
-use crate::batch::{self, BatchOptions, BatchReport, Deadlines, NoSequenceNumber};
+use crate::batch::{self, BatchOptions, BatchReport, Deadlines, Invocation, NoSequenceNumber};
 use crate::config::{Config, ReplayQueues};
+use crate::enrich::{Enricher, NoEnricher};
 use crate::mapping::{Converter, MAX_HEADER};
 use crate::publisher::{
     Broker, PublishError,
@@ -29,6 +30,7 @@ use crate::publisher::{
 };
 use crate::record;
 use crate::telemetry;
+use crate::trace;
 
 /// A DynamoDB stream batch as the event source mapping sends it. The records
 /// stay JSON text until the batch loop reaches them, one at a time: a large
@@ -211,15 +213,18 @@ pub enum StartError {
     Secret(#[from] crate::secrets::SecretError),
 }
 
-/// The function: configuration, converter and the broker it owns.
-pub struct Forwarder<B = AmqpBroker> {
+/// The function: configuration, converter, the broker it owns and the
+/// enricher its events pass through.
+pub struct Forwarder<B = AmqpBroker, E = NoEnricher> {
     converter: Converter,
     replay_queues: ReplayQueues,
+    trace_from_xray: bool,
     options: BatchOptions,
     deadline_margin: Duration,
     metrics_namespace: String,
     function_name: String,
     broker: Mutex<B>,
+    enricher: E,
 }
 
 impl Forwarder<AmqpBroker> {
@@ -228,6 +233,13 @@ impl Forwarder<AmqpBroker> {
     /// unreachable broker is only a warning (the first batch retries); a
     /// topology that clashes with the broker's is fatal.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with(config, NoEnricher).await
+    }
+}
+
+impl<E: Enricher> Forwarder<AmqpBroker, E> {
+    /// [`Forwarder::start`] with an enricher for every event.
+    pub async fn start_with(config: Config, enricher: E) -> Result<Self, StartError> {
         let mut broker = AmqpBroker::new(AmqpSettings::from_config(&config));
         // A secret that cannot be read fails the init: retrying per batch
         // would not fix missing permissions or a malformed value.
@@ -242,7 +254,7 @@ impl Forwarder<AmqpBroker> {
                 tracing::warn!(error = %e, "broker not reachable at cold start; the first batch will retry")
             }
         }
-        Ok(Self::with_broker(config, broker))
+        Ok(Self::with_parts(config, broker, enricher))
     }
 
     /// Closes the broker connection cleanly (on SIGTERM).
@@ -254,15 +266,29 @@ impl Forwarder<AmqpBroker> {
 impl<B: Broker> Forwarder<B> {
     /// A forwarder over any broker (tests use fakes).
     pub fn with_broker(config: Config, broker: B) -> Self {
+        Self::with_parts(config, broker, NoEnricher)
+    }
+}
+
+impl<B: Broker, E: Enricher> Forwarder<B, E> {
+    /// A forwarder over any broker, with an enricher.
+    pub fn with_parts(config: Config, broker: B, enricher: E) -> Self {
         Self {
             converter: Converter::new(config.mapping),
             replay_queues: config.replay_queues,
+            trace_from_xray: config.trace_from_xray,
             options: BatchOptions::new(config.confirm_timeout),
             deadline_margin: config.deadline_margin,
             metrics_namespace: config.metrics_namespace,
             function_name: config.function_name,
             broker: Mutex::new(broker),
+            enricher,
         }
+    }
+
+    /// The enricher the events pass through.
+    pub fn enricher(&self) -> &E {
+        &self.enricher
     }
 
     /// Handles one batch with `remaining` time from now before the
@@ -282,6 +308,19 @@ impl<B: Broker> Forwarder<B> {
         event: &StreamBatch<R>,
         deadline: Instant,
     ) -> Result<(DynamoDbEventResponse, BatchReport), HandleError> {
+        self.handle_traced(event, deadline, None).await
+    }
+
+    /// Like [`Forwarder::handle_until`], for an invocation with an X-Ray
+    /// trace header (`Lambda-Runtime-Trace-Id`): events whose item carries
+    /// no trace context get the invocation's, unless
+    /// `TRACEPARENT_FROM_XRAY=false`.
+    pub async fn handle_traced<R: Borrow<RawValue>>(
+        &self,
+        event: &StreamBatch<R>,
+        deadline: Instant,
+        xray_trace_id: Option<&str>,
+    ) -> Result<(DynamoDbEventResponse, BatchReport), HandleError> {
         let to_queue = event.target.as_ref().map(|t| t.queue.as_str());
         if let Some(queue) = to_queue
             && !self.replay_queues.allows(queue)
@@ -293,34 +332,64 @@ impl<B: Broker> Forwarder<B> {
             return Err(HandleError::QueueNotAllowed(queue.to_owned()));
         }
         let started = Instant::now();
-        let deadlines = Deadlines::new(deadline, self.deadline_margin);
         let now = Utc::now();
+        let traceparent = xray_trace_id
+            .filter(|_| self.trace_from_xray)
+            .and_then(trace::from_xray);
+        let invocation = Invocation {
+            now,
+            deadlines: Deadlines::new(deadline, self.deadline_margin),
+            to_queue,
+            traceparent: traceparent.as_deref(),
+        };
         let report = {
             let mut broker = self.broker.lock().await;
             batch::forward(
                 &mut *broker,
                 &self.converter,
+                &self.enricher,
                 &event.records,
-                now,
-                deadlines,
+                invocation,
                 self.options,
-                to_queue,
             )
             .await
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        for (index, reason) in &report.dead_letter_reasons {
-            let id = event
+        let identity = |index: usize| {
+            event
                 .records
-                .get(*index)
+                .get(index)
                 .map(|r| record::Identity::read(r.borrow().get()))
-                .unwrap_or_default();
+                .unwrap_or_default()
+        };
+        for (index, reason) in &report.dead_letter_reasons {
+            let id = identity(*index);
             tracing::warn!(
                 sequence_number = id.sequence_number.as_deref().and_then(loggable),
                 event_id = id.event_id.as_deref().and_then(loggable),
                 index,
                 reason = %reason,
                 "record dead-lettered"
+            );
+        }
+        for (index, reason) in &report.skip_reasons {
+            let id = identity(*index);
+            tracing::info!(
+                sequence_number = id.sequence_number.as_deref().and_then(loggable),
+                event_id = id.event_id.as_deref().and_then(loggable),
+                index,
+                reason = %reason,
+                "record skipped by the enricher"
+            );
+        }
+        for (index, reason) in &report.dropped {
+            let id = identity(*index);
+            tracing::warn!(
+                sequence_number = id.sequence_number.as_deref().and_then(loggable),
+                event_id = id.event_id.as_deref().and_then(loggable),
+                index,
+                reason = %reason,
+                "trace context left out of an event"
             );
         }
         let response = batch::response(&event.records, &report);
@@ -361,7 +430,9 @@ impl<B: Broker> Forwarder<B> {
         tracing::debug!(remaining_ms = remaining.as_millis() as u64, "invocation");
         let body = body.ok_or("the invocation's body was not kept")?;
         let batch = parse_batch(&body)?;
-        let (response, _) = self.handle_until(&batch, deadline).await?;
+        let (response, _) = self
+            .handle_traced(&batch, deadline, context.xray_trace_id.as_deref())
+            .await?;
         Ok(response)
     }
 }

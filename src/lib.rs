@@ -9,7 +9,11 @@
 //! - [`record`]: a stream record read in place from its JSON text, and the
 //!   DynamoDB-JSON to JSON transcoder.
 //! - [`mapping`]: record to envelope to message, both mappings (pure).
+//! - [`enrich`]: the extension point: an [`enrich::Enricher`] adds to an
+//!   event, skips or dead-letters it, between mapping and publishing.
 //! - [`routing`]: routing-key template, AMQP properties and headers (pure).
+//! - [`trace`]: W3C trace context: the item's, checked, or the invocation's
+//!   X-Ray trace as a `traceparent` (pure).
 //! - [`batch`]: the checkpoint rule: publish in order, confirm in windows,
 //!   report the first record not handled.
 //! - [`publisher`]: the broker port and its lapin adapter (connection,
@@ -22,9 +26,12 @@
 //!   retries, bisect, OnFailure message), for the operations tool.
 //! - [`shutdown`]: the SIGTERM handler and the extension Lambda needs to
 //!   send it.
+//! - [`runtime`]: the function's life for `main.rs`: [`run`], or
+//!   [`run_with`] an enricher.
 
 pub mod batch;
 pub mod config;
+pub mod enrich;
 pub mod envelope;
 pub mod esm;
 pub mod handler;
@@ -32,9 +39,13 @@ pub mod mapping;
 pub mod publisher;
 pub mod record;
 pub mod routing;
+pub mod runtime;
 pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use config::Config;
+pub use enrich::{Enricher, Enrichment};
 pub use handler::Forwarder;
+pub use runtime::{run, run_with};

@@ -1,57 +1,7 @@
-//! The Lambda binary: logging, configuration, the broker connection opened
-//! during init, a clean close on SIGTERM, then the runtime loop.
-
-use std::sync::Arc;
-
-use event_forwarder::{Config, Forwarder, handler::KeepBody, shutdown, telemetry};
-use lambda_runtime::{LambdaEvent, Runtime, layers::TracingLayer, service_fn};
+//! The Lambda binary: the shipped function, wiring only (see
+//! [`event_forwarder::run`]).
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    telemetry::init_logging();
-    unmap_large_frees();
-    // One clear log line and a failed init, rather than the error printed
-    // a second time by the runtime.
-    let config = Config::from_env().unwrap_or_else(|e| fail(format_args!("configuration: {e}")));
-    let forwarder = match Forwarder::start(config).await {
-        Ok(f) => Arc::new(f),
-        Err(e) => fail(format_args!("cold start: {e}")),
-    };
-
-    let on_shutdown = Arc::clone(&forwarder);
-    shutdown::on_sigterm(move || async move { on_shutdown.shutdown().await }).await;
-
-    // The body is kept whole and the batch read from it in place, rather
-    // than deserialized by the runtime into a copy of every record.
-    let body = KeepBody::default();
-    let handler_body = body.clone();
-    Runtime::new(service_fn(move |event: LambdaEvent<()>| {
-        let forwarder = Arc::clone(&forwarder);
-        let body = handler_body.take();
-        async move { forwarder.handle_lambda(body, &event.context).await }
-    }))
-    .layer(TracingLayer::new())
-    .layer(body)
-    .run()
-    .await
-}
-
-/// A batch's body arrives in chunks of up to 400 KB that the runtime copies
-/// into one buffer. glibc's adaptive threshold soon serves such sizes from
-/// the heap, where freed chunks stay resident: the function's peak then
-/// holds the body twice. A fixed threshold (glibc's initial 128 KiB) keeps
-/// them mapped, so each is returned to the system when freed. `make bench`:
-/// peak RSS for 10,000 records 51.8 → 39.3 MB.
-fn unmap_large_frees() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; glibc serializes it
-    // with allocations.
-    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) } != 1 {
-        tracing::warn!("mallopt(M_MMAP_THRESHOLD) failed; peak memory may be higher");
-    }
-}
-
-fn fail(message: std::fmt::Arguments<'_>) -> ! {
-    tracing::error!("{message}");
-    std::process::exit(1)
+    event_forwarder::run().await
 }

@@ -7,7 +7,11 @@
 //! record is read in place ([`crate::record`]): a payload goes from the
 //! record's DynamoDB JSON to the message body in one pass.
 
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use aws_lambda_events::dynamodb::EventRecord;
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
@@ -15,11 +19,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::config::{MappingConfig, MappingKind};
+use crate::config::{Exchange, MappingConfig, MappingKind, exchange_name_char};
 use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload};
 use crate::publisher::{HeaderValue, Message, Properties};
 use crate::record::{self, Attr, Image, Record, Text};
 use crate::routing::{self, RoutingError};
+use crate::trace;
 
 /// Namespace of the UUIDv5 message ids. Part of the public contract: the
 /// same record must give the same id in every version of the forwarder.
@@ -60,6 +65,15 @@ pub enum MappingError {
     UnknownEventName,
     #[error("routing key: {0}")]
     Routing(#[from] RoutingError),
+    #[error("exchange (EXCHANGE is a template): {0}")]
+    ExchangeTemplate(RoutingError),
+    // The name is made of the record's values: not quoted.
+    #[error(
+        "the exchange EXCHANGE's template makes of this event is not a valid name (letters, digits, '-', '_', '.', ':'; at most 246 bytes; not amq.)"
+    )]
+    InvalidExchange,
+    #[error("the event's exchange would be one more than MAX_EXCHANGES ({0}) distinct exchanges")]
+    TooManyExchanges(usize),
     #[error("payload: {0}")]
     Body(String),
 }
@@ -81,21 +95,24 @@ pub struct Planned {
     pub plan: Plan,
     /// ApproximateCreationDateTime, when the record has one.
     pub created: Option<DateTime<Utc>>,
+    /// Something of the record left out of its event (an invalid trace
+    /// context), for a warning: names attributes, never values.
+    pub dropped: Option<String>,
 }
 
 /// Turns records into plans with the configured mapping.
 #[derive(Debug, Clone)]
 pub struct Converter {
     config: MappingConfig,
-    dead_letter_exchange: String,
+    /// The exchanges a templated `EXCHANGE` has led to, for the bound.
+    exchanges: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Converter {
     pub fn new(config: MappingConfig) -> Self {
-        let dead_letter_exchange = format!("{}.dead-letter", config.exchange);
         Self {
             config,
-            dead_letter_exchange,
+            exchanges: Arc::default(),
         }
     }
 
@@ -118,8 +135,12 @@ impl Converter {
         }) {
             Ok(record) => {
                 let created = creation_time(&record);
+                let mut dropped = None;
                 let plan = match self.message(&record, now) {
-                    Ok(Some(message)) => Plan::Publish(message),
+                    Ok(Some(mut message)) => {
+                        dropped = self.trace_context(&record, &mut message);
+                        Plan::Publish(message)
+                    }
                     Ok(None) => Plan::Skip(skip_reason(self.config.mapping)),
                     Err(e) => {
                         let reason = capped(e.to_string());
@@ -129,7 +150,11 @@ impl Converter {
                         }
                     }
                 };
-                Planned { plan, created }
+                Planned {
+                    plan,
+                    created,
+                    dropped,
+                }
             }
             Err(e) => {
                 // The path names attributes, never values; serde's own
@@ -150,8 +175,51 @@ impl Converter {
                         reason,
                     },
                     created: None,
+                    dropped: None,
                 }
             }
+        }
+    }
+
+    /// The item's W3C trace context as the headers `traceparent` and
+    /// `tracestate`, from the NewImage of either mapping. An invalid value
+    /// is left out (the event is still published); the reason comes back
+    /// for a warning.
+    fn trace_context(&self, record: &Record<'_>, message: &mut Message) -> Option<String> {
+        let item = record.dynamodb.new_image.as_ref()?;
+        let names = &self.config.attributes;
+        let text = |name: &str| match attr(item, name) {
+            Ok(Some(Attr::S(s))) => Ok(Some(s.0)),
+            Ok(None | Some(Attr::Null)) => Ok(None),
+            _ => Err(()),
+        };
+        let (parent, state) = (text(&names.traceparent), text(&names.tracestate));
+        let dropped = |name: &str, why: &dyn std::fmt::Display| {
+            Some(capped(format!(
+                "attribute `{name}` is {why}; left out of the headers"
+            )))
+        };
+        let parent = match parent {
+            Ok(None) => {
+                return match state {
+                    Ok(None) => None,
+                    _ => dropped(&names.tracestate, &trace::TraceError::Orphan),
+                };
+            }
+            Ok(Some(p)) if trace::check_traceparent(&p).is_ok() => p,
+            _ => {
+                return dropped(&names.traceparent, &trace::TraceError::Traceparent);
+            }
+        };
+        let headers = &mut message.properties.headers;
+        headers.push(("traceparent", HeaderValue::String(parent.into_owned())));
+        match state {
+            Ok(None) => None,
+            Ok(Some(s)) if trace::check_tracestate(&s).is_ok() => {
+                headers.push(("tracestate", HeaderValue::String(s.into_owned())));
+                None
+            }
+            _ => dropped(&names.tracestate, &trace::TraceError::Tracestate),
         }
     }
 
@@ -179,15 +247,44 @@ impl Converter {
             return Ok(None);
         };
         let routing_key = self.config.routing_key_template.render(&envelope)?;
+        let exchange = self.exchange(&envelope)?;
         let body = envelope
             .to_body()
             .map_err(|e| MappingError::Body(e.to_string()))?;
         Ok(Some(routing::to_message(
-            &self.config.exchange,
+            &exchange,
             routing_key,
             &envelope,
             body,
         )))
+    }
+
+    /// The exchange of an event: the one of `EXCHANGE`, or the one its
+    /// template makes of the event, within `MAX_EXCHANGES` distinct ones.
+    fn exchange<'e>(&'e self, envelope: &Envelope<'_>) -> Result<Cow<'e, str>, MappingError> {
+        let template = match &self.config.exchange {
+            Exchange::Fixed(name) => return Ok(Cow::Borrowed(name)),
+            Exchange::PerEvent(template) => template,
+        };
+        let name = template
+            .render(envelope)
+            .map_err(MappingError::ExchangeTemplate)?;
+        // `.unrouted` is appended for its alternate exchange.
+        let valid = name.len() <= 255 - ".unrouted".len()
+            && !name.is_empty()
+            && !name.starts_with("amq.")
+            && name.chars().all(exchange_name_char);
+        if !valid {
+            return Err(MappingError::InvalidExchange);
+        }
+        let mut known = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.contains(&name) {
+            if known.len() >= self.config.max_exchanges {
+                return Err(MappingError::TooManyExchanges(self.config.max_exchanges));
+            }
+            known.insert(name.clone());
+        }
+        Ok(Cow::Owned(name))
     }
 
     fn source<'a>(&'a self, record: &'a Record<'a>) -> Result<Cow<'a, str>, MappingError> {
@@ -399,6 +496,12 @@ impl Converter {
         })
     }
 
+    /// The dead-letter message of a record given as JSON text, for a reason
+    /// found after the mapping (an enricher's).
+    pub fn dead_letter_raw(&self, raw: &str, reason: &str) -> Message {
+        self.dead_letter(Identity::lenient(raw), raw, &capped(reason.to_owned()))
+    }
+
     /// The dead-letter message: the record as it came, with the reason.
     fn dead_letter(&self, id: Identity, raw: &str, reason: &str) -> Message {
         let mut headers = vec![("x-error", HeaderValue::String(reason.to_owned()))];
@@ -418,7 +521,7 @@ impl Converter {
             headers.push(("x-event-source-arn", HeaderValue::String(arn)));
         }
         Message {
-            exchange: self.dead_letter_exchange.clone(),
+            exchange: self.config.dead_letter_exchange.clone(),
             routing_key: String::new(),
             body: raw.as_bytes().to_vec(),
             properties: Properties {
@@ -434,6 +537,7 @@ impl Converter {
                 kind: None,
                 timestamp: id.created_secs,
                 headers,
+                extra_headers: Vec::new(),
             },
         }
     }
@@ -1188,6 +1292,118 @@ mod tests {
         let mut changed = backfilled.clone();
         changed["dynamodb"]["NewImage"]["tier"] = json!({"S": "bronze"});
         assert_ne!(publish(plan(&changed)).1["messageId"], body["messageId"]);
+    }
+
+    #[test]
+    fn a_templated_exchange_is_chosen_per_event_within_its_bound() {
+        let mut config = MappingConfig::new("unused");
+        config.exchange = Exchange::PerEvent(
+            crate::routing::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
+        );
+        config.dead_letter_exchange = "shop.dead-letter".into();
+        config.max_exchanges = 2;
+        let c = Converter::new(config);
+        let mut all = records(INSERTS);
+        let event = |r: &EventRecord| c.plan(r, now());
+        // Product, Product, (MODIFY), Order, User, Order.
+        let exchanges: Vec<String> = all
+            .iter()
+            .filter_map(|r| match event(r) {
+                Plan::Publish(m) => Some(m.exchange),
+                Plan::DeadLetter { message, reason } => {
+                    assert_eq!(message.exchange, "shop.dead-letter");
+                    Some(format!("dead: {reason}"))
+                }
+                Plan::Skip(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            exchanges,
+            [
+                "product.events",
+                "product.events",
+                "order.events",
+                "dead: the event's exchange would be one more than MAX_EXCHANGES (2) distinct exchanges",
+                "order.events"
+            ]
+        );
+        // Without the placeholder's value, or with one no name can hold.
+        all[0].change.new_image.remove("aggregateType");
+        let (_, reason) = dead_letter(event(&all[0]));
+        assert_eq!(
+            reason,
+            "exchange (EXCHANGE is a template): the event has no aggregateType, needed for {aggregateType}"
+        );
+        all[0]
+            .change
+            .new_image
+            .insert("aggregateType".into(), AttributeValue::S("Pro duct".into()));
+        let (_, reason) = dead_letter(event(&all[0]));
+        assert!(
+            reason.starts_with("the exchange EXCHANGE's template makes"),
+            "{reason}"
+        );
+        assert!(!reason.contains("pro duct"), "{reason}");
+    }
+
+    #[test]
+    fn an_items_trace_context_becomes_headers_and_a_malformed_one_is_left_out() {
+        const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut record = records(INSERTS).remove(0);
+        let set = |r: &mut EventRecord, name: &str, v: &str| {
+            r.change
+                .new_image
+                .insert(name.into(), AttributeValue::S(v.into()));
+        };
+        let planned =
+            |c: &Converter, r: &EventRecord| c.plan_raw(&serde_json::to_string(r).unwrap(), now());
+        let trace = |m: &Message| {
+            ["traceparent", "tracestate"].map(|n| match header(m, n) {
+                Some(HeaderValue::String(s)) => Some(s.clone()),
+                _ => None,
+            })
+        };
+        set(&mut record, "traceparent", PARENT);
+        set(&mut record, "tracestate", "rojo=00f067aa0ba902b7");
+        let p = planned(&converter(), &record);
+        let (m, _) = publish(p.plan);
+        assert_eq!(
+            trace(&m),
+            [Some(PARENT.into()), Some("rojo=00f067aa0ba902b7".into())]
+        );
+        assert_eq!(p.dropped, None);
+
+        // A bad tracestate goes; the traceparent stays.
+        set(&mut record, "tracestate", "Not Valid");
+        let p = planned(&converter(), &record);
+        assert_eq!(
+            p.dropped.as_deref(),
+            Some(
+                "attribute `tracestate` is not a W3C tracestate (at most 32 key=value members, 512 bytes); left out of the headers"
+            )
+        );
+        assert_eq!(trace(&publish(p.plan).0), [Some(PARENT.into()), None]);
+
+        // A bad traceparent takes its tracestate with it; the value is not
+        // in the reason, and the event is still published.
+        set(&mut record, "traceparent", "secret-looking-garbage");
+        set(&mut record, "tracestate", "rojo=1");
+        let p = planned(&converter(), &record);
+        let why = p.dropped.clone().unwrap();
+        assert!(
+            why.starts_with("attribute `traceparent` is not a W3C traceparent"),
+            "{why}"
+        );
+        assert!(!why.contains("garbage"));
+        assert_eq!(trace(&publish(p.plan).0), [None, None]);
+
+        // Names are configurable.
+        let mut config = MappingConfig::new("product.events");
+        config.attributes.traceparent = "trace".into();
+        let mut renamed = records(INSERTS).remove(0);
+        set(&mut renamed, "trace", PARENT);
+        let (m, _) = publish(planned(&Converter::new(config), &renamed).plan);
+        assert_eq!(trace(&m)[0].as_deref(), Some(PARENT));
     }
 
     #[test]

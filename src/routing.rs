@@ -276,6 +276,7 @@ pub fn to_message(
             kind: Some(envelope.message_type.to_string()),
             timestamp: u64::try_from(envelope.timestamp.timestamp()).ok(),
             headers,
+            extra_headers: Vec::new(),
         },
     }
 }

@@ -158,6 +158,8 @@ mod tests {
             }),
             reconnects: 1,
             dead_letter_reasons: vec![],
+            skip_reasons: vec![],
+            dropped: vec![],
             oldest_record: None,
         };
         let now = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();

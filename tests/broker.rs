@@ -779,3 +779,63 @@ async fn a_consumer_tells_the_newer_update_from_the_message_alone_after_a_redeli
     assert_eq!(latest["cust-311"]["payload"]["tier"], "platinum");
     broker.cleanup(&exchange, &[&inbox]).await;
 }
+
+#[tokio::test]
+async fn events_of_three_aggregate_types_land_on_three_exchanges_each_with_its_unrouted() {
+    let prefix = unique("per-type");
+    let template = format!("{prefix}.{{aggregateType}}.events");
+    let dead_letter = format!("{prefix}.dead-letter");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(
+        &template,
+        &[("DEAD_LETTER_EXCHANGE", dead_letter.as_str())],
+    ))
+    .await
+    .expect("cold start");
+    let exchange = |t: &str| format!("{prefix}.{t}.events");
+    let event = event("insert-batch.json");
+
+    // Nobody is bound yet: each exchange, declared on first use, keeps its
+    // events in its own .unrouted queue, in order.
+    let (response, report) = forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+    assert!(reported(&response).is_empty(), "{report:?}");
+    assert_eq!(report.published, 5);
+    for (t, expected) in [
+        ("product", vec!["ProductCreated", "ProductPriceChanged"]),
+        ("order", vec!["OrderPlaced", "OrderShippedEvent"]),
+        ("user", vec!["UserProfileUpdated"]),
+    ] {
+        let kept = broker
+            .take(
+                &format!("{}.unrouted", exchange(t)),
+                3,
+                Duration::from_secs(5),
+            )
+            .await;
+        let types: Vec<Value> = kept
+            .iter()
+            .map(|d| body(d)["messageType"].clone())
+            .collect();
+        assert_eq!(types, expected, "{t}");
+        assert!(
+            kept.iter().all(|d| d.exchange.as_str() == exchange(t)),
+            "{t}"
+        );
+    }
+
+    // A consumer of product events binds to its exchange and gets them.
+    let products = broker
+        .bind_queue(&exchange("product"), "#", FieldTable::default())
+        .await;
+    forwarder.handle(&event, TEN_SECONDS).await.unwrap();
+    let got = broker.take(&products, 3, Duration::from_secs(5)).await;
+    let versions: Vec<Value> = got
+        .iter()
+        .map(|d| body(d)["aggregateVersion"].clone())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    for t in ["product", "order", "user"] {
+        broker.cleanup(&exchange(t), &[&products]).await;
+    }
+    broker.cleanup(&prefix, &[]).await;
+}

@@ -204,3 +204,102 @@ async fn the_binary_forwards_batches_through_the_lambda_runtime_api() {
     let _ = std::fs::remove_file(&log_path);
     broker.cleanup(&exchange, &[&queue]).await;
 }
+
+/// Runs the Python consumer that reads trace context with OpenTelemetry's
+/// propagator; one JSON object per message.
+fn traced(queue: &str) -> Vec<Value> {
+    let out = Command::new("python3")
+        .arg(format!(
+            "{}/tests/consumers/trace_context.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([&amqp_uri(), queue])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn consumers_continue_the_trace_of_the_item_or_of_the_invocation() {
+    use common::function::{Function, StreamRecord, batch};
+    const ITEM_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const XRAY: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let records: Vec<StreamRecord> = (1..=3)
+        .map(|v| StreamRecord {
+            seq: 7_000_000 + v,
+            aggregate: "prod-t".into(),
+            version: v,
+        })
+        .collect();
+    let mut event = batch(&records);
+    let mut set = |i: usize, name: &str, value: String| {
+        event["Records"][i]["dynamodb"]["NewImage"][name] = serde_json::json!({ "S": value });
+    };
+    set(
+        0,
+        "traceparent",
+        format!("00-{ITEM_TRACE}-00f067aa0ba902b7-01"),
+    );
+    set(0, "tracestate", "rojo=00f067aa0ba902b7".into());
+    set(1, "traceparent", "not-a-trace-but-a-s3cret".into());
+
+    for from_xray in ["true", "false"] {
+        let exchange = unique("traced");
+        let f = Function::start(&[
+            ("AMQP_URI", &amqp_uri()),
+            ("EXCHANGE", &exchange),
+            ("TRACEPARENT_FROM_XRAY", from_xray),
+        ])
+        .await;
+        f.api.set_trace_id(XRAY);
+        let broker = TestBroker::connect().await;
+        let until = Instant::now() + Duration::from_secs(10);
+        while !broker.exchange_exists(&exchange).await {
+            assert!(Instant::now() < until, "no exchange");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let queue = broker
+            .bind_queue(&exchange, "#", FieldTable::default())
+            .await;
+
+        let (response, _) = f.invoke(&event, Duration::from_secs(10)).await;
+        assert_eq!(response, serde_json::json!({"batchItemFailures": []}));
+
+        let got = traced(&queue);
+        assert_eq!(got.len(), 3, "{got:?}");
+        // The item's own trace context, tracestate included.
+        assert_eq!(got[0]["traceId"], ITEM_TRACE);
+        assert_eq!(got[0]["spanId"], "00f067aa0ba902b7");
+        assert_eq!(got[0]["tracestate"], "rojo=00f067aa0ba902b7");
+        // A malformed one is dropped; the event is still published, with
+        // the invocation's trace (unless that is off), as an item without.
+        for g in &got[1..] {
+            if from_xray == "true" {
+                assert_eq!(g["traceId"], "5759e988bd862e3fe1be46a994272793", "{g}");
+                assert_eq!(g["spanId"], "53995c3f42cd8ad8");
+                assert_eq!(g["sampled"], true);
+            } else {
+                assert_eq!(g["traceId"], Value::Null, "{g}");
+            }
+        }
+        let log = f.log();
+        let warning = log
+            .lines()
+            .find(|l| l.contains("trace context left out of an event"))
+            .unwrap_or_else(|| panic!("no warning in {log}"));
+        assert!(
+            warning.contains("WARN") && warning.contains("`traceparent`"),
+            "{warning}"
+        );
+        assert!(!log.contains("s3cret"), "the value reached the log");
+        broker.cleanup(&exchange, &[&queue]).await;
+    }
+}

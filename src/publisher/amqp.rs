@@ -5,7 +5,10 @@
 //! Every await on the network has a bound: a frozen or blackholed broker
 //! must not outlive the invocation.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind,
@@ -24,21 +27,15 @@ use super::{Broker, Confirm, Confirmation, HeaderValue, Message, PublishError, R
 use crate::config::{AmqpUri, BrokerAddress, Config, QueueType, TrustedCa};
 use crate::secrets::SecretError;
 
-/// The exchanges and queues declared at connect time.
+/// The exchanges and queues the forwarder declares (CONTRACT §5).
 #[derive(Debug, Clone)]
 pub struct Topology {
-    pub exchange: String,
+    /// `EXCHANGE` when it is one exchange, declared with every channel; the
+    /// exchanges of a template are declared when first published to.
+    pub exchange: Option<String>,
+    /// Declared with every channel.
+    pub dead_letter: String,
     pub queue_type: QueueType,
-}
-
-impl Topology {
-    pub fn unrouted(&self) -> String {
-        format!("{}.unrouted", self.exchange)
-    }
-
-    pub fn dead_letter(&self) -> String {
-        format!("{}.dead-letter", self.exchange)
-    }
 }
 
 /// How to reach the broker.
@@ -75,7 +72,8 @@ impl AmqpSettings {
             connection_name: format!("event-forwarder:{}", config.function_name),
             connect_timeout: config.connect_timeout,
             topology: config.declare_topology.then(|| Topology {
-                exchange: config.mapping.exchange.clone(),
+                exchange: config.mapping.exchange.fixed().map(str::to_owned),
+                dead_letter: config.mapping.dead_letter_exchange.clone(),
                 queue_type: config.queue_type,
             }),
         }
@@ -93,6 +91,8 @@ pub struct AmqpBroker {
     blocked: watch::Receiver<bool>,
     /// When the last batch ended (or the connection was made).
     last_used: Instant,
+    /// Exchanges whose topology this channel has declared.
+    declared: HashSet<String>,
 }
 
 impl AmqpBroker {
@@ -108,6 +108,7 @@ impl AmqpBroker {
             channel: None,
             blocked: watch::channel(false).1,
             last_used: Instant::now(),
+            declared: HashSet::new(),
         }
     }
 
@@ -297,12 +298,14 @@ impl AmqpBroker {
         .await
         .map_err(|_| PublishError::ChannelLost("opening a channel timed out".into()))?
         .map_err(|e| PublishError::ChannelLost(format!("opening a channel: {e}")))?;
+        self.declared.clear();
         if let Some(topology) = &self.settings.topology {
             tokio::time::timeout_at(deadline.into(), declare(&channel, topology))
                 .await
                 .map_err(|_| {
                     PublishError::ChannelLost("declaring the topology timed out".into())
                 })??;
+            self.declared.extend(topology.exchange.clone());
         }
         self.channel = Some(channel);
         Ok(())
@@ -343,6 +346,20 @@ impl Broker for AmqpBroker {
             .channel
             .as_ref()
             .ok_or_else(|| PublishError::ChannelLost("no open channel".into()))?;
+        // An exchange of EXCHANGE's template: its topology on first use.
+        if let Some(topology) = &self.settings.topology
+            && !message.exchange.is_empty()
+            && message.exchange != topology.dead_letter
+            && !self.declared.contains(&message.exchange)
+        {
+            let declaring = declare_exchange(channel, &message.exchange, topology.queue_type);
+            tokio::time::timeout_at(until.into(), declaring)
+                .await
+                .map_err(|_| {
+                    PublishError::ChannelLost("declaring an exchange timed out".into())
+                })??;
+            self.declared.insert(message.exchange.clone());
+        }
         let sending = channel.basic_publish(
             short(&message.exchange)?,
             short(&message.routing_key)?,
@@ -476,7 +493,12 @@ fn short(s: &str) -> Result<ShortString, PublishError> {
 fn properties(message: &Message) -> Result<BasicProperties, PublishError> {
     let p = &message.properties;
     let mut headers = FieldTable::default();
-    for (name, value) in &p.headers {
+    let all = p
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v))
+        .chain(p.extra_headers.iter().map(|(n, v)| (n.as_str(), v)));
+    for (name, value) in all {
         let value = match value {
             HeaderValue::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
             HeaderValue::Int(i) => i64::try_from(*i).map_or_else(
@@ -504,76 +526,101 @@ fn properties(message: &Message) -> Result<BasicProperties, PublishError> {
     Ok(props)
 }
 
-/// Declares CONTRACT §5. A declaration that clashes with what exists closes
-/// the channel; the error names the object and the way out.
-async fn declare(channel: &Channel, topology: &Topology) -> Result<(), PublishError> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    // Only a refusal (406 PRECONDITION_FAILED, 403 ACCESS_REFUSED) says the
-    // broker's topology or permissions differ; anything else is the
-    // connection's trouble and is retried like one.
-    let clash = |what: &str, name: &str, e: lapin::Error| {
-        let refused =
-            matches!(e.kind(), ErrorKind::ProtocolError(p) if matches!(p.get_id(), 403 | 406));
-        if refused {
-            PublishError::Topology(format!(
-                "{what} '{name}' could not be declared ({e}); if it already exists with other \
-                 settings, align them or set DECLARE_TOPOLOGY=false"
-            ))
-        } else {
-            PublishError::ChannelLost(format!("declaring {what} '{name}': {e}"))
-        }
-    };
-    let mut queue_args = FieldTable::default();
-    queue_args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(topology.queue_type.as_str().into()),
-    );
-    let exchange = topology.exchange.as_str();
-    let unrouted = topology.unrouted();
-    let dead_letter = topology.dead_letter();
-    for side in [unrouted.as_str(), dead_letter.as_str()] {
-        channel
-            .exchange_declare(
-                side.into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| clash("exchange", side, e))?;
-        channel
-            .queue_declare(
-                side.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                queue_args.clone(),
-            )
-            .await
-            .map_err(|e| clash("queue", side, e))?;
-        channel
-            .queue_bind(
-                side.into(),
-                side.into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| clash("binding of queue", side, e))?;
+/// Only a refusal (406 PRECONDITION_FAILED, 403 ACCESS_REFUSED) says the
+/// broker's topology or permissions differ; anything else is the
+/// connection's trouble and is retried like one.
+fn clash(what: &str, name: &str, e: lapin::Error) -> PublishError {
+    let refused =
+        matches!(e.kind(), ErrorKind::ProtocolError(p) if matches!(p.get_id(), 403 | 406));
+    if refused {
+        PublishError::Topology(format!(
+            "{what} '{name}' could not be declared ({e}); if it already exists with other \
+             settings, align them or set DECLARE_TOPOLOGY=false"
+        ))
+    } else {
+        PublishError::ChannelLost(format!("declaring {what} '{name}': {e}"))
     }
+}
+
+const DURABLE: ExchangeDeclareOptions = ExchangeDeclareOptions {
+    passive: false,
+    durable: true,
+    auto_delete: false,
+    internal: false,
+    nowait: false,
+};
+
+/// Declares CONTRACT §5 for a channel: the dead-letter exchange and queue,
+/// and the exchange's topology when `EXCHANGE` is one exchange. A
+/// declaration that clashes with what exists closes the channel; the error
+/// names the object and the way out.
+async fn declare(channel: &Channel, topology: &Topology) -> Result<(), PublishError> {
+    fanout_with_queue(channel, &topology.dead_letter, topology.queue_type).await?;
+    if let Some(exchange) = &topology.exchange {
+        declare_exchange(channel, exchange, topology.queue_type).await?;
+    }
+    Ok(())
+}
+
+/// One exchange's topology: the durable topic exchange with its alternate
+/// exchange `<exchange>.unrouted`, a fanout to the queue of that name.
+async fn declare_exchange(
+    channel: &Channel,
+    exchange: &str,
+    queue_type: QueueType,
+) -> Result<(), PublishError> {
+    let unrouted = format!("{exchange}.unrouted");
+    fanout_with_queue(channel, &unrouted, queue_type).await?;
     let mut args = FieldTable::default();
     args.insert(
         "alternate-exchange".into(),
         AMQPValue::LongString(unrouted.as_str().into()),
     );
     channel
-        .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, args)
+        .exchange_declare(exchange.into(), ExchangeKind::Topic, DURABLE, args)
         .await
-        .map_err(|e| clash("exchange", exchange, e))?;
-    Ok(())
+        .map_err(|e| clash("exchange", exchange, e))
+}
+
+/// A durable fanout exchange bound to the durable queue of the same name.
+async fn fanout_with_queue(
+    channel: &Channel,
+    name: &str,
+    queue_type: QueueType,
+) -> Result<(), PublishError> {
+    let mut queue_args = FieldTable::default();
+    queue_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.as_str().into()),
+    );
+    channel
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Fanout,
+            DURABLE,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| clash("exchange", name, e))?;
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            queue_args,
+        )
+        .await
+        .map_err(|e| clash("queue", name, e))?;
+    channel
+        .queue_bind(
+            name.into(),
+            name.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| clash("binding of queue", name, e))
 }

@@ -29,6 +29,8 @@ pub struct Properties {
     /// Seconds since the Unix epoch.
     pub timestamp: Option<u64>,
     pub headers: Vec<(&'static str, HeaderValue)>,
+    /// Headers an [`crate::enrich::Enricher`] added.
+    pub extra_headers: Vec<(String, HeaderValue)>,
 }
 
 /// One message ready to publish with `mandatory` set.
@@ -64,6 +66,8 @@ pub enum PublishError {
     Deadline,
     #[error("the message cannot be sent: {0}")]
     Invalid(String),
+    #[error("enrichment failed: {0}")]
+    Enrichment(String),
 }
 
 impl PublishError {
@@ -86,6 +90,7 @@ impl PublishError {
             PublishError::ChannelLost(_) => "channel_lost",
             PublishError::Deadline => "deadline",
             PublishError::Invalid(_) => "invalid",
+            PublishError::Enrichment(_) => "enrichment",
         }
     }
 }

@@ -45,6 +45,8 @@ struct Inner {
     first_poll: Mutex<Option<std::time::Instant>>,
     /// Whether the Extensions API is served (some emulators lack it).
     extensions: bool,
+    /// The X-Ray trace header of the invocations.
+    trace_id: Mutex<String>,
 }
 
 /// The emulator; dropped with the test.
@@ -76,6 +78,7 @@ impl RuntimeApi {
             init_error: Mutex::new(None),
             first_poll: Mutex::new(None),
             extensions,
+            trace_id: Mutex::new("Root=1-0-0;Sampled=0".into()),
         });
         let server = inner.clone();
         tokio::spawn(async move {
@@ -124,6 +127,11 @@ impl RuntimeApi {
             .await
             .ok()
             .and_then(Result::ok)
+    }
+
+    /// The `Lambda-Runtime-Trace-Id` of the next invocations.
+    pub fn set_trace_id(&self, header: &str) {
+        *self.inner.trace_id.lock().unwrap() = header.to_owned();
     }
 
     /// When the function first polled for an invocation, if it has.
@@ -179,10 +187,8 @@ async fn route(
                             .parse()
                             .unwrap(),
                     );
-                    h.insert(
-                        "lambda-runtime-trace-id",
-                        "Root=1-0-0;Sampled=0".parse().unwrap(),
-                    );
+                    let trace_id = inner.trace_id.lock().unwrap().clone();
+                    h.insert("lambda-runtime-trace-id", trace_id.parse().unwrap());
                     r
                 }
                 None => reply(StatusCode::INTERNAL_SERVER_ERROR, ""),
