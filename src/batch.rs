@@ -308,6 +308,16 @@ pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
     report
 }
 
+/// `future`'s output, or `None` if it is not done by `until`. A future that
+/// is ready at once (the enricher that does nothing) costs no timer.
+async fn by<F: std::future::Future>(until: Instant, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => tokio::time::timeout_at(until.into(), future).await.ok(),
+    }
+}
+
 struct Run<'b, 'o, B, E: Enricher> {
     broker: &'b mut B,
     converter: &'o Converter,
@@ -425,23 +435,24 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         let until = self.invocation.deadlines.publish_until;
         let decided = {
             let event = Event::new(&message);
-            let deciding = self.enricher.enrich(&event, self.enrichment);
-            tokio::time::timeout_at(until.into(), deciding).await
+            by(until, self.enricher.enrich(&event, self.enrichment)).await
         };
         let decided = match decided {
-            Err(_) => {
+            None => {
                 return Enriched::Failed(PublishError::Enrichment(
                     "no answer before the deadline margin".into(),
                 ));
             }
-            Ok(Err(e)) => return Enriched::Failed(PublishError::Enrichment(e.0)),
-            Ok(Ok(decided)) => decided,
+            Some(Err(e)) => return Enriched::Failed(PublishError::Enrichment(e.0)),
+            Some(Ok(decided)) => decided,
         };
+        // The reason goes into a header and the log: cut to a header's size.
         let dead_letter = |converter: &Converter, reason: String| {
+            let reason = crate::mapping::capped(reason);
             Enriched::DeadLetter(converter.dead_letter_raw(raw, &reason), reason)
         };
         match decided {
-            Enrichment::Skip(reason) => Enriched::Skip(reason),
+            Enrichment::Skip(reason) => Enriched::Skip(crate::mapping::capped(reason)),
             Enrichment::DeadLetter(reason) => dead_letter(self.converter, reason),
             Enrichment::Publish { payload, headers } => {
                 match enrich::apply(&mut message, payload, headers) {
@@ -501,8 +512,10 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     }
 
     /// Waits for the oldest confirm, up to the confirm timeout or the
-    /// deadline, whichever comes first.
+    /// deadline, whichever comes first, or until the broker blocks
+    /// publishers.
     async fn settle_oldest(&mut self) -> Result<(), Failure> {
+        let blocked = self.broker.blocked();
         let Some(front) = self.in_flight.front_mut() else {
             return Ok(());
         };
@@ -511,15 +524,19 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             Settle::Waiting(confirm) => {
                 let answer_by = self.invocation.deadlines.answer_by;
                 let until = (front.sent_at + self.options.confirm_timeout).min(answer_by);
-                tokio::time::timeout_at(until.into(), confirm.as_mut())
-                    .await
-                    .unwrap_or_else(|_| {
-                        Confirmation::failed(if until >= answer_by {
-                            PublishError::Deadline
-                        } else {
-                            PublishError::ConfirmTimeout
+                tokio::select! {
+                    biased;
+                    c = tokio::time::timeout_at(until.into(), confirm.as_mut()) => {
+                        c.unwrap_or_else(|_| {
+                            Confirmation::failed(if until >= answer_by {
+                                PublishError::Deadline
+                            } else {
+                                PublishError::ConfirmTimeout
+                            })
                         })
-                    })
+                    }
+                    () = blocked => Confirmation::failed(PublishError::Blocked),
+                }
             }
         };
         self.record_front(confirmation)

@@ -248,16 +248,16 @@ pub fn to_message(
     envelope: &Envelope<'_>,
     body: Vec<u8>,
 ) -> Message {
-    let mut headers = vec![
-        (
-            "partitionKey",
-            HeaderValue::String(envelope.partition_key.to_string()),
-        ),
-        (
-            "messageVersion",
-            HeaderValue::String(envelope.message_version.to_string()),
-        ),
-    ];
+    // Room for the trace context too: no regrowth per message.
+    let mut headers = Vec::with_capacity(6);
+    headers.push((
+        "partitionKey",
+        HeaderValue::String(envelope.partition_key.to_string()),
+    ));
+    headers.push((
+        "messageVersion",
+        HeaderValue::String(envelope.message_version.to_string()),
+    ));
     if let Some(v) = envelope.aggregate_version {
         headers.push(("aggregateVersion", HeaderValue::Int(v)));
     }

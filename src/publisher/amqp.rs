@@ -7,6 +7,8 @@
 
 use std::{
     collections::HashSet,
+    future::Future,
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -24,8 +26,9 @@ use tokio::sync::watch;
 
 use super::trust::{SystemRoots, extra_roots_pem};
 use super::{Broker, Confirm, Confirmation, HeaderValue, Message, PublishError, Reset, Returned};
-use crate::config::{AmqpUri, BrokerAddress, Config, QueueType, TrustedCa};
+use crate::config::{BrokerAddress, Config, QueueType, TrustedCa};
 use crate::secrets::SecretError;
+use crate::uri::AmqpUri;
 
 /// The exchanges and queues the forwarder declares (CONTRACT §5).
 #[derive(Debug, Clone)]
@@ -346,8 +349,10 @@ impl Broker for AmqpBroker {
             .channel
             .as_ref()
             .ok_or_else(|| PublishError::ChannelLost("no open channel".into()))?;
-        // An exchange of EXCHANGE's template: its topology on first use.
+        // An exchange of EXCHANGE's template: its topology on first use (a
+        // fixed EXCHANGE's is declared with the channel).
         if let Some(topology) = &self.settings.topology
+            && topology.exchange.is_none()
             && !message.exchange.is_empty()
             && message.exchange != topology.dead_letter
             && !self.declared.contains(&message.exchange)
@@ -370,22 +375,26 @@ impl Broker for AmqpBroker {
             &message.body,
             properties(message)?,
         );
-        let mut blocked = self.blocked.clone();
-        let confirm = tokio::select! {
-            biased;
-            sent = tokio::time::timeout_at(until.into(), sending) => sent
-                .map_err(|_| PublishError::WriteTimeout)?
-                .map_err(|e| PublishError::ChannelLost(e.to_string()))?,
-            _ = blocked.wait_for(|b| *b) => return Err(PublishError::Blocked),
+        let mut sending = std::pin::pin!(tokio::time::timeout_at(until.into(), sending));
+        // The write is almost always done at once; only a write that waits
+        // (a blocked broker: lapin writes nothing then) is raced against the
+        // blocked notification, which costs a waiter per message.
+        let sent = match std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => {
+                let mut blocked = self.blocked.clone();
+                tokio::select! {
+                    biased;
+                    sent = &mut sending => sent,
+                    _ = blocked.wait_for(|b| *b) => return Err(PublishError::Blocked),
+                }
+            }
         };
+        let confirm = sent
+            .map_err(|_| PublishError::WriteTimeout)?
+            .map_err(|e| PublishError::ChannelLost(e.to_string()))?;
         Ok(Box::pin(async move {
-            let confirmation = tokio::select! {
-                biased;
-                c = confirm => c,
-                // A blocked broker confirms nothing until its alarm clears.
-                _ = blocked.wait_for(|b| *b) => return Confirmation::failed(PublishError::Blocked),
-            };
-            match confirmation {
+            match confirm.await {
                 Ok(lapin::Confirmation::Ack(returned)) => Confirmation {
                     outcome: Ok(()),
                     returned: returned.map(|r| returned_message(&r)),
@@ -404,6 +413,16 @@ impl Broker for AmqpBroker {
 
     fn idle(&mut self) {
         self.last_used = Instant::now();
+    }
+
+    fn blocked(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut blocked = self.blocked.clone();
+        async move {
+            if blocked.wait_for(|b| *b).await.is_err() {
+                // The connection is gone: it will never block again.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn reset(&mut self, scope: Reset) {

@@ -191,4 +191,12 @@ pub trait Broker {
 
     /// The batch is over: the broker was last used now.
     fn idle(&mut self) {}
+
+    /// Resolves once the broker blocks publishers (`connection.blocked`);
+    /// never, by default. The batch loop races its waits for a confirm
+    /// against it: a blocked broker confirms nothing until its alarm ends,
+    /// so the batch fails at once instead.
+    fn blocked(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
+    }
 }
