@@ -3,12 +3,13 @@
 //! Every setting is validated here so that a bad deployment fails its init
 //! with one line naming the variable, instead of failing record by record.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, time::Duration};
 
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 use crate::routing::{RoutingTemplate, TemplateError};
 use crate::secrets::{SecretError, SecretSource};
+use crate::uri::AmqpUri;
 
 /// A setting that is missing or cannot be used. The message names the
 /// variable and never repeats a secret.
@@ -22,88 +23,6 @@ pub enum ConfigError {
     Secret(#[source] SecretError),
     #[error("ROUTING_KEY_TEMPLATE is invalid: {0}")]
     Template(#[from] TemplateError),
-}
-
-/// The smallest `frame_max` the forwarder accepts in `AMQP_URI`.
-const MIN_FRAME_MAX: u32 = 16384;
-
-/// The broker URI. Its `Debug` and `Display` never show the password.
-#[derive(Clone)]
-pub struct AmqpUri(String);
-
-impl AmqpUri {
-    /// Validates the scheme and the URI syntax (via lapin's parser).
-    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
-        // The value is never echoed: a password with '/', '?' or '#' in it
-        // could defeat any redaction of a URI that does not parse.
-        let invalid = |reason: &str| ConfigError::Invalid {
-            name: "AMQP_URI",
-            reason: format!("{reason} (value not shown)"),
-        };
-        if !(raw.starts_with("amqp://") || raw.starts_with("amqps://")) {
-            return Err(invalid("must start with amqp:// or amqps://"));
-        }
-        // The parser's own message may quote the URI, so it is replaced.
-        let uri =
-            lapin::uri::AMQPUri::from_str(raw).map_err(|_| invalid("not a valid AMQP URI"))?;
-        // A message's properties and headers go in one frame: up to about
-        // 10 KB for an event, 4.5 KB for a dead letter. A smaller frame
-        // would make the broker close the connection on such a record, on
-        // every retry. (0 means no limit.)
-        if uri
-            .query
-            .frame_max
-            .is_some_and(|f| f != 0 && f < MIN_FRAME_MAX)
-        {
-            return Err(invalid("frame_max must be 0 or at least 16384"));
-        }
-        Ok(Self(raw.to_owned()))
-    }
-
-    /// Whether the URI asks for TLS (`amqps://`).
-    pub fn is_tls(&self) -> bool {
-        self.0.starts_with("amqps://")
-    }
-
-    /// The URI with its credentials, for the connection only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for AmqpUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_uri(&self.0))
-    }
-}
-
-impl fmt::Debug for AmqpUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AmqpUri({self})")
-    }
-}
-
-/// Replaces the password of `scheme://user:password@host...` with `***`.
-/// The user info ends at the last `@`, so a password holding `@`, `/`, `?`
-/// or `#` is still hidden.
-pub fn redact_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
-        return uri.to_owned();
-    };
-    let rest = &uri[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return uri.to_owned();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &uri[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => uri.to_owned(),
-    }
 }
 
 /// Extra trust roots for `amqps://`: the CA certificates of `AMQP_CA_FILE`,
@@ -435,7 +354,12 @@ impl Config {
                     reason: "set either AMQP_URI or AMQP_SECRET_ARN, not both".into(),
                 });
             }
-            (Some(uri), None) => BrokerAddress::Uri(AmqpUri::parse(&uri)?),
+            (Some(uri), None) => {
+                BrokerAddress::Uri(AmqpUri::parse(&uri).map_err(|e| ConfigError::Invalid {
+                    name: "AMQP_URI",
+                    reason: e.to_string(),
+                })?)
+            }
             (None, Some(arn)) => BrokerAddress::Secret(
                 SecretSource::new(arn.trim(), get).map_err(ConfigError::Secret)?,
             ),
@@ -946,15 +870,5 @@ mod tests {
         };
         assert_eq!(uri.to_string(), "amqp://guest:***@localhost:5672/%2f");
         assert!(!format!("{c:?}").contains("s3cret"));
-        assert_eq!(
-            redact_uri("amqps://u:p@ss@b-1.mq.eu-west-1.amazonaws.com:5671"),
-            "amqps://u:***@b-1.mq.eu-west-1.amazonaws.com:5671"
-        );
-        assert_eq!(
-            redact_uri("amqps://user:pa/ss?#x@host:5671/vhost"),
-            "amqps://user:***@host:5671/vhost"
-        );
-        assert_eq!(redact_uri("amqp://localhost/%2f"), "amqp://localhost/%2f");
-        assert_eq!(redact_uri("amqp://user@localhost"), "amqp://user@localhost");
     }
 }

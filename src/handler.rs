@@ -19,6 +19,7 @@ use lambda_runtime::{LambdaInvocation, Service, tower::Layer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
+use tracing::Level;
 
 use crate::batch::{self, BatchOptions, BatchReport, Deadlines, Invocation, NoSequenceNumber};
 use crate::config::{Config, ReplayQueues};
@@ -355,42 +356,26 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
             .await
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let identity = |index: usize| {
-            event
-                .records
-                .get(index)
-                .map(|r| record::Identity::read(r.borrow().get()))
-                .unwrap_or_default()
-        };
-        for (index, reason) in &report.dead_letter_reasons {
-            let id = identity(*index);
-            tracing::warn!(
-                sequence_number = id.sequence_number.as_deref().and_then(loggable),
-                event_id = id.event_id.as_deref().and_then(loggable),
-                index,
-                reason = %reason,
-                "record dead-lettered"
-            );
-        }
-        for (index, reason) in &report.skip_reasons {
-            let id = identity(*index);
-            tracing::info!(
-                sequence_number = id.sequence_number.as_deref().and_then(loggable),
-                event_id = id.event_id.as_deref().and_then(loggable),
-                index,
-                reason = %reason,
-                "record skipped by the enricher"
-            );
-        }
-        for (index, reason) in &report.dropped {
-            let id = identity(*index);
-            tracing::warn!(
-                sequence_number = id.sequence_number.as_deref().and_then(loggable),
-                event_id = id.event_id.as_deref().and_then(loggable),
-                index,
-                reason = %reason,
-                "trace context left out of an event"
-            );
+        for (notes, level, what) in [
+            (
+                &report.dead_letter_reasons,
+                Level::WARN,
+                "record dead-lettered",
+            ),
+            (
+                &report.skip_reasons,
+                Level::INFO,
+                "record skipped by the enricher",
+            ),
+            (
+                &report.dropped,
+                Level::WARN,
+                "trace context left out of an event",
+            ),
+        ] {
+            for (index, reason) in notes {
+                log_record(&event.records, *index, reason, level, what);
+            }
         }
         let response = batch::response(&event.records, &report);
         let first_failed = response
@@ -434,6 +419,28 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
             .handle_traced(&batch, deadline, context.xray_trace_id.as_deref())
             .await?;
         Ok(response)
+    }
+}
+
+/// One line about one record: its sequence number, event id and `reason`
+/// (which names attributes, never values).
+fn log_record<R: Borrow<RawValue>>(
+    records: &[R],
+    index: usize,
+    reason: &str,
+    level: Level,
+    what: &str,
+) {
+    let id = records
+        .get(index)
+        .map(|r| record::Identity::read(r.borrow().get()))
+        .unwrap_or_default();
+    let sequence_number = id.sequence_number.as_deref().and_then(loggable);
+    let event_id = id.event_id.as_deref().and_then(loggable);
+    if level == Level::WARN {
+        tracing::warn!(sequence_number, event_id, index, reason, "{what}");
+    } else {
+        tracing::info!(sequence_number, event_id, index, reason, "{what}");
     }
 }
 

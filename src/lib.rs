@@ -3,6 +3,17 @@
 //! publisher confirms and a partial batch response that never checkpoints
 //! past an unconfirmed record. The public contract is `docs/CONTRACT.md`.
 //!
+//! # Two programs, one library
+//! - `src/main.rs`, the function: wiring only, [`run`].
+//! - `src/bin/forwarder-ops/`, the operations tool (feature `ops`, which
+//!   brings the AWS SDK clients the function never links): one module per
+//!   command (`stream`, `redrive`, `backfill`) over a shared invoker
+//!   (Lambda Invoke API) and stream reader. It reaches the broker only
+//!   through the function.
+//!
+//! Both use the library below: the mapping, the envelope, the checkpoint
+//! rule, and the event source mapping's rules ([`esm`]).
+//!
 //! # Layout
 //! - [`config`]: settings from the environment, validated at cold start.
 //! - [`envelope`]: the envelope type and its body bytes.
@@ -19,6 +30,7 @@
 //! - [`publisher`]: the broker port and its lapin adapter (connection,
 //!   confirms, reconnect, topology), and the TLS trust roots it adds to the
 //!   bundled ones (system store, `AMQP_CA_FILE`).
+//! - [`uri`]: the broker URI, checked, and never shown with its password.
 //! - [`secrets`]: broker credentials from Secrets Manager (signed call).
 //! - [`telemetry`]: JSON logs, summary line, EMF metrics.
 //! - [`handler`]: one invocation, wiring the above together.
@@ -44,6 +56,7 @@ pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
+pub mod uri;
 
 pub use config::Config;
 pub use enrich::{Enricher, Enrichment};

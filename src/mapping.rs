@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::config::{Exchange, MappingConfig, MappingKind, exchange_name_char};
+use crate::config::{AttributeNames, Exchange, MappingConfig, MappingKind, exchange_name_char};
 use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload};
 use crate::publisher::{HeaderValue, Message, Properties};
 use crate::record::{self, Attr, Image, Record, Text};
@@ -298,6 +298,8 @@ impl Converter {
         }
     }
 
+    /// The `event-store` mapping: an INSERT is one domain event; MODIFY and
+    /// REMOVE are skipped (`None`).
     fn event_store<'a>(
         &'a self,
         record: &'a Record<'a>,
@@ -313,112 +315,28 @@ impl Converter {
             _ => return Err(MappingError::NoNewImage),
         };
         let names = &self.config.attributes;
-        let aggregate_id = required_str(item, &names.aggregate_id)?;
-        partition_key(&names.aggregate_id, &aggregate_id)?;
-        let version = match attr(item, &names.version)? {
-            None => return Err(MappingError::Missing(names.version.clone())),
-            Some(Attr::N(n)) => n.parse::<u64>().map_err(|_| MappingError::Invalid {
-                name: names.version.clone(),
-                problem: "not a non-negative integer",
-            })?,
-            Some(other) => return Err(wrong_type(&names.version, "N", &other)),
-        };
-        let event_type = required_str(item, &names.event_type)?;
-        short(&names.event_type, &event_type)?;
-        if event_type.is_empty() {
-            return Err(MappingError::Invalid {
-                name: names.event_type.clone(),
-                problem: "empty",
-            });
-        }
-        let event_version = match attr(item, &names.event_version)? {
-            None => Cow::Borrowed("1.0"),
-            Some(Attr::S(s) | Attr::N(s)) => s.0,
-            Some(other) => return Err(wrong_type(&names.event_version, "S or N", &other)),
-        };
-        short(&names.event_version, &event_version)?;
-        let payload = match attr(item, &names.payload)? {
-            None | Some(Attr::Null) => Payload::Empty,
-            Some(Attr::Nested("M", raw)) => Payload::Map(raw),
-            Some(Attr::S(s)) => {
-                // Parsed in full, not skimmed: a lone surrogate escape or a
-                // number out of range would pass a skim and leave consumers
-                // with a body they cannot parse.
-                match serde_json::from_str::<serde_json::Value>(&s) {
-                    Ok(serde_json::Value::Null) => Payload::Empty,
-                    // Typed consumers take `payload` as an object.
-                    Ok(v) if !v.is_object() => {
-                        return Err(MappingError::Invalid {
-                            name: names.payload.clone(),
-                            problem: "JSON text that is not an object",
-                        });
-                    }
-                    Ok(_) if json_depth(&s) > MAX_PAYLOAD_DEPTH => {
-                        return Err(MappingError::Invalid {
-                            name: names.payload.clone(),
-                            problem: "JSON nested more than 32 levels deep",
-                        });
-                    }
-                    Ok(_) => Payload::Json(s.0),
-                    Err(_) => {
-                        return Err(MappingError::Invalid {
-                            name: names.payload.clone(),
-                            problem: "not valid JSON",
-                        });
-                    }
-                }
-            }
-            Some(other) => return Err(wrong_type(&names.payload, "M or S", &other)),
-        };
-        let timestamp = match attr(item, &names.occurred_at)? {
-            None => creation_time(record).unwrap_or(now),
-            Some(Attr::S(s)) => DateTime::parse_from_rfc3339(&s)
-                .ok()
-                .map(|t| t.with_timezone(&Utc))
-                .and_then(rfc3339_year)
-                .map(without_leap_second)
-                .ok_or_else(|| MappingError::Invalid {
-                    name: names.occurred_at.clone(),
-                    problem: "not an RFC 3339 timestamp of years 1 to 9999",
-                })?,
-            Some(Attr::N(n)) => n
-                .parse::<i64>()
-                .ok()
-                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-                .and_then(rfc3339_year)
-                .ok_or_else(|| MappingError::Invalid {
-                    name: names.occurred_at.clone(),
-                    problem: "not epoch milliseconds of years 1 to 9999",
-                })?,
-            Some(other) => return Err(wrong_type(&names.occurred_at, "S or N", &other)),
-        };
+        // In this order: a record with several problems is dead-lettered
+        // for the first.
+        let Required {
+            aggregate_id,
+            version,
+            event_type,
+        } = required_attributes(item, names)?;
+        let message_version = event_version(item, &names.event_version)?;
+        let payload = payload(item, &names.payload)?;
+        let timestamp = occurred_at(item, &names.occurred_at)?
+            .or_else(|| creation_time(record))
+            .unwrap_or(now);
         let source = self.source(record)?;
-        let message_id = match optional_str(item, &names.event_id)? {
-            Some(id) if !id.is_empty() => {
-                short(&names.event_id, &id)?;
-                id.into_owned()
-            }
-            _ => {
-                let table = table_name(record).ok_or(MappingError::NoTable)?;
-                Uuid::new_v5(
-                    &MESSAGE_ID_NAMESPACE,
-                    format!("{table}/{aggregate_id}/{version}").as_bytes(),
-                )
-                .to_string()
-            }
-        };
-        let correlation_id = optional_str(item, &names.correlation_id)?;
-        if let Some(c) = &correlation_id {
-            short(&names.correlation_id, c)?;
-        }
+        let message_id = event_store_id(item, names, record, &aggregate_id, version)?;
         Ok(Some(Envelope {
             message_id,
             message_type: event_type,
-            message_version: event_version,
+            message_version,
             envelope_version: ENVELOPE_VERSION,
             timestamp,
             source,
-            correlation_id,
+            correlation_id: optional_short(item, &names.correlation_id)?,
             causation_id: optional_str(item, &names.causation_id)?,
             partition_key: aggregate_id,
             aggregate_type: optional_str(item, &names.aggregate_type)?,
@@ -497,9 +415,9 @@ impl Converter {
     }
 
     /// The dead-letter message of a record given as JSON text, for a reason
-    /// found after the mapping (an enricher's).
+    /// found after the mapping (an enricher's, at most 1 KiB).
     pub fn dead_letter_raw(&self, raw: &str, reason: &str) -> Message {
-        self.dead_letter(Identity::lenient(raw), raw, &capped(reason.to_owned()))
+        self.dead_letter(Identity::lenient(raw), raw, reason)
     }
 
     /// The dead-letter message: the record as it came, with the reason.
@@ -593,6 +511,138 @@ impl Identity {
                 .and_then(|t| u64::try_from(t.timestamp()).ok()),
         }
     }
+}
+
+/// The attributes every domain event must have.
+struct Required<'a> {
+    aggregate_id: Cow<'a, str>,
+    version: u64,
+    event_type: Cow<'a, str>,
+}
+
+/// `aggregateId` (S, fits a header), `version` (N, an integer ≥ 0) and
+/// `eventType` (S, not empty, fits a short string).
+fn required_attributes<'a>(
+    item: &Image<'a>,
+    names: &AttributeNames,
+) -> Result<Required<'a>, MappingError> {
+    let aggregate_id = required_str(item, &names.aggregate_id)?;
+    partition_key(&names.aggregate_id, &aggregate_id)?;
+    let version = match attr(item, &names.version)? {
+        None => return Err(MappingError::Missing(names.version.clone())),
+        Some(Attr::N(n)) => n.parse::<u64>().map_err(|_| MappingError::Invalid {
+            name: names.version.clone(),
+            problem: "not a non-negative integer",
+        })?,
+        Some(other) => return Err(wrong_type(&names.version, "N", &other)),
+    };
+    let event_type = required_str(item, &names.event_type)?;
+    short(&names.event_type, &event_type)?;
+    if event_type.is_empty() {
+        return Err(MappingError::Invalid {
+            name: names.event_type.clone(),
+            problem: "empty",
+        });
+    }
+    Ok(Required {
+        aggregate_id,
+        version,
+        event_type,
+    })
+}
+
+/// `eventVersion` (S or N), `"1.0"` without one.
+fn event_version<'a>(item: &Image<'a>, name: &str) -> Result<Cow<'a, str>, MappingError> {
+    let version = match attr(item, name)? {
+        None => Cow::Borrowed("1.0"),
+        Some(Attr::S(s) | Attr::N(s)) => s.0,
+        Some(other) => return Err(wrong_type(name, "S or N", &other)),
+    };
+    short(name, &version)?;
+    Ok(version)
+}
+
+/// `payload`: a map, or JSON text holding an object; `{}` without one.
+fn payload<'a>(item: &Image<'a>, name: &str) -> Result<Payload<'a>, MappingError> {
+    let invalid = |problem| MappingError::Invalid {
+        name: name.to_owned(),
+        problem,
+    };
+    match attr(item, name)? {
+        None | Some(Attr::Null) => Ok(Payload::Empty),
+        Some(Attr::Nested("M", raw)) => Ok(Payload::Map(raw)),
+        // Parsed in full, not skimmed: a lone surrogate escape or a number
+        // out of range would pass a skim and leave consumers with a body
+        // they cannot parse.
+        Some(Attr::S(s)) => match serde_json::from_str::<serde_json::Value>(&s) {
+            Ok(serde_json::Value::Null) => Ok(Payload::Empty),
+            // Typed consumers take `payload` as an object.
+            Ok(v) if !v.is_object() => Err(invalid("JSON text that is not an object")),
+            Ok(_) if json_depth(&s) > MAX_PAYLOAD_DEPTH => {
+                Err(invalid("JSON nested more than 32 levels deep"))
+            }
+            Ok(_) => Ok(Payload::Json(s.0)),
+            Err(_) => Err(invalid("not valid JSON")),
+        },
+        Some(other) => Err(wrong_type(name, "M or S", &other)),
+    }
+}
+
+/// `occurredAt`: RFC 3339 text or epoch milliseconds, of years 1 to 9999.
+fn occurred_at(item: &Image<'_>, name: &str) -> Result<Option<DateTime<Utc>>, MappingError> {
+    let invalid = |problem| MappingError::Invalid {
+        name: name.to_owned(),
+        problem,
+    };
+    match attr(item, name)? {
+        None => Ok(None),
+        Some(Attr::S(s)) => DateTime::parse_from_rfc3339(&s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+            .and_then(rfc3339_year)
+            .map(without_leap_second)
+            .map(Some)
+            .ok_or_else(|| invalid("not an RFC 3339 timestamp of years 1 to 9999")),
+        Some(Attr::N(n)) => n
+            .parse::<i64>()
+            .ok()
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            .and_then(rfc3339_year)
+            .map(Some)
+            .ok_or_else(|| invalid("not epoch milliseconds of years 1 to 9999")),
+        Some(other) => Err(wrong_type(name, "S or N", &other)),
+    }
+}
+
+/// A domain event's `messageId`: its `eventId` attribute, else the UUIDv5
+/// of `<table>/<aggregateId>/<version>`.
+fn event_store_id(
+    item: &Image<'_>,
+    names: &AttributeNames,
+    record: &Record<'_>,
+    aggregate_id: &str,
+    version: u64,
+) -> Result<String, MappingError> {
+    match optional_str(item, &names.event_id)? {
+        Some(id) if !id.is_empty() => {
+            short(&names.event_id, &id)?;
+            Ok(id.into_owned())
+        }
+        _ => {
+            let table = table_name(record).ok_or(MappingError::NoTable)?;
+            let name = format!("{table}/{aggregate_id}/{version}");
+            Ok(Uuid::new_v5(&MESSAGE_ID_NAMESPACE, name.as_bytes()).to_string())
+        }
+    }
+}
+
+/// An optional S attribute that becomes an AMQP short string.
+fn optional_short<'a>(item: &Image<'a>, name: &str) -> Result<Option<Cow<'a, str>>, MappingError> {
+    let value = optional_str(item, name)?;
+    if let Some(v) = &value {
+        short(name, v)?;
+    }
+    Ok(value)
 }
 
 fn skip_reason(kind: MappingKind) -> &'static str {
@@ -748,7 +798,7 @@ fn partition_key(name: &str, value: &str) -> Result<(), MappingError> {
 
 /// A reason goes into the `x-error` header and the log: attribute names in
 /// it come from the record, so it is cut at [`MAX_HEADER`] bytes.
-fn capped(mut reason: String) -> String {
+pub(crate) fn capped(mut reason: String) -> String {
     if reason.len() > MAX_HEADER {
         let mut end = MAX_HEADER - '…'.len_utf8();
         while !reason.is_char_boundary(end) {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use lambda_runtime::{LambdaEvent, Runtime, layers::TracingLayer, service_fn};
 
 use crate::{
-    Config, Forwarder,
+    config::Config,
     enrich::{Enricher, NoEnricher},
-    handler::KeepBody,
+    handler::{Forwarder, KeepBody},
     shutdown, telemetry,
 };
 

@@ -2,8 +2,8 @@
 //!
 //! One signed `GetSecretValue` call (SigV4 with the function's own
 //! credentials from the environment) over HTTPS, instead of the AWS SDK: the
-//! same answer for a fraction of the binary and the cold start (README,
-//! "Security"). The secret value never appears in an error or a log.
+//! same answer for a fraction of the binary and the cold start
+//! (docs/security.md). The secret value never appears in an error or a log.
 
 use std::{fmt, time::SystemTime};
 
@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use rustls::pki_types::CertificateDer;
 
-use crate::config::{AmqpUri, ConfigError};
+use crate::uri::{AmqpUri, redact_uri};
 
 /// Why the secret could not be turned into a broker URI. Never holds the
 /// secret's value.
@@ -66,7 +66,7 @@ impl fmt::Debug for SecretSource {
         f.debug_struct("SecretSource")
             .field("arn", &self.arn)
             .field("region", &self.region)
-            .field("endpoint", &crate::config::redact_uri(&self.endpoint))
+            .field("endpoint", &redact_uri(&self.endpoint))
             .field("credentials", &"***")
             .finish()
     }
@@ -123,7 +123,7 @@ impl SecretSource {
         };
         let endpoint = endpoint.trim().trim_end_matches('/').to_owned();
         // An endpoint URL could carry credentials: never show them.
-        let shown = crate::config::redact_uri(&endpoint);
+        let shown = redact_uri(&endpoint);
         let invalid = |reason: String| SecretError::InvalidEnvironment {
             name: variable,
             reason,
@@ -158,7 +158,7 @@ impl SecretSource {
 
     /// The endpoint, with any password in it hidden: for logs.
     pub fn endpoint(&self) -> String {
-        crate::config::redact_uri(&self.endpoint)
+        redact_uri(&self.endpoint)
     }
 
     /// Reads the secret and turns it into a broker URI. HTTPS to the
@@ -223,7 +223,7 @@ impl SecretSource {
         let request = self.signed_request(SystemTime::now())?;
 
         let transport = |reason: String| SecretError::Transport {
-            endpoint: crate::config::redact_uri(&self.endpoint),
+            endpoint: redact_uri(&self.endpoint),
             reason,
         };
         let mut http = HttpConnector::new_with_resolver(
@@ -323,10 +323,7 @@ pub fn parse_secret(text: &str) -> Result<AmqpUri, String> {
     let fields: Fields = serde_json::from_str(text)
         .map_err(|_| "not a JSON object with string fields".to_string())?;
     if let Some(uri) = fields.uri {
-        return AmqpUri::parse(&uri).map_err(|e| match e {
-            ConfigError::Invalid { reason, .. } => format!("\"uri\" is invalid: {reason}"),
-            _ => "\"uri\" is invalid".to_string(),
-        });
+        return AmqpUri::parse(&uri).map_err(|e| format!("\"uri\" is invalid: {e}"));
     }
     let required = |value: Option<String>, name: &str| {
         value.filter(|v| !v.is_empty()).ok_or_else(|| {

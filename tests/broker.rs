@@ -362,7 +362,7 @@ async fn an_unreachable_broker_reports_the_first_record_within_the_deadline() {
         let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
         let mut c = config("unreachable.events", &[("CONNECT_TIMEOUT_MS", "500")]);
         c.broker = event_forwarder::config::BrokerAddress::Uri(
-            event_forwarder::config::AmqpUri::parse(&uri).unwrap(),
+            event_forwarder::uri::AmqpUri::parse(&uri).unwrap(),
         );
         let started = Instant::now();
         let forwarder = Forwarder::start(c)
@@ -758,20 +758,8 @@ async fn a_consumer_tells_the_newer_update_from_the_message_alone_after_a_redeli
         assert!(reported(&response).is_empty());
     }
 
-    let out = std::process::Command::new("python3")
-        .arg(format!(
-            "{}/tests/consumers/latest_by_sequence.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([&amqp_uri(), &inbox])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let latest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = consumer("latest_by_sequence.py", &[&amqp_uri(), &inbox]);
+    let latest: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         latest["cust-311"]["sequenceNumber"],
         "1000000000000000000001"
