@@ -113,6 +113,12 @@ pub fn emf_document(
         "BatchDurationMs": duration_ms,
         "Reconnects": report.reconnects,
     });
+    // Not a metric but a property of the document, so that a failed
+    // invocation's kind (`blocked`, `unreachable`, ...) can be queried with
+    // its figures in CloudWatch Logs Insights.
+    if let Some(f) = &report.failure {
+        doc["FailureKind"] = json!(f.error.kind());
+    }
     // An empty batch has no oldest record; the metric is left out rather
     // than reported as zero lag.
     if let Some(age) = max_record_age_ms {
@@ -189,6 +195,8 @@ mod tests {
             assert_eq!(doc[name], value, "{name}");
         }
         assert_eq!(doc["FunctionName"], "fwd");
+        assert_eq!(doc["FailureKind"], "nack");
+        assert!(!names.contains(&"FailureKind"), "a property, not a metric");
         assert_eq!(doc["_aws"]["Timestamp"], now.timestamp_millis());
     }
 }

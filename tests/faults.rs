@@ -308,7 +308,7 @@ async fn connections_cut_mid_batch_are_reopened_within_the_invocation() {
     assert_eq!(s.function.summaries()[0]["reconnects"], 1);
     // Nothing lost. Order is not asserted: the broker may still be routing
     // what the cut connection had sent while the new one publishes, which
-    // is why consumers order by aggregateVersion (README, Reliability).
+    // is why consumers order by aggregateVersion (docs/reliability.md).
     let got = s.delivered(records.len()).await;
     assert_eq!(got.lost(&records), 0);
     s.cleanup().await;
@@ -455,6 +455,13 @@ async fn a_blocked_broker_fails_fast_on_its_one_connection_until_the_alarm_clear
     );
     // Once blocked is known, invocations fail at once.
     assert!(kinds[1..].iter().all(|k| *k == "blocked"), "{kinds:?}");
+    let emf = s
+        .function
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"FailureKind\":\"blocked\""))
+        .count();
+    assert!(emf >= 9, "{emf} metric documents name the blocked broker");
     assert!(
         durations[1..].iter().all(|d| *d < Duration::from_secs(1)),
         "{durations:?}"
