@@ -8,8 +8,10 @@
 //! most a client gets through this broker on this machine. Reported as
 //! records/s and as a ratio, since these machines are small and noisy.
 
-#[path = "../tests/common/local.rs"]
-mod local;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::local;
 
 use std::time::Instant;
 

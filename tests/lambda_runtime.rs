@@ -8,39 +8,13 @@ mod common;
 
 use std::{
     fs::File,
-    net::TcpStream,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::*;
 use lapin::types::FieldTable;
 use serde_json::Value;
-
-/// Kills the child when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_for_port(port: u16, wait: Duration) {
-    let until = Instant::now() + wait;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "the runtime emulator did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn invoke(port: u16, event: &str) -> Value {
     let out = Command::new("cargo")
@@ -69,27 +43,11 @@ async fn the_binary_forwards_batches_through_the_lambda_runtime_api() {
     let port = free_port();
     let exchange = unique("runtime");
     let function = unique("fn");
-    let _emulator = Guard(
-        Command::new("cargo")
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-            ])
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cargo lambda is installed (pip install cargo-lambda)"),
-    );
-    wait_for_port(port, Duration::from_secs(30));
+    let _emulator = cargo_lambda_watch(port);
 
     let log_path = std::env::temp_dir().join(format!("{function}.log"));
     let password_uri = amqp_uri();
-    let mut function_process = Guard(
+    let mut function_process = Process(
         Command::new(env!("CARGO_BIN_EXE_event-forwarder"))
             .env(
                 "AWS_LAMBDA_RUNTIME_API",
@@ -208,20 +166,7 @@ async fn the_binary_forwards_batches_through_the_lambda_runtime_api() {
 /// Runs the Python consumer that reads trace context with OpenTelemetry's
 /// propagator; one JSON object per message.
 fn traced(queue: &str) -> Vec<Value> {
-    let out = Command::new("python3")
-        .arg(format!(
-            "{}/tests/consumers/trace_context.py",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([&amqp_uri(), queue])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    consumer("trace_context.py", &[&amqp_uri(), queue])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -13,44 +13,14 @@ use std::{
 
 use common::{
     TestBroker, body, header_str,
-    local::{self, LocalFunction, Table},
+    local::{self, LocalFunction, Table, key_version, subscribe, table_name},
     proxy::{Mode, Proxy},
     unique,
 };
-use lapin::{message::Delivery, types::FieldTable};
 use serde_json::Value;
 use uuid::Uuid;
 
 const NAMESPACE: Uuid = uuid::uuid!("08ebb892-d8fe-430a-aad9-6a1cfb75305c");
-
-/// A table name moto and RabbitMQ both take.
-fn table_name(prefix: &str) -> String {
-    unique(prefix).replace('.', "-")
-}
-
-/// Waits until the function declared its exchange, then binds a queue to
-/// everything on it.
-async fn subscribe(broker: &TestBroker, exchange: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(20);
-    while !broker.exchange_exists(exchange).await {
-        assert!(
-            Instant::now() < until,
-            "the function did not declare {exchange}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    broker
-        .bind_queue(exchange, "#", FieldTable::default())
-        .await
-}
-
-fn key_version(d: &Delivery) -> (String, u64) {
-    let b = body(d);
-    (
-        b["partitionKey"].as_str().unwrap().to_owned(),
-        b["aggregateVersion"].as_u64().unwrap(),
-    )
-}
 
 #[tokio::test]
 async fn items_written_through_the_api_arrive_in_order_per_aggregate_with_the_envelope() {
@@ -228,12 +198,7 @@ async fn a_poison_item_is_dead_lettered_and_the_stream_goes_on() {
     assert!(run.success, "{run:?}");
     assert_eq!(run.count("delivered"), 3);
     assert_eq!(run.count("given_up"), 0);
-    let versions: Vec<u64> = broker
-        .take(&queue, 2, Duration::from_secs(10))
-        .await
-        .iter()
-        .map(|d| key_version(d).1)
-        .collect();
+    let versions = local::versions(&broker, &queue, 2).await;
     assert_eq!(versions, [1, 3]);
     let dead = broker
         .take(
@@ -331,12 +296,7 @@ async fn a_broker_outage_ends_in_one_on_failure_message_and_the_stream_resumes_a
     assert_eq!(run.count("delivered"), 2);
     // Nothing lost: versions 1 to 5 are the OnFailure range (for a
     // redrive), 6 and 7 came through after it.
-    let versions: Vec<u64> = broker
-        .take(&queue, 2, Duration::from_secs(10))
-        .await
-        .iter()
-        .map(|d| key_version(d).1)
-        .collect();
+    let versions = local::versions(&broker, &queue, 2).await;
     assert_eq!(versions, [6, 7]);
     broker.cleanup(&exchange, &[&queue]).await;
 }

@@ -14,7 +14,7 @@ use std::{
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use common::{
     TestBroker, body, header_str,
-    local::{self, LocalFunction, Table},
+    local::{self, LocalFunction, Table, key_version, subscribe, table_name},
     proxy::{Mode, Proxy},
     unique,
 };
@@ -24,32 +24,6 @@ use lapin::{
     types::FieldTable,
 };
 use serde_json::{Value, json};
-
-fn table_name(prefix: &str) -> String {
-    unique(prefix).replace('.', "-")
-}
-
-async fn subscribe(broker: &TestBroker, exchange: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(20);
-    while !broker.exchange_exists(exchange).await {
-        assert!(
-            Instant::now() < until,
-            "the function did not declare {exchange}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    broker
-        .bind_queue(exchange, "#", FieldTable::default())
-        .await
-}
-
-fn key_version(d: &Delivery) -> (String, u64) {
-    let b = body(d);
-    (
-        b["partitionKey"].as_str().unwrap().to_owned(),
-        b["aggregateVersion"].as_u64().unwrap(),
-    )
-}
 
 #[tokio::test]
 async fn redrive_forwards_every_stranded_record_and_keeps_what_the_stream_lost() {
@@ -133,12 +107,7 @@ async fn redrive_forwards_every_stranded_record_and_keeps_what_the_stream_lost()
     assert_eq!(redrive.count("deleted"), 3);
     assert_eq!(redrive.count("gone"), 0);
     // Every stranded record, counted one by one, in order.
-    let versions: Vec<u64> = broker
-        .take(&queue, 10, Duration::from_secs(10))
-        .await
-        .iter()
-        .map(|d| key_version(d).1)
-        .collect();
+    let versions = local::versions(&broker, &queue, 10).await;
     assert_eq!(versions, (1..=10).collect::<Vec<_>>());
     assert!(
         table.on_failure_messages().await.is_empty(),

@@ -16,6 +16,9 @@ use aws_sdk_dynamodb::types::{
 };
 use serde_json::Value;
 
+pub use super::Process;
+use super::{cargo_lambda_watch, free_port};
+
 /// moto's port (`scripts/moto.sh`, shared with the security tests).
 pub const MOTO_PORT: u16 = 5677;
 
@@ -31,6 +34,47 @@ pub fn moto() {
         .status()
         .expect("bash runs");
     assert!(status.success(), "moto's server did not start");
+}
+
+/// A table name moto and RabbitMQ both take.
+pub fn table_name(prefix: &str) -> String {
+    super::unique(prefix).replace('.', "-")
+}
+
+/// Waits until the function declared `exchange`, then binds a queue to
+/// everything on it.
+pub async fn subscribe(broker: &super::TestBroker, exchange: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(20);
+    while !broker.exchange_exists(exchange).await {
+        assert!(
+            Instant::now() < until,
+            "the function did not declare {exchange}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker
+        .bind_queue(exchange, "#", lapin::types::FieldTable::default())
+        .await
+}
+
+/// An event's aggregate and version.
+pub fn key_version(d: &lapin::message::Delivery) -> (String, u64) {
+    let b = super::body(d);
+    (
+        b["partitionKey"].as_str().unwrap_or_default().to_owned(),
+        b["aggregateVersion"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// The versions of the events `queue` holds (at least `n`, waiting up to
+/// 10 s for them), in arrival order.
+pub async fn versions(broker: &super::TestBroker, queue: &str, n: usize) -> Vec<u64> {
+    broker
+        .take(queue, n, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|d| key_version(d).1)
+        .collect()
 }
 
 /// The settings every AWS client of the tests (and the tool) uses.
@@ -51,31 +95,6 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
-/// Kills the child when dropped.
-pub struct Process(pub Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Process {
-    pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([signal, &self.0.id().to_string()])
-            .status();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// `cargo lambda watch --only-lambda-apis` and the function polling it.
 pub struct LocalFunction {
     pub port: u16,
@@ -88,28 +107,7 @@ impl LocalFunction {
     /// Starts the emulator and the function with `env` (EXCHANGE, AMQP_URI...).
     pub fn start(env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let emulator = Process(
-            Command::new("cargo-lambda")
-                .args([
-                    "lambda",
-                    "watch",
-                    "--only-lambda-apis",
-                    "-A",
-                    "127.0.0.1",
-                    "-P",
-                ])
-                .arg(port.to_string())
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("cargo-lambda is installed (pip install cargo-lambda)"),
-        );
-        let until = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "cargo lambda watch did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let emulator = cargo_lambda_watch(port);
         let log = std::env::temp_dir().join(format!("local-fn-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-forwarder"));
         cmd.env(

@@ -270,6 +270,79 @@ pub fn header_int(d: &Delivery, name: &str) -> Option<i64> {
     }
 }
 
+/// A consumer in another language (`tests/consumers/<script>`) run with
+/// `args`; its standard output.
+pub fn consumer(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(format!(
+            "{}/tests/consumers/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A port nothing listens on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Kills the child when dropped.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, &self.0.id().to_string()])
+            .status();
+    }
+}
+
+/// `cargo lambda watch --only-lambda-apis` on `port` (runtime API under
+/// `/.rt`, Invoke API for the function `_`), once it listens.
+pub fn cargo_lambda_watch(port: u16) -> Process {
+    let emulator = Process(
+        Command::new("cargo-lambda")
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+            ])
+            .arg(port.to_string())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cargo-lambda is installed (pip install cargo-lambda)"),
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "cargo lambda watch did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    emulator
+}
+
 /// Runs `rabbitmqctl` with `args`; the tests run as the broker's owner.
 pub fn rabbitmqctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl")

@@ -91,6 +91,24 @@ impl Clients {
         }
     }
 
+    /// A table's description (key schema, stream).
+    pub async fn describe_table(
+        &self,
+        table: &str,
+    ) -> anyhow::Result<aws_sdk_dynamodb::types::TableDescription> {
+        use anyhow::Context as _;
+        let out = self
+            .dynamodb
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .with_context(|| format!("DescribeTable {table}"))?;
+        out.table()
+            .cloned()
+            .with_context(|| format!("DescribeTable {table} gave no table"))
+    }
+
     /// The URL of an SQS queue given by URL, ARN or name.
     pub async fn queue_url(&self, queue: &str) -> anyhow::Result<String> {
         use anyhow::Context as _;

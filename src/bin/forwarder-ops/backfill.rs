@@ -16,11 +16,16 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use chrono::{DateTime, Utc};
 use event_forwarder::{
     config::AttributeNames,
-    esm::{self, Answer, Invoker, MAX_EVENT_BYTES, Pace, Pending, Rules, StreamRecord},
+    esm::{self, Answer, Invoker, MAX_EVENT_BYTES, Pace, Pending, StreamRecord},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{aws::Clients, invoker::LambdaInvoker, progress, reader::item_json};
+use crate::{
+    aws::Clients,
+    invoker::{InOrder, LambdaInvoker},
+    progress,
+    reader::item_json,
+};
 
 /// Send the events of the event-store table through the function: all of
 /// it, one aggregate, or a time window, in version order per aggregate.
@@ -80,22 +85,8 @@ pub struct Args {
     #[arg(long, value_enum, env = "MAPPING", default_value = "event-store")]
     mapping: Mapping,
 
-    /// Records per invocation (also bounded by the Invoke API's 6 MB).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    batch_size: u32,
-
-    /// Retries of a failed batch before the backfill stops (the checkpoint
-    /// keeps the position).
-    #[arg(long, default_value_t = 10)]
-    max_retries: u32,
-
-    /// Pause before a retry, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    retry_delay: u64,
-
-    /// The function's timeout in seconds.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    function_timeout: u64,
+    #[command(flatten)]
+    sending: InOrder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -157,11 +148,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         Some(path) => read_checkpoint(path, &args.table, &target)?,
         None => None,
     };
-    let mut invoker = LambdaInvoker::new(
-        clients.lambda.clone(),
-        &clients.function_name,
-        Duration::from_secs(args.function_timeout),
-    );
+    let mut invoker = args.sending.invoker(clients);
     if let Some(queue) = &args.to_queue {
         allowed(&mut invoker, queue).await?;
     }
@@ -169,13 +156,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
     let from = resume.as_ref().map(|c| c.group.as_str());
     let (events, total) = read_events(clients, &args, &source, &names, from).await?;
     let bar = progress::bar((total > 0).then_some(total), "events");
-    let rules = Rules {
-        batch_size: args.batch_size as usize,
-        max_retries: Some(args.max_retries),
-        max_record_age: None,
-        stop_on_give_up: true,
-        ..Rules::default()
-    };
+    let rules = args.sending.rules();
     let mut limiter = Limiter::new(args.rate);
     let mut summary = Summary {
         started: Some(Instant::now()),
@@ -212,12 +193,12 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                 chunk.push((record, e.group.clone(), e.version));
             }
         }
-        let full = chunk.len() >= args.batch_size as usize;
+        let full = chunk.len() >= rules.batch_size;
         if !chunk.is_empty() && (full || next.is_none()) {
             limiter.take(chunk.len()).await;
             let records: Vec<Pending> = chunk.iter().map(|(p, _, _)| p.clone()).collect();
             let pace = Pace {
-                retry_delay: Duration::from_millis(args.retry_delay),
+                retry_delay: args.sending.retry_delay(),
                 now: &Utc::now,
                 stop: &|| false,
                 target: args.to_queue.as_deref(),
@@ -251,7 +232,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                 eprintln!(
                     "the function did not confirm record {} after {} retries; the backfill stopped{}",
                     chunk[done].0.sequence_number,
-                    args.max_retries,
+                    args.sending.max_retries,
                     if args.checkpoint.is_some() {
                         " (run it again with the same --checkpoint to go on)"
                     } else {
@@ -292,16 +273,7 @@ async fn describe(
     table: &str,
     names: &AttributeNames,
 ) -> anyhow::Result<Source> {
-    let out = clients
-        .dynamodb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .with_context(|| format!("DescribeTable {table}"))?;
-    let Some(t) = out.table() else {
-        bail!("DescribeTable {table} gave no table");
-    };
+    let t = clients.describe_table(table).await?;
     let mut keys: Vec<(KeyType, String)> = t
         .key_schema()
         .iter()

@@ -8,8 +8,57 @@ use aws_sdk_lambda::{
     error::SdkError, operation::RequestId, operation::invoke::InvokeError as ApiError,
     primitives::Blob,
 };
-use event_forwarder::esm::{Answer, InvokeError, Invoker};
+use event_forwarder::esm::{Answer, InvokeError, Invoker, Rules};
 use serde_json::Value;
+
+/// How `redrive` and `backfill` send records through the function: in
+/// order, in batches, stopping at the first batch that keeps failing.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InOrder {
+    /// Records per invocation (also bounded by the Invoke API's 6 MB).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Retries of a failed batch before the command stops there (the
+    /// records after it are not sent, so no aggregate skips an event).
+    #[arg(long, default_value_t = 10)]
+    pub max_retries: u32,
+
+    /// Pause before a retry, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub retry_delay: u64,
+
+    /// The function's timeout in seconds: no answer by then is a function
+    /// error.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub function_timeout: u64,
+}
+
+impl InOrder {
+    /// The mapping's rules for in-order delivery.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            batch_size: self.batch_size as usize,
+            max_retries: Some(self.max_retries),
+            max_record_age: None,
+            stop_on_give_up: true,
+            ..Rules::default()
+        }
+    }
+
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_millis(self.retry_delay)
+    }
+
+    /// The invoker of the clients' function, with the function's timeout.
+    pub fn invoker(&self, clients: &crate::aws::Clients) -> LambdaInvoker {
+        LambdaInvoker::new(
+            clients.lambda.clone(),
+            &clients.function_name,
+            Duration::from_secs(self.function_timeout),
+        )
+    }
+}
 
 /// Invokes one function synchronously, with a bound on each invocation.
 pub struct LambdaInvoker {

@@ -4,17 +4,17 @@
 //! checkpoint rule, and the message deleted only once all of it is
 //! confirmed. What the stream no longer holds is reported, never skipped.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use chrono::Utc;
-use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Pending, Rules};
+use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Pending};
 use serde_json::Value;
 
 use crate::{
     aws::Clients,
-    invoker::LambdaInvoker,
+    invoker::InOrder,
     progress,
     reader::{before, stream_record},
 };
@@ -50,22 +50,8 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
 
-    /// Records per invocation (also bounded by the Invoke API's 6 MB).
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    batch_size: u32,
-
-    /// Retries of a failed batch before the message is kept for later.
-    #[arg(long, default_value_t = 5)]
-    max_retries: u32,
-
-    /// Pause before a retry, in milliseconds.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    retry_delay: u64,
-
-    /// The function's timeout in seconds: no answer by then is a function
-    /// error.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    function_timeout: u64,
+    #[command(flatten)]
+    sending: InOrder,
 }
 
 /// One OnFailure message.
@@ -143,18 +129,8 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         (None, Some(path)) => from_file(path)?,
         (None, None) => bail!("give --queue or --from-file"),
     };
-    let rules = Rules {
-        batch_size: args.batch_size as usize,
-        max_retries: Some(args.max_retries),
-        max_record_age: None,
-        stop_on_give_up: true,
-        ..Rules::default()
-    };
-    let mut invoker = LambdaInvoker::new(
-        clients.lambda.clone(),
-        &clients.function_name,
-        Duration::from_secs(args.function_timeout),
-    );
+    let rules = args.sending.rules();
+    let mut invoker = args.sending.invoker(clients);
     let bar = progress::bar(None, "records");
     let mut summary = Summary::default();
     for message in &messages {
@@ -213,7 +189,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
             continue;
         }
         let pace = Pace {
-            retry_delay: Duration::from_millis(args.retry_delay),
+            retry_delay: args.sending.retry_delay(),
             now: &Utc::now,
             stop: &|| false,
             target: None,

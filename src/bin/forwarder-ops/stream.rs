@@ -308,16 +308,11 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
 }
 
 /// The table's current stream.
-pub async fn latest_stream(clients: &Clients, table: &str) -> anyhow::Result<String> {
-    let out = clients
-        .dynamodb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .with_context(|| format!("DescribeTable {table}"))?;
-    out.table()
-        .and_then(|t| t.latest_stream_arn())
+async fn latest_stream(clients: &Clients, table: &str) -> anyhow::Result<String> {
+    clients
+        .describe_table(table)
+        .await?
+        .latest_stream_arn()
         .map(str::to_owned)
         .with_context(|| format!("the table {table} has no stream (StreamSpecification)"))
 }
