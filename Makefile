@@ -38,12 +38,14 @@ test-faults: broker
 	cargo test --test faults -- --nocapture
 
 ## Formatting and lints, as CI runs them: the crate (both feature sets), its
-## rustdoc, then the fuzz targets (their own workspace in fuzz/).
+## rustdoc, the links between the README and docs/, then the fuzz targets
+## (their own workspace in fuzz/).
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features ops -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+	python3 scripts/check-links.py
 	cd fuzz && cargo fmt --check && cargo clippy --all-targets -- -D warnings
 
 ## libFuzzer on record-to-envelope and on the whole event parse +
