@@ -12,8 +12,8 @@ use std::{
 };
 
 use common::{
-    TestBroker, body, header_str,
-    local::{self, LocalFunction, Table, key_version, subscribe, table_name},
+    body, header_str,
+    local::{self, LocalFunction, Loop, Table, key_version, table_name},
     proxy::{Mode, Proxy},
     unique,
 };
@@ -25,14 +25,13 @@ const NAMESPACE: Uuid = uuid::uuid!("08ebb892-d8fe-430a-aad9-6a1cfb75305c");
 #[tokio::test]
 async fn items_written_through_the_api_arrive_in_order_per_aggregate_with_the_envelope() {
     let table = Table::event_store(&table_name("store")).await;
-    let exchange = unique("local");
-    let function = LocalFunction::start(&[
-        ("AMQP_URI", &common::amqp_uri()),
-        ("EXCHANGE", &exchange),
-        ("EVENT_SOURCE", "ProductService"),
-    ]);
-    let broker = TestBroker::connect().await;
-    let queue = subscribe(&broker, &exchange).await;
+    let Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue,
+    } = Loop::start(table, "local", &[("EVENT_SOURCE", "ProductService")]).await;
 
     // Three aggregates written interleaved, then one command's three events
     // in a transaction.
@@ -109,15 +108,18 @@ async fn items_written_through_the_api_arrive_in_order_per_aggregate_with_the_en
 async fn the_change_mapping_publishes_inserts_updates_and_deletes_made_through_the_api() {
     use aws_sdk_dynamodb::types::AttributeValue as A;
     let table = Table::entities(&table_name("customers"), "customerId").await;
-    let exchange = unique("local-change");
-    let function = LocalFunction::start(&[
-        ("AMQP_URI", &common::amqp_uri()),
-        ("EXCHANGE", &exchange),
-        ("MAPPING", "change"),
-        ("ENTITY_NAME", "Customer"),
-    ]);
-    let broker = TestBroker::connect().await;
-    let queue = subscribe(&broker, &exchange).await;
+    let Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue,
+    } = Loop::start(
+        table,
+        "local-change",
+        &[("MAPPING", "change"), ("ENTITY_NAME", "Customer")],
+    )
+    .await;
     let key = || ("customerId".to_string(), A::S("cust-7".into()));
 
     table
@@ -178,11 +180,13 @@ async fn the_change_mapping_publishes_inserts_updates_and_deletes_made_through_t
 #[tokio::test]
 async fn a_poison_item_is_dead_lettered_and_the_stream_goes_on() {
     let table = Table::event_store(&table_name("poison")).await;
-    let exchange = unique("local-poison");
-    let function =
-        LocalFunction::start(&[("AMQP_URI", &common::amqp_uri()), ("EXCHANGE", &exchange)]);
-    let broker = TestBroker::connect().await;
-    let queue = subscribe(&broker, &exchange).await;
+    let Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue,
+    } = Loop::start(table, "local-poison", &[]).await;
     table.put(Table::event("prod-p", 1, "ProductCreated")).await;
     let mut poison = Table::event("prod-p", 2, "x");
     poison.remove("eventType");
@@ -218,15 +222,19 @@ async fn a_poison_item_is_dead_lettered_and_the_stream_goes_on() {
 #[tokio::test]
 async fn a_broker_outage_ends_in_one_on_failure_message_and_the_stream_resumes_after_it() {
     let table = Table::event_store(&table_name("outage")).await;
-    let exchange = unique("local-outage");
     let proxy = Proxy::start(5672).await;
-    let function = LocalFunction::start(&[
-        ("AMQP_URI", &proxy.uri("")),
-        ("EXCHANGE", &exchange),
-        ("CONNECT_TIMEOUT_MS", "500"),
-    ]);
-    let broker = TestBroker::connect().await;
-    let queue = subscribe(&broker, &exchange).await;
+    let Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue,
+    } = Loop::start(
+        table,
+        "local-outage",
+        &[("AMQP_URI", &proxy.uri("")), ("CONNECT_TIMEOUT_MS", "500")],
+    )
+    .await;
     // The broker goes away; five events are written meanwhile.
     proxy.set(Mode::Refuse);
     proxy.sever();
@@ -321,11 +329,13 @@ async fn sequence_number(table: &Table, version: u64) -> String {
 #[tokio::test]
 async fn a_function_error_is_bisected_and_every_record_gets_through() {
     let table = Table::event_store(&table_name("bisect")).await;
-    let exchange = unique("local-bisect");
-    let function =
-        LocalFunction::start(&[("AMQP_URI", &common::amqp_uri()), ("EXCHANGE", &exchange)]);
-    let broker = TestBroker::connect().await;
-    let queue = subscribe(&broker, &exchange).await;
+    let Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue,
+    } = Loop::start(table, "local-bisect", &[]).await;
     for v in 1..=4 {
         table
             .put(Table::event("prod-x", v, "ProductPriceChanged"))

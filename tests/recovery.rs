@@ -13,8 +13,8 @@ use std::{
 
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use common::{
-    TestBroker, body, header_str,
-    local::{self, LocalFunction, Table, key_version, subscribe, table_name},
+    body, header_str,
+    local::{self, Loop, Table, key_version, table_name},
     proxy::{Mode, Proxy},
     unique,
 };
@@ -28,15 +28,19 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn redrive_forwards_every_stranded_record_and_keeps_what_the_stream_lost() {
     let table = Table::event_store(&table_name("redrive")).await;
-    let exchange = unique("redrive");
     let proxy = Proxy::start(5672).await;
-    let function = LocalFunction::start(&[
-        ("AMQP_URI", &proxy.uri("")),
-        ("EXCHANGE", &exchange),
-        ("CONNECT_TIMEOUT_MS", "500"),
-    ]);
-    let broker = TestBroker::connect().await;
-    let queue = subscribe(&broker, &exchange).await;
+    let Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue,
+    } = Loop::start(
+        table,
+        "redrive",
+        &[("AMQP_URI", &proxy.uri("")), ("CONNECT_TIMEOUT_MS", "500")],
+    )
+    .await;
 
     // An outage long enough to exhaust the retries: three batches given up.
     proxy.set(Mode::Refuse);
@@ -214,15 +218,14 @@ async fn write_history(table: &Table, n: usize, aggregates: usize) {
 async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_live_ids() {
     const EVENTS: usize = 10_000;
     let table = Table::event_store(&table_name("backfill")).await;
-    let exchange = unique("backfill");
     let allowed = format!("backfill-{}", unique("q").replace('.', "-"));
-    let function = LocalFunction::start(&[
-        ("AMQP_URI", &common::amqp_uri()),
-        ("EXCHANGE", &exchange),
-        ("REPLAY_QUEUES", "backfill-*"),
-    ]);
-    let broker = TestBroker::connect().await;
-    let live = subscribe(&broker, &exchange).await;
+    let Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue: live,
+    } = Loop::start(table, "backfill", &[("REPLAY_QUEUES", "backfill-*")]).await;
     write_history(&table, EVENTS, 200).await;
 
     // What the live stream gave every event.
@@ -358,15 +361,18 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
 async fn a_change_table_is_backfilled_as_snapshots_with_ids_of_their_state() {
     use aws_sdk_dynamodb::types::AttributeValue as A;
     let table = Table::entities(&table_name("snapshots"), "customerId").await;
-    let exchange = unique("snapshots");
-    let function = LocalFunction::start(&[
-        ("AMQP_URI", &common::amqp_uri()),
-        ("EXCHANGE", &exchange),
-        ("MAPPING", "change"),
-        ("ENTITY_NAME", "Customer"),
-    ]);
-    let broker = TestBroker::connect().await;
-    let queue = subscribe(&broker, &exchange).await;
+    let Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue,
+    } = Loop::start(
+        table,
+        "snapshots",
+        &[("MAPPING", "change"), ("ENTITY_NAME", "Customer")],
+    )
+    .await;
     for (id, tier) in [("cust-1", "gold"), ("cust-2", "silver"), ("cust-3", "gold")] {
         table
             .put(local::Item::from([

@@ -36,6 +36,38 @@ pub fn moto() {
     assert!(status.success(), "moto's server did not start");
 }
 
+/// One test's local loop: its table, the function under `cargo lambda
+/// watch` publishing to an exchange of its own, and a queue bound to
+/// everything on that exchange.
+pub struct Loop {
+    pub table: Table,
+    pub exchange: String,
+    pub function: LocalFunction,
+    pub broker: super::TestBroker,
+    pub queue: String,
+}
+
+impl Loop {
+    /// Starts the function for `table` with `env` (after the defaults: the
+    /// test broker's AMQP_URI and a new exchange named after `prefix`).
+    pub async fn start(table: Table, prefix: &str, env: &[(&str, &str)]) -> Self {
+        let exchange = super::unique(prefix);
+        let uri = super::amqp_uri();
+        let mut all = vec![("AMQP_URI", uri.as_str()), ("EXCHANGE", exchange.as_str())];
+        all.extend_from_slice(env);
+        let function = LocalFunction::start(&all);
+        let broker = super::TestBroker::connect().await;
+        let queue = subscribe(&broker, &exchange).await;
+        Self {
+            table,
+            exchange,
+            function,
+            broker,
+            queue,
+        }
+    }
+}
+
 /// A table name moto and RabbitMQ both take.
 pub fn table_name(prefix: &str) -> String {
     super::unique(prefix).replace('.', "-")
