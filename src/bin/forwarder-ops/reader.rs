@@ -46,6 +46,9 @@ pub struct StreamReader {
     start: Start,
     shards: BTreeMap<String, Shard>,
     last_describe: Option<Instant>,
+    /// The shard the last batch came from: the next search starts after
+    /// it, so that a busy shard does not starve the others.
+    last_served: Option<String>,
 }
 
 /// How often the shard list is read again for new shards.
@@ -62,6 +65,7 @@ impl StreamReader {
             start,
             shards: BTreeMap::new(),
             last_describe: None,
+            last_served: None,
         };
         reader.describe().await?;
         if reader.shards.is_empty() {
@@ -224,7 +228,7 @@ impl StreamReader {
         {
             self.describe().await?;
         }
-        for id in self.ready() {
+        for id in in_turn(self.ready(), self.last_served.as_deref()) {
             let until = Instant::now() + window;
             loop {
                 let buffered = self.shards.get(&id).map_or(0, |s| s.buffer.len());
@@ -255,11 +259,22 @@ impl StreamReader {
                 shard.finished = true;
             }
             if !batch.is_empty() {
+                self.last_served = Some(id.clone());
                 return Ok(Some((id, batch)));
             }
         }
         Ok(None)
     }
+}
+
+/// The shards to try, in turn: those after the one served last come
+/// first, so that a shard that always has records does not starve the rest.
+fn in_turn(mut ready: Vec<String>, last: Option<&str>) -> Vec<String> {
+    if let Some(last) = last {
+        let after = ready.iter().position(|id| id.as_str() > last).unwrap_or(0);
+        ready.rotate_left(after);
+    }
+    ready
 }
 
 /// Whether `seq` falls in the shard's range (sequence numbers compare as
@@ -327,6 +342,23 @@ mod tests {
     };
     use base64::Engine as _;
     use serde_json::json;
+
+    #[test]
+    fn open_shards_are_served_in_turn() {
+        let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let ready = ids(&["shardId-a", "shardId-b", "shardId-c"]);
+        assert_eq!(in_turn(ready.clone(), None), ready);
+        assert_eq!(
+            in_turn(ready.clone(), Some("shardId-a")),
+            ids(&["shardId-b", "shardId-c", "shardId-a"])
+        );
+        assert_eq!(in_turn(ready.clone(), Some("shardId-c")), ready);
+        // The last one served has closed and gone: the next one after it.
+        assert_eq!(
+            in_turn(ids(&["shardId-a", "shardId-c"]), Some("shardId-b")),
+            ids(&["shardId-c", "shardId-a"])
+        );
+    }
 
     /// The SDK attribute of a DynamoDB JSON attribute (the inverse of
     /// `attribute_json`, for building records as GetRecords returns them).
