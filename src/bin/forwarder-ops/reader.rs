@@ -37,6 +37,8 @@ struct Shard {
     buffer: VecDeque<Pending>,
     starting: Option<String>,
     ending: Option<String>,
+    /// Listed when the run started (not a shard made since).
+    initial: bool,
 }
 
 /// Reads a stream shard by shard.
@@ -89,6 +91,7 @@ impl StreamReader {
             let Some(description) = out.stream_description() else {
                 bail!("DescribeStream {} gave no description", self.stream_arn);
             };
+            let initial = self.last_describe.is_none();
             for shard in description.shards() {
                 let Some(id) = shard.shard_id() else { continue };
                 let range = shard.sequence_number_range();
@@ -104,6 +107,7 @@ impl StreamReader {
                     ending: range
                         .and_then(|r| r.ending_sequence_number())
                         .map(str::to_owned),
+                    initial,
                 });
             }
             exclusive_start = description.last_evaluated_shard_id().map(str::to_owned);
@@ -123,41 +127,17 @@ impl StreamReader {
     /// Shards that may be read now: not finished, and their parent (if the
     /// stream still lists it) finished.
     fn ready(&self) -> Vec<String> {
-        self.shards
-            .iter()
-            .filter(|(_, s)| !s.finished)
-            .filter(|(_, s)| {
-                s.parent
-                    .as_ref()
-                    .and_then(|p| self.shards.get(p))
-                    .is_none_or(|p| p.finished)
-            })
-            .map(|(id, _)| id.clone())
-            .collect()
+        ready(&self.shards)
     }
 
     /// The first iterator of a shard, from the starting position.
     async fn first_iterator(&mut self, id: &str) -> anyhow::Result<Option<String>> {
-        let Some(shard) = self.shards.get(id) else {
+        let Some((kind, at)) = self
+            .shards
+            .get(id)
+            .and_then(|shard| first_position(shard, &self.start))
+        else {
             return Ok(None);
-        };
-        // Only the shards of the starting point take it; their children are
-        // read from their beginning.
-        let root = shard
-            .parent
-            .as_ref()
-            .is_none_or(|p| !self.shards.contains_key(p));
-        let (kind, at) = match (&self.start, root) {
-            (Start::Latest, true) if shard.ending.is_some() => return Ok(None),
-            (Start::Latest, true) => (ShardIteratorType::Latest, None),
-            (Start::At(seq), _) if contains(shard, seq) => {
-                (ShardIteratorType::AtSequenceNumber, Some(seq.clone()))
-            }
-            // A shard that ended before the starting point has nothing for us.
-            (Start::At(seq), _) if shard.ending.as_deref().is_some_and(|e| before(e, seq)) => {
-                return Ok(None);
-            }
-            _ => (ShardIteratorType::TrimHorizon, None),
         };
         let out = self
             .client
@@ -267,6 +247,45 @@ impl StreamReader {
     }
 }
 
+/// Shards that may be read now: not finished, and their parent (if the
+/// stream still lists it) finished, so that an aggregate's records in a
+/// child never go out before those left in its parent.
+fn ready(shards: &BTreeMap<String, Shard>) -> Vec<String> {
+    shards
+        .iter()
+        .filter(|(_, s)| !s.finished)
+        .filter(|(_, s)| {
+            s.parent
+                .as_ref()
+                .and_then(|p| shards.get(p))
+                .is_none_or(|p| p.finished)
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Where the first read of a shard starts; `None` when the shard has
+/// nothing for this run.
+fn first_position(shard: &Shard, start: &Start) -> Option<(ShardIteratorType, Option<String>)> {
+    match start {
+        // LATEST is a position in the shards open when the run started; a
+        // shard closed by then has nothing newer, and one made since holds
+        // only newer records, from its beginning. (Deciding by "has no
+        // parent" would read an open child of a closed shard from its
+        // trim horizon: hours of old records on a real stream.)
+        Start::Latest if shard.initial => shard
+            .ending
+            .is_none()
+            .then_some((ShardIteratorType::Latest, None)),
+        Start::At(seq) if contains(shard, seq) => {
+            Some((ShardIteratorType::AtSequenceNumber, Some(seq.clone())))
+        }
+        // A shard that ended before the starting point has nothing for us.
+        Start::At(seq) if shard.ending.as_deref().is_some_and(|e| before(e, seq)) => None,
+        _ => Some((ShardIteratorType::TrimHorizon, None)),
+    }
+}
+
 /// The shards to try, in turn: those after the one served last come
 /// first, so that a shard that always has records does not starve the rest.
 fn in_turn(mut ready: Vec<String>, last: Option<&str>) -> Vec<String> {
@@ -358,6 +377,78 @@ mod tests {
             in_turn(ids(&["shardId-a", "shardId-c"]), Some("shardId-b")),
             ids(&["shardId-c", "shardId-a"])
         );
+    }
+
+    /// A shard as DescribeStream lists it: its parent, and its end once closed.
+    fn shard(parent: Option<&str>, starting: &str, ending: Option<&str>, initial: bool) -> Shard {
+        Shard {
+            parent: parent.map(str::to_owned),
+            iterator: None,
+            started: false,
+            finished: false,
+            buffer: VecDeque::new(),
+            starting: Some(starting.to_owned()),
+            ending: ending.map(str::to_owned),
+            initial,
+        }
+    }
+
+    #[test]
+    fn a_child_shard_is_read_only_after_its_parent_is_read_to_its_end() {
+        // a (closed) split into b and c; d's parent is past the trim horizon.
+        let mut shards = BTreeMap::from([
+            ("a".to_owned(), shard(None, "100", Some("199"), true)),
+            ("b".to_owned(), shard(Some("a"), "200", None, true)),
+            ("c".to_owned(), shard(Some("a"), "210", None, true)),
+            ("d".to_owned(), shard(Some("gone"), "50", None, true)),
+        ]);
+        assert_eq!(ready(&shards), ["a", "d"]);
+        if let Some(a) = shards.get_mut("a") {
+            a.finished = true;
+        }
+        assert_eq!(ready(&shards), ["b", "c", "d"]);
+        if let Some(b) = shards.get_mut("b") {
+            b.finished = true;
+        }
+        assert_eq!(ready(&shards), ["c", "d"]);
+    }
+
+    #[test]
+    fn latest_starts_in_the_open_shards_and_reads_new_ones_from_their_beginning() {
+        use ShardIteratorType::{AtSequenceNumber, Latest, TrimHorizon};
+        // A real stream rolls its shard every few hours: an open child of a
+        // closed one is where LATEST is, not its trim horizon.
+        let closed = shard(None, "100", Some("199"), true);
+        let open_child = shard(Some("a"), "200", None, true);
+        let made_since = shard(Some("b"), "300", None, false);
+        assert_eq!(first_position(&closed, &Start::Latest), None);
+        assert_eq!(
+            first_position(&open_child, &Start::Latest),
+            Some((Latest, None))
+        );
+        assert_eq!(
+            first_position(&made_since, &Start::Latest),
+            Some((TrimHorizon, None))
+        );
+        // TRIM_HORIZON: every shard from its beginning (lineage orders them).
+        for s in [&closed, &open_child, &made_since] {
+            assert_eq!(
+                first_position(s, &Start::TrimHorizon),
+                Some((TrimHorizon, None))
+            );
+        }
+        // AT_SEQUENCE_NUMBER in the shard that holds it; a shard that ended
+        // before it is skipped, a later one read from its beginning.
+        let at = Start::At("250".to_owned());
+        assert_eq!(first_position(&closed, &at), None);
+        assert_eq!(
+            first_position(&open_child, &at),
+            Some((AtSequenceNumber, Some("250".to_owned())))
+        );
+        assert_eq!(first_position(&made_since, &at), Some((TrimHorizon, None)));
+        // Sequence numbers compare as integers, not as text.
+        let at = Start::At("99".to_owned());
+        assert_eq!(first_position(&closed, &at), Some((TrimHorizon, None)));
     }
 
     /// The SDK attribute of a DynamoDB JSON attribute (the inverse of
