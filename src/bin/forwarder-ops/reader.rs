@@ -124,12 +124,6 @@ impl StreamReader {
         self.shards.values().all(|s| s.finished)
     }
 
-    /// Shards that may be read now: not finished, and their parent (if the
-    /// stream still lists it) finished.
-    fn ready(&self) -> Vec<String> {
-        ready(&self.shards)
-    }
-
     /// The first iterator of a shard, from the starting position.
     async fn first_iterator(&mut self, id: &str) -> anyhow::Result<Option<String>> {
         let Some((kind, at)) = self
@@ -204,11 +198,11 @@ impl StreamReader {
         if self
             .last_describe
             .is_none_or(|t| t.elapsed() >= DESCRIBE_EVERY)
-            || self.ready().is_empty()
+            || ready(&self.shards).is_empty()
         {
             self.describe().await?;
         }
-        for id in in_turn(self.ready(), self.last_served.as_deref()) {
+        for id in in_turn(ready(&self.shards), self.last_served.as_deref()) {
             let until = Instant::now() + window;
             loop {
                 let buffered = self.shards.get(&id).map_or(0, |s| s.buffer.len());
