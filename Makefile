@@ -1,8 +1,9 @@
 # event-forwarder: the README's commands, one target each.
 # `make run` and `make test` install and start what they need (RabbitMQ from
-# apt, cargo-lambda, cfn-lint and moto from pip) on a Debian/Ubuntu machine.
+# apt, RabbitMQ 4 under Docker built from Debian's packages, cargo-lambda,
+# cfn-lint and moto from pip) on a Debian/Ubuntu machine.
 
-.PHONY: run dev test test-faults test-artefact lint fuzz broker tools bench clean build validate invoke measure deploy sam-invoke
+.PHONY: run dev test test-faults test-cluster test-artefact lint fuzz broker broker4 tools bench clean build validate invoke measure deploy sam-invoke
 
 # Event file for `make invoke` and `make sam-invoke`.
 EVENT ?=
@@ -24,18 +25,24 @@ dev: broker tools
 ## Every test: the template lint, unit, broker-backed integration, the
 ## binary under the Lambda runtime API emulator, the local stream loop
 ## (moto's DynamoDB stream, forwarder-ops stream, cargo lambda watch), the
-## fault-injection
-## suite with the replay driver (on a second, disposable RabbitMQ node on
-## port 5673), the security tests (a third node with TLS on 5675/5676 and
-## moto's Secrets Manager on 5677, started by the tests) and hostile input.
-test: validate broker tools
+## fault-injection suite with the replay driver, the security tests (TLS,
+## moto's Secrets Manager) and hostile input, all on RabbitMQ 4 configured
+## as Amazon MQ 4.2 is (nodes under Docker, started as the tests need them:
+## one for most suites, one for destructive faults, one with TLS, and a
+## three-node cluster behind haproxy for a rolling maintenance); RabbitMQ
+## 3.10 for what must hold on 3.x too.
+test: validate broker broker4 tools
 	cargo test --no-fail-fast --features ops
-	@cat target/replay-report.txt
+	@cat target/replay-report.txt target/cluster-report.txt
 
 ## The fault-injection suite alone, with the replay driver's figures.
 ## REPLAY_SEED=<n> plays another random fault schedule.
-test-faults: broker
+test-faults: broker4
 	cargo test --test faults -- --nocapture
+
+## The rolling maintenance of a three-node RabbitMQ 4 cluster alone.
+test-cluster: broker4
+	cargo test --test cluster -- --nocapture
 
 ## Formatting and lints, as CI runs them: the crate (both feature sets), its
 ## rustdoc, the links between the README and docs/, then the fuzz targets
@@ -106,15 +113,20 @@ sam-invoke:
 	sam local invoke ForwarderFunction -e "$(EVENT)" --env-vars sam-local-env.json \
 		--add-host host.docker.internal:host-gateway
 
+## Debian's RabbitMQ 3.10 on this host (make run, make invoke).
 broker:
 	scripts/broker.sh
+
+## RabbitMQ 4.0 configured as Amazon MQ 4.2 (image built once from Debian
+## trixie's packages, under Docker): the test suites' broker on 5682.
+broker4:
+	scripts/rabbitmq4.sh start main
 
 tools:
 	scripts/tools.sh
 
 clean:
-	scripts/fault-broker.sh stop
-	scripts/tls-broker.sh stop
+	scripts/rabbitmq4.sh stop all
 	scripts/moto.sh stop
 	cargo clean
 	rm -rf .run .aws-sam

@@ -222,7 +222,7 @@ async fn a_poison_item_is_dead_lettered_and_the_stream_goes_on() {
 #[tokio::test]
 async fn a_broker_outage_ends_in_one_on_failure_message_and_the_stream_resumes_after_it() {
     let table = Table::event_store(&table_name("outage")).await;
-    let proxy = Proxy::start(5672).await;
+    let proxy = Proxy::start(common::amqp_port()).await;
     let Loop {
         table,
         exchange,

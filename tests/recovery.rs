@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn redrive_forwards_every_stranded_record_and_keeps_what_the_stream_lost() {
     let table = Table::event_store(&table_name("redrive")).await;
-    let proxy = Proxy::start(5672).await;
+    let proxy = Proxy::start(common::amqp_port()).await;
     let Loop {
         table,
         exchange,
@@ -330,7 +330,12 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
         .channel
         .queue_declare(
             other.as_str().into(),
-            QueueDeclareOptions::default(),
+            // Durable: RabbitMQ 4.3 (and our Amazon MQ 4.2 settings) refuse
+            // a transient queue that is not exclusive.
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await

@@ -13,20 +13,14 @@ use serde_json::{Value, json};
 
 use super::runtime_api::{Outcome, RuntimeApi};
 
-/// AMQP port of the fault node (`scripts/fault-broker.sh`).
+/// AMQP port of the fault node (`scripts/rabbitmq4.sh start faults`).
 pub const FAULT_PORT: u16 = 5673;
-pub const FAULT_NODE: &str = "ef-faults@localhost";
+/// Its container.
+pub const FAULT_CONTAINER: &str = "ef-rabbitmq4-faults";
 
 /// Starts the fault node if it is not running.
 pub fn fault_broker() {
-    let script = format!("{}/scripts/fault-broker.sh", env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .args([&script, "start"])
-        .env("FAULT_NODE", FAULT_NODE)
-        .env("FAULT_AMQP_PORT", FAULT_PORT.to_string())
-        .status()
-        .expect("bash runs");
-    assert!(status.success(), "the fault broker did not start");
+    super::start_node("faults");
 }
 
 pub fn fault_uri(query: &str) -> String {
@@ -35,13 +29,19 @@ pub fn fault_uri(query: &str) -> String {
 
 /// `rabbitmqctl` against the fault node.
 pub fn fault_ctl(args: &[&str]) -> String {
-    let mut all = vec!["-n", FAULT_NODE];
-    all.extend_from_slice(args);
-    super::rabbitmqctl(&all)
+    super::ctl_in(FAULT_CONTAINER, args)
 }
 
+/// The fault node's log (its console, as `docker logs` shows it).
 pub fn fault_log() -> String {
-    std::fs::read_to_string(format!("/tmp/event-forwarder-faults/log/{FAULT_NODE}.log"))
+    Command::new("docker")
+        .args(["logs", FAULT_CONTAINER])
+        .output()
+        .map(|out| {
+            let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
+            log.push_str(&String::from_utf8_lossy(&out.stderr));
+            log
+        })
         .unwrap_or_default()
 }
 

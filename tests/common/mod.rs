@@ -29,10 +29,56 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-/// The broker the tests use; `TEST_AMQP_URI` overrides it.
+/// The broker the tests use: RabbitMQ 4 configured as Amazon MQ 4.2 is
+/// (`scripts/rabbitmq4.sh start main`, started here when it is not running).
+/// `TEST_AMQP_URI` (with `TEST_RABBITMQCTL`) points the tests elsewhere.
 pub fn amqp_uri() -> String {
-    std::env::var("TEST_AMQP_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+    match std::env::var("TEST_AMQP_URI") {
+        Ok(uri) => uri,
+        Err(_) => {
+            start_node("main");
+            "amqp://guest:guest@127.0.0.1:5682/%2f".to_string()
+        }
+    }
+}
+
+/// The AMQP port of the test broker, for a proxy in front of it.
+pub fn amqp_port() -> u16 {
+    let uri = amqp_uri();
+    let authority = uri.split("://").nth(1).unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host_port = host_port.split('/').next().unwrap_or_default();
+    host_port
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(5672)
+}
+
+/// Debian bookworm's RabbitMQ 3.10 (`make broker`), for what must hold on
+/// 3.x as well.
+pub const RABBITMQ3_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Starts a node of `scripts/rabbitmq4.sh` (`main`, `faults`, `tls`,
+/// `cluster`) unless it runs; once per test binary and node.
+pub fn start_node(node: &str) {
+    static STARTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    if started.iter().any(|n| n == node) {
+        return;
+    }
+    let script = format!("{}/scripts/rabbitmq4.sh", env!("CARGO_MANIFEST_DIR"));
+    let args: &[&str] = if node == "cluster" {
+        &["cluster"]
+    } else {
+        &["start", node]
+    };
+    let status = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "the RabbitMQ 4 node {node} did not start");
+    started.push(node.to_string());
 }
 
 /// A name no other test (or earlier run) uses.
@@ -51,7 +97,12 @@ pub fn unique(prefix: &str) -> String {
 
 /// A configuration for `exchange` with the contract's defaults and `extra`.
 pub fn config(exchange: &str, extra: &[(&str, &str)]) -> Config {
-    let uri = amqp_uri();
+    config_on(&amqp_uri(), exchange, extra)
+}
+
+/// [`config`] for the broker at `uri`.
+pub fn config_on(uri: &str, exchange: &str, extra: &[(&str, &str)]) -> Config {
+    let uri = uri.to_string();
     let mut vars: HashMap<String, String> = HashMap::from([
         ("AMQP_URI".to_string(), uri),
         ("EXCHANGE".to_string(), exchange.to_string()),
@@ -97,7 +148,7 @@ impl TestBroker {
     pub async fn connect_to(uri: &str) -> Self {
         let connection = Connection::connect(uri, ConnectionProperties::default())
             .await
-            .expect("RabbitMQ is running (make broker)");
+            .expect("RabbitMQ is running (scripts/rabbitmq4.sh start main)");
         let channel = connection.create_channel().await.expect("channel");
         Self {
             connection,
@@ -235,9 +286,15 @@ impl TestBroker {
 }
 
 /// Arguments of a queue that holds at most `max` messages and refuses the
-/// next ones, so that the broker nacks them.
+/// next ones, so that the broker nacks them. A classic queue: a quorum
+/// queue (the default type on Amazon MQ 4) applies the limit only once it
+/// is exceeded, so it takes one message more before it refuses.
 pub fn reject_publish_after(max: i32) -> FieldTable {
     let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
     args.insert("x-max-length".into(), AMQPValue::LongInt(max));
     args.insert(
         "x-overflow".into(),
@@ -343,12 +400,43 @@ pub fn cargo_lambda_watch(port: u16) -> Process {
     emulator
 }
 
-/// Runs `rabbitmqctl` with `args`; the tests run as the broker's owner.
+/// Runs `rabbitmqctl` with `args` against the test broker: in its
+/// container, or the command `TEST_RABBITMQCTL` gives (`rabbitmqctl` for a
+/// broker on this host, with `TEST_AMQP_URI`).
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
+    match std::env::var("TEST_RABBITMQCTL") {
+        Ok(command) => {
+            let mut words = command.split_whitespace();
+            let program = words.next().unwrap_or("rabbitmqctl");
+            run_ctl(Command::new(program).args(words).args(args), args)
+        }
+        Err(_) => {
+            start_node("main");
+            ctl_in("ef-rabbitmq4", args)
+        }
+    }
+}
+
+/// `rabbitmqctl` with `args` in the container `container`
+/// (`scripts/rabbitmq4.sh`).
+pub fn ctl_in(container: &str, args: &[&str]) -> String {
+    run_ctl(
+        Command::new("docker")
+            .args(["exec", container, "rabbitmqctl"])
+            .args(args),
+        args,
+    )
+}
+
+/// `rabbitmqctl` with `args` against Debian's RabbitMQ 3.10 on this host.
+pub fn rabbitmqctl3(args: &[&str]) -> String {
+    run_ctl(Command::new("rabbitmqctl").args(args), args)
+}
+
+fn run_ctl(command: &mut Command, args: &[&str]) -> String {
+    let out = command
         .output()
-        .expect("rabbitmqctl is installed (make broker)");
+        .expect("rabbitmqctl runs (make broker; docker for RabbitMQ 4)");
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?} failed: {}",

@@ -1,11 +1,12 @@
-//! The TLS broker node (`scripts/tls-broker.sh`): its own CA, a server
+//! The TLS broker node (`scripts/rabbitmq4.sh start tls`, RabbitMQ 4): its own CA, a server
 //! certificate for `localhost` and `127.0.0.1`, a plain AMQP port for the
 //! tests' own client and a TLS port for the function.
 #![allow(dead_code)]
 
 use std::process::Command;
 
-pub const TLS_NODE: &str = "ef-tls@localhost";
+/// The node's container (`scripts/rabbitmq4.sh start tls`).
+pub const TLS_CONTAINER: &str = "ef-rabbitmq4-tls";
 /// Plain AMQP, for the tests' own client only.
 pub const PLAIN_PORT: u16 = 5675;
 pub const TLS_PORT: u16 = 5676;
@@ -13,16 +14,7 @@ pub const TLS_DIR: &str = "/tmp/event-forwarder-tls";
 
 /// Starts the TLS node (and makes its certificates) if it is not running.
 pub fn tls_broker() {
-    let script = format!("{}/scripts/tls-broker.sh", env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .args([&script, "start"])
-        .env("TLS_NODE", TLS_NODE)
-        .env("TLS_AMQP_PORT", PLAIN_PORT.to_string())
-        .env("TLS_PORT", TLS_PORT.to_string())
-        .env("TLS_BROKER_DIR", TLS_DIR)
-        .status()
-        .expect("bash runs");
-    assert!(status.success(), "the TLS broker did not start");
+    super::start_node("tls");
 }
 
 /// The CA that signed the node's certificate.
@@ -47,15 +39,13 @@ pub fn plain_uri() -> String {
 
 /// `rabbitmqctl` against the TLS node.
 pub fn tls_ctl(args: &[&str]) -> String {
-    let mut all = vec!["-n", TLS_NODE];
-    all.extend_from_slice(args);
-    super::rabbitmqctl(&all)
+    super::ctl_in(TLS_CONTAINER, args)
 }
 
 /// A broker user with full rights on `/` (deleted first if it exists).
 pub fn add_user(user: &str, password: &str) {
-    let _ = Command::new("rabbitmqctl")
-        .args(["-n", TLS_NODE, "delete_user", user])
+    let _ = Command::new("docker")
+        .args(["exec", TLS_CONTAINER, "rabbitmqctl", "delete_user", user])
         .output();
     tls_ctl(&["add_user", user, password]);
     tls_ctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"]);
