@@ -10,7 +10,7 @@ use common::*;
 use event_forwarder::Forwarder;
 use lapin::{
     ExchangeKind,
-    options::ExchangeDeleteOptions,
+    options::{BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
 use serde_json::{Value, json};
@@ -573,6 +573,119 @@ async fn the_default_quorum_queues_are_declared_again_and_take_their_messages() 
         .await;
     assert_eq!(dead.len(), 1);
     forwarder.shutdown().await;
+    broker.cleanup(&exchange, &[]).await;
+}
+
+/// Takes the one message of `queue` and hands it back (`basic.reject` with
+/// requeue) `times` times, as an operator's "get messages" with requeue
+/// or a consumer that keeps failing does. Panics at the get that finds the
+/// queue empty.
+async fn get_and_requeue(broker: &TestBroker, queue: &str, times: usize) {
+    let channel = broker.channel().await;
+    for get in 1..=times {
+        // A quorum queue takes a requeued message back through its log: it
+        // may be a moment before a get sees it again.
+        let until = Instant::now() + Duration::from_secs(5);
+        let message = loop {
+            let got = channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+                .await
+                .expect("basic.get");
+            match got {
+                Some(m) => break m,
+                None if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                None => panic!("{queue}: the message was gone at get {get} of {times}"),
+            }
+        };
+        channel
+            .basic_reject(
+                message.delivery.delivery_tag,
+                BasicRejectOptions { requeue: true },
+            )
+            .await
+            .expect("basic.reject");
+    }
+}
+
+/// `.unrouted` and `.dead-letter` keep what they hold however often it is
+/// redelivered (CONTRACT §5), on the broker at `uri`.
+async fn the_forwarders_queues_keep_a_message_through_30_requeues_on(uri: &str) {
+    let exchange = unique("keep");
+    let broker = TestBroker::connect_to(uri).await;
+    let forwarder = Forwarder::start(config_on(uri, &exchange, &[("QUEUE_TYPE", "quorum")]))
+        .await
+        .unwrap();
+    // Nothing bound: the good records go to .unrouted, the poison one to
+    // .dead-letter.
+    let (response, report) = forwarder
+        .handle(&event("poison-batch.json"), TEN_SECONDS)
+        .await
+        .unwrap();
+    assert!(reported(&response).is_empty());
+    assert_eq!((report.published, report.dead_lettered), (2, 1));
+    let dead_letter = format!("{exchange}.dead-letter");
+    let unrouted = format!("{exchange}.unrouted");
+    broker.take(&unrouted, 1, Duration::from_secs(5)).await;
+
+    get_and_requeue(&broker, &dead_letter, 30).await;
+    get_and_requeue(&broker, &unrouted, 30).await;
+
+    assert_eq!(broker.drain(&dead_letter).await.len(), 1);
+    assert_eq!(broker.drain(&unrouted).await.len(), 1);
+    forwarder.shutdown().await;
+    broker.cleanup(&exchange, &[]).await;
+}
+
+/// RabbitMQ 4 drops a message from a quorum queue after 20 redeliveries
+/// unless the queue says otherwise.
+#[tokio::test]
+async fn the_forwarders_queues_keep_a_message_through_30_requeues_on_rabbitmq_4() {
+    the_forwarders_queues_keep_a_message_through_30_requeues_on(&amqp_uri()).await;
+}
+
+/// The same declaration on 3.x, where `x-delivery-limit: -1` (unlimited on
+/// 4.x) dropped a message at its first requeue.
+#[tokio::test]
+async fn the_forwarders_queues_keep_a_message_through_30_requeues_on_rabbitmq_3() {
+    the_forwarders_queues_keep_a_message_through_30_requeues_on(RABBITMQ3_URI).await;
+}
+
+/// A queue an earlier forwarder declared without the delivery limit fails
+/// the cold start with its name and the way out, instead of dropping
+/// messages silently.
+#[tokio::test]
+async fn a_queue_declared_without_the_delivery_limit_fails_the_cold_start_and_names_it() {
+    let exchange = unique("old-queue");
+    let broker = TestBroker::connect().await;
+    let dead_letter = format!("{exchange}.dead-letter");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    broker
+        .channel
+        .queue_declare(
+            dead_letter.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+
+    let err = match Forwarder::start(config(&exchange, &[("QUEUE_TYPE", "quorum")])).await {
+        Ok(_) => panic!("the old queue must fail the cold start"),
+        Err(e) => e.to_string(),
+    };
+
+    assert!(err.contains(&format!("queue '{dead_letter}'")), "{err}");
+    assert!(err.contains("x-delivery-limit"), "{err}");
+    assert!(err.contains("DECLARE_TOPOLOGY=false"), "{err}");
     broker.cleanup(&exchange, &[]).await;
 }
 

@@ -552,10 +552,18 @@ fn clash(what: &str, name: &str, e: lapin::Error) -> PublishError {
     let refused =
         matches!(e.kind(), ErrorKind::ProtocolError(p) if matches!(p.get_id(), 403 | 406));
     if refused {
-        PublishError::Topology(format!(
-            "{what} '{name}' could not be declared ({e}); if it already exists with other \
-             settings, align them or set DECLARE_TOPOLOGY=false"
-        ))
+        // A queue an earlier version declared without the delivery limit:
+        // the way out is specific (operations.md, "Queues that keep what
+        // they hold").
+        let hint = if e.to_string().contains("x-delivery-limit") {
+            "; it was declared without the delivery limit that keeps its messages \
+             (forwarders before 2026-12 did): move its messages and delete it so that it is \
+             declared again, or set DECLARE_TOPOLOGY=false and keep it as it is"
+        } else {
+            "; if it already exists with other settings, align them or set \
+             DECLARE_TOPOLOGY=false"
+        };
+        PublishError::Topology(format!("{what} '{name}' could not be declared ({e}){hint}"))
     } else {
         PublishError::ChannelLost(format!("declaring {what} '{name}': {e}"))
     }
@@ -601,17 +609,40 @@ async fn declare_exchange(
         .map_err(|e| clash("exchange", exchange, e))
 }
 
+/// `x-delivery-limit` of the quorum queues the forwarder declares. They
+/// keep what would otherwise be lost, so no number of redeliveries (a
+/// consumer that keeps failing, an operator peeking with get-and-requeue)
+/// may drop a message: RabbitMQ 4 drops one after 20 by default. `-1` is
+/// "unlimited" on 4.x but dropped a message at its first requeue on 3.10,
+/// and the value must be the same on every version (an upgraded broker keeps
+/// the declared arguments, and a different one would clash), so it is the
+/// largest signed 32-bit number: decades of requeues at a thousand a second.
+pub const DELIVERY_LIMIT: i32 = i32::MAX;
+
+/// The arguments of a queue the forwarder declares.
+fn queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.as_str().into()),
+    );
+    // Classic queues have no delivery limit (and refuse the argument).
+    if queue_type == QueueType::Quorum {
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(DELIVERY_LIMIT),
+        );
+    }
+    args
+}
+
 /// A durable fanout exchange bound to the durable queue of the same name.
 async fn fanout_with_queue(
     channel: &Channel,
     name: &str,
     queue_type: QueueType,
 ) -> Result<(), PublishError> {
-    let mut queue_args = FieldTable::default();
-    queue_args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(queue_type.as_str().into()),
-    );
+    let queue_args = queue_arguments(queue_type);
     channel
         .exchange_declare(
             name.into(),
