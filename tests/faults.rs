@@ -364,6 +364,54 @@ async fn an_unreachable_or_blackholed_broker_is_reported_before_the_deadline() {
     s.cleanup().await;
 }
 
+/// A connect attempt that times out (a load balancer that accepts and then
+/// finds no node, a broker that never answers the handshake) must not leave
+/// its socket open: the next attempt would make a second connection of the
+/// same execution environment, and a third, each held until the peer gives
+/// up on it (Amazon MQ's load balancer: 350 s).
+#[tokio::test]
+async fn a_connect_attempt_that_times_out_leaves_no_socket_open() {
+    let _serial = SERIAL.lock().await;
+    fault_broker();
+    let records = stream(20, 2, 21);
+    let proxy = Proxy::start(FAULT_PORT).await;
+    proxy.set(Mode::Blackhole);
+    let exchange = unique("abandoned-connect");
+    let f = Function::start(&[
+        ("AMQP_URI", &proxy.uri("")),
+        ("EXCHANGE", &exchange),
+        ("CONNECT_TIMEOUT_MS", "300"),
+        ("DEADLINE_MARGIN_MS", "1000"),
+    ])
+    .await;
+    for round in 1..=5 {
+        let (response, _) = f.invoke(&batch(&records), Duration::from_secs(3)).await;
+        assert_eq!(
+            reported_index(&response, &records),
+            Some(0),
+            "round {round}"
+        );
+        // What the function gave up on it closes: at most the attempt in
+        // progress is open, and none once the invocation has answered.
+        let until = Instant::now() + Duration::from_secs(2);
+        while proxy.open_clients() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            proxy.open_clients(),
+            0,
+            "round {round}: sockets left open by abandoned connects\n{}",
+            f.log()
+        );
+    }
+    let kinds: Vec<_> = f
+        .summaries()
+        .iter()
+        .map(|s| s["failure_kind"].clone())
+        .collect();
+    assert!(kinds.iter().all(|k| k == "unreachable"), "{kinds:?}");
+}
+
 #[tokio::test]
 async fn a_memory_alarm_is_reported_in_time_and_replay_completes_when_it_clears() {
     let _serial = SERIAL.lock().await;

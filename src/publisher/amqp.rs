@@ -24,6 +24,7 @@ use lapin::{
 
 use tokio::sync::watch;
 
+use super::connect::{self, ConnectError};
 use super::trust::{SystemRoots, extra_roots_pem};
 use super::{Broker, Confirm, Confirmation, HeaderValue, Message, PublishError, Reset, Returned};
 use crate::config::{BrokerAddress, Config, QueueType, TrustedCa};
@@ -267,15 +268,12 @@ impl AmqpBroker {
                 self.settings.ca.as_ref(),
             ),
         };
-        let runtime = lapin::runtime::default_runtime()
-            .map_err(|e| Attempt::Failed(format!("no async runtime for lapin: {e}")))?;
-        let connect = Connection::connect_with_config(uri.expose(), properties, tls, runtime);
-        match tokio::time::timeout_at(deadline.into(), connect).await {
-            Err(_) => Err(Attempt::Failed(format!(
+        match connect::open(uri.expose(), properties, tls, deadline).await {
+            Err(ConnectError::TimedOut) => Err(Attempt::Failed(format!(
                 "no connection to {uri} within the connect timeout"
             ))),
-            Ok(Ok(connection)) => Ok(connection),
-            Ok(Err(e)) => {
+            Ok(connection) => Ok(connection),
+            Err(ConnectError::Failed(e)) => {
                 let reason = format!("{uri}: {}", describe_connect_error(&e, uri.is_tls()));
                 if is_access_refused(&e) {
                     Err(Attempt::Refused(reason))

@@ -6,6 +6,7 @@
 //! implement it with scripted fakes.
 
 pub mod amqp;
+mod connect;
 pub mod trust;
 
 use std::{future::Future, pin::Pin, time::Instant};

@@ -41,6 +41,17 @@ struct State {
     /// closed, and whatever the client sends is swallowed without a word.
     vanish_below: watch::Sender<u64>,
     next_id: AtomicU64,
+    /// Client sockets the proxy holds open now.
+    open: AtomicU64,
+}
+
+/// Counts a client socket as open for as long as it lives.
+struct Open(Arc<State>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -63,18 +74,33 @@ impl Proxy {
             abandon_below: AtomicU64::new(0),
             vanish_below: watch::channel(0).0,
             next_id: AtomicU64::new(0),
+            open: AtomicU64::new(0),
         });
         let shared = state.clone();
         tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            while let Ok((mut client, _)) = listener.accept().await {
                 let state = shared.clone();
+                state.open.fetch_add(1, Ordering::SeqCst);
+                let open = Open(state.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     match mode(&state) {
                         Mode::Refuse => drop(client),
                         Mode::Blackhole => {
-                            // Hold the socket until severed; never answer.
+                            // Hold the socket until severed or closed by the
+                            // client; swallow what it sends, never answer.
                             let mut gen_rx = state.generation.subscribe();
-                            let _ = gen_rx.changed().await;
+                            let mut sink = vec![0u8; 4096];
+                            loop {
+                                tokio::select! {
+                                    _ = gen_rx.changed() => break,
+                                    read = client.read(&mut sink) => {
+                                        if matches!(read, Ok(0) | Err(_)) {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
                             drop(client);
                         }
                         Mode::Forward => {
@@ -89,6 +115,12 @@ impl Proxy {
             }
         });
         Self { port, state }
+    }
+
+    /// Client sockets the proxy holds open now: one the client closed is
+    /// no longer counted.
+    pub fn open_clients(&self) -> u64 {
+        self.state.open.load(Ordering::SeqCst)
     }
 
     pub fn uri(&self, query: &str) -> String {
