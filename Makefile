@@ -63,7 +63,7 @@ fuzz:
 ## The benchmarks: forwarder vs the broker ceiling, conversion, cold start,
 ## memory, size; then a backfill of 10,000 events through the function (moto,
 ## cargo lambda watch) against the ceiling in the same run.
-bench: broker tools
+bench: broker broker4 tools
 	cargo bench --features ops
 
 ## The Lambda artefact for provided.al2023 on arm64:

@@ -100,7 +100,8 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         _ => None,
     })?;
     if plan.memory_only {
-        let (_broker, _client, admin, queue) = setup(&config, &uri, &exchange).await?;
+        let (_broker, _client, admin, queue) =
+            setup(&config, &uri, &exchange, QueueKind::Default).await?;
         let cold = cold_start(&uri, &exchange, &queue, &admin, false, true).await?;
         print_peaks(&cold);
         return Ok(());
@@ -133,61 +134,60 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         started.elapsed()
     });
 
-    let (mut broker, client, admin, queue) = setup(&config, &uri, &exchange).await?;
+    let (mut broker, client, admin, queue) =
+        setup(&config, &uri, &exchange, QueueKind::Default).await?;
     let raw = client.create_channel().await?;
     raw.confirm_select(ConfirmSelectOptions::default()).await?;
+    let (ceiling_1000, forwarder_1000) = against_ceiling(
+        &mut broker,
+        &raw,
+        &converter,
+        &exchange,
+        &admin,
+        &queue,
+        &plan.sizes,
+        plan.rounds,
+        plan.smoke,
+        "",
+        &mut rows,
+    )
+    .await?;
+    // RabbitMQ 4 with Amazon MQ 4.2's settings, the bound queue a quorum
+    // queue: its confirms wait for the queue's log to be written to disk.
+    let uri4 = std::env::var("AMQP4_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5682/%2f".to_string());
+    let config4 = Config::from_lookup(|k| match k {
+        "AMQP_URI" => Some(uri4.clone()),
+        "EXCHANGE" => Some(exchange.clone()),
+        _ => None,
+    })?;
+    let (mut broker4, client4, admin4, queue4) =
+        setup(&config4, &uri4, &exchange, QueueKind::Quorum).await?;
+    let raw4 = client4.create_channel().await?;
+    raw4.confirm_select(ConfirmSelectOptions::default()).await?;
+    let sizes4: Vec<usize> = plan
+        .sizes
+        .iter()
+        .copied()
+        .filter(|&n| n >= 1_000 || plan.smoke)
+        .collect();
+    against_ceiling(
+        &mut broker4,
+        &raw4,
+        &converter,
+        &exchange,
+        &admin4,
+        &queue4,
+        &sizes4,
+        plan.rounds,
+        plan.smoke,
+        ", 4.x quorum",
+        &mut rows,
+    )
+    .await?;
+    cleanup(&admin4, &exchange, &queue4).await;
+    broker4.close().await;
 
-    let mut ceiling_1000 = None;
-    let mut forwarder_1000 = None;
-    for &n in &plan.sizes {
-        let records = make_records(n);
-        let bodies = make_bodies(&converter, &records)?;
-        let records = to_raw(&records);
-        let rounds = if n >= 10_000 { 3 } else { plan.rounds };
-        let mut raw_times = Vec::new();
-        let mut fwd_times = Vec::new();
-        for round in 0..rounds {
-            // Which of the pair goes first alternates: the one that runs
-            // right after a purge and a pause is not always the same.
-            if round % 2 == 0 {
-                raw_times.push(raw_loop(&raw, &exchange, &bodies).await?);
-                purge(&admin, &queue, n).await?;
-                fwd_times
-                    .push(forward_once(&mut broker, &converter, &records, &admin, &queue).await?);
-            } else {
-                fwd_times
-                    .push(forward_once(&mut broker, &converter, &records, &admin, &queue).await?);
-                raw_times.push(raw_loop(&raw, &exchange, &bodies).await?);
-                purge(&admin, &queue, n).await?;
-            }
-        }
-        // Each round's forwarder run follows its own raw run, so the ratio
-        // is taken per round and its median shown: drift in the broker's
-        // disk and CPU between rounds cancels out within a pair.
-        let mut ratios: Vec<f64> = raw_times
-            .iter()
-            .zip(&fwd_times)
-            .map(|(raw, fwd)| raw.as_secs_f64() / fwd.as_secs_f64())
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        let ratio = ratios[ratios.len() / 2];
-        let ceiling = rate(n, &mut raw_times);
-        let forwarder = rate(n, &mut fwd_times);
-        rows.push((
-            format!("raw lapin loop, {n} records (ceiling)"),
-            format!("{ceiling:.0}"),
-            "1.00".into(),
-        ));
-        rows.push((
-            format!("forwarder, {n}-record batch"),
-            format!("{forwarder:.0}"),
-            format!("{ratio:.2}"),
-        ));
-        if n == 1_000 || plan.smoke {
-            ceiling_1000 = Some(ceiling);
-            forwarder_1000 = Some(forwarder);
-        }
-    }
     let (Some(ceiling), Some(forwarder)) = (ceiling_1000, forwarder_1000) else {
         bail!("no 1,000-record measurement");
     };
@@ -234,14 +234,18 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
     let cold = cold_start(&uri, &exchange, &queue, &admin, plan.smoke, false).await?;
 
     println!(
-        "\nevent-forwarder benchmark: RabbitMQ on 127.0.0.1, durable queue, persistent \
-         messages, mean body {mean_body} B; medians of {} rounds (3 for 10,000 records){}",
+        "\nevent-forwarder benchmark: persistent messages, mean body {mean_body} B, to a \
+         durable queue on RabbitMQ on 127.0.0.1 ({uri3}: Debian's 3.10, a classic queue; \
+         rows marked 4.x: {uri4}, RabbitMQ 4 with Amazon MQ 4.2's settings, a quorum queue); \
+         medians of {} rounds (3 for 10,000 records){}",
         plan.rounds,
-        if plan.smoke { " (smoke run)" } else { "" }
+        if plan.smoke { " (smoke run)" } else { "" },
+        uri3 = event_forwarder::uri::redact_uri(&uri),
+        uri4 = event_forwarder::uri::redact_uri(&uri4),
     );
-    println!("{:<46} {:>12} {:>12}", "", "records/s", "vs ceiling");
+    println!("{:<60} {:>12} {:>12}", "", "records/s", "vs ceiling");
     for (name, value, ratio) in &rows {
-        println!("{name:<46} {value:>12} {ratio:>12}");
+        println!("{name:<60} {value:>12} {ratio:>12}");
     }
     println!(
         "{:<46} {:>12.1}",
@@ -282,11 +286,18 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         ),
     }
 
+    cleanup(&admin, &exchange, &queue).await;
+    broker.close().await;
+    Ok(())
+}
+
+/// Deletes the bench's queue and the forwarder's topology.
+async fn cleanup(admin: &Channel, exchange: &str, queue: &str) {
     let _ = admin
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
         .await;
     for name in [
-        exchange.clone(),
+        exchange.to_string(),
         format!("{exchange}.unrouted"),
         format!("{exchange}.dead-letter"),
     ] {
@@ -297,8 +308,83 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
             .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
             .await;
     }
-    broker.close().await;
-    Ok(())
+}
+
+/// The type of the bench's own queue.
+#[derive(Clone, Copy)]
+enum QueueKind {
+    /// The broker's default (classic on 3.x).
+    Default,
+    Quorum,
+}
+
+/// The forwarder against the raw loop on one broker, for each batch size:
+/// a row per rate, labelled with `label`. Returns the 1,000-record (or smoke)
+/// ceiling and forwarder rates.
+#[allow(clippy::too_many_arguments)]
+async fn against_ceiling(
+    broker: &mut AmqpBroker,
+    raw: &Channel,
+    converter: &Converter,
+    exchange: &str,
+    admin: &Channel,
+    queue: &str,
+    sizes: &[usize],
+    rounds_per_size: usize,
+    smoke: bool,
+    label: &str,
+    rows: &mut Vec<(String, String, String)>,
+) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let mut ceiling_1000 = None;
+    let mut forwarder_1000 = None;
+    for &n in sizes {
+        let records = make_records(n);
+        let bodies = make_bodies(converter, &records)?;
+        let records = to_raw(&records);
+        let rounds = if n >= 10_000 { 3 } else { rounds_per_size };
+        let mut raw_times = Vec::new();
+        let mut fwd_times = Vec::new();
+        for round in 0..rounds {
+            // Which of the pair goes first alternates: the one that runs
+            // right after a purge and a pause is not always the same.
+            if round % 2 == 0 {
+                raw_times.push(raw_loop(raw, exchange, &bodies).await?);
+                purge(admin, queue, n).await?;
+                fwd_times.push(forward_once(broker, converter, &records, admin, queue).await?);
+            } else {
+                fwd_times.push(forward_once(broker, converter, &records, admin, queue).await?);
+                raw_times.push(raw_loop(raw, exchange, &bodies).await?);
+                purge(admin, queue, n).await?;
+            }
+        }
+        // Each round's forwarder run follows its own raw run, so the ratio
+        // is taken per round and its median shown: drift in the broker's
+        // disk and CPU between rounds cancels out within a pair.
+        let mut ratios: Vec<f64> = raw_times
+            .iter()
+            .zip(&fwd_times)
+            .map(|(raw, fwd)| raw.as_secs_f64() / fwd.as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let ratio = ratios[ratios.len() / 2];
+        let ceiling = rate(n, &mut raw_times);
+        let forwarder = rate(n, &mut fwd_times);
+        rows.push((
+            format!("raw lapin loop, {n} records (ceiling){label}"),
+            format!("{ceiling:.0}"),
+            "1.00".into(),
+        ));
+        rows.push((
+            format!("forwarder, {n}-record batch{label}"),
+            format!("{forwarder:.0}"),
+            format!("{ratio:.2}"),
+        ));
+        if n == 1_000 || smoke {
+            ceiling_1000 = Some(ceiling);
+            forwarder_1000 = Some(forwarder);
+        }
+    }
+    Ok((ceiling_1000, forwarder_1000))
 }
 
 /// Publishes pre-serialized bodies with confirms, pipelined: the most a
@@ -420,6 +506,7 @@ async fn setup(
     config: &Config,
     uri: &str,
     exchange: &str,
+    kind: QueueKind,
 ) -> anyhow::Result<(AmqpBroker, Connection, Channel, String)> {
     let mut broker = AmqpBroker::new(AmqpSettings::from_config(config));
     broker
@@ -431,6 +518,13 @@ async fn setup(
         .context("connecting to RabbitMQ (make broker)")?;
     let admin = client.create_channel().await?;
     let queue = format!("{exchange}.all");
+    let mut args = FieldTable::default();
+    if let QueueKind::Quorum = kind {
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+    }
     admin
         .queue_declare(
             queue.as_str().into(),
@@ -438,7 +532,7 @@ async fn setup(
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            args,
         )
         .await?;
     admin

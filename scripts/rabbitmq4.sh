@@ -87,11 +87,10 @@ CONF
 }
 
 # The deprecated features 4.3 removes, denied as there. Only on nodes that
-# boot once with no queues: RabbitMQ 4.0.5 counts durable queues as
-# transient ones when it boots (rabbitmq-server#12792, fixed after 4.0.5),
-# so a node restarted with queues refuses to start with this
-# (failed_to_deny_deprecated_features). The cluster, whose nodes the tests
-# restart, leaves it out; its clients are the ones the single nodes check.
+# boot once with no queues: a 4.0.5 node restarted while durable quorum
+# queues exist refuses to boot with this (failed_to_deny_deprecated_features,
+# as in rabbitmq-server#12792). The cluster, whose nodes the tests restart,
+# leaves it out; its clients are the ones the single nodes check.
 deny_deprecated_conf() {
   cat <<'CONF'
 deprecated_features.permit.transient_nonexcl_queues = false
