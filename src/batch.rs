@@ -10,7 +10,7 @@
 
 use std::{
     borrow::Borrow,
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     task::Poll,
     time::{Duration, Instant},
 };
@@ -92,7 +92,51 @@ pub enum Outcome {
 pub struct Failure {
     pub index: usize,
     pub error: PublishError,
+    /// A record at or after `index` the broker refused for good (a message
+    /// over its size limit): it is dead-lettered when the batch resumes.
+    pub refusal: Option<Refusal>,
+    /// A confirm was awaited until the deadline with no sign of life from
+    /// the broker: the socket may be dead, so the connection is dropped too.
+    pub silent: bool,
 }
+
+impl Failure {
+    pub fn new(index: usize, error: PublishError) -> Self {
+        Self {
+            index,
+            error,
+            refusal: None,
+            silent: false,
+        }
+    }
+
+    /// What to reset after it: what the error says, and the connection when
+    /// the broker went silent.
+    pub fn reset_scope(&self) -> Reset {
+        if self.silent {
+            Reset::Connection
+        } else {
+            self.error.reset_scope()
+        }
+    }
+}
+
+/// A record the broker refused for good, to be dead-lettered instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub index: usize,
+    /// The broker's reply, for `x-error`.
+    pub reason: String,
+    /// The broker's own limit on a message body.
+    pub limit: usize,
+}
+
+/// A confirm that has not come after this long, while nothing else came
+/// from the broker either, is more likely a dead socket than a slow broker
+/// (quorum queues confirm in tens of milliseconds): when the deadline cuts
+/// such a wait the connection is dropped. A new one costs a handshake; a
+/// dead one kept would cost the next batch `CONNECT_TIMEOUT_MS`.
+const SILENT_AFTER: Duration = Duration::from_secs(1);
 
 /// The result of one batch, for the response, the log and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +223,9 @@ struct InFlight {
     index: usize,
     outcome: Outcome,
     message_id: String,
+    /// Body bytes: a channel the broker closed over a message too large
+    /// names it by its size.
+    size: usize,
     sent_at: Instant,
     confirm: Settle,
 }
@@ -232,6 +279,19 @@ impl Notes {
     }
 }
 
+/// What the broker refused for good during one batch.
+struct Refused {
+    /// Records to dead-letter instead of publishing, with the broker's
+    /// reply.
+    records: HashMap<usize, String>,
+    /// Exchanges of a template the broker refused to declare, with its
+    /// reply: later events for them are dead-lettered without asking again.
+    exchanges: HashMap<String, String>,
+    /// The largest body the broker takes: `MAX_MESSAGE_BYTES`, or less once
+    /// the broker refused a smaller message.
+    limit: usize,
+}
+
 /// What an enricher made of an event.
 enum Enriched {
     Publish(Message),
@@ -258,6 +318,13 @@ pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
     let mut reconnects_left = options.max_reconnects;
     let mut start = 0;
     let deadlines = invocation.deadlines;
+    // What the broker refused for good in this batch: records, exchanges,
+    // and its own limit on a body when it is below MAX_MESSAGE_BYTES.
+    let mut refused = Refused {
+        records: HashMap::new(),
+        exchanges: HashMap::new(),
+        limit: converter.config().max_message_bytes,
+    };
     let failure = loop {
         let mut run = Run {
             broker: &mut *broker,
@@ -269,11 +336,29 @@ pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
             in_flight: VecDeque::new(),
             confirmed: Vec::new(),
             returned: None,
+            last_heard: Instant::now(),
+            refused: &mut refused,
             outcomes: &mut outcomes,
             reconnects: &mut reconnects,
             notes: &mut notes,
         };
         match run.publish_from(start, records).await {
+            // A message the broker will never take: dead-letter it and go on
+            // on a new channel from the first record not confirmed. Each
+            // refusal names a record not refused before, so this ends.
+            Some(Failure {
+                index,
+                refusal: Some(r),
+                ..
+            }) if r.index >= index && !refused.records.contains_key(&r.index) => {
+                tracing::warn!(index = r.index, reason = %r.reason, "the broker refused a record; dead-lettering it");
+                broker.reset(Reset::Channel);
+                refused.limit = refused.limit.min(r.limit);
+                refused.records.insert(r.index, r.reason);
+                outcomes[index..].fill(Outcome::Pending);
+                notes.truncate(index);
+                start = index;
+            }
             Some(f)
                 if f.error.is_channel_lost()
                     && reconnects_left > 0
@@ -295,7 +380,7 @@ pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
     if let Some(f) = &failure {
         // Confirms of the failed batch may still be pending; a fresh channel
         // (or connection, after a timeout) keeps them from piling up.
-        broker.reset(f.error.reset_scope());
+        broker.reset(f.reset_scope());
     }
     broker.idle();
     let mut report = BatchReport::new(&outcomes, failure, reconnects);
@@ -332,6 +417,9 @@ struct Run<'b, 'o, B, E: Enricher> {
     confirmed: Vec<(usize, String)>,
     /// The earliest record a returned message named so far, and why.
     returned: Option<(usize, PublishError)>,
+    /// When the broker last confirmed something on this channel.
+    last_heard: Instant,
+    refused: &'o mut Refused,
     outcomes: &'o mut [Outcome],
     reconnects: &'o mut u32,
     notes: &'o mut Notes,
@@ -355,7 +443,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 return self.drain().await.err();
             }
             if Instant::now() >= deadlines.publish_until {
-                return self.fail_at(index, PublishError::Deadline).await;
+                return Some(self.fail_at(index, PublishError::Deadline).await);
             }
             let Planned {
                 plan,
@@ -368,10 +456,26 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 let oldest = &mut self.notes.oldest;
                 *oldest = Some(oldest.map_or(t, |o: DateTime<Utc>| o.min(t)));
             }
+            let raw = record.borrow().get();
+            // A record the broker refused earlier in this batch.
+            if let Some(reason) = self.refused.records.get(&index) {
+                let reason = crate::mapping::capped(reason.clone());
+                let message = self
+                    .converter
+                    .dead_letter_within(raw, &reason, self.refused.limit);
+                self.notes.dead_letter_reasons.push((index, reason));
+                match self
+                    .send(index, message, Outcome::DeadLettered, &mut ready)
+                    .await
+                {
+                    Ok(()) => continue,
+                    Err(f) => return Some(f),
+                }
+            }
             if let Some(why) = dropped {
                 self.notes.dropped.push((index, why));
             }
-            let (mut message, outcome) = match plan {
+            let (mut message, mut outcome) = match plan {
                 Plan::Skip(_) => {
                     self.outcomes[index] = Outcome::Skipped;
                     continue;
@@ -387,36 +491,49 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                         self.notes.dead_letter_reasons.push((index, reason));
                         (message, Outcome::DeadLettered)
                     }
-                    Enriched::Failed(e) => return self.fail_at(index, e).await,
+                    Enriched::Failed(e) => return Some(self.fail_at(index, e).await),
                 },
                 Plan::DeadLetter { message, reason } => {
                     self.notes.dead_letter_reasons.push((index, reason));
                     (message, Outcome::DeadLettered)
                 }
             };
-            if !ready {
-                match self.broker.ensure_ready(deadlines.publish_until).await {
-                    Ok(reconnected) => *self.reconnects += u32::from(reconnected),
-                    Err(e) => return self.fail_at(index, e).await,
+            // What the broker would refuse on every attempt is
+            // dead-lettered: no record stalls its shard (CONTRACT §6.9).
+            let limit = self.refused.limit;
+            let refusal = match outcome {
+                Outcome::Published if message.body.len() > limit => {
+                    Some(crate::mapping::too_large(message.body.len(), limit))
                 }
-                ready = true;
+                Outcome::Published => self.refused.exchanges.get(&message.exchange).cloned(),
+                _ => None,
+            };
+            if let Some(reason) = refusal {
+                let reason = crate::mapping::capped(reason);
+                message = self.converter.dead_letter_within(raw, &reason, limit);
+                self.notes.dead_letter_reasons.push((index, reason));
+                outcome = Outcome::DeadLettered;
+            } else if outcome == Outcome::DeadLettered && message.body.len() > limit {
+                // A dead letter made for MAX_MESSAGE_BYTES, for a broker
+                // that takes less; its reason is the one just noted.
+                let reason = self
+                    .notes
+                    .dead_letter_reasons
+                    .last()
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
+                message = self.converter.dead_letter_within(raw, &reason, limit);
             }
-            while self.in_flight.len() >= self.options.max_in_flight.max(1) {
-                if let Err(f) = self.settle_oldest().await {
+            if outcome == Outcome::Published && self.broker.needs_declare(&message.exchange) {
+                if let Err(f) = self
+                    .declare(index, &mut message, &mut outcome, raw, &mut ready)
+                    .await
+                {
                     return Some(f);
                 }
             }
-            let until =
-                (Instant::now() + self.options.confirm_timeout).min(deadlines.publish_until);
-            match self.broker.publish(&message, until).await {
-                Ok(confirm) => self.in_flight.push_back(InFlight {
-                    index,
-                    outcome,
-                    message_id: std::mem::take(&mut message.properties.message_id),
-                    sent_at: Instant::now(),
-                    confirm: Settle::Waiting(confirm),
-                }),
-                Err(e) => return self.fail_at(index, e).await,
+            if let Err(f) = self.send(index, message, outcome, &mut ready).await {
+                return Some(f);
             }
         }
         match self.drain().await {
@@ -426,7 +543,102 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             Ok(()) => self
                 .returned
                 .take()
-                .map(|(index, error)| Failure { index, error }),
+                .map(|(index, error)| Failure::new(index, error)),
+        }
+    }
+
+    /// Publishes one message (after making sure a channel is ready), its
+    /// confirm awaited later.
+    async fn send(
+        &mut self,
+        index: usize,
+        mut message: Message,
+        outcome: Outcome,
+        ready: &mut bool,
+    ) -> Result<(), Failure> {
+        let deadlines = self.invocation.deadlines;
+        if !*ready {
+            match self.broker.ensure_ready(deadlines.publish_until).await {
+                Ok(reconnected) => *self.reconnects += u32::from(reconnected),
+                Err(e) => return Err(self.fail_at(index, e).await),
+            }
+            *ready = true;
+        }
+        while self.in_flight.len() >= self.options.max_in_flight.max(1) {
+            self.settle_oldest().await?;
+        }
+        let cut_off = deadlines.publish_until;
+        let until = (Instant::now() + self.options.confirm_timeout).min(cut_off);
+        match self.broker.publish(&message, until).await {
+            Ok(confirm) => {
+                self.in_flight.push_back(InFlight {
+                    index,
+                    outcome,
+                    message_id: std::mem::take(&mut message.properties.message_id),
+                    size: message.body.len(),
+                    sent_at: Instant::now(),
+                    confirm: Settle::Waiting(confirm),
+                });
+                Ok(())
+            }
+            // The write did not finish because the invocation's cut-off came,
+            // not because the broker took longer than a confirm may: the
+            // deadline, which says nothing against the connection.
+            Err(PublishError::WriteTimeout) if until >= cut_off => {
+                Err(self.fail_at(index, PublishError::Deadline).await)
+            }
+            Err(e) => Err(self.fail_at(index, e).await),
+        }
+    }
+
+    /// Declares the exchange of a templated `EXCHANGE` on its first use,
+    /// once what is in flight is confirmed: a refusal closes the channel and
+    /// would lose their confirms. An exchange the broker refuses for good
+    /// dead-letters the event with the broker's reply, and is remembered for
+    /// the rest of the batch.
+    async fn declare(
+        &mut self,
+        index: usize,
+        message: &mut Message,
+        outcome: &mut Outcome,
+        raw: &str,
+        ready: &mut bool,
+    ) -> Result<(), Failure> {
+        self.drain().await?;
+        if !*ready {
+            // The declaration needs a channel; `send` would open one anyway.
+            match self
+                .broker
+                .ensure_ready(self.invocation.deadlines.publish_until)
+                .await
+            {
+                Ok(reconnected) => *self.reconnects += u32::from(reconnected),
+                Err(e) => return Err(self.fail(index, e)),
+            }
+            *ready = true;
+        }
+        let until = (Instant::now() + self.options.confirm_timeout)
+            .min(self.invocation.deadlines.publish_until);
+        match self.broker.declare(&message.exchange, until).await {
+            Ok(()) => Ok(()),
+            Err(PublishError::Refused(reply)) => {
+                // The refusal closed the channel: the dead letter goes out
+                // on a new one.
+                self.broker.reset(Reset::Channel);
+                *ready = false;
+                let reason =
+                    crate::mapping::capped(format!("the broker refused the exchange {reply}"));
+                self.refused
+                    .exchanges
+                    .insert(message.exchange.clone(), reason.clone());
+                *message = self
+                    .converter
+                    .dead_letter_within(raw, &reason, self.refused.limit);
+                self.notes.dead_letter_reasons.push((index, reason));
+                *outcome = Outcome::DeadLettered;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(index, e)),
         }
     }
 
@@ -479,10 +691,10 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     }
 
     /// A failure at `index`, unless an earlier record in flight failed first.
-    async fn fail_at(&mut self, index: usize, error: PublishError) -> Option<Failure> {
+    async fn fail_at(&mut self, index: usize, error: PublishError) -> Failure {
         match self.drain().await {
-            Err(earlier) => Some(earlier),
-            Ok(()) => Some(self.fail(index, error)),
+            Err(earlier) => earlier,
+            Ok(()) => self.fail(index, error),
         }
     }
 
@@ -519,16 +731,19 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         let Some(front) = self.in_flight.front_mut() else {
             return Ok(());
         };
+        let mut silent = false;
         let confirmation = match &mut front.confirm {
             Settle::Done(c) => c.clone(),
             Settle::Waiting(confirm) => {
                 let answer_by = self.invocation.deadlines.answer_by;
                 let until = (front.sent_at + self.options.confirm_timeout).min(answer_by);
+                let heard = self.last_heard.max(front.sent_at);
                 tokio::select! {
                     biased;
                     c = tokio::time::timeout_at(until.into(), confirm.as_mut()) => {
                         c.unwrap_or_else(|_| {
                             Confirmation::failed(if until >= answer_by {
+                                silent = heard.elapsed() >= SILENT_AFTER;
                                 PublishError::Deadline
                             } else {
                                 PublishError::ConfirmTimeout
@@ -539,7 +754,10 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 }
             }
         };
-        self.record_front(confirmation)
+        self.record_front(confirmation).map_err(|mut f| {
+            f.silent = silent;
+            f
+        })
     }
 
     /// Settles the oldest record in flight with its confirm. A return that
@@ -558,8 +776,27 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             self.look_for_returns(&front);
         }
         if let Err(error) = outcome {
-            return Err(self.fail(front.index, error));
+            // The broker closed the channel over a message larger than it
+            // takes: every confirm pending on it fails, the culprit is the
+            // earliest of them with that size.
+            let culprit = match &error {
+                PublishError::TooLarge { size, limit, text } => std::iter::once(&front)
+                    .chain(self.in_flight.iter())
+                    .find(|f| f.size == *size)
+                    .map(|f| Refusal {
+                        index: f.index,
+                        reason: format!("the broker refused the message: {text}"),
+                        limit: *limit,
+                    }),
+                _ => None,
+            };
+            let mut failure = self.fail(front.index, error);
+            if failure.index == front.index {
+                failure.refusal = culprit;
+            }
+            return Err(failure);
         }
+        self.last_heard = Instant::now();
         if let Some((index, error)) = self.returned.take_if(|(i, _)| *i <= front.index) {
             return Err(self.fail(index, error));
         }
@@ -572,22 +809,23 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     /// message id; one that names none is charged to `carrier`, the earliest
     /// record not yet confirmed.
     fn note_return(&mut self, returned: &Returned, carrier: &InFlight) {
+        self.note_return_for(returned, carrier.index, &carrier.message_id);
+    }
+
+    fn note_return_for(&mut self, returned: &Returned, carrier: usize, carrier_id: &str) {
         let named = |id: &str| returned.message_id.as_deref() == Some(id);
         let owner = self
             .confirmed
             .iter()
             .map(|(i, id)| (*i, id.as_str()))
-            .chain(std::iter::once((
-                carrier.index,
-                carrier.message_id.as_str(),
-            )))
+            .chain(std::iter::once((carrier, carrier_id)))
             .chain(
                 self.in_flight
                     .iter()
                     .map(|f| (f.index, f.message_id.as_str())),
             )
             .find(|(_, id)| named(id))
-            .map_or(carrier.index, |(i, _)| i);
+            .map_or(carrier, |(i, _)| i);
         if self.returned.as_ref().is_none_or(|(i, _)| owner < *i) {
             self.returned = Some((owner, returned.error()));
         }
@@ -598,6 +836,22 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     /// confirms that have already arrived are looked at for more, so none
     /// naming an earlier record is missed.
     fn look_for_returns(&mut self, carrier: &InFlight) {
+        for r in self.arrived_returns() {
+            self.note_return(&r, carrier);
+        }
+    }
+
+    /// [`Run::look_for_returns`] when the batch fails at `index`: a return
+    /// naming no record is charged to it.
+    fn look_for_returns_at(&mut self, index: usize) {
+        for r in self.arrived_returns() {
+            self.note_return_for(&r, index, "");
+        }
+    }
+
+    /// The returns that came with the confirms in flight that have already
+    /// arrived, taken from them.
+    fn arrived_returns(&mut self) -> Vec<Returned> {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut found = Vec::new();
         for entry in &mut self.in_flight {
@@ -612,20 +866,19 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 found.push(r);
             }
         }
-        for r in found {
-            self.note_return(&r, carrier);
-        }
+        found
     }
 
     /// The batch stops at `index`, or at an earlier record a return named.
+    /// The confirms in flight that have already come are looked at for
+    /// returns first: one of them may carry the return of a record counted
+    /// as confirmed.
     fn fail(&mut self, index: usize, error: PublishError) -> Failure {
+        self.look_for_returns_at(index);
         self.in_flight.clear();
         match self.returned.take() {
-            Some((earlier, returned)) if earlier <= index => Failure {
-                index: earlier,
-                error: returned,
-            },
-            _ => Failure { index, error },
+            Some((earlier, returned)) if earlier <= index => Failure::new(earlier, returned),
+            _ => Failure::new(index, error),
         }
     }
 }
@@ -665,6 +918,13 @@ mod tests {
         },
         /// Acked, carrying a return with a message id of no record.
         AckCarryingStranger,
+        /// Nacked once `n` messages were published in all.
+        NackAfter(usize),
+        /// The write waits until its bound and then times out.
+        WriteHangs,
+        /// The broker closes the channel over this message, larger than it
+        /// takes: its confirm fails naming its size.
+        CloseTooLarge,
     }
 
     struct FakeBroker {
@@ -677,6 +937,13 @@ mod tests {
         ready_calls: usize,
         open: bool,
         resets: usize,
+        /// The scope of every reset, in order.
+        scopes: Vec<Reset>,
+        /// Exchanges that must be declared before use (a template's), and
+        /// those the broker refuses.
+        declarable: bool,
+        declared: Vec<String>,
+        refuses: Vec<String>,
     }
 
     impl FakeBroker {
@@ -691,6 +958,10 @@ mod tests {
                 ready_calls: 0,
                 open: false,
                 resets: 0,
+                scopes: Vec::new(),
+                declarable: false,
+                declared: Vec::new(),
+                refuses: Vec::new(),
             }
         }
 
@@ -713,7 +984,7 @@ mod tests {
             Ok(reconnected)
         }
 
-        async fn publish(&mut self, m: &Message, _until: Instant) -> Result<Confirm, PublishError> {
+        async fn publish(&mut self, m: &Message, until: Instant) -> Result<Confirm, PublishError> {
             if !self.open {
                 return Err(PublishError::ChannelLost("closed".into()));
             }
@@ -723,6 +994,14 @@ mod tests {
                 self.open = false;
                 return Err(e);
             }
+            if let Reply::WriteHangs = reply {
+                tokio::time::sleep_until(until.into()).await;
+                return Err(PublishError::WriteTimeout);
+            }
+            if let Reply::CloseTooLarge = reply {
+                self.open = false;
+            }
+            let size = m.body.len();
             self.published.push(m.clone());
             self.ids
                 .lock()
@@ -772,13 +1051,47 @@ mod tests {
                         }
                         notified.await;
                     },
+                    Reply::NackAfter(total) => loop {
+                        let notified = notify.notified();
+                        if count.load(Ordering::SeqCst) >= total {
+                            return Confirmation::failed(PublishError::Nacked);
+                        }
+                        notified.await;
+                    },
+                    Reply::WriteHangs => Confirmation::ack(),
+                    Reply::CloseTooLarge => Confirmation::failed(PublishError::TooLarge {
+                        size,
+                        limit: size - 1,
+                        text: format!(
+                            "406 PRECONDITION_FAILED - message size {size} is larger than configured max size {}",
+                            size - 1
+                        ),
+                    }),
                 }
             }))
         }
 
-        fn reset(&mut self, _scope: Reset) {
+        fn needs_declare(&self, exchange: &str) -> bool {
+            self.declarable
+                && !exchange.ends_with(".dead-letter")
+                && !self.declared.iter().any(|d| d == exchange)
+        }
+
+        async fn declare(&mut self, exchange: &str, _until: Instant) -> Result<(), PublishError> {
+            if self.refuses.iter().any(|r| r == exchange) {
+                self.open = false;
+                return Err(PublishError::Refused(format!(
+                    "exchange '{exchange}': 406 PRECONDITION_FAILED - inequivalent arg 'type'"
+                )));
+            }
+            self.declared.push(exchange.to_owned());
+            Ok(())
+        }
+
+        fn reset(&mut self, scope: Reset) {
             self.open = false;
             self.resets += 1;
+            self.scopes.push(scope);
         }
     }
 
@@ -1266,10 +1579,7 @@ mod tests {
         records[2].change.sequence_number = None;
         let report = BatchReport::new(
             &[Outcome::Published, Outcome::Published, Outcome::Pending],
-            Some(Failure {
-                index: 2,
-                error: PublishError::Nacked,
-            }),
+            Some(Failure::new(2, PublishError::Nacked)),
             0,
         );
         assert_eq!(reported(&records, &report), ["2"]);
@@ -1288,14 +1598,7 @@ mod tests {
             Outcome::Pending,
             Outcome::Published,
         ];
-        let report = BatchReport::new(
-            &outcomes,
-            Some(Failure {
-                index: 3,
-                error: PublishError::Nacked,
-            }),
-            0,
-        );
+        let report = BatchReport::new(&outcomes, Some(Failure::new(3, PublishError::Nacked)), 0);
         assert_eq!(
             (
                 report.published,
@@ -1305,5 +1608,246 @@ mod tests {
             ),
             (1, 1, 1, 2)
         );
+    }
+
+    #[tokio::test]
+    async fn a_return_that_came_with_a_confirm_in_flight_when_the_batch_fails_fails_its_record() {
+        // Record 2's own confirm is an ack; its return comes with record 4's
+        // confirm, which has arrived when record 3's nack ends the batch.
+        let records = inserts(5);
+        let mut replies = vec![Reply::Ack; 5];
+        replies[2] = Reply::NackAfter(4);
+        replies[3] = Reply::AckCarrying { owner: 1, after: 4 };
+        let mut broker = FakeBroker::new(replies);
+        let report = run(&mut broker, &records).await;
+        assert_eq!(reported(&records, &report), ["2"]);
+        assert!(matches!(
+            report.failure.unwrap().error,
+            PublishError::Returned { code: 312, .. }
+        ));
+        assert_eq!(report.published, 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_off_by_the_deadline_is_a_deadline_and_keeps_the_connection() {
+        let records = inserts(3);
+        let mut broker = FakeBroker::new(vec![Reply::Ack, Reply::WriteHangs]);
+        let tight = Deadlines::new(
+            Instant::now() + Duration::from_millis(1300),
+            Duration::from_secs(1),
+        );
+        let report = forward(
+            &mut broker,
+            &converter(),
+            &NoEnricher,
+            &raw(&records),
+            Invocation::new(Utc::now(), tight),
+            BatchOptions::new(Duration::from_secs(5)),
+        )
+        .await;
+        assert_eq!(reported(&records, &report), ["2"]);
+        assert_eq!(report.failure.unwrap().error, PublishError::Deadline);
+        assert_eq!(broker.scopes, [Reset::Channel]);
+
+        // A write that outlasts the confirm timeout is the broker's: the
+        // socket may be dead.
+        let mut broker = FakeBroker::new(vec![Reply::Ack, Reply::WriteHangs]);
+        let report = run(&mut broker, &records).await;
+        assert_eq!(report.failure.unwrap().error, PublishError::WriteTimeout);
+        assert_eq!(broker.scopes, [Reset::Connection]);
+    }
+
+    #[tokio::test]
+    async fn a_confirm_awaited_in_silence_until_the_deadline_drops_the_connection() {
+        let records = inserts(2);
+        let patient = BatchOptions::new(Duration::from_secs(10));
+        let with = |deadline_ms: u64, margin_ms: u64| {
+            Invocation::new(
+                Utc::now(),
+                Deadlines::new(
+                    Instant::now() + Duration::from_millis(deadline_ms),
+                    Duration::from_millis(margin_ms),
+                ),
+            )
+        };
+        // Nothing from the broker for 1.6 s: the socket may be dead.
+        let mut broker = FakeBroker::new(vec![Reply::Silent]);
+        let report = forward(
+            &mut broker,
+            &converter(),
+            &NoEnricher,
+            &raw(&records),
+            with(1800, 800),
+            patient,
+        )
+        .await;
+        let failure = report.failure.unwrap();
+        assert_eq!(
+            (failure.index, &failure.error),
+            (0, &PublishError::Deadline)
+        );
+        assert_eq!(broker.scopes, [Reset::Connection]);
+
+        // Cut after 0.3 s: a slow broker as likely as a dead one; kept.
+        let mut broker = FakeBroker::new(vec![Reply::Silent]);
+        let report = forward(
+            &mut broker,
+            &converter(),
+            &NoEnricher,
+            &raw(&records),
+            with(700, 400),
+            patient,
+        )
+        .await;
+        assert_eq!(report.failure.unwrap().error, PublishError::Deadline);
+        assert_eq!(broker.scopes, [Reset::Channel]);
+    }
+
+    #[tokio::test]
+    async fn an_event_larger_than_max_message_bytes_is_dead_lettered_within_it_and_the_batch_goes_on()
+     {
+        let mut records = inserts(4);
+        records[1].change.new_image.insert(
+            "payload".into(),
+            AttributeValue::M(
+                [("blob".to_string(), AttributeValue::S("x".repeat(6000)))]
+                    .into_iter()
+                    .collect(),
+            ),
+        );
+        let mut config = MappingConfig::new("product.events");
+        config.max_message_bytes = 4096;
+        let mut broker = FakeBroker::new(vec![]);
+        let report = forward(
+            &mut broker,
+            &Converter::new(config),
+            &NoEnricher,
+            &raw(&records),
+            Invocation::new(Utc::now(), ample()),
+            options(),
+        )
+        .await;
+        assert!(reported(&records, &report).is_empty());
+        assert_eq!((report.published, report.dead_lettered), (3, 1));
+        let dead = &broker.published[1];
+        assert_eq!(dead.exchange, "product.events.dead-letter");
+        assert!(dead.body.len() <= 4096, "{}", dead.body.len());
+        let reason = &report.dead_letter_reasons[0].1;
+        assert!(
+            reason.starts_with("the event is 6") && reason.contains("over the 4096 bytes"),
+            "{reason}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&dead.body).unwrap();
+        assert_eq!(body["truncated"], true);
+        assert_eq!(body["dynamodb"]["SequenceNumber"], "2");
+        assert!(body["dynamodb"].get("NewImage").is_none());
+        let original = raw(&records)[1].get().len() as u64;
+        assert!(
+            dead.properties
+                .headers
+                .contains(&("x-original-size", HeaderValue::Int(original)))
+        );
+        // Nothing was published twice.
+        let mut ids = broker.published_ids();
+        ids.dedup();
+        assert_eq!(ids.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_message_the_broker_closes_the_channel_over_is_dead_lettered_and_nothing_confirmed_is_sent_again()
+     {
+        // Record 3 is larger than the others, and than the broker takes.
+        let mut records = inserts(5);
+        records[2].change.new_image.insert(
+            "payload".into(),
+            AttributeValue::M(
+                [("blob".to_string(), AttributeValue::S("x".repeat(3000)))]
+                    .into_iter()
+                    .collect(),
+            ),
+        );
+        let mut broker = FakeBroker::new(vec![Reply::Ack, Reply::Ack, Reply::CloseTooLarge]);
+        let report = run(&mut broker, &records).await;
+        assert!(reported(&records, &report).is_empty(), "{report:?}");
+        assert_eq!((report.published, report.dead_lettered), (4, 1));
+        let reason = &report.dead_letter_reasons[0];
+        assert_eq!(reason.0, 2);
+        assert!(
+            reason.1.contains("406 PRECONDITION_FAILED - message size"),
+            "{}",
+            reason.1
+        );
+        // 1, 2, the refused 3, its dead letter (within the broker's own
+        // limit), 4, 5: the confirmed records went out once.
+        let exchanges: Vec<&str> = broker
+            .published
+            .iter()
+            .map(|m| m.exchange.as_str())
+            .collect();
+        assert_eq!(
+            exchanges,
+            [
+                "product.events",
+                "product.events",
+                "product.events",
+                "product.events.dead-letter",
+                "product.events",
+                "product.events"
+            ]
+        );
+        assert!(broker.published[3].body.len() < broker.published[2].body.len());
+        assert_eq!(broker.scopes, [Reset::Channel]);
+    }
+
+    #[tokio::test]
+    async fn an_exchange_the_broker_refuses_dead_letters_its_events_and_the_batch_goes_on() {
+        let mut records = inserts(4);
+        let types = ["Product", "Order", "Product", "Order"];
+        for (r, t) in records.iter_mut().zip(types) {
+            r.change
+                .new_image
+                .insert("aggregateType".into(), AttributeValue::S(t.into()));
+        }
+        let mut config = MappingConfig::new("unused");
+        config.exchange = crate::config::Exchange::PerEvent(
+            crate::routing::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
+        );
+        config.dead_letter_exchange = "shop.dead-letter".into();
+        let mut broker = FakeBroker::new(vec![]);
+        broker.declarable = true;
+        broker.refuses = vec!["order.events".into()];
+        let report = forward(
+            &mut broker,
+            &Converter::new(config),
+            &NoEnricher,
+            &raw(&records),
+            Invocation::new(Utc::now(), ample()),
+            options(),
+        )
+        .await;
+        assert!(reported(&records, &report).is_empty(), "{report:?}");
+        assert_eq!((report.published, report.dead_lettered), (2, 2));
+        let exchanges: Vec<&str> = broker
+            .published
+            .iter()
+            .map(|m| m.exchange.as_str())
+            .collect();
+        assert_eq!(
+            exchanges,
+            [
+                "product.events",
+                "shop.dead-letter",
+                "product.events",
+                "shop.dead-letter"
+            ]
+        );
+        for (_, reason) in &report.dead_letter_reasons {
+            assert!(
+                reason.starts_with("the broker refused the exchange exchange 'order.events': 406"),
+                "{reason}"
+            );
+        }
+        // Asked once: the refusal is remembered for the batch.
+        assert_eq!(broker.declared, ["product.events"]);
     }
 }

@@ -272,10 +272,24 @@ impl fmt::Display for Exchange {
     }
 }
 
-/// The most distinct exchanges a templated `EXCHANGE` may lead to by
-/// default (`MAX_EXCHANGES`): a forged item must not make the function
-/// declare thousands.
+/// How many exchanges of a templated `EXCHANGE` one execution environment
+/// remembers as declared by default (`MAX_EXCHANGES`); one used beyond them
+/// is declared again, which costs a round trip and never changes an outcome.
 pub const DEFAULT_MAX_EXCHANGES: usize = 32;
+
+/// `MAX_MESSAGE_BYTES` by default: Amazon MQ for RabbitMQ 4's
+/// `max_message_size` (RabbitMQ's own default is 16 MiB on 4.x).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 524_288;
+
+/// The range of `MAX_MESSAGE_BYTES`: a dead letter's bounded reference must
+/// fit the smallest, and RabbitMQ takes no message over 128 MiB.
+pub const MESSAGE_BYTES_RANGE: std::ops::RangeInclusive<usize> = 4096..=134_217_728;
+
+/// Lambda gives a function's init 10 s. A broker that does not answer costs
+/// the init `CONNECT_TIMEOUT_MS` twice (the secret, then the connection), and
+/// the process needs some time of its own.
+const INIT_LIMIT_MS: u64 = 10_000;
+const INIT_OWN_MS: u64 = 1_000;
 
 /// How records are turned into envelopes and routed; everything the pure
 /// conversion needs.
@@ -284,8 +298,11 @@ pub struct MappingConfig {
     pub exchange: Exchange,
     /// `DEAD_LETTER_EXCHANGE`: `<EXCHANGE>.dead-letter` for a fixed one.
     pub dead_letter_exchange: String,
-    /// `MAX_EXCHANGES`, for a templated `EXCHANGE`.
+    /// `MAX_EXCHANGES`, for a templated `EXCHANGE`: how many declared
+    /// exchanges one environment remembers.
     pub max_exchanges: usize,
+    /// `MAX_MESSAGE_BYTES`: the largest message body the broker takes.
+    pub max_message_bytes: usize,
     pub mapping: MappingKind,
     pub event_source: Option<String>,
     pub entity_name: Option<String>,
@@ -301,6 +318,7 @@ impl MappingConfig {
             dead_letter_exchange: format!("{exchange}.dead-letter"),
             exchange: Exchange::Fixed(exchange),
             max_exchanges: DEFAULT_MAX_EXCHANGES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             mapping: MappingKind::EventStore,
             event_source: None,
             entity_name: None,
@@ -406,6 +424,23 @@ impl Config {
             },
         };
 
+        let max_message_bytes = match get("MAX_MESSAGE_BYTES") {
+            None => DEFAULT_MAX_MESSAGE_BYTES,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if MESSAGE_BYTES_RANGE.contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "MAX_MESSAGE_BYTES",
+                        reason: format!(
+                            "expected a number of bytes from {} to {}, got {v:?}",
+                            MESSAGE_BYTES_RANGE.start(),
+                            MESSAGE_BYTES_RANGE.end()
+                        ),
+                    });
+                }
+            },
+        };
+
         let flag = |name: &'static str| match get(name) {
             None => Ok(true),
             Some(v) => parse_bool(&v).ok_or_else(|| ConfigError::Invalid {
@@ -458,6 +493,40 @@ impl Config {
             }
         }
 
+        let connect_timeout = millis(&get, "CONNECT_TIMEOUT_MS", 3000)?;
+        let most = (INIT_LIMIT_MS - INIT_OWN_MS) / 2;
+        if connect_timeout > Duration::from_millis(most) {
+            return Err(ConfigError::Invalid {
+                name: "CONNECT_TIMEOUT_MS",
+                reason: format!(
+                    "{} ms, spent twice at cold start against a broker that does not answer \
+                     (reading the secret, then connecting), would pass Lambda's 10 s init \
+                     limit; at most {most}",
+                    connect_timeout.as_millis()
+                ),
+            });
+        }
+        let deadline_margin = millis(&get, "DEADLINE_MARGIN_MS", 1000)?;
+        // The function's timeout, where the environment says it
+        // (`AWS_LAMBDA_FUNCTION_TIMEOUT`, seconds: the template sets it, and
+        // `sam local` does); otherwise each invocation checks its deadline.
+        if let Some(v) = get("AWS_LAMBDA_FUNCTION_TIMEOUT") {
+            let timeout = v.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
+                name: "AWS_LAMBDA_FUNCTION_TIMEOUT",
+                reason: format!("expected the function's timeout in seconds, got {v:?}"),
+            })?;
+            if deadline_margin >= Duration::from_secs(timeout) {
+                return Err(ConfigError::Invalid {
+                    name: "DEADLINE_MARGIN_MS",
+                    reason: format!(
+                        "{} ms leaves nothing of the function's {timeout} s timeout: no record \
+                         would ever be published; keep it well below the timeout",
+                        deadline_margin.as_millis()
+                    ),
+                });
+            }
+        }
+
         Ok(Self {
             broker,
             ca,
@@ -467,15 +536,16 @@ impl Config {
                 exchange,
                 dead_letter_exchange,
                 max_exchanges,
+                max_message_bytes,
                 mapping,
                 event_source,
                 entity_name,
                 routing_key_template,
                 attributes,
             },
-            connect_timeout: millis(&get, "CONNECT_TIMEOUT_MS", 3000)?,
+            connect_timeout,
             confirm_timeout: millis(&get, "CONFIRM_TIMEOUT_MS", 5000)?,
-            deadline_margin: millis(&get, "DEADLINE_MARGIN_MS", 1000)?,
+            deadline_margin,
             metrics_namespace: get("METRICS_NAMESPACE").unwrap_or_else(|| "EventForwarder".into()),
             function_name: get("AWS_LAMBDA_FUNCTION_NAME")
                 .unwrap_or_else(|| "event-forwarder".into()),
@@ -527,6 +597,16 @@ fn parse_exchange(raw: &str) -> Result<Exchange, ConfigError> {
         name: "EXCHANGE",
         reason: format!("not a valid template: {e}"),
     })?;
+    // One exchange per aggregate has no bound at all.
+    if template.uses_partition_key() {
+        return Err(ConfigError::Invalid {
+            name: "EXCHANGE",
+            reason: "{partitionKey} would make an exchange per aggregate, without bound; \
+                     use type placeholders ({aggregateType}, {name}, ...) and route by \
+                     partitionKey in ROUTING_KEY_TEMPLATE or with a consistent-hash exchange"
+                .into(),
+        });
+    }
     // The literal text must itself be good in a name; the values are
     // checked per event.
     let literal: String = raw.split(['{', '}']).step_by(2).collect();
@@ -625,6 +705,7 @@ mod tests {
             ("{aggregateType} events", "EXCHANGE"),
             ("{nope}.events", "EXCHANGE"),
             ("{aggregateType.events", "EXCHANGE"),
+            ("{partitionKey}.events", "EXCHANGE"),
         ] {
             let e = with(&[("EXCHANGE", bad), ("DEAD_LETTER_EXCHANGE", "d")]).unwrap_err();
             assert!(
@@ -728,6 +809,73 @@ mod tests {
         assert_eq!(c.deadline_margin, Duration::from_millis(300));
         assert_eq!(c.metrics_namespace, "Shop");
         assert_eq!(c.function_name, "shop-forwarder");
+    }
+
+    #[test]
+    fn max_message_bytes_defaults_to_amazon_mqs_limit_and_is_bounded() {
+        assert_eq!(config(&BASE).unwrap().mapping.max_message_bytes, 524_288);
+        let with = |v: &'static str| {
+            let mut vars = BASE.to_vec();
+            vars.push(("MAX_MESSAGE_BYTES", v));
+            config(&vars)
+        };
+        assert_eq!(with("4096").unwrap().mapping.max_message_bytes, 4096);
+        assert_eq!(
+            with("134217728").unwrap().mapping.max_message_bytes,
+            134_217_728
+        );
+        for bad in ["4095", "134217729", "512k", "-1"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("MAX_MESSAGE_BYTES is invalid: expected a number of bytes from 4096"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_fail_the_cold_start_with_one_line() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = BASE.to_vec();
+            vars.extend_from_slice(extra);
+            config(&vars)
+        };
+        // Twice 5 s against a silent broker is Lambda's whole init limit.
+        let e = with(&[("CONNECT_TIMEOUT_MS", "5000")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("CONNECT_TIMEOUT_MS is invalid: 5000 ms"),
+            "{e}"
+        );
+        assert!(e.contains("10 s init limit; at most 4500"), "{e}");
+        assert!(with(&[("CONNECT_TIMEOUT_MS", "4500")]).is_ok());
+
+        // A margin that the function's timeout cannot leave room for.
+        let e = with(&[
+            ("AWS_LAMBDA_FUNCTION_TIMEOUT", "3"),
+            ("DEADLINE_MARGIN_MS", "3000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("DEADLINE_MARGIN_MS is invalid: 3000 ms leaves nothing of the function's 3 s timeout"),
+            "{e}"
+        );
+        assert!(
+            with(&[
+                ("AWS_LAMBDA_FUNCTION_TIMEOUT", "3"),
+                ("DEADLINE_MARGIN_MS", "2999")
+            ])
+            .is_ok()
+        );
+        let e = with(&[("AWS_LAMBDA_FUNCTION_TIMEOUT", "thirty")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("AWS_LAMBDA_FUNCTION_TIMEOUT is invalid"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -333,6 +333,16 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
             return Err(HandleError::QueueNotAllowed(queue.to_owned()));
         }
         let started = Instant::now();
+        // Without the function's timeout at cold start the margin is checked
+        // here: one that leaves nothing would fail every batch quietly.
+        let left = deadline.saturating_duration_since(started);
+        if !event.records.is_empty() && left <= self.deadline_margin {
+            tracing::error!(
+                deadline_margin_ms = self.deadline_margin.as_millis() as u64,
+                left_ms = left.as_millis() as u64,
+                "DEADLINE_MARGIN_MS leaves nothing of this invocation's time: no record can be published; keep it well below the function's timeout"
+            );
+        }
         let now = Utc::now();
         let traceparent = xray_trace_id
             .filter(|_| self.trace_from_xray)

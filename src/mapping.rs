@@ -7,11 +7,7 @@
 //! record is read in place ([`crate::record`]): a payload goes from the
 //! record's DynamoDB JSON to the message body in one pass.
 
-use std::{
-    borrow::Cow,
-    collections::HashSet,
-    sync::{Arc, Mutex},
-};
+use std::borrow::Cow;
 
 use aws_lambda_events::dynamodb::EventRecord;
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
@@ -72,8 +68,6 @@ pub enum MappingError {
         "the exchange EXCHANGE's template makes of this event is not a valid name (letters, digits, '-', '_', '.', ':'; at most 246 bytes; not amq.)"
     )]
     InvalidExchange,
-    #[error("the event's exchange would be one more than MAX_EXCHANGES ({0}) distinct exchanges")]
-    TooManyExchanges(usize),
     #[error("payload: {0}")]
     Body(String),
 }
@@ -100,20 +94,16 @@ pub struct Planned {
     pub dropped: Option<String>,
 }
 
-/// Turns records into plans with the configured mapping.
+/// Turns records into plans with the configured mapping. It holds no state
+/// between records: a record's plan never depends on what came before it.
 #[derive(Debug, Clone)]
 pub struct Converter {
     config: MappingConfig,
-    /// The exchanges a templated `EXCHANGE` has led to, for the bound.
-    exchanges: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Converter {
     pub fn new(config: MappingConfig) -> Self {
-        Self {
-            config,
-            exchanges: Arc::default(),
-        }
+        Self { config }
     }
 
     pub fn config(&self) -> &MappingConfig {
@@ -260,14 +250,17 @@ impl Converter {
     }
 
     /// The exchange of an event: the one of `EXCHANGE`, or the one its
-    /// template makes of the event, within `MAX_EXCHANGES` distinct ones.
+    /// template makes of the event. With a template, every placeholder's
+    /// value must be a type name ([`routing::is_type_name`]): a rule about
+    /// the record alone, so the outcome is the same in every execution
+    /// environment (docs/events.md, "Exchanges per event type").
     fn exchange<'e>(&'e self, envelope: &Envelope<'_>) -> Result<Cow<'e, str>, MappingError> {
         let template = match &self.config.exchange {
             Exchange::Fixed(name) => return Ok(Cow::Borrowed(name)),
             Exchange::PerEvent(template) => template,
         };
         let name = template
-            .render(envelope)
+            .render_exchange(envelope)
             .map_err(MappingError::ExchangeTemplate)?;
         // `.unrouted` is appended for its alternate exchange.
         let valid = name.len() <= 255 - ".unrouted".len()
@@ -276,13 +269,6 @@ impl Converter {
             && name.chars().all(exchange_name_char);
         if !valid {
             return Err(MappingError::InvalidExchange);
-        }
-        let mut known = self.exchanges.lock().unwrap_or_else(|e| e.into_inner());
-        if !known.contains(&name) {
-            if known.len() >= self.config.max_exchanges {
-                return Err(MappingError::TooManyExchanges(self.config.max_exchanges));
-            }
-            known.insert(name.clone());
         }
         Ok(Cow::Owned(name))
     }
@@ -417,11 +403,37 @@ impl Converter {
     /// The dead-letter message of a record given as JSON text, for a reason
     /// found after the mapping (an enricher's, at most 1 KiB).
     pub fn dead_letter_raw(&self, raw: &str, reason: &str) -> Message {
-        self.dead_letter(Identity::lenient(raw), raw, reason)
+        self.dead_letter_within(raw, reason, self.config.max_message_bytes)
+    }
+
+    /// [`Converter::dead_letter_raw`] with a body of at most `limit` bytes
+    /// (a broker that takes less than `MAX_MESSAGE_BYTES`).
+    pub fn dead_letter_within(&self, raw: &str, reason: &str, limit: usize) -> Message {
+        self.dead_letter_bounded(Identity::lenient(raw), raw, reason, limit)
     }
 
     /// The dead-letter message: the record as it came, with the reason.
     fn dead_letter(&self, id: Identity, raw: &str, reason: &str) -> Message {
+        self.dead_letter_bounded(id, raw, reason, self.config.max_message_bytes)
+    }
+
+    /// The dead letter, its body the record as it came when that fits in
+    /// `limit` bytes, else the record's bounded reference (CONTRACT §5)
+    /// with the record's size in `x-original-size`: a dead letter the
+    /// broker refused would stall the shard as the record itself did.
+    fn dead_letter_bounded(&self, id: Identity, raw: &str, reason: &str, limit: usize) -> Message {
+        let mut message = self.dead_letter_of(id, raw, reason);
+        if raw.len() > limit {
+            message.body = reference_body(raw, &message.properties.headers, limit);
+            message
+                .properties
+                .headers
+                .push(("x-original-size", HeaderValue::Int(raw.len() as u64)));
+        }
+        message
+    }
+
+    fn dead_letter_of(&self, id: Identity, raw: &str, reason: &str) -> Message {
         let mut headers = vec![("x-error", HeaderValue::String(reason.to_owned()))];
         if let Some(seq) = id.sequence_number {
             headers.push(("x-sequence-number", HeaderValue::String(seq)));
@@ -459,6 +471,54 @@ impl Converter {
             },
         }
     }
+}
+
+/// The bounded reference to a record too large to carry: `eventID`,
+/// `eventName`, `eventSourceARN` and the stream's `Keys`, `SequenceNumber`
+/// and `SizeBytes` (CONTRACT §5), never the images. Keys are left out when
+/// even they would not fit (only a forged record has such keys).
+fn reference_body(raw: &str, headers: &[(&'static str, HeaderValue)], limit: usize) -> Vec<u8> {
+    use serde_json::{Map, Value};
+    let header = |name: &str| {
+        headers.iter().find_map(|(n, v)| match v {
+            HeaderValue::String(s) if *n == name => Some(Value::String(s.clone())),
+            _ => None,
+        })
+    };
+    let found = record::Reference::read(raw);
+    // Raw JSON as the record gave it; a value that is not JSON is left out.
+    let json = |v: Option<&RawValue>| v.and_then(|v| serde_json::from_str::<Value>(v.get()).ok());
+    let event_name = json(found.event_name).filter(|n| n.as_str().is_some_and(|s| s.len() <= 64));
+    let mut stream = Map::new();
+    stream.extend(json(found.keys).map(|k| ("Keys".to_string(), k)));
+    stream.extend(header("x-sequence-number").map(|s| ("SequenceNumber".to_string(), s)));
+    stream.extend(
+        json(found.size_bytes)
+            .filter(Value::is_number)
+            .map(|s| ("SizeBytes".to_string(), s)),
+    );
+    let mut reference = Map::new();
+    reference.extend(header("x-event-id").map(|id| ("eventID".to_string(), id)));
+    reference.extend(event_name.map(|n| ("eventName".to_string(), n)));
+    reference.extend(header("x-event-source-arn").map(|a| ("eventSourceARN".to_string(), a)));
+    reference.insert("dynamodb".into(), Value::Object(stream));
+    reference.insert("truncated".into(), Value::Bool(true));
+    let body = serde_json::to_vec(&reference).unwrap_or_default();
+    if body.len() <= limit {
+        return body;
+    }
+    if let Some(Value::Object(stream)) = reference.get_mut("dynamodb") {
+        stream.remove("Keys");
+    }
+    serde_json::to_vec(&reference).unwrap_or_default()
+}
+
+/// The reason an event too large for the broker is dead-lettered.
+pub fn too_large(size: usize, limit: usize) -> String {
+    format!(
+        "the event is {size} bytes, over the {limit} bytes the broker takes (MAX_MESSAGE_BYTES): \
+         it would be refused on every attempt"
+    )
 }
 
 /// What identifies a record in the dead-letter headers.
@@ -1093,6 +1153,51 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_letter_carries_the_record_while_it_fits_and_a_bounded_reference_after() {
+        let mut record = records(POISON).remove(1);
+        let raw = serde_json::to_string(&record).unwrap();
+        let c = converter();
+        let whole = c.dead_letter_within(&raw, "why", raw.len());
+        assert_eq!(whole.body, raw.as_bytes());
+        assert!(header(&whole, "x-original-size").is_none());
+
+        let cut = c.dead_letter_within(&raw, "why", raw.len() - 1);
+        assert!(cut.body.len() < raw.len());
+        assert_eq!(
+            header(&cut, "x-original-size"),
+            Some(&HeaderValue::Int(raw.len() as u64))
+        );
+        let body: Value = serde_json::from_slice(&cut.body).unwrap();
+        assert_eq!(body["truncated"], true);
+        assert_eq!(body["eventID"], record.event_id.as_str());
+        assert_eq!(body["eventName"], "INSERT");
+        assert_eq!(
+            body["dynamodb"]["SequenceNumber"],
+            record.change.sequence_number.as_deref().unwrap()
+        );
+        assert!(body["dynamodb"]["Keys"].is_object());
+        assert!(body["dynamodb"].get("NewImage").is_none());
+        // The reference keeps the record's identity in the headers too.
+        assert_eq!(
+            header(&cut, "x-error"),
+            Some(&HeaderValue::String("why".into()))
+        );
+
+        // Keys too large for the smallest limit (a forged record) are left
+        // out rather than break the bound.
+        record
+            .change
+            .keys
+            .insert("aggregateId".into(), AttributeValue::S("k".repeat(5000)));
+        let raw = serde_json::to_string(&record).unwrap();
+        let cut = c.dead_letter_within(&raw, "why", 4096);
+        assert!(cut.body.len() <= 4096, "{}", cut.body.len());
+        let body: Value = serde_json::from_slice(&cut.body).unwrap();
+        assert!(body["dynamodb"].get("Keys").is_none());
+        assert!(body["dynamodb"]["SequenceNumber"].is_string());
+    }
+
+    #[test]
     fn a_poison_record_is_dead_lettered_with_its_reason_and_identity() {
         let records = records(POISON);
         let (m, reason) = dead_letter(converter().plan(&records[1], now()));
@@ -1345,13 +1450,12 @@ mod tests {
     }
 
     #[test]
-    fn a_templated_exchange_is_chosen_per_event_within_its_bound() {
+    fn a_templated_exchange_is_chosen_per_event_by_a_rule_about_the_record_alone() {
         let mut config = MappingConfig::new("unused");
         config.exchange = Exchange::PerEvent(
             crate::routing::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
         );
         config.dead_letter_exchange = "shop.dead-letter".into();
-        config.max_exchanges = 2;
         let c = Converter::new(config);
         let mut all = records(INSERTS);
         let event = |r: &EventRecord| c.plan(r, now());
@@ -1373,10 +1477,23 @@ mod tests {
                 "product.events",
                 "product.events",
                 "order.events",
-                "dead: the event's exchange would be one more than MAX_EXCHANGES (2) distinct exchanges",
+                "user.events",
                 "order.events"
             ]
         );
+        // The same record gives the same outcome whatever was planned
+        // before it: thousands of other types first change nothing.
+        let fresh = c.plan(&all[3], now());
+        for i in 0..2_000 {
+            let mut junk = all[0].clone();
+            junk.change.new_image.insert(
+                "aggregateType".into(),
+                AttributeValue::S(format!("Junk{i}")),
+            );
+            let _ = event(&junk);
+        }
+        assert_eq!(c.plan(&all[3], now()), fresh);
+
         // Without the placeholder's value, or with one no name can hold.
         all[0].change.new_image.remove("aggregateType");
         let (_, reason) = dead_letter(event(&all[0]));
@@ -1384,16 +1501,23 @@ mod tests {
             reason,
             "exchange (EXCHANGE is a template): the event has no aggregateType, needed for {aggregateType}"
         );
-        all[0]
-            .change
-            .new_image
-            .insert("aggregateType".into(), AttributeValue::S("Pro duct".into()));
-        let (_, reason) = dead_letter(event(&all[0]));
-        assert!(
-            reason.starts_with("the exchange EXCHANGE's template makes"),
-            "{reason}"
-        );
-        assert!(!reason.contains("pro duct"), "{reason}");
+        for bad in [
+            "Pro duct",
+            "",
+            "a-type-name-that-goes-on-and-on-for-more-than-sixty-four-characters",
+        ] {
+            all[0]
+                .change
+                .new_image
+                .insert("aggregateType".into(), AttributeValue::S(bad.into()));
+            let (_, reason) = dead_letter(event(&all[0]));
+            assert_eq!(
+                reason,
+                "exchange (EXCHANGE is a template): {aggregateType} gives a value that is not a type name (1 to 64 letters, digits, '.', '_', '-'), so it names no exchange",
+                "{bad:?}"
+            );
+            assert!(!bad.is_empty() && !reason.contains(&bad.to_lowercase()) || bad.is_empty());
+        }
     }
 
     #[test]

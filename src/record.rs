@@ -586,6 +586,30 @@ impl Identity {
     }
 }
 
+/// What names a record in a dead letter too large to carry the record:
+/// its event name, keys and size as the record gave them (raw JSON), never
+/// its images. Read field by field, so a record that does not parse as a
+/// whole still gives what it has.
+#[derive(Debug, Default)]
+pub struct Reference<'a> {
+    pub event_name: Option<&'a RawValue>,
+    pub keys: Option<&'a RawValue>,
+    pub size_bytes: Option<&'a RawValue>,
+}
+
+impl<'a> Reference<'a> {
+    pub fn read(raw: &'a str) -> Self {
+        let [event_name, stream] = pick(raw, ["eventName", "dynamodb"]);
+        let [keys, size_bytes] =
+            stream.map_or([None, None], |s| pick(s.get(), ["Keys", "SizeBytes"]));
+        Self {
+            event_name,
+            keys,
+            size_bytes,
+        }
+    }
+}
+
 /// The raw values of the named fields of the JSON object `raw`, the last
 /// one when a name repeats. Names are compared as bytes after unescaping,
 /// so a name that is not valid UTF-16 is skipped rather than fatal.

@@ -35,6 +35,25 @@ pub enum RoutingError {
     NoName,
     #[error("the routing key is longer than 255 bytes")]
     TooLong,
+    // The value comes from the record: not quoted.
+    #[error(
+        "{{{0}}} gives a value that is not a type name (1 to 64 letters, digits, '.', '_', '-'), so it names no exchange"
+    )]
+    NotATypeName(&'static str),
+}
+
+/// The longest value a placeholder may give an exchange name.
+pub const MAX_TYPE_NAME: usize = 64;
+
+/// Whether a placeholder's value may be part of an exchange name: a type
+/// name (an aggregate or event type, a version), not an instance's id or
+/// free text. A rule about the value alone, so every execution environment
+/// decides the same for the same record.
+pub fn is_type_name(value: &str) -> bool {
+    (1..=MAX_TYPE_NAME).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +64,19 @@ enum Placeholder {
     MessageVersion,
     PartitionKey,
     AggregateType,
+}
+
+impl Placeholder {
+    fn name(self) -> &'static str {
+        match self {
+            Placeholder::Name => "name",
+            Placeholder::Major => "major",
+            Placeholder::MessageType => "messageType",
+            Placeholder::MessageVersion => "messageVersion",
+            Placeholder::PartitionKey => "partitionKey",
+            Placeholder::AggregateType => "aggregateType",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,15 +157,35 @@ impl RoutingTemplate {
         &self.source
     }
 
+    /// Whether the template uses `{partitionKey}`.
+    pub fn uses_partition_key(&self) -> bool {
+        self.parts
+            .contains(&Part::Placeholder(Placeholder::PartitionKey))
+    }
+
     /// Renders the routing key of one envelope.
     pub fn render(&self, envelope: &Envelope<'_>) -> Result<String, RoutingError> {
+        self.render_checked(envelope, false)
+    }
+
+    /// Renders the exchange name of one envelope (`EXCHANGE` as a template):
+    /// every placeholder's value must be a type name ([`is_type_name`]).
+    pub fn render_exchange(&self, envelope: &Envelope<'_>) -> Result<String, RoutingError> {
+        self.render_checked(envelope, true)
+    }
+
+    fn render_checked(
+        &self,
+        envelope: &Envelope<'_>,
+        type_names: bool,
+    ) -> Result<String, RoutingError> {
         let mut key = String::with_capacity(64);
         for part in &self.parts {
+            let before = key.len();
             match part {
                 Part::Literal(s) => key.push_str(s),
                 Part::Placeholder(Placeholder::Name) => {
                     // `.v1` would route by the version alone.
-                    let before = key.len();
                     push_dotted_name(&mut key, &envelope.message_type);
                     if key.len() == before {
                         return Err(RoutingError::NoName);
@@ -156,6 +208,12 @@ impl RoutingTemplate {
                         .ok_or(RoutingError::NoAggregateType)?;
                     key.extend(t.chars().flat_map(char::to_lowercase));
                 }
+            }
+            if let Part::Placeholder(p) = part
+                && type_names
+                && !is_type_name(&key[before..])
+            {
+                return Err(RoutingError::NotATypeName(p.name()));
             }
         }
         if key.len() > MAX_ROUTING_KEY {

@@ -158,10 +158,7 @@ mod tests {
             skipped: 1,
             dead_lettered: 1,
             failed: 2,
-            failure: Some(Failure {
-                index: 8,
-                error: PublishError::Nacked,
-            }),
+            failure: Some(Failure::new(8, PublishError::Nacked)),
             reconnects: 1,
             dead_letter_reasons: vec![],
             skip_reasons: vec![],

@@ -940,3 +940,330 @@ async fn events_of_three_aggregate_types_land_on_three_exchanges_each_with_its_u
     }
     broker.cleanup(&prefix, &[]).await;
 }
+
+/// A batch of `n` records of distinct aggregates, `odd` (by index) changed
+/// by `make`; its sequence numbers.
+fn batch_with(
+    n: usize,
+    make: impl Fn(usize, Value) -> Value,
+) -> (event_forwarder::handler::StreamBatch, Vec<String>) {
+    let base = fastrand::u64(1..1_000_000_000) * 10_000;
+    let records: Vec<function::StreamRecord> = (0..n)
+        .map(|i| function::StreamRecord {
+            seq: base + i as u64,
+            aggregate: format!("prod-{base}-{i}"),
+            version: 1,
+        })
+        .collect();
+    let json: Vec<Value> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| make(i, r.to_json_as("ProductCreated")))
+        .collect();
+    let batch = serde_json::from_value(json!({ "Records": json })).unwrap();
+    (batch, records.iter().map(|r| r.sequence_number()).collect())
+}
+
+/// What one batch with a record the broker will never take leaves behind:
+/// the response, the events that arrived (sequence numbers), the dead letters.
+struct Refusal {
+    reported: Vec<String>,
+    arrived: Vec<String>,
+    dead: Vec<lapin::message::Delivery>,
+}
+
+/// Forwards `batch` to a fresh exchange with `extra` settings and collects
+/// what arrived.
+async fn forward_refusal(
+    batch: &event_forwarder::handler::StreamBatch,
+    extra: &[(&str, &str)],
+) -> Refusal {
+    let exchange = unique("refusal");
+    let broker = TestBroker::connect().await;
+    let forwarder = Forwarder::start(config(&exchange, extra)).await.unwrap();
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let (response, report) = forwarder.handle(batch, TEN_SECONDS).await.unwrap();
+    let arrived = broker
+        .drain(&queue)
+        .await
+        .iter()
+        .map(|d| body(d)["sequenceNumber"].as_str().unwrap().to_string())
+        .collect();
+    let dead = broker.drain(&format!("{exchange}.dead-letter")).await;
+    assert!(report.failure.is_none(), "{report:?}");
+    forwarder.shutdown().await;
+    broker.cleanup(&exchange, &[&queue]).await;
+    Refusal {
+        reported: reported(&response),
+        arrived,
+        dead,
+    }
+}
+
+/// Every good record of `seqs` (all but `bad`) arrived exactly once.
+fn every_good_record_once(seqs: &[String], bad: usize, arrived: &[String]) {
+    let mut want: Vec<String> = seqs.to_vec();
+    want.remove(bad);
+    assert_eq!(arrived, want);
+}
+
+/// Amazon MQ 4's 512 KiB: a 399,000-byte binary (within DynamoDB's 400 KB
+/// item) is 532,000 characters of base64 in the envelope. It is
+/// dead-lettered before it is sent, the batch goes on, and its dead letter
+/// (the record is as large) is the bounded reference.
+#[tokio::test]
+async fn an_event_over_max_message_bytes_is_dead_lettered_and_the_batch_goes_on() {
+    use base64::Engine;
+    let blob = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 399_000]);
+    let (batch, seqs) = batch_with(5, |i, mut r| {
+        if i == 2 {
+            r["dynamodb"]["NewImage"]["payload"]["M"]["scan"] = json!({ "B": blob });
+        }
+        r
+    });
+    let got = forward_refusal(&batch, &[]).await;
+    assert!(got.reported.is_empty(), "{:?}", got.reported);
+    every_good_record_once(&seqs, 2, &got.arrived);
+    assert_eq!(got.dead.len(), 1);
+    let dead = &got.dead[0];
+    assert!(dead.data.len() <= 524_288, "{}", dead.data.len());
+    let reason = header_str(dead, "x-error").unwrap();
+    assert!(
+        reason.starts_with("the event is 53") && reason.contains("over the 524288 bytes"),
+        "{reason}"
+    );
+    assert_eq!(header_str(dead, "x-sequence-number").unwrap(), seqs[2]);
+    let reference = body(dead);
+    assert_eq!(reference["truncated"], true);
+    assert_eq!(reference["dynamodb"]["SequenceNumber"], seqs[2].as_str());
+    assert!(reference["dynamodb"]["Keys"]["aggregateId"]["S"].is_string());
+    assert!(header_int(dead, "x-original-size").unwrap() > 532_000);
+}
+
+/// A poison record (no eventType) that is small as an item and large as
+/// DynamoDB JSON: its dead letter, the whole record, would be refused the
+/// same way; the bounded reference goes instead.
+#[tokio::test]
+async fn a_poison_record_too_large_to_carry_is_dead_lettered_as_a_reference() {
+    let numbers: Vec<Value> = (0..60_000).map(|i| json!({ "N": i.to_string() })).collect();
+    let (batch, seqs) = batch_with(5, |i, mut r| {
+        if i == 2 {
+            r["dynamodb"]["NewImage"]
+                .as_object_mut()
+                .unwrap()
+                .remove("eventType");
+            r["dynamodb"]["NewImage"]["readings"] = json!({ "L": numbers });
+        }
+        r
+    });
+    let got = forward_refusal(&batch, &[]).await;
+    assert!(got.reported.is_empty(), "{:?}", got.reported);
+    every_good_record_once(&seqs, 2, &got.arrived);
+    assert_eq!(got.dead.len(), 1);
+    let dead = &got.dead[0];
+    assert!(dead.data.len() <= 524_288, "{}", dead.data.len());
+    assert_eq!(
+        header_str(dead, "x-error").unwrap(),
+        "missing required attribute `eventType`"
+    );
+    assert_eq!(body(dead)["truncated"], true);
+    assert!(header_int(dead, "x-original-size").unwrap() > 524_288);
+}
+
+/// The broker's own limit below MAX_MESSAGE_BYTES: it closes the channel
+/// over the message (406), and the record is dead-lettered with its reply.
+#[tokio::test]
+async fn a_message_over_the_brokers_own_lower_limit_is_dead_lettered_with_its_reply() {
+    let (batch, seqs) = batch_with(5, |i, mut r| {
+        if i == 2 {
+            r["dynamodb"]["NewImage"]["payload"]["M"]["note"] = json!({ "S": "n".repeat(600_000) });
+        }
+        r
+    });
+    let got = forward_refusal(&batch, &[("MAX_MESSAGE_BYTES", "1048576")]).await;
+    assert!(got.reported.is_empty(), "{:?}", got.reported);
+    // What was in flight when the channel closed may arrive twice: the
+    // first deliveries are every good record once, in order, and the
+    // refused one never arrives.
+    let mut first = Vec::new();
+    for seq in &got.arrived {
+        if !first.contains(seq) {
+            first.push(seq.clone());
+        }
+    }
+    every_good_record_once(&seqs, 2, &first);
+    assert_eq!(got.dead.len(), 1);
+    let dead = &got.dead[0];
+    assert!(dead.data.len() <= 524_288, "{}", dead.data.len());
+    let reason = header_str(dead, "x-error").unwrap();
+    assert!(
+        reason.contains("406 PRECONDITION_FAILED - message size")
+            && reason.contains("larger than configured max size 524288"),
+        "{reason}"
+    );
+}
+
+/// With `EXCHANGE` a template, an aggregate type whose exchange a consumer
+/// already declared as another type (406): that type's events are
+/// dead-lettered with the broker's reply, the others go on.
+#[tokio::test]
+async fn an_exchange_the_broker_refuses_dead_letters_its_events_and_the_batch_goes_on() {
+    let prefix = unique("refused-type");
+    let template = format!("{prefix}.{{aggregateType}}.events");
+    let dead_letter = format!("{prefix}.dead-letter");
+    let broker = TestBroker::connect().await;
+    let taken = format!("{prefix}.order.events");
+    broker
+        .declare_exchange(&taken, ExchangeKind::Fanout, FieldTable::default())
+        .await;
+    let product = format!("{prefix}.product.events");
+    let forwarder = Forwarder::start(config(
+        &template,
+        &[("DEAD_LETTER_EXCHANGE", dead_letter.as_str())],
+    ))
+    .await
+    .unwrap();
+    // The product exchange exists once the first Product event is sent; a
+    // queue bound before that sees everything after.
+    let (warm, _) = batch_with(1, |_, mut r| {
+        r["dynamodb"]["NewImage"]["aggregateType"] = json!({ "S": "Product" });
+        r
+    });
+    forwarder.handle(&warm, TEN_SECONDS).await.unwrap();
+    let queue = broker
+        .bind_queue(&product, "#", FieldTable::default())
+        .await;
+    let types = ["Product", "Product", "Order", "Product", "Order", "Product"];
+    let (batch, seqs) = batch_with(types.len(), |i, mut r| {
+        r["dynamodb"]["NewImage"]["aggregateType"] = json!({ "S": types[i] });
+        r
+    });
+    let (response, report) = forwarder.handle(&batch, TEN_SECONDS).await.unwrap();
+    assert!(reported(&response).is_empty(), "{report:?}");
+    assert_eq!((report.published, report.dead_lettered), (4, 2));
+    let arrived: Vec<String> = broker
+        .drain(&queue)
+        .await
+        .iter()
+        .map(|d| body(d)["sequenceNumber"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        arrived,
+        [&seqs[0], &seqs[1], &seqs[3], &seqs[5]].map(String::clone)
+    );
+    let dead = broker.drain(&dead_letter).await;
+    let dead_seqs: Vec<String> = dead
+        .iter()
+        .map(|d| header_str(d, "x-sequence-number").unwrap())
+        .collect();
+    assert_eq!(dead_seqs, [&seqs[2], &seqs[4]].map(String::clone));
+    for d in &dead {
+        let reason = header_str(d, "x-error").unwrap();
+        assert!(
+            reason.contains(&format!("exchange '{taken}': 406 PRECONDITION_FAILED")),
+            "{reason}"
+        );
+    }
+    forwarder.shutdown().await;
+    let ch = broker.channel().await;
+    for name in [&taken, &product, &format!("{product}.unrouted")] {
+        let _ = ch
+            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    broker
+        .cleanup(&dead_letter, &[&queue, &format!("{product}.unrouted")])
+        .await;
+}
+
+/// `(name, value)` pairs as the function harness takes them.
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A record's outcome does not depend on the execution environment that
+/// handled it, nor on what that environment handled before: one that has
+/// seen forty aggregate types and a fresh one publish the same new type
+/// alike (with a counter of exchanges, the first dead-lettered it).
+#[tokio::test]
+async fn two_environments_with_different_histories_give_a_record_the_same_outcome() {
+    let prefix = unique("history");
+    let template = format!("{prefix}.{{aggregateType}}.events");
+    let dead_letter = format!("{prefix}.dead-letter");
+    let env = |name: &'static str| {
+        [
+            ("AMQP_URI", amqp_uri()),
+            ("EXCHANGE", template.clone()),
+            ("DEAD_LETTER_EXCHANGE", dead_letter.clone()),
+            ("QUEUE_TYPE", "quorum".to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME", name.to_string()),
+        ]
+    };
+    let (seasoned_env, fresh_env) = (env("seasoned"), env("fresh"));
+    let seasoned = function::Function::start(&borrowed(&seasoned_env)).await;
+    let fresh = function::Function::start(&borrowed(&fresh_env)).await;
+    let record = |seq: u64, aggregate_type: &str| {
+        let mut r = function::StreamRecord {
+            seq,
+            aggregate: format!("{aggregate_type}-{seq}"),
+            version: 1,
+        }
+        .to_json_as("Recorded");
+        r["dynamodb"]["NewImage"]["aggregateType"] = json!({ "S": aggregate_type });
+        r
+    };
+    // The seasoned environment's history: forty types, and a value that
+    // names no exchange.
+    let mut history: Vec<Value> = (0..40).map(|i| record(i, &format!("Kind{i}"))).collect();
+    history.push(record(40, "not a type"));
+    let (response, _) = seasoned
+        .invoke(&json!({ "Records": history }), TEN_SECONDS)
+        .await;
+    assert_eq!(response["batchItemFailures"], json!([]));
+
+    let broker = TestBroker::connect().await;
+    let invoice = format!("{prefix}.invoice.events");
+    // The exchange is made by the first event for it; the consumer's queue
+    // is bound to it after the first invocation.
+    let mut outcomes = Vec::new();
+    for (f, seq) in [(&seasoned, 100), (&fresh, 101)] {
+        let batch = json!({ "Records": [record(seq, "Invoice"), record(seq + 10, "not a type")] });
+        let (response, _) = f.invoke(&batch, TEN_SECONDS).await;
+        assert_eq!(response["batchItemFailures"], json!([]));
+        let summary = f.summaries().last().cloned().unwrap();
+        outcomes.push((
+            summary["published"].clone(),
+            summary["dead_lettered"].clone(),
+        ));
+    }
+    assert_eq!(outcomes[0], outcomes[1], "the same outcome in both");
+    assert_eq!(outcomes[0], (json!(1), json!(1)));
+    assert!(broker.exchange_exists(&invoice).await);
+    let dead = broker.drain(&dead_letter).await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|d| header_str(d, "x-error").unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.contains("{aggregateType} gives a value that is not a type name")),
+        "{reasons:?}"
+    );
+
+    let ch = broker.channel().await;
+    for kind in (0..40)
+        .map(|i| format!("kind{i}"))
+        .chain(["invoice".to_string()])
+    {
+        let exchange = format!("{prefix}.{kind}.events");
+        broker.cleanup(&exchange, &[]).await;
+        let _ = ch
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    broker.cleanup(&dead_letter, &[]).await;
+}

@@ -461,6 +461,144 @@ fn open_connections(name: &str) -> usize {
     .count()
 }
 
+/// `records` with `aggregateType` set from `types`, round robin.
+fn typed(records: &[StreamRecord], types: &[&str]) -> serde_json::Value {
+    let mut batch = batch(records);
+    for (i, r) in batch["Records"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        r["dynamodb"]["NewImage"]["aggregateType"] =
+            serde_json::json!({ "S": types[i % types.len()] });
+    }
+    batch
+}
+
+/// The first use of an exchange of a templated `EXCHANGE` declares it; a
+/// broker that blocks publishers reads nothing more, so the declaration
+/// would wait for its answer until the confirm timeout. It fails at once
+/// instead, as every wait does while the broker blocks (CONTRACT §6.8).
+#[tokio::test]
+async fn a_first_use_declare_while_the_broker_blocks_fails_at_once() {
+    let _serial = SERIAL.lock().await;
+    fault_broker();
+    let prefix = unique("blocked-declare");
+    let template = format!("{prefix}.{{aggregateType}}.events");
+    let dead_letter = format!("{prefix}.dead-letter");
+    let f = Function::start(&[
+        ("AMQP_URI", &fault_uri("")),
+        ("EXCHANGE", &template),
+        ("DEAD_LETTER_EXCHANGE", &dead_letter),
+        ("CONNECT_TIMEOUT_MS", "1000"),
+        ("CONFIRM_TIMEOUT_MS", "5000"),
+        ("DEADLINE_MARGIN_MS", "1000"),
+    ])
+    .await;
+    let records = stream(20, 4, 23);
+    let (response, _) = f
+        .invoke(&typed(&records[..5], &["Product"]), Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        reported_index(&response, &records[..5]),
+        None,
+        "{}",
+        f.log()
+    );
+
+    let alarm = MemoryAlarm::raise();
+    // A Product event, then the first Order event: the exchange
+    // order.events is declared after the Product event was sent.
+    let rest = &records[5..];
+    let (response, took) = f
+        .invoke(&typed(rest, &["Product", "Order"]), Duration::from_secs(10))
+        .await;
+    drop(alarm);
+    // The Product event may or may not have been confirmed before the
+    // broker blocked the connection; the Order event never is.
+    let at = reported_index(&response, rest);
+    assert!(matches!(at, Some(0 | 1)), "{at:?}");
+    let last = f.summaries().last().cloned().unwrap();
+    assert_eq!(last["failure_kind"], "blocked", "{}", f.log());
+    assert!(
+        took < Duration::from_millis(2500),
+        "{took:?}: waited for the confirm timeout"
+    );
+
+    let broker = TestBroker::connect_to(&fault_uri("")).await;
+    for t in ["product", "order"] {
+        broker.cleanup(&format!("{prefix}.{t}.events"), &[]).await;
+    }
+    broker.cleanup(&dead_letter, &[]).await;
+}
+
+/// The broker blocks the connection while the channel is being opened
+/// again: the channel never opens, and a blocked connection cannot even be
+/// closed. A second connection would stay on the broker beside it; the
+/// function fails the batch as blocked and keeps the one it has.
+#[tokio::test]
+async fn a_connection_blocked_while_its_channel_opens_is_kept_and_no_other_is_opened() {
+    let _serial = SERIAL.lock().await;
+    let proxy = Proxy::start(FAULT_PORT).await;
+    let s = Setup::new(&proxy.uri(""), &[]).await;
+    let name = s.function.connection_name();
+    let records = stream(40, 4, 29);
+    let (response, _) = s
+        .function
+        .invoke(&batch(&records[..10]), Duration::from_secs(10))
+        .await;
+    assert_eq!(reported_index(&response, &records[..10]), None);
+
+    // A full queue nacks: the channel is dropped, the connection kept.
+    let full = s
+        .broker
+        .bind_queue(&s.exchange, "#", reject_publish_after(0))
+        .await;
+    let (response, _) = s
+        .function
+        .invoke(&batch(&records[10..20]), Duration::from_secs(10))
+        .await;
+    assert_eq!(reported_index(&response, &records[10..20]), Some(0));
+    s.broker
+        .channel()
+        .await
+        .queue_delete(full.as_str().into(), Default::default())
+        .await
+        .unwrap();
+
+    // The next channel.open is the first thing the function sends.
+    proxy.block_on_next_send();
+    let rest = &records[20..];
+    let (response, _) = s
+        .function
+        .invoke(&batch(rest), Duration::from_secs(5))
+        .await;
+    assert_eq!(reported_index(&response, rest), Some(0));
+    let last = s.function.summaries().last().cloned().unwrap();
+    assert_eq!(last["failure_kind"], "blocked", "{}", s.function.log());
+    assert_eq!(proxy.open_clients(), 1, "connections through the proxy");
+    assert_eq!(open_connections(&name), 1, "connections named {name}");
+
+    // The blocked connection is severed: once the client has seen it go, a
+    // batch connects anew and goes through.
+    proxy.sever();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (response, _) = s
+            .function
+            .invoke(&batch(rest), Duration::from_secs(10))
+            .await;
+        if reported_index(&response, rest).is_none() {
+            break;
+        }
+        assert!(Instant::now() < until, "{}", s.function.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(open_connections(&name), 1, "connections named {name}");
+    s.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_blocked_broker_fails_fast_on_its_one_connection_until_the_alarm_clears() {
     let _serial = SERIAL.lock().await;

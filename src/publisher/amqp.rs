@@ -40,6 +40,9 @@ pub struct Topology {
     /// Declared with every channel.
     pub dead_letter: String,
     pub queue_type: QueueType,
+    /// `MAX_EXCHANGES`: how many exchanges of a template a channel remembers
+    /// as declared; one used beyond them is declared again.
+    pub max_exchanges: usize,
 }
 
 /// How to reach the broker.
@@ -79,6 +82,7 @@ impl AmqpSettings {
                 exchange: config.mapping.exchange.fixed().map(str::to_owned),
                 dead_letter: config.mapping.dead_letter_exchange.clone(),
                 queue_type: config.queue_type,
+                max_exchanges: config.mapping.max_exchanges,
             }),
         }
     }
@@ -205,6 +209,11 @@ impl AmqpBroker {
             self.connect(until).await?;
         }
         match self.open_channel(until).await {
+            // The broker blocked the connection while the channel opened: it
+            // reads nothing from it until the alarm ends, and a blocked
+            // connection cannot even be closed, so a new one would stay
+            // beside it. Keep the one connection.
+            Err(PublishError::ChannelLost(_)) if self.is_blocked() => Err(PublishError::Blocked),
             Err(PublishError::ChannelLost(reason)) if had_connection => {
                 // The old connection only looked alive: start over once.
                 tracing::warn!(%reason, "opening a channel failed; reconnecting");
@@ -347,22 +356,6 @@ impl Broker for AmqpBroker {
             .channel
             .as_ref()
             .ok_or_else(|| PublishError::ChannelLost("no open channel".into()))?;
-        // An exchange of EXCHANGE's template: its topology on first use (a
-        // fixed EXCHANGE's is declared with the channel).
-        if let Some(topology) = &self.settings.topology
-            && topology.exchange.is_none()
-            && !message.exchange.is_empty()
-            && message.exchange != topology.dead_letter
-            && !self.declared.contains(&message.exchange)
-        {
-            let declaring = declare_exchange(channel, &message.exchange, topology.queue_type);
-            tokio::time::timeout_at(until.into(), declaring)
-                .await
-                .map_err(|_| {
-                    PublishError::ChannelLost("declaring an exchange timed out".into())
-                })??;
-            self.declared.insert(message.exchange.clone());
-        }
         let sending = channel.basic_publish(
             short(&message.exchange)?,
             short(&message.routing_key)?,
@@ -404,9 +397,48 @@ impl Broker for AmqpBroker {
                 Ok(lapin::Confirmation::NotRequested) => Confirmation::failed(
                     PublishError::ChannelLost("the channel is not in confirm mode".into()),
                 ),
-                Err(e) => Confirmation::failed(PublishError::ChannelLost(e.to_string())),
+                Err(e) => Confirmation::failed(confirm_error(&e)),
             }
         }))
+    }
+
+    fn needs_declare(&self, exchange: &str) -> bool {
+        // A fixed EXCHANGE's topology is declared with the channel.
+        self.settings.topology.as_ref().is_some_and(|t| {
+            t.exchange.is_none()
+                && !exchange.is_empty()
+                && exchange != t.dead_letter
+                && !self.declared.contains(exchange)
+        })
+    }
+
+    async fn declare(&mut self, exchange: &str, until: Instant) -> Result<(), PublishError> {
+        let (Some(topology), Some(channel)) = (&self.settings.topology, &self.channel) else {
+            return Err(PublishError::ChannelLost("no open channel".into()));
+        };
+        // A declaration waits, like a publish, while the broker blocks the
+        // connection: fail at once instead (CONTRACT §6.8).
+        let mut blocked = self.blocked.clone();
+        let declaring = declare_exchange(channel, exchange, topology.queue_type, refusal);
+        let declared = tokio::select! {
+            biased;
+            _ = blocked.wait_for(|b| *b) => return Err(PublishError::Blocked),
+            declared = tokio::time::timeout_at(until.into(), declaring) => declared,
+        };
+        match declared {
+            Err(_) => Err(PublishError::ChannelLost(
+                "declaring an exchange timed out".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => {
+                // Bounded memory: past MAX_EXCHANGES an exchange is declared
+                // again when used, which changes no outcome.
+                if self.declared.len() < topology.max_exchanges {
+                    self.declared.insert(exchange.to_owned());
+                }
+                Ok(())
+            }
+        }
     }
 
     fn idle(&mut self) {
@@ -567,6 +599,49 @@ fn clash(what: &str, name: &str, e: lapin::Error) -> PublishError {
     }
 }
 
+/// A per-event exchange's declaration that failed: a refusal (403, 406)
+/// is for good and dead-letters the record, with the broker's reply; any
+/// other error is the connection's.
+fn refusal(what: &str, name: &str, e: lapin::Error) -> PublishError {
+    match e.kind() {
+        ErrorKind::ProtocolError(p) if matches!(p.get_id(), 403 | 406) => PublishError::Refused(
+            format!("{what} '{name}': {} {}", p.get_id(), p.get_message()),
+        ),
+        _ => PublishError::ChannelLost(format!("declaring {what} '{name}': {e}")),
+    }
+}
+
+/// How a failed declaration becomes a [`PublishError`]: [`clash`] at cold
+/// start, [`refusal`] for a per-event exchange.
+type OnError = fn(&str, &str, lapin::Error) -> PublishError;
+
+/// The failure of a confirm that did not come: a channel the broker closed
+/// over a message larger than its `max_message_size` is a refusal of that
+/// message (`TooLarge`, naming its size); anything else lost the channel.
+fn confirm_error(e: &lapin::Error) -> PublishError {
+    if let ErrorKind::ProtocolError(p) = e.kind()
+        && p.get_id() == 406
+        && let Some((size, limit)) = size_refusal(p.get_message().as_str())
+    {
+        return PublishError::TooLarge {
+            size,
+            limit,
+            text: format!("406 {}", p.get_message()),
+        };
+    }
+    PublishError::ChannelLost(e.to_string())
+}
+
+/// The sizes in RabbitMQ's refusal of a message over its limit:
+/// `PRECONDITION_FAILED - message size 532123 is larger than configured max
+/// size 524288`.
+fn size_refusal(text: &str) -> Option<(usize, usize)> {
+    let rest = text.split_once("message size ")?.1;
+    let (size, rest) = rest.split_once(" is larger than configured max size ")?;
+    let limit: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((size.trim().parse().ok()?, limit.parse().ok()?))
+}
+
 const DURABLE: ExchangeDeclareOptions = ExchangeDeclareOptions {
     passive: false,
     durable: true,
@@ -580,9 +655,9 @@ const DURABLE: ExchangeDeclareOptions = ExchangeDeclareOptions {
 /// declaration that clashes with what exists closes the channel; the error
 /// names the object and the way out.
 async fn declare(channel: &Channel, topology: &Topology) -> Result<(), PublishError> {
-    fanout_with_queue(channel, &topology.dead_letter, topology.queue_type).await?;
+    fanout_with_queue(channel, &topology.dead_letter, topology.queue_type, clash).await?;
     if let Some(exchange) = &topology.exchange {
-        declare_exchange(channel, exchange, topology.queue_type).await?;
+        declare_exchange(channel, exchange, topology.queue_type, clash).await?;
     }
     Ok(())
 }
@@ -593,9 +668,10 @@ async fn declare_exchange(
     channel: &Channel,
     exchange: &str,
     queue_type: QueueType,
+    on_error: OnError,
 ) -> Result<(), PublishError> {
     let unrouted = format!("{exchange}.unrouted");
-    fanout_with_queue(channel, &unrouted, queue_type).await?;
+    fanout_with_queue(channel, &unrouted, queue_type, on_error).await?;
     let mut args = FieldTable::default();
     args.insert(
         "alternate-exchange".into(),
@@ -604,7 +680,7 @@ async fn declare_exchange(
     channel
         .exchange_declare(exchange.into(), ExchangeKind::Topic, DURABLE, args)
         .await
-        .map_err(|e| clash("exchange", exchange, e))
+        .map_err(|e| on_error("exchange", exchange, e))
 }
 
 /// `x-delivery-limit` of the quorum queues the forwarder declares. They
@@ -639,6 +715,7 @@ async fn fanout_with_queue(
     channel: &Channel,
     name: &str,
     queue_type: QueueType,
+    on_error: OnError,
 ) -> Result<(), PublishError> {
     let queue_args = queue_arguments(queue_type);
     channel
@@ -649,7 +726,7 @@ async fn fanout_with_queue(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| clash("exchange", name, e))?;
+        .map_err(|e| on_error("exchange", name, e))?;
     channel
         .queue_declare(
             name.into(),
@@ -660,7 +737,7 @@ async fn fanout_with_queue(
             queue_args,
         )
         .await
-        .map_err(|e| clash("queue", name, e))?;
+        .map_err(|e| on_error("queue", name, e))?;
     channel
         .queue_bind(
             name.into(),
@@ -670,5 +747,5 @@ async fn fanout_with_queue(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| clash("binding of queue", name, e))
+        .map_err(|e| on_error("binding of queue", name, e))
 }

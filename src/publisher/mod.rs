@@ -69,6 +69,18 @@ pub enum PublishError {
     Invalid(String),
     #[error("enrichment failed: {0}")]
     Enrichment(String),
+    /// The broker refuses the record's exchange for good (403 access
+    /// refused, 406 an exchange with other settings): a record fault.
+    #[error("the broker refused the event's exchange: {0}")]
+    Refused(String),
+    /// The broker closed the channel over a message larger than it takes
+    /// (its `max_message_size` is below `MAX_MESSAGE_BYTES`).
+    #[error("the broker refused a message of {size} bytes: {text}")]
+    TooLarge {
+        size: usize,
+        limit: usize,
+        text: String,
+    },
 }
 
 impl PublishError {
@@ -92,6 +104,8 @@ impl PublishError {
             PublishError::Deadline => "deadline",
             PublishError::Invalid(_) => "invalid",
             PublishError::Enrichment(_) => "enrichment",
+            PublishError::Refused(_) => "refused",
+            PublishError::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -181,6 +195,25 @@ pub trait Broker {
         message: &Message,
         until: Instant,
     ) -> impl Future<Output = Result<Confirm, PublishError>>;
+
+    /// Whether `exchange` must be declared before a message goes to it (an
+    /// exchange of a templated `EXCHANGE`, on its first use on a channel).
+    /// The batch settles what is in flight first: the broker closes the
+    /// channel when it refuses the declaration, and confirms still pending
+    /// on it would be lost.
+    fn needs_declare(&self, _exchange: &str) -> bool {
+        false
+    }
+
+    /// Declares `exchange`'s topology. [`PublishError::Refused`] when the
+    /// broker refuses it for good; the channel is then closed.
+    fn declare(
+        &mut self,
+        _exchange: &str,
+        _until: Instant,
+    ) -> impl Future<Output = Result<(), PublishError>> {
+        std::future::ready(Ok(()))
+    }
 
     /// Forgets the channel (and with [`Reset::Connection`] the connection)
     /// after a failure, so that the next [`Broker::ensure_ready`] opens

@@ -43,6 +43,10 @@ struct State {
     next_id: AtomicU64,
     /// Client sockets the proxy holds open now.
     open: AtomicU64,
+    /// Connections numbered below this act as a broker that has blocked
+    /// them once their client sends its next bytes: those are swallowed, a
+    /// `connection.blocked` goes to the client, and nothing flows again.
+    block_below: AtomicU64,
 }
 
 /// Counts a client socket as open for as long as it lives.
@@ -75,6 +79,7 @@ impl Proxy {
             vanish_below: watch::channel(0).0,
             next_id: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            block_below: AtomicU64::new(0),
         });
         let shared = state.clone();
         tokio::spawn(async move {
@@ -150,6 +155,16 @@ impl Proxy {
         self.state.vanish_below.send_replace(below);
     }
 
+    /// Every open connection acts as a broker that blocks it (a memory
+    /// alarm) as soon as its client sends again: what the client sends is
+    /// not delivered, the client is told `connection.blocked`, and nothing
+    /// flows either way after that. New connections are not affected.
+    pub fn block_on_next_send(&self) {
+        let below = self.state.next_id.load(Ordering::SeqCst);
+        self.state.block_below.store(below, Ordering::SeqCst);
+        self.state.mode_changed.send_modify(|_| {});
+    }
+
     /// Closes every open connection now.
     pub fn sever(&self) {
         self.state.generation.send_modify(|g| *g += 1);
@@ -172,12 +187,20 @@ fn mode(state: &State) -> Mode {
     }
 }
 
+/// `connection.blocked` ("test"), as a frame on channel 0.
+const CONNECTION_BLOCKED: [u8; 17] = [
+    1, 0, 0, 0, 0, 0, 9, 0, 10, 0, 60, 4, b't', b'e', b's', b't', 0xCE,
+];
+
 async fn pump(state: Arc<State>, client: TcpStream, upstream: TcpStream) {
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();
-    let up = copy(state.clone(), id, true, &mut cr, &mut uw);
-    let down = copy(state.clone(), id, false, &mut ur, &mut cw);
+    // Set by the client side when a block is due: the broker side writes
+    // `connection.blocked` between two frames, then forwards nothing more.
+    let blocking = Arc::new(tokio::sync::Notify::new());
+    let up = copy_up(state.clone(), id, blocking.clone(), &mut cr, &mut uw);
+    let down = copy_down(state.clone(), id, blocking, &mut ur, &mut cw);
     let mut gen_rx = state.generation.subscribe();
     let mut vanish_rx = state.vanish_below.subscribe();
     let vanished = tokio::select! {
@@ -198,37 +221,144 @@ async fn pump(state: Arc<State>, client: TcpStream, upstream: TcpStream) {
     }
 }
 
-async fn copy<R, W>(state: Arc<State>, id: u64, from_client: bool, read: &mut R, write: &mut W)
-where
+/// Client to broker, unless the connection is to be blocked: then its
+/// next bytes are swallowed and the broker side is told to block it.
+async fn copy_up<R, W>(
+    state: Arc<State>,
+    id: u64,
+    blocking: Arc<tokio::sync::Notify>,
+    read: &mut R,
+    write: &mut W,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut mode_rx = state.mode_changed.subscribe();
     loop {
         let n = match read.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        // In a blackhole the bytes are held, not delivered, until it ends.
-        while mode(&state) == Mode::Blackhole || id < state.abandon_below.load(Ordering::SeqCst) {
-            if mode_rx.changed().await.is_err() {
-                return;
+        if id < state.block_below.load(Ordering::SeqCst) {
+            blocking.notify_one();
+            // A blocked connection is not read by the broker: swallow
+            // whatever the client sends until it goes away.
+            while let Ok(n) = read.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
             }
-        }
-        if write.write_all(&buf[..n]).await.is_err() {
             return;
         }
-        if from_client {
-            let sent = state.sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
-            let at = state.sever_at.load(Ordering::SeqCst);
-            if at > 0 && sent >= at {
-                state.sever_at.store(0, Ordering::SeqCst);
-                let then = state.then.load(Ordering::SeqCst);
-                state.mode.store(then, Ordering::SeqCst);
-                state.mode_changed.send_replace(then);
-                state.generation.send_modify(|g| *g += 1);
+        if !forward(&state, id, true, &buf[..n], write).await {
+            return;
+        }
+    }
+}
+
+/// Broker to client, frame by frame so that a `connection.blocked` can go
+/// in between two frames.
+async fn copy_down<R, W>(
+    state: Arc<State>,
+    id: u64,
+    blocking: Arc<tokio::sync::Notify>,
+    read: &mut R,
+    write: &mut W,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    // Bytes left of the frame in progress; a frame header is 7 bytes, a
+    // frame its header, payload and end byte. The protocol header the
+    // broker never sends; its first frame starts the count.
+    let mut frame = Frames::default();
+    loop {
+        let n = tokio::select! {
+            read = read.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            () = blocking.notified(), if frame.at_boundary() => {
+                let _ = write.write_all(&CONNECTION_BLOCKED).await;
+                // Nothing flows once the broker has blocked the connection.
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        frame.advance(&buf[..n]);
+        if !forward(&state, id, false, &buf[..n], write).await {
+            return;
+        }
+    }
+}
+
+/// Where a byte stream of AMQP frames stands.
+#[derive(Default)]
+struct Frames {
+    header: Vec<u8>,
+    left: usize,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.header.is_empty() && self.left == 0
+    }
+
+    fn advance(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let take = self.left.min(bytes.len());
+                self.left -= take;
+                bytes = &bytes[take..];
+                continue;
+            }
+            let take = (7 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.header.len() == 7 {
+                let size = u32::from_be_bytes([
+                    self.header[3],
+                    self.header[4],
+                    self.header[5],
+                    self.header[6],
+                ]);
+                self.left = size as usize + 1;
+                self.header.clear();
             }
         }
     }
+}
+
+/// Writes `bytes` on, held while the proxy is a blackhole; `false` once
+/// the connection is over.
+async fn forward<W: AsyncWrite + Unpin>(
+    state: &Arc<State>,
+    id: u64,
+    from_client: bool,
+    bytes: &[u8],
+    write: &mut W,
+) -> bool {
+    let mut mode_rx = state.mode_changed.subscribe();
+    // In a blackhole the bytes are held, not delivered, until it ends.
+    while mode(state) == Mode::Blackhole || id < state.abandon_below.load(Ordering::SeqCst) {
+        if mode_rx.changed().await.is_err() {
+            return false;
+        }
+    }
+    if write.write_all(bytes).await.is_err() {
+        return false;
+    }
+    if from_client {
+        let sent = state.sent.fetch_add(bytes.len() as u64, Ordering::SeqCst) + bytes.len() as u64;
+        let at = state.sever_at.load(Ordering::SeqCst);
+        if at > 0 && sent >= at {
+            state.sever_at.store(0, Ordering::SeqCst);
+            let then = state.then.load(Ordering::SeqCst);
+            state.mode.store(then, Ordering::SeqCst);
+            state.mode_changed.send_replace(then);
+            state.generation.send_modify(|g| *g += 1);
+        }
+    }
+    true
 }
