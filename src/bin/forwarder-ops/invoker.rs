@@ -127,7 +127,7 @@ impl Invoker for LambdaInvoker {
                         status,
                     }),
                     ApiError::TooManyRequestsException(_) | ApiError::ServiceException(_) => {
-                        Err(InvokeError::Unreachable(format!("{status}: {}", e.err())))
+                        Err(InvokeError::NotInvoked(format!("{status}: {}", e.err())))
                     }
                     // `cargo lambda watch` answers a function error with 500
                     // and the error document.
@@ -142,7 +142,7 @@ impl Invoker for LambdaInvoker {
                     ))),
                 }
             }
-            Err(e) => Err(InvokeError::Unreachable(
+            Err(e) => Err(InvokeError::NotInvoked(
                 aws_sdk_lambda::error::DisplayErrorContext(&e).to_string(),
             )),
         }

@@ -262,6 +262,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                 stream_arn: &stream_arn,
                 function_arn: &function_arn,
                 request_id: &invoker.last_request_id,
+                executed_version: "$LATEST",
             };
             let message = esm::on_failure_message(g, &batch, &context, Utc::now());
             clients
