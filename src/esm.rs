@@ -1,10 +1,13 @@
 //! The rules of Lambda's event source mapping for a DynamoDB stream, as the
 //! operations tool applies them locally (CONTRACT §8): which checkpoint a
 //! partial batch response gives, how a failed batch is retried, bisected
-//! and finally given up on, and the OnFailure message that records it.
+//! and finally given up on, the OnFailure message that records it, and
+//! which records `FilterCriteria` lets through ([`filter`]).
 //!
 //! Pure but for the [`Invoker`] port, so the rules are tested here with
 //! fakes; the tool plugs in the Lambda Invoke API and the stream reader.
+
+pub mod filter;
 
 use std::{future::Future, ops::Range, time::Duration};
 
