@@ -153,20 +153,10 @@ impl StreamRecord {
 /// The Invoke API's limit on a synchronous request's payload.
 pub const MAX_EVENT_BYTES: usize = 6 * 1024 * 1024;
 
-/// Takes the next batch off `buffer`: at most `max_records`, and no more
-/// than fit one invocation event of `max_bytes` (a single larger record
-/// still goes alone: the Invoke API refuses it and the mapping gives up on
-/// it, as Lambda's would).
-pub fn take_batch(
-    buffer: &mut std::collections::VecDeque<Pending>,
-    max_records: usize,
-    max_bytes: usize,
-) -> Vec<Pending> {
-    let n = batch_len(buffer.iter(), max_records, max_bytes);
-    buffer.drain(..n).collect()
-}
-
-/// How many of `records` the next batch takes (see [`take_batch`]).
+/// How many of `records` the next batch takes: at most `max_records`, and
+/// no more than fit one invocation event of `max_bytes` (a single larger
+/// record still goes alone: the Invoke API refuses it and the mapping gives
+/// up on it, as Lambda's would).
 fn batch_len<'a>(
     records: impl Iterator<Item = &'a Pending>,
     max_records: usize,
@@ -247,6 +237,12 @@ pub enum InvokeError {
 /// back before the next invocation is made.
 pub trait Invoker {
     fn invoke(&mut self, event: Vec<u8>) -> impl Future<Output = Result<Answer, InvokeError>>;
+
+    /// The request id and executed version of the last invocation, for the
+    /// OnFailure message.
+    fn last_request(&self) -> (&str, &str) {
+        ("", "$LATEST")
+    }
 }
 
 /// Where a response leaves the checkpoint of a batch.
@@ -1219,16 +1215,14 @@ mod tests {
 
     #[test]
     fn a_batch_fits_the_record_count_and_the_payload_limit() {
-        let mut buffer: std::collections::VecDeque<Pending> = pending(10).into();
-        let one = buffer[0].record.get().len() + 1;
-        assert_eq!(take_batch(&mut buffer, 4, MAX_EVENT_BYTES).len(), 4);
-        let batch = take_batch(&mut buffer, 10, 14 + 3 * one);
-        assert_eq!(batch.len(), 3);
-        assert!(event(&batch, None).len() <= 14 + 3 * one);
-        assert_eq!(batch[0].sequence_number, "104");
+        let records = pending(10);
+        let one = records[0].record.get().len() + 1;
+        assert_eq!(batch_len(records.iter(), 4, MAX_EVENT_BYTES), 4);
+        let n = batch_len(records[4..].iter(), 10, 14 + 3 * one);
+        assert_eq!(n, 3);
+        assert!(event(&records[4..4 + n], None).len() <= 14 + 3 * one);
         // A record larger than the limit still goes, alone.
-        assert_eq!(take_batch(&mut buffer, 10, 1).len(), 1);
-        assert_eq!(buffer.len(), 2);
+        assert_eq!(batch_len(records.iter(), 10, 1), 1);
     }
 
     #[test]
