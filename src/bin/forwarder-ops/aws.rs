@@ -23,7 +23,8 @@ pub struct Args {
     pub region: Option<String>,
 
     /// The function to invoke: name or ARN. `_` is the function of
-    /// `cargo lambda watch --only-lambda-apis`.
+    /// `cargo lambda watch --only-lambda-apis`. OnFailure messages name its
+    /// ARN: as given, else from GetFunctionConfiguration when allowed.
     #[arg(
         long,
         global = true,

@@ -53,7 +53,11 @@ Examples:
 
   # Only the events the template's FilterPattern lets through
   forwarder-ops ... stream --table product-events \\
-      --filter-pattern '{\"eventName\": [\"INSERT\"]}'")]
+      --filter-pattern '{\"eventName\": [\"INSERT\"]}'
+
+Exit status: 0 when it stopped as asked (records given up on are in the
+summary and the OnFailure queue), 1 when the Invoke API refused the calls,
+2 on an error (after the summary, with the point to resume from).")]
 pub struct Args {
     /// The table whose stream to read (its latest stream).
     #[arg(long, required_unless_present = "stream_arn")]
