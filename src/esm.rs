@@ -1,10 +1,13 @@
 //! The rules of Lambda's event source mapping for a DynamoDB stream, as the
 //! operations tool applies them locally (CONTRACT §8): which checkpoint a
 //! partial batch response gives, how a failed batch is retried, bisected
-//! and finally given up on, and the OnFailure message that records it.
+//! and finally given up on, the OnFailure message that records it, and
+//! which records `FilterCriteria` lets through ([`filter`]).
 //!
 //! Pure but for the [`Invoker`] port, so the rules are tested here with
 //! fakes; the tool plugs in the Lambda Invoke API and the stream reader.
+
+pub mod filter;
 
 use std::{future::Future, ops::Range, time::Duration};
 
@@ -82,18 +85,15 @@ pub struct StreamRecord {
 
 impl StreamRecord {
     /// The record as Lambda delivers it, with the fields and types of AWS's
-    /// sample events: `eventSourceARN` added (GetRecords has none), and
-    /// `ApproximateCreationDateTime` in epoch seconds.
-    pub fn to_lambda(&self, stream_arn: &str) -> Pending {
+    /// events: `eventSourceARN` added (GetRecords has none), and
+    /// `ApproximateCreationDateTime` in epoch seconds as a JSON float
+    /// (`1428537600.0`), as Lambda sends it (recorded against AWS in
+    /// LocalStack's `test_dynamodb_event_filter`; AWS's sample events show
+    /// an integer, which a numeric filter and most decoders read alike).
+    pub fn to_lambda_value(&self, stream_arn: &str) -> Value {
         let mut dynamodb = serde_json::Map::new();
         if let Some(t) = self.created {
-            // Whole seconds as an integer, as in AWS's samples.
-            let t = if t.fract() == 0.0 && t.abs() < 9e15 {
-                json!(t as i64)
-            } else {
-                json!(t)
-            };
-            dynamodb.insert("ApproximateCreationDateTime".into(), t);
+            dynamodb.insert("ApproximateCreationDateTime".into(), json!(t));
         }
         for (name, image) in [
             ("Keys", &self.keys),
@@ -127,13 +127,24 @@ impl StreamRecord {
         if let Some((kind, principal)) = &self.user_identity {
             record["userIdentity"] = json!({"type": kind, "principalId": principal});
         }
+        record
+    }
+
+    /// [`Self::to_lambda_value`], ready to be sent.
+    pub fn to_lambda(&self, stream_arn: &str) -> Pending {
+        self.pending(&self.to_lambda_value(stream_arn))
+    }
+
+    /// The record waiting to be delivered, given its JSON as Lambda
+    /// delivers it (from [`Self::to_lambda_value`]).
+    pub fn pending(&self, record: &Value) -> Pending {
         Pending {
             sequence_number: self.sequence_number.clone(),
             created: self
                 .created
                 .and_then(|t| DateTime::from_timestamp_millis((t * 1000.0).round() as i64)),
             // A Value always serializes.
-            record: serde_json::value::to_raw_value(&record)
+            record: serde_json::value::to_raw_value(record)
                 .unwrap_or_else(|_| RawValue::NULL.to_owned()),
         }
     }
@@ -142,20 +153,10 @@ impl StreamRecord {
 /// The Invoke API's limit on a synchronous request's payload.
 pub const MAX_EVENT_BYTES: usize = 6 * 1024 * 1024;
 
-/// Takes the next batch off `buffer`: at most `max_records`, and no more
-/// than fit one invocation event of `max_bytes` (a single larger record
-/// still goes alone: the Invoke API refuses it and the mapping gives up on
-/// it, as Lambda's would).
-pub fn take_batch(
-    buffer: &mut std::collections::VecDeque<Pending>,
-    max_records: usize,
-    max_bytes: usize,
-) -> Vec<Pending> {
-    let n = batch_len(buffer.iter(), max_records, max_bytes);
-    buffer.drain(..n).collect()
-}
-
-/// How many of `records` the next batch takes (see [`take_batch`]).
+/// How many of `records` the next batch takes: at most `max_records`, and
+/// no more than fit one invocation event of `max_bytes` (a single larger
+/// record still goes alone: the Invoke API refuses it and the mapping gives
+/// up on it, as Lambda's would).
 fn batch_len<'a>(
     records: impl Iterator<Item = &'a Pending>,
     max_records: usize,
@@ -204,9 +205,11 @@ pub fn event(records: &[Pending], target: Option<&str>) -> Vec<u8> {
 pub enum Answer {
     /// The function returned this response.
     Response(Value),
-    /// The function failed (an invocation error, a timeout, a crash).
+    /// The function ran and failed: it threw, crashed or timed out.
     FunctionError {
-        /// `Unhandled`, or the error type the endpoint reported.
+        /// The OnFailure message's `functionError`: `Unhandled` (what Lambda
+        /// reports for a thrown error and for a timeout alike), or the
+        /// `X-Amz-Function-Error` the endpoint sent.
         error: String,
         /// The error document's `errorMessage`, when there is one.
         message: String,
@@ -215,22 +218,31 @@ pub enum Answer {
     },
 }
 
-/// Why an invocation could not be made at all.
+/// Why an invocation was not made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvokeError {
-    /// The endpoint cannot be reached: retried without counting, as the
-    /// function never saw the batch.
-    #[error("the function could not be invoked: {0}")]
-    Unreachable(String),
+    /// The function did not run: throttled (429), a service error, the
+    /// function being updated (409), its network interface or key not
+    /// ready, or the endpoint out of reach. Lambda retries these without
+    /// counting an attempt, until the records grow older than the age limit.
+    #[error("the function was not invoked: {0}")]
+    NotInvoked(String),
     /// The Invoke API refused the call (no such function, no permission):
     /// retrying cannot help, so delivery stops.
     #[error("the Invoke API refused the call: {0}")]
     Refused(String),
 }
 
-/// Invokes the function with one event.
+/// Invokes the function with one event, synchronously: the answer comes
+/// back before the next invocation is made.
 pub trait Invoker {
     fn invoke(&mut self, event: Vec<u8>) -> impl Future<Output = Result<Answer, InvokeError>>;
+
+    /// The request id and executed version of the last invocation, for the
+    /// OnFailure message.
+    fn last_request(&self) -> (&str, &str) {
+        ("", "$LATEST")
+    }
 }
 
 /// Where a response leaves the checkpoint of a batch.
@@ -240,17 +252,25 @@ pub enum Checkpoint {
     All,
     /// The records before this index are done; it is retried from there.
     Before(usize),
-    /// The response reports a failure Lambda cannot place (an empty or
-    /// null identifier, or one not in the batch): the whole batch failed.
+    /// The response reports a failure Lambda cannot place: the whole batch
+    /// failed.
     Whole,
 }
 
 /// The checkpoint a partial batch response gives (AWS: "Lambda
-/// checkpoints at the lowest sequence number reported"). An empty or null
-/// response, or an empty or null `batchItemFailures`, is a success.
+/// checkpoints at the lowest sequence number reported").
+///
+/// A success: `null`, `{}`, `[]` (recorded against AWS: LocalStack's
+/// snapshot `test_dynamodb_report_batch_item_success_scenarios`), and a
+/// `batchItemFailures` that is `null` or `[]`. A whole-batch failure: an
+/// identifier that is empty, null, not a string or missing (recorded too:
+/// `test_dynamodb_report_batch_item_failure_scenarios`). Not known, so kept
+/// conservative (the whole batch fails): an identifier that names no record
+/// of the batch, and any other response that is not an object.
 pub fn checkpoint(response: &Value, sequence_numbers: &[&str]) -> Checkpoint {
     let failures = match response {
         Value::Null => return Checkpoint::All,
+        Value::Array(a) if a.is_empty() => return Checkpoint::All,
         Value::Object(o) => match o.get("batchItemFailures") {
             None | Some(Value::Null) => return Checkpoint::All,
             Some(Value::Array(a)) if a.is_empty() => return Checkpoint::All,
@@ -297,10 +317,13 @@ pub struct GivenUp {
     /// Their indexes in the batch.
     pub range: Range<usize>,
     pub condition: Condition,
-    /// Invocations made with them.
+    /// Invocations that carried them since the checkpoint last moved
+    /// (`approximateInvokeCount`).
     pub invocations: u32,
-    /// The last answer's HTTP status and function error, if any.
+    /// The last answer's HTTP status (200 when there was none).
     pub status: u16,
+    /// The last answer's function error: `None` for a reported failure (or
+    /// no answer), which the OnFailure message writes as `null`.
     pub function_error: Option<String>,
 }
 
@@ -312,8 +335,9 @@ pub struct Delivery {
     pub partial: u32,
     pub function_errors: u32,
     pub bisects: u32,
-    /// Invocations that could not be made (retried, not counted).
-    pub unreachable: u32,
+    /// Invocations that were not made (throttles, service errors, the
+    /// network): retried without counting an attempt.
+    pub not_invoked: u32,
     pub given_up: Vec<GivenUp>,
     /// Set when delivery was stopped: records from this index on were
     /// neither delivered nor given up on.
@@ -340,11 +364,57 @@ pub struct Pace<'a> {
     pub target: Option<&'a str>,
 }
 
-/// Delivers one batch by Lambda's rules: records in order, a partial
-/// response resumes at the reported record, a function error bisects the
-/// batch (when on) and retries each half on its own, and records that run
-/// out of retries or grow older than the age limit are given up on, their
-/// range recorded for the OnFailure queue, so that the shard moves on.
+/// A part of the batch still to deliver.
+#[derive(Debug, Clone)]
+struct Part {
+    range: Range<usize>,
+    /// Retries used since the checkpoint last moved.
+    retries: u32,
+    /// Invocations that carried it since the checkpoint last moved.
+    invocations: u32,
+    /// The last answer for it: HTTP status and function error.
+    last: (u16, Option<String>),
+    /// It failed, or could not be invoked, last time: wait before the next.
+    wait: bool,
+}
+
+impl Part {
+    fn new(range: Range<usize>) -> Self {
+        Self {
+            range,
+            retries: 0,
+            invocations: 0,
+            last: (200, None),
+            wait: false,
+        }
+    }
+
+    fn give_up(&self, range: Range<usize>, condition: Condition) -> GivenUp {
+        GivenUp {
+            range,
+            condition,
+            invocations: self.invocations,
+            status: self.last.0,
+            function_error: self.last.1.clone(),
+        }
+    }
+}
+
+/// Delivers one batch by Lambda's rules: records in order; a partial
+/// response resumes at the reported record; a function error splits the
+/// batch in two (when bisect is on), each half delivered on its own; records
+/// that run out of retries or grow older than the age limit are given up
+/// on, their range recorded for the OnFailure queue, so that the shard
+/// moves on.
+///
+/// Retries are counted as AWS counts them: splitting a batch uses none
+/// (AWS docs, "Splitting a batch does not count towards the retry quota"),
+/// an invocation that was not made uses none, and whenever the checkpoint
+/// moves (records delivered or given up on) the records after it start a
+/// fresh budget. The last rule is inferred from AWS's recordings, not
+/// documented: in LocalStack's `test_dynamodb_report_batch_item_failures`
+/// (BatchSize 3, MaximumRetryAttempts 3) a record reported in every batch
+/// was invoked 1 + 4 times and given up with `approximateInvokeCount` 4.
 pub async fn deliver<I: Invoker>(
     invoker: &mut I,
     batch: &[Pending],
@@ -352,12 +422,12 @@ pub async fn deliver<I: Invoker>(
     pace: &Pace<'_>,
 ) -> Delivery {
     let mut delivery = Delivery::default();
-    // Parts still to deliver, in stream order, with the retries they used.
-    let mut parts: Vec<(Range<usize>, u32)> = vec![(0..batch.len(), 0)];
-    while let Some((mut range, retries)) = parts.pop() {
+    // Parts still to deliver, popped from the end: in stream order.
+    let mut parts: Vec<Part> = vec![Part::new(0..batch.len())];
+    while let Some(mut part) = parts.pop() {
         if let Some(age) = rules.max_record_age {
             let now = (pace.now)();
-            let expired = batch[range.clone()]
+            let expired = batch[part.range.clone()]
                 .iter()
                 .take_while(|r| {
                     r.created
@@ -365,57 +435,55 @@ pub async fn deliver<I: Invoker>(
                 })
                 .count();
             if expired > 0 {
-                delivery.given_up.push(GivenUp {
-                    range: range.start..range.start + expired,
-                    condition: Condition::RecordAgeExceeded,
-                    invocations: retries,
-                    status: 200,
-                    function_error: None,
-                });
+                let start = part.range.start;
+                delivery
+                    .given_up
+                    .push(part.give_up(start..start + expired, Condition::RecordAgeExceeded));
                 if rules.stop_on_give_up {
-                    delivery.stopped_at = Some(range.start);
+                    delivery.stopped_at = Some(start);
                     return delivery;
                 }
-                range.start += expired;
+                let wait = part.wait;
+                part = Part::new(start + expired..part.range.end);
+                part.wait = wait;
             }
         }
-        if range.is_empty() {
+        if part.range.is_empty() {
+            fresh_budget(&mut parts);
             continue;
         }
         if (pace.stop)() {
-            delivery.stopped_at = Some(range.start);
+            delivery.stopped_at = Some(part.range.start);
             return delivery;
         }
-        if retries > 0 {
+        if part.wait {
             tokio::time::sleep(pace.retry_delay).await;
         }
-        let answer = loop {
-            match invoker
-                .invoke(event(&batch[range.clone()], pace.target))
-                .await
-            {
-                Ok(answer) => break answer,
-                Err(InvokeError::Refused(reason)) => {
-                    delivery.stopped_at = Some(range.start);
-                    delivery.refused = Some(reason);
-                    return delivery;
-                }
-                Err(InvokeError::Unreachable(reason)) => {
-                    delivery.unreachable += 1;
-                    tracing::warn!(%reason, "invoke failed; retrying");
-                    if (pace.stop)() {
-                        delivery.stopped_at = Some(range.start);
-                        return delivery;
-                    }
-                    tokio::time::sleep(pace.retry_delay).await;
-                }
+        let answer = match invoker
+            .invoke(event(&batch[part.range.clone()], pace.target))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(InvokeError::Refused(reason)) => {
+                delivery.stopped_at = Some(part.range.start);
+                delivery.refused = Some(reason);
+                return delivery;
+            }
+            Err(InvokeError::NotInvoked(reason)) => {
+                // Not an attempt: the same part again, after the age check.
+                delivery.not_invoked += 1;
+                tracing::warn!(%reason, "the function was not invoked; retrying");
+                part.wait = true;
+                parts.push(part);
+                continue;
             }
         };
         delivery.invocations += 1;
+        part.invocations += 1;
         let failed_from = match &answer {
             Answer::Response(_) if !rules.report_batch_item_failures => None,
             Answer::Response(response) => {
-                let seqs: Vec<&str> = batch[range.clone()]
+                let seqs: Vec<&str> = batch[part.range.clone()]
                     .iter()
                     .map(|r| r.sequence_number.as_str())
                     .collect();
@@ -423,54 +491,75 @@ pub async fn deliver<I: Invoker>(
                     Checkpoint::All => None,
                     Checkpoint::Before(i) => {
                         delivery.partial += 1;
-                        Some(range.start + i)
+                        Some(part.range.start + i)
                     }
                     Checkpoint::Whole => {
                         delivery.partial += 1;
-                        Some(range.start)
+                        Some(part.range.start)
                     }
                 }
             }
             Answer::FunctionError { .. } => {
                 delivery.function_errors += 1;
-                Some(range.start)
+                Some(part.range.start)
             }
         };
-        let Some(from) = failed_from else { continue };
-        let rest = from..range.end;
-        let (status, function_error) = match &answer {
+        let Some(from) = failed_from else {
+            fresh_budget(&mut parts);
+            continue;
+        };
+        part.last = match &answer {
             Answer::FunctionError { error, status, .. } => (*status, Some(error.clone())),
             Answer::Response(_) => (200, None),
         };
-        if rules.max_retries.is_some_and(|max| retries >= max) {
-            let start = rest.start;
-            delivery.given_up.push(GivenUp {
-                range: rest,
-                condition: Condition::RetryAttemptsExhausted,
-                invocations: retries + 1,
-                status,
-                function_error,
-            });
-            if rules.stop_on_give_up {
-                delivery.stopped_at = Some(start);
-                return delivery;
-            }
+        part.wait = true;
+        if from > part.range.start {
+            // The checkpoint moved: the rest starts a fresh budget.
+            let mut rest = Part::new(from..part.range.end);
+            rest.last = part.last;
+            rest.wait = true;
+            parts.push(rest);
             continue;
         }
         let bisect = matches!(answer, Answer::FunctionError { .. })
             && rules.bisect_on_function_error
-            && rest.len() > 1;
+            && part.range.len() > 1;
         if bisect {
+            // A split is not a retry: both halves keep the budget as it is.
             delivery.bisects += 1;
-            let middle = rest.start + rest.len() / 2;
-            // Popped from the end: the first half goes last onto the stack.
-            parts.push((middle..rest.end, retries + 1));
-            parts.push((rest.start..middle, retries + 1));
-        } else {
-            parts.push((rest, retries + 1));
+            let middle = part.range.start + part.range.len() / 2;
+            let mut second = part.clone();
+            second.range = middle..part.range.end;
+            part.range.end = middle;
+            parts.push(second);
+            parts.push(part);
+            continue;
         }
+        if rules.max_retries.is_some_and(|max| part.retries >= max) {
+            let start = part.range.start;
+            delivery
+                .given_up
+                .push(part.give_up(part.range.clone(), Condition::RetryAttemptsExhausted));
+            if rules.stop_on_give_up {
+                delivery.stopped_at = Some(start);
+                return delivery;
+            }
+            fresh_budget(&mut parts);
+            continue;
+        }
+        part.retries += 1;
+        parts.push(part);
     }
     delivery
+}
+
+/// The checkpoint moved up to the next part still to deliver: it starts a
+/// fresh retry budget.
+fn fresh_budget(parts: &mut [Part]) {
+    if let Some(next) = parts.last_mut() {
+        next.retries = 0;
+        next.invocations = 0;
+    }
 }
 
 /// Delivers `records` in batches of at most `rules.batch_size` records and
@@ -494,7 +583,7 @@ pub async fn deliver_all<I: Invoker>(
         total.partial += d.partial;
         total.function_errors += d.function_errors;
         total.bisects += d.bisects;
-        total.unreachable += d.unreachable;
+        total.not_invoked += d.not_invoked;
         total.given_up.extend(d.given_up.into_iter().map(|mut g| {
             g.range = g.range.start + start..g.range.end + start;
             g
@@ -515,11 +604,17 @@ pub struct ShardContext<'a> {
     pub stream_arn: &'a str,
     pub function_arn: &'a str,
     pub request_id: &'a str,
+    /// The version that ran (`X-Amz-Executed-Version`), `$LATEST` by default.
+    pub executed_version: &'a str,
 }
 
 /// The OnFailure message for records given up on, in the format Lambda
 /// sends to an SQS destination: the position of the records, not the
-/// records themselves.
+/// records themselves. `functionError` is always there: `null` for a
+/// reported failure, `"Unhandled"` for a thrown or timed-out invocation, as
+/// recorded against AWS (LocalStack's snapshots
+/// `test_dynamodb_report_batch_item_failures` and
+/// `test_dynamodb_report_batch_item_failure_scenarios`).
 pub fn on_failure_message(
     given_up: &GivenUp,
     batch: &[Pending],
@@ -531,13 +626,6 @@ pub fn on_failure_message(
         r.and_then(|r| r.created)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
     };
-    let mut response = json!({
-        "statusCode": given_up.status,
-        "executedVersion": "$LATEST",
-    });
-    if let Some(e) = &given_up.function_error {
-        response["functionError"] = json!(e);
-    }
     json!({
         "requestContext": {
             "requestId": at.request_id,
@@ -545,7 +633,11 @@ pub fn on_failure_message(
             "condition": given_up.condition.as_str(),
             "approximateInvokeCount": given_up.invocations,
         },
-        "responseContext": response,
+        "responseContext": {
+            "statusCode": given_up.status,
+            "executedVersion": at.executed_version,
+            "functionError": given_up.function_error,
+        },
         "version": "1.0",
         "timestamp": now.to_rfc3339_opts(SecondsFormat::Millis, true),
         "DDBStreamBatchInfo": {
@@ -582,9 +674,11 @@ mod tests {
     /// How the fake answers one invocation, given its sequence numbers.
     type Script = Box<dyn Fn(&[String]) -> Result<Answer, InvokeError>>;
 
-    /// Answers invocations from a script; records what it was sent.
+    /// Answers invocations from a script (then as `otherwise` does, a
+    /// success by default); records what it was sent.
     struct Scripted {
         answers: Vec<Script>,
+        otherwise: Script,
         sent: RefCell<Vec<Vec<String>>>,
     }
 
@@ -592,8 +686,26 @@ mod tests {
         fn new(answers: Vec<Script>) -> Self {
             Self {
                 answers,
+                otherwise: ok(),
                 sent: RefCell::default(),
             }
+        }
+
+        /// Answers every invocation as `answer` does.
+        fn always(answer: Script) -> Self {
+            Self {
+                otherwise: answer,
+                ..Self::new(vec![])
+            }
+        }
+
+        /// The invocations that carried the record `seq`.
+        fn carrying(&self, seq: &str) -> usize {
+            self.sent
+                .borrow()
+                .iter()
+                .filter(|s| s.iter().any(|x| x == seq))
+                .count()
         }
     }
 
@@ -610,7 +722,7 @@ mod tests {
             self.sent.borrow_mut().push(seqs.clone());
             match self.answers.get(n) {
                 Some(answer) => answer(&seqs),
-                None => Ok(Answer::Response(json!({"batchItemFailures": []}))),
+                None => (self.otherwise)(&seqs),
             }
         }
     }
@@ -658,6 +770,7 @@ mod tests {
         for success in [
             json!(null),
             json!({}),
+            json!([]),
             json!(""),
             failures(json!(null)),
             failures(json!([])),
@@ -742,25 +855,116 @@ mod tests {
 
     #[tokio::test]
     async fn records_that_run_out_of_retries_are_given_up_on_once() {
-        let batch = pending(5);
+        let batch = pending(3);
         let rules = Rules {
             max_retries: Some(2),
             ..Rules::default()
         };
-        // Record 1 on goes through on no try: 1 + 2 retries, then given up.
-        let mut invoker = Scripted::new(vec![fails_at(1), fails_at(0), fails_at(0)]);
+        // The first record fails every time: 1 invocation + 2 retries.
+        let mut invoker = Scripted::always(fails_at(0));
         let d = run(&mut invoker, &batch, &rules).await;
         assert_eq!(d.invocations, 3);
         assert_eq!(
             d.given_up,
             [GivenUp {
-                range: 1..5,
+                range: 0..3,
                 condition: Condition::RetryAttemptsExhausted,
                 invocations: 3,
                 status: 200,
                 function_error: None,
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn a_partial_response_that_moves_the_checkpoint_starts_a_fresh_retry_budget() {
+        // AWS's recording (LocalStack's test_dynamodb_report_batch_item_failures):
+        // BatchSize 3, MaximumRetryAttempts 3, six records, the sixth
+        // reported in every batch that carries it.
+        let records = pending(6);
+        let rules = Rules {
+            batch_size: 3,
+            max_retries: Some(3),
+            ..Rules::default()
+        };
+        let mut invoker = Scripted::always(Box::new(|seqs| {
+            let failures: Vec<Value> = seqs
+                .iter()
+                .filter(|s| *s == "105")
+                .map(|s| json!({"itemIdentifier": s}))
+                .collect();
+            Ok(Answer::Response(json!({ "batchItemFailures": failures })))
+        }));
+        let pace = Pace {
+            retry_delay: Duration::ZERO,
+            now: &now,
+            stop: &|| false,
+            target: None,
+        };
+        let d = deliver_all(&mut invoker, &records, &rules, &pace, MAX_EVENT_BYTES).await;
+        assert_eq!(invoker.carrying("105"), 5, "{:?}", invoker.sent.borrow());
+        assert_eq!(
+            d.given_up,
+            [GivenUp {
+                range: 5..6,
+                condition: Condition::RetryAttemptsExhausted,
+                invocations: 4,
+                status: 200,
+                function_error: None,
+            }]
+        );
+        assert_eq!(invoker.carrying("104"), 1, "delivered once");
+    }
+
+    #[tokio::test]
+    async fn splitting_a_batch_uses_no_retry_attempts() {
+        // With no retries at all, a poison record is still isolated down to
+        // a batch of one: the records around it get through.
+        let batch = pending(4);
+        let rules = Rules {
+            max_retries: Some(0),
+            ..Rules::default()
+        };
+        let mut invoker = Scripted::always(Box::new(|seqs| {
+            if seqs.iter().any(|s| s == "102") {
+                function_error()(seqs)
+            } else {
+                ok()(seqs)
+            }
+        }));
+        let d = run(&mut invoker, &batch, &rules).await;
+        assert_eq!(
+            *invoker.sent.borrow(),
+            [
+                vec!["100", "101", "102", "103"],
+                vec!["100", "101"],
+                vec!["102", "103"],
+                vec!["102"],
+                vec!["103"],
+            ]
+        );
+        assert_eq!(
+            d.given_up,
+            [GivenUp {
+                range: 2..3,
+                condition: Condition::RetryAttemptsExhausted,
+                // Since 100-101 went through: [102, 103], then [102].
+                invocations: 2,
+                status: 200,
+                function_error: Some("Unhandled".into()),
+            }]
+        );
+        assert_eq!(d.bisects, 2);
+    }
+
+    #[tokio::test]
+    async fn an_empty_list_response_is_a_success() {
+        let batch = pending(3);
+        let empty: Script = Box::new(|_| Ok(Answer::Response(json!([]))));
+        let mut invoker = Scripted::always(empty);
+        let d = run(&mut invoker, &batch, &Rules::default()).await;
+        assert_eq!((d.invocations, d.partial), (1, 0));
+        assert!(d.given_up.is_empty());
     }
 
     #[tokio::test]
@@ -780,17 +984,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_endpoint_is_retried_without_counting() {
+    async fn an_invocation_not_made_is_retried_without_counting() {
         let batch = pending(2);
         let rules = Rules {
             max_retries: Some(0),
             ..Rules::default()
         };
-        let down: Script = Box::new(|_| Err(InvokeError::Unreachable("connection refused".into())));
+        let down: Script = Box::new(|_| Err(InvokeError::NotInvoked("429: throttled".into())));
         let mut invoker = Scripted::new(vec![down, ok()]);
         let d = run(&mut invoker, &batch, &rules).await;
         assert!(d.given_up.is_empty());
-        assert_eq!((d.unreachable, d.invocations), (1, 1));
+        assert_eq!((d.not_invoked, d.invocations), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn records_throttled_until_too_old_are_given_up_on_for_their_age() {
+        // Every call is throttled; the clock moves 20 s per look, so the
+        // records (100 s old at first) pass the 160 s limit on the 4th.
+        let batch = pending(3);
+        let rules = Rules {
+            max_retries: None,
+            max_record_age: Some(Duration::from_secs(160)),
+            ..Rules::default()
+        };
+        let throttled: Script = Box::new(|_| Err(InvokeError::NotInvoked("429".into())));
+        let mut invoker = Scripted::always(throttled);
+        let looks = std::cell::Cell::new(0);
+        let clock = || {
+            looks.set(looks.get() + 1);
+            now() + chrono::TimeDelta::seconds(20 * i64::from(looks.get() - 1))
+        };
+        let pace = Pace {
+            retry_delay: Duration::ZERO,
+            now: &clock,
+            stop: &|| false,
+            target: None,
+        };
+        let d = tokio::time::timeout(
+            Duration::from_secs(5),
+            deliver(&mut invoker, &batch, &rules, &pace),
+        )
+        .await
+        .expect("gives up instead of retrying forever");
+        assert_eq!(d.invocations, 0);
+        assert!(d.not_invoked >= 3, "{d:?}");
+        assert_eq!(d.given_up.len(), 1, "{d:?}");
+        assert_eq!(d.given_up[0].range, 0..3);
+        assert_eq!(d.given_up[0].condition, Condition::RecordAgeExceeded);
     }
 
     #[tokio::test]
@@ -803,8 +1043,9 @@ mod tests {
             ..Rules::default()
         };
         // Batch 1 (100-102) goes through; in batch 2 (103-105) record 104
-        // fails twice: it and everything after it stay undelivered.
-        let mut invoker = Scripted::new(vec![ok(), fails_at(1), fails_at(0)]);
+        // fails, then twice more on its fresh budget: it and everything
+        // after it stay undelivered.
+        let mut invoker = Scripted::new(vec![ok(), fails_at(1), fails_at(0), fails_at(0)]);
         let pace = Pace {
             retry_delay: Duration::ZERO,
             now: &now,
@@ -814,8 +1055,8 @@ mod tests {
         let d = deliver_all(&mut invoker, &records, &rules, &pace, MAX_EVENT_BYTES).await;
         assert_eq!(d.stopped_at, Some(4));
         assert_eq!(d.given_up[0].range, 4..6);
-        assert_eq!(d.invocations, 3);
-        assert_eq!(invoker.sent.borrow().len(), 3, "batch 3 is never sent");
+        assert_eq!(d.invocations, 4);
+        assert_eq!(invoker.sent.borrow().len(), 4, "batch 3 is never sent");
     }
 
     #[tokio::test]
@@ -858,6 +1099,7 @@ mod tests {
             stream_arn: "arn:aws:dynamodb:eu-west-1:1:table/t/stream/x",
             function_arn: "arn:aws:lambda:eu-west-1:1:function:f",
             request_id: "r-1",
+            executed_version: "$LATEST",
         };
         let m = on_failure_message(&given_up, &batch, &at, now());
         assert_eq!(
@@ -887,6 +1129,31 @@ mod tests {
                 }
             })
         );
+        // A reported failure: functionError is there, and null.
+        let reported = GivenUp {
+            function_error: None,
+            ..given_up
+        };
+        let m = on_failure_message(&reported, &batch, &at, now());
+        assert_eq!(
+            m["responseContext"],
+            json!({"statusCode": 200, "executedVersion": "$LATEST", "functionError": null})
+        );
+        assert!(m["responseContext"].get("functionError").is_some());
+    }
+
+    #[test]
+    fn approximate_creation_date_time_is_a_json_float_as_lambda_sends_it() {
+        let record = StreamRecord {
+            sequence_number: "5".into(),
+            created: Some(1_428_537_600.0),
+            ..StreamRecord::default()
+        };
+        let text = record.to_lambda("arn").record.get().to_owned();
+        assert!(
+            text.contains(r#""ApproximateCreationDateTime":1428537600.0"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -913,7 +1180,11 @@ mod tests {
             };
             let arn = expected["eventSourceARN"].as_str().unwrap();
             let got: Value = serde_json::from_str(record.to_lambda(arn).record.get()).unwrap();
-            assert_eq!(&got, expected);
+            // The sample writes the time as an integer; Lambda sends a float.
+            let mut expected = expected.clone();
+            let t = &mut expected["dynamodb"]["ApproximateCreationDateTime"];
+            *t = json!(t.as_f64().unwrap());
+            assert_eq!(got, expected);
         }
     }
 
@@ -944,16 +1215,14 @@ mod tests {
 
     #[test]
     fn a_batch_fits_the_record_count_and_the_payload_limit() {
-        let mut buffer: std::collections::VecDeque<Pending> = pending(10).into();
-        let one = buffer[0].record.get().len() + 1;
-        assert_eq!(take_batch(&mut buffer, 4, MAX_EVENT_BYTES).len(), 4);
-        let batch = take_batch(&mut buffer, 10, 14 + 3 * one);
-        assert_eq!(batch.len(), 3);
-        assert!(event(&batch, None).len() <= 14 + 3 * one);
-        assert_eq!(batch[0].sequence_number, "104");
+        let records = pending(10);
+        let one = records[0].record.get().len() + 1;
+        assert_eq!(batch_len(records.iter(), 4, MAX_EVENT_BYTES), 4);
+        let n = batch_len(records[4..].iter(), 10, 14 + 3 * one);
+        assert_eq!(n, 3);
+        assert!(event(&records[4..4 + n], None).len() <= 14 + 3 * one);
         // A record larger than the limit still goes, alone.
-        assert_eq!(take_batch(&mut buffer, 10, 1).len(), 1);
-        assert_eq!(buffer.len(), 2);
+        assert_eq!(batch_len(records.iter(), 10, 1), 1);
     }
 
     #[test]

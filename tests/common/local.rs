@@ -422,6 +422,29 @@ pub fn ops(function: &LocalFunction, args: &[&str]) -> Command {
     cmd
 }
 
+/// `forwarder-ops` with DynamoDB, Streams and SQS at `endpoint` (moto, or
+/// a fault endpoint in front of it) and the Invoke API at `lambda`.
+pub fn ops_with(endpoint: &str, lambda: &str, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_forwarder-ops"));
+    cmd.args(["--endpoint-url", endpoint])
+        .args(["--lambda-endpoint-url", lambda])
+        .args(args)
+        .envs(AWS_ENV)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs the tool to its end; a run still going after `limit` is killed and
+/// fails the test.
+pub async fn run_with(endpoint: &str, lambda: &str, args: &[&str], limit: Duration) -> Run {
+    let out = tokio::time::timeout(limit, ops_with(endpoint, lambda, args).output())
+        .await
+        .unwrap_or_else(|_| panic!("forwarder-ops {args:?} did not end within {limit:?}"))
+        .expect("forwarder-ops runs");
+    run_result(out)
+}
+
 /// What one run of the tool printed.
 #[derive(Debug)]
 pub struct Run {

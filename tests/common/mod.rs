@@ -8,7 +8,11 @@ pub mod function;
 pub mod local;
 pub mod proxy;
 pub mod runtime_api;
+#[cfg(feature = "ops")]
+pub mod scripted;
 pub mod secrets;
+#[cfg(feature = "ops")]
+pub mod streams_proxy;
 pub mod tls;
 
 use std::{

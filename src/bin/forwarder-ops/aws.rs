@@ -23,7 +23,8 @@ pub struct Args {
     pub region: Option<String>,
 
     /// The function to invoke: name or ARN. `_` is the function of
-    /// `cargo lambda watch --only-lambda-apis`.
+    /// `cargo lambda watch --only-lambda-apis`. OnFailure messages name its
+    /// ARN: as given, else from GetFunctionConfiguration when allowed.
     #[arg(
         long,
         global = true,
@@ -78,17 +79,35 @@ impl Clients {
         }
     }
 
-    /// The function's ARN, for OnFailure messages: as given, or made of its
-    /// name (the account is not known locally).
-    pub fn function_arn(&self) -> String {
-        if self.function_name.starts_with("arn:") {
-            self.function_name.clone()
-        } else {
-            format!(
-                "arn:aws:lambda:{}:000000000000:function:{}",
-                self.region, self.function_name
-            )
+    /// The function's own ARN, for OnFailure messages: as given when an
+    /// ARN is given; else the one Lambda gives (GetFunctionConfiguration,
+    /// which needs `lambda:GetFunctionConfiguration`); else made of the
+    /// name, a partial ARN's account, or the account `000000000000` when it
+    /// is not known (locally).
+    pub async fn function_arn(&self) -> String {
+        let name = &self.function_name;
+        if name.starts_with("arn:") {
+            return name.clone();
         }
+        let ask = self
+            .lambda
+            .get_function_configuration()
+            .function_name(name)
+            .send();
+        let given = match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(out)) => out.function_arn().map(str::to_owned),
+            Ok(Err(e)) => {
+                tracing::debug!(
+                    error = %aws_sdk_lambda::error::DisplayErrorContext(&e),
+                    "GetFunctionConfiguration failed"
+                );
+                None
+            }
+            Err(_) => None,
+        };
+        given
+            .filter(|arn| arn.starts_with("arn:"))
+            .unwrap_or_else(|| made_arn(&self.region, name))
     }
 
     /// A table's description (key schema, stream).
@@ -126,5 +145,32 @@ impl Clients {
         out.queue_url()
             .map(str::to_owned)
             .with_context(|| format!("GetQueueUrl gave no URL for {name}"))
+    }
+}
+
+/// A function ARN made of a name (`f`) or a partial ARN
+/// (`123456789012:function:f`).
+fn made_arn(region: &str, name: &str) -> String {
+    if name.contains(":function:") {
+        format!("arn:aws:lambda:{region}:{name}")
+    } else {
+        format!("arn:aws:lambda:{region}:000000000000:function:{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_arn_keeps_its_account() {
+        assert_eq!(
+            made_arn("eu-west-1", "123456789012:function:f"),
+            "arn:aws:lambda:eu-west-1:123456789012:function:f"
+        );
+        assert_eq!(
+            made_arn("eu-west-1", "f"),
+            "arn:aws:lambda:eu-west-1:000000000000:function:f"
+        );
     }
 }

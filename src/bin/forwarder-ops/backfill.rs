@@ -39,7 +39,9 @@ Examples:
   # One aggregate, to every consumer (they deduplicate on messageId)
   forwarder-ops backfill --table product-events --aggregate prod-00042
 
-  # What the stream no longer holds, by time (as redrive suggests)
+  # The events of one hour by their own time, occurredAt (items without
+  # one are left out; not a way to replay a stream range: redrive says what
+  # covers one)
   forwarder-ops backfill --table product-events \\
       --since 2026-11-30T10:00:00Z --until 2026-11-30T11:00:00Z
 
@@ -56,10 +58,13 @@ pub struct Args {
     aggregate: Option<String>,
 
     /// Only events whose occurredAt is at or after this time (RFC 3339).
+    /// occurredAt is the event's own time, not when the stream got it;
+    /// items without one are left out. Default: no lower bound.
     #[arg(long, value_name = "TIME")]
     since: Option<DateTime<Utc>>,
 
     /// Only events whose occurredAt is before this time (RFC 3339).
+    /// Default: no upper bound.
     #[arg(long, value_name = "TIME")]
     until: Option<DateTime<Utc>>,
 

@@ -1,15 +1,33 @@
 //! The function, invoked through the Lambda Invoke API (the deployed
 //! function, or `cargo lambda watch` locally): the only way this tool
-//! reaches the broker.
+//! reaches the broker. Invocations are synchronous, as the mapping's are:
+//! the answer is awaited (up to the function's timeout plus its init), and
+//! the Invoke API's errors are sorted as Lambda's mapping sorts them.
 
 use std::time::Duration;
 
 use aws_sdk_lambda::{
-    error::SdkError, operation::RequestId, operation::invoke::InvokeError as ApiError,
+    error::{ProvideErrorMetadata, SdkError},
+    operation::RequestId,
     primitives::Blob,
 };
 use event_forwarder::esm::{Answer, InvokeError, Invoker, Rules};
 use serde_json::Value;
+
+/// Lambda's limit on a function's init phase: a cold invocation's round
+/// trip can take this much longer than the function's timeout.
+pub const INIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Slack on top of timeout and init for the network and the service.
+const MARGIN: Duration = Duration::from_secs(5);
+
+/// How long an invocation is awaited: Lambda ends the function at its
+/// timeout, which does not include init, so nothing shorter than timeout
+/// plus init is safe to cut off; cutting off earlier would retry a batch
+/// while the first call is still publishing it.
+pub fn answer_within(function_timeout: Duration) -> Duration {
+    function_timeout + INIT_LIMIT + MARGIN
+}
 
 /// How `redrive` and `backfill` send records through the function: in
 /// order, in batches, stopping at the first batch that keeps failing.
@@ -21,6 +39,7 @@ pub struct InOrder {
 
     /// Retries of a failed batch before the command stops there (the
     /// records after it are not sent, so no aggregate skips an event).
+    /// Splitting a batch after a function error is not a retry.
     #[arg(long, default_value_t = 10)]
     pub max_retries: u32,
 
@@ -28,8 +47,9 @@ pub struct InOrder {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub retry_delay: u64,
 
-    /// The function's timeout in seconds: no answer by then is a function
-    /// error.
+    /// The function's Timeout in seconds (template.yaml's). An invocation
+    /// is awaited for this plus Lambda's 10 s init limit plus 5 s; still
+    /// unanswered then, it counts as a timed-out function error.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub function_timeout: u64,
 }
@@ -60,22 +80,28 @@ impl InOrder {
     }
 }
 
-/// Invokes one function synchronously, with a bound on each invocation.
+/// Invokes one function synchronously.
+#[derive(Clone)]
 pub struct LambdaInvoker {
     client: aws_sdk_lambda::Client,
     function_name: String,
-    timeout: Duration,
-    /// The request id of the last invocation, for OnFailure messages.
-    pub last_request_id: String,
+    wait: Duration,
+    request_id: String,
+    executed_version: String,
 }
 
 impl LambdaInvoker {
-    pub fn new(client: aws_sdk_lambda::Client, function_name: &str, timeout: Duration) -> Self {
+    pub fn new(
+        client: aws_sdk_lambda::Client,
+        function_name: &str,
+        function_timeout: Duration,
+    ) -> Self {
         Self {
             client,
             function_name: function_name.to_owned(),
-            timeout,
-            last_request_id: String::new(),
+            wait: answer_within(function_timeout),
+            request_id: String::new(),
+            executed_version: "$LATEST".to_owned(),
         }
     }
 }
@@ -88,22 +114,23 @@ impl Invoker for LambdaInvoker {
             .function_name(&self.function_name)
             .payload(Blob::new(event))
             .send();
-        // Lambda ends an invocation at the function's timeout, and its
-        // mapping counts that as a function error.
-        let Ok(result) = tokio::time::timeout(self.timeout, call).await else {
+        let Ok(result) = tokio::time::timeout(self.wait, call).await else {
+            // Lambda has ended the function by now: a timeout, which the
+            // mapping reports as "Unhandled".
             return Ok(Answer::FunctionError {
-                error: "Sandbox.Timedout".into(),
-                message: format!("no answer within {:?}", self.timeout),
+                error: "Unhandled".into(),
+                message: format!("no answer within {:?}: taken as timed out", self.wait),
                 status: 200,
             });
         };
         match result {
             Ok(out) => {
-                self.last_request_id = out.request_id().unwrap_or_default().to_owned();
+                self.request_id = out.request_id().unwrap_or_default().to_owned();
+                self.executed_version = out.executed_version().unwrap_or("$LATEST").to_owned();
                 let payload = out.payload().map(Blob::as_ref).unwrap_or_default();
                 if let Some(error) = out.function_error() {
                     return Ok(Answer::FunctionError {
-                        error: error.to_owned(),
+                        error: if error.is_empty() { "Unhandled" } else { error }.to_owned(),
                         message: error_message(payload),
                         status: u16::try_from(out.status_code()).unwrap_or(200),
                     });
@@ -119,33 +146,73 @@ impl Invoker for LambdaInvoker {
             Err(SdkError::ServiceError(e)) => {
                 let status = e.raw().status().as_u16();
                 let body = e.raw().body().bytes().unwrap_or_default();
-                match e.err() {
-                    // Too large for one invocation: the mapping bisects it.
-                    ApiError::RequestTooLargeException(_) => Ok(Answer::FunctionError {
-                        error: "RequestTooLarge".into(),
-                        message: e.err().to_string(),
-                        status,
-                    }),
-                    ApiError::TooManyRequestsException(_) | ApiError::ServiceException(_) => {
-                        Err(InvokeError::Unreachable(format!("{status}: {}", e.err())))
-                    }
-                    // `cargo lambda watch` answers a function error with 500
-                    // and the error document.
-                    _ if status >= 500 => Ok(Answer::FunctionError {
-                        error: error_type(body).unwrap_or_else(|| "Unhandled".into()),
-                        message: error_message(body),
-                        status,
-                    }),
-                    other => Err(InvokeError::Refused(format!(
-                        "{} ({status}): {other}",
-                        self.function_name
-                    ))),
-                }
+                let what = format!(
+                    "{} ({status} {}): {}",
+                    self.function_name,
+                    e.err().code().unwrap_or("no error code"),
+                    e.err().message().unwrap_or_default()
+                );
+                sort_error(status, e.err().code(), body, what)
             }
-            Err(e) => Err(InvokeError::Unreachable(
+            Err(e) => Err(InvokeError::NotInvoked(
                 aws_sdk_lambda::error::DisplayErrorContext(&e).to_string(),
             )),
         }
+    }
+
+    fn last_request(&self) -> (&str, &str) {
+        (&self.request_id, &self.executed_version)
+    }
+}
+
+/// An Invoke API error as the mapping sees it
+/// (<https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html>,
+/// "Errors"; <https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html>:
+/// records Lambda could not invoke the function with are retried until they
+/// expire or pass the maximum age).
+fn sort_error(
+    status: u16,
+    code: Option<&str>,
+    body: &[u8],
+    what: String,
+) -> Result<Answer, InvokeError> {
+    const NOT_RUN: [&str; 4] = [
+        "TooManyRequestsException",
+        "ResourceConflictException",
+        "ServiceException",
+        "ResourceNotReadyException",
+    ];
+    const NOT_RUN_PREFIXES: [&str; 9] = [
+        "EC2",
+        "ENI",
+        "EFS",
+        "KMS",
+        "Subnet",
+        "SnapStart",
+        "InvalidSubnet",
+        "InvalidSecurityGroup",
+        "InvalidRuntime",
+    ];
+    match code {
+        // Too large for one invocation: the mapping splits the batch.
+        Some("RequestTooLargeException") => Ok(Answer::FunctionError {
+            error: "Unhandled".into(),
+            message: what,
+            status,
+        }),
+        Some(c) if NOT_RUN.contains(&c) || NOT_RUN_PREFIXES.iter().any(|p| c.starts_with(p)) => {
+            Err(InvokeError::NotInvoked(what))
+        }
+        _ if status == 429 || status == 409 => Err(InvokeError::NotInvoked(what)),
+        // `cargo lambda watch` answers a function error with 500 and the
+        // function's error document, not an AWS error code.
+        None if status >= 500 && error_type(body).is_some() => Ok(Answer::FunctionError {
+            error: "Unhandled".into(),
+            message: error_message(body),
+            status,
+        }),
+        _ if status >= 500 => Err(InvokeError::NotInvoked(what)),
+        _ => Err(InvokeError::Refused(what)),
     }
 }
 
@@ -170,11 +237,75 @@ fn error_message(body: &[u8]) -> String {
 /// The `errorType` of an error document, if the body is one.
 fn error_type(body: &[u8]) -> Option<String> {
     let doc: Value = serde_json::from_slice(body).ok()?;
-    let t = doc.get("errorType")?.as_str()?;
-    // The emulator's error type is a Rust type name; keep it short.
-    Some(if t.contains("::") || t.len() > 64 {
-        "Unhandled".to_owned()
-    } else {
-        t.to_owned()
-    })
+    Some(doc.get("errorType")?.as_str()?.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(status: u16, code: Option<&str>, body: &str) -> Result<Answer, InvokeError> {
+        sort_error(status, code, body.as_bytes(), "f".into())
+    }
+
+    #[test]
+    fn errors_where_the_function_did_not_run_are_retried_like_throttles() {
+        for (status, code) in [
+            (429, "TooManyRequestsException"),
+            (409, "ResourceConflictException"),
+            (500, "ServiceException"),
+            (502, "ResourceNotReadyException"),
+            (502, "ENILimitReachedException"),
+            (502, "EC2ThrottledException"),
+            (502, "KMSAccessDeniedException"),
+            (502, "SubnetIPAddressLimitReachedException"),
+            (503, "SomethingNewException"),
+        ] {
+            assert!(
+                matches!(
+                    sorted(status, Some(code), ""),
+                    Err(InvokeError::NotInvoked(_))
+                ),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_retrying_cannot_fix_stop_the_delivery() {
+        for (status, code) in [
+            (404, "ResourceNotFoundException"),
+            (403, "AccessDeniedException"),
+            (400, "InvalidParameterValueException"),
+        ] {
+            assert!(
+                matches!(sorted(status, Some(code), ""), Err(InvokeError::Refused(_))),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_too_large_request_and_the_emulators_error_document_are_function_errors() {
+        let Ok(Answer::FunctionError { error, .. }) =
+            sorted(413, Some("RequestTooLargeException"), "")
+        else {
+            panic!("a function error: the batch is split");
+        };
+        assert_eq!(error, "Unhandled");
+        let doc = r#"{"errorType": "&alloc::string::String", "errorMessage": "boom"}"#;
+        let Ok(Answer::FunctionError { error, message, .. }) = sorted(500, None, doc) else {
+            panic!("a function error");
+        };
+        assert_eq!((error.as_str(), message.as_str()), ("Unhandled", "boom"));
+    }
+
+    #[test]
+    fn an_invocation_is_awaited_past_the_timeout_for_the_init_and_a_margin() {
+        assert_eq!(
+            answer_within(Duration::from_secs(30)),
+            Duration::from_secs(45)
+        );
+        assert!(answer_within(Duration::from_secs(1)) > Duration::from_secs(1) + INIT_LIMIT);
+    }
 }

@@ -13,6 +13,8 @@ mod invoker;
 mod progress;
 mod reader;
 mod redrive;
+#[cfg(test)]
+mod scripted;
 mod stream;
 
 use std::process::ExitCode;

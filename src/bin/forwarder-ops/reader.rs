@@ -1,56 +1,279 @@
-//! Reading a table's stream with DynamoDB Streams: shards in lineage order
-//! (a child only once its parent is read to its end), records turned into
-//! the records Lambda delivers.
+//! Reading a table's stream with DynamoDB Streams, as Lambda's mapping
+//! does: each shard on its own ([`ShardReader`]: its iterator, renewed when
+//! it expires, and its records turned into the records Lambda delivers,
+//! filtered), and the shards in lineage order ([`StreamReader`]: a child
+//! only once its parent is read to its end). The API is a port
+//! ([`Streams`]), so the rules are tested with a scripted stream.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    time::{Duration, Instant},
+    fmt,
+    future::Future,
+    rc::Rc,
+    str::FromStr,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use aws_sdk_dynamodbstreams::{
     Client,
+    error::{DisplayErrorContext, ProvideErrorMetadata},
     types::{AttributeValue, Record, ShardIteratorType},
 };
-use event_forwarder::esm::{Pending, StreamRecord};
+use event_forwarder::esm::{Pending, StreamRecord, filter::Filter};
 use serde_json::Value;
+use tokio::time::Instant;
 
-/// Where reading starts.
+/// A shard as DescribeStream lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub id: String,
+    pub parent: Option<String>,
+    pub starting: Option<String>,
+    /// Set once the shard is closed.
+    pub ending: Option<String>,
+}
+
+/// One GetRecords page.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub records: Vec<StreamRecord>,
+    /// `None` once a closed shard is read to its end.
+    pub next: Option<String>,
+}
+
+/// What can go wrong reading a stream, as far as the rules care.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamsError {
+    /// An iterator is good for 15 minutes after it was issued.
+    #[error("ExpiredIteratorException: the shard iterator expired")]
+    ExpiredIterator,
+    /// The position is older than the stream's 24 h.
+    #[error("TrimmedDataAccessException: {0}")]
+    Trimmed(String),
+    /// No such stream or shard.
+    #[error("ResourceNotFoundException: {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// The DynamoDB Streams calls the tool makes.
+pub trait Streams: Clone + 'static {
+    /// Every shard of the stream (all DescribeStream pages).
+    fn shards(
+        &self,
+        stream_arn: &str,
+    ) -> impl Future<Output = Result<Vec<ShardInfo>, StreamsError>>;
+    /// GetShardIterator; `None` when the API gives none.
+    fn iterator(
+        &self,
+        stream_arn: &str,
+        shard_id: &str,
+        at: &Position,
+    ) -> impl Future<Output = Result<Option<String>, StreamsError>>;
+    /// GetRecords, at most `limit` records.
+    fn records(
+        &self,
+        iterator: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page, StreamsError>>;
+}
+
+/// The AWS error's code as one of the errors the rules handle.
+fn streams_error<E, R>(
+    e: aws_sdk_dynamodbstreams::error::SdkError<E, R>,
+    what: String,
+) -> StreamsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    let message = e.message().unwrap_or_default().to_owned();
+    match e.code() {
+        Some("ExpiredIteratorException") => StreamsError::ExpiredIterator,
+        Some("TrimmedDataAccessException") => StreamsError::Trimmed(message),
+        Some("ResourceNotFoundException") => StreamsError::NotFound(message),
+        _ => StreamsError::Other(anyhow::anyhow!("{what}: {}", DisplayErrorContext(&e))),
+    }
+}
+
+impl Streams for Client {
+    async fn shards(&self, stream_arn: &str) -> Result<Vec<ShardInfo>, StreamsError> {
+        let mut shards = Vec::new();
+        let mut exclusive_start = None;
+        loop {
+            let out = self
+                .describe_stream()
+                .stream_arn(stream_arn)
+                .set_exclusive_start_shard_id(exclusive_start)
+                .send()
+                .await
+                .map_err(|e| streams_error(e, format!("DescribeStream {stream_arn}")))?;
+            let Some(description) = out.stream_description() else {
+                return Err(
+                    anyhow::anyhow!("DescribeStream {stream_arn} gave no description").into(),
+                );
+            };
+            for shard in description.shards() {
+                let Some(id) = shard.shard_id() else { continue };
+                let range = shard.sequence_number_range();
+                shards.push(ShardInfo {
+                    id: id.to_owned(),
+                    parent: shard.parent_shard_id().map(str::to_owned),
+                    starting: range
+                        .and_then(|r| r.starting_sequence_number())
+                        .map(str::to_owned),
+                    ending: range
+                        .and_then(|r| r.ending_sequence_number())
+                        .map(str::to_owned),
+                });
+            }
+            exclusive_start = description.last_evaluated_shard_id().map(str::to_owned);
+            if exclusive_start.is_none() {
+                return Ok(shards);
+            }
+        }
+    }
+
+    async fn iterator(
+        &self,
+        stream_arn: &str,
+        shard_id: &str,
+        at: &Position,
+    ) -> Result<Option<String>, StreamsError> {
+        let (kind, seq) = match at {
+            Position::TrimHorizon => (ShardIteratorType::TrimHorizon, None),
+            Position::Latest => (ShardIteratorType::Latest, None),
+            Position::At(s) => (ShardIteratorType::AtSequenceNumber, Some(s.clone())),
+            Position::After(s) => (ShardIteratorType::AfterSequenceNumber, Some(s.clone())),
+        };
+        let out = self
+            .get_shard_iterator()
+            .stream_arn(stream_arn)
+            .shard_id(shard_id)
+            .shard_iterator_type(kind)
+            .set_sequence_number(seq)
+            .send()
+            .await
+            .map_err(|e| streams_error(e, format!("GetShardIterator {shard_id} at {at}")))?;
+        Ok(out.shard_iterator().map(str::to_owned))
+    }
+
+    async fn records(&self, iterator: &str, limit: usize) -> Result<Page, StreamsError> {
+        let out = self
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000))
+            .send()
+            .await
+            .map_err(|e| streams_error(e, "GetRecords".to_owned()))?;
+        Ok(Page {
+            records: out.records().iter().filter_map(stream_record).collect(),
+            next: out.next_shard_iterator().map(str::to_owned),
+        })
+    }
+}
+
+/// A position in one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// From the oldest record the shard keeps.
+    TrimHorizon,
+    /// From the records written after the iterator is issued.
+    Latest,
+    /// From this record on.
+    At(String),
+    /// From the record after this one: the checkpoint of a shard.
+    After(String),
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::TrimHorizon => f.write_str("trim-horizon"),
+            Position::Latest => f.write_str("latest"),
+            Position::At(s) => write!(f, "at:{s}"),
+            Position::After(s) => write!(f, "after:{s}"),
+        }
+    }
+}
+
+impl FromStr for Position {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let seq = |seq: &str| {
+            if !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(seq.to_owned())
+            } else {
+                Err(format!("{seq:?} is not a sequence number"))
+            }
+        };
+        match s.split_once(':') {
+            None if s == "trim-horizon" => Ok(Position::TrimHorizon),
+            None if s == "latest" => Ok(Position::Latest),
+            Some(("at", n)) => Ok(Position::At(seq(n)?)),
+            Some(("after", n)) => Ok(Position::After(seq(n)?)),
+            _ => Err(format!(
+                "{s:?} is not a position: trim-horizon, latest, at:SEQ or after:SEQ"
+            )),
+        }
+    }
+}
+
+/// Where each shard resumes (`--resume-at`, printed as `resume_at`):
+/// `SHARD=POSITION` pairs, comma-separated. Sequence numbers are ordered
+/// within a shard only, so each shard has its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume(pub BTreeMap<String, Position>);
+
+impl fmt::Display for Resume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (shard, at)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{shard}={at}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Resume {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut shards = BTreeMap::new();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((shard, at)) = pair.split_once('=') else {
+                return Err(format!(
+                    "{pair:?} names no shard: give SHARD=POSITION, e.g. \
+                     shardId-00000001700000000000-0000abcd=after:1100000000000000000001 \
+                     (as a run's summary prints resume_at)"
+                ));
+            };
+            shards.insert(shard.to_owned(), at.parse()?);
+        }
+        if shards.is_empty() {
+            return Err("no SHARD=POSITION given".to_owned());
+        }
+        Ok(Self(shards))
+    }
+}
+
+/// Where a run starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
+    /// Every shard from its oldest record.
     TrimHorizon,
+    /// The open shards from their newest record, fixed when the run starts;
+    /// shards made since from their beginning.
     Latest,
-    /// At this sequence number (in the shard that holds it).
-    At(String),
-}
-
-/// The position of one shard.
-#[derive(Debug)]
-struct Shard {
-    parent: Option<String>,
-    /// `None` before the first read and once the shard is read to its end.
-    iterator: Option<String>,
-    started: bool,
-    /// Read to its end: closed, and every record taken.
-    finished: bool,
-    /// Records read but not handed out yet.
-    buffer: VecDeque<Pending>,
-    starting: Option<String>,
-    ending: Option<String>,
-    /// Listed when the run started (not a shard made since).
-    initial: bool,
-}
-
-/// Reads a stream shard by shard.
-pub struct StreamReader {
-    client: Client,
-    pub stream_arn: String,
-    start: Start,
-    shards: BTreeMap<String, Shard>,
-    last_describe: Option<Instant>,
-    /// The shard the last batch came from: the next search starts after
-    /// it, so that a busy shard does not starve the others.
-    last_served: Option<String>,
+    /// Where a previous run stopped: the shards it names from their
+    /// position, their ancestors not at all (done), the others from their
+    /// beginning.
+    Resume(Resume),
 }
 
 /// How often the shard list is read again for new shards.
@@ -59,245 +282,413 @@ const DESCRIBE_EVERY: Duration = Duration::from_secs(10);
 /// Wait between two empty reads of a shard (Lambda polls four times a second).
 pub const POLL_EVERY: Duration = Duration::from_millis(250);
 
-impl StreamReader {
-    pub async fn new(client: Client, stream_arn: String, start: Start) -> anyhow::Result<Self> {
+/// A shard known to the run.
+#[derive(Debug)]
+struct Known {
+    info: ShardInfo,
+    /// Listed when the run started (not a shard made since).
+    initial: bool,
+    state: State,
+    /// The LATEST iterator, issued when the run started.
+    latest: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not handed out yet (its parent is not read to its end).
+    Waiting,
+    /// A [`ShardReader`] has it.
+    Handed,
+    /// Read to its end and every record done, or nothing for this run.
+    Finished,
+}
+
+/// The shards of a stream in lineage order: hands out each shard once its
+/// parent is finished, so that an aggregate's records in a child never go
+/// out before those left in its parent.
+pub struct StreamReader<S> {
+    streams: S,
+    pub stream_arn: String,
+    start: Start,
+    shards: BTreeMap<String, Known>,
+    last_describe: Option<Instant>,
+    filter: Option<Rc<Filter>>,
+}
+
+impl<S: Streams> StreamReader<S> {
+    /// Lists the shards. With [`Start::Latest`] every open shard's iterator
+    /// is issued now, so the starting point is the run's start, not
+    /// whenever a shard is first read.
+    pub async fn new(
+        streams: S,
+        stream_arn: String,
+        start: Start,
+        filter: Option<Rc<Filter>>,
+    ) -> anyhow::Result<Self> {
         let mut reader = Self {
-            client,
+            streams,
             stream_arn,
             start,
             shards: BTreeMap::new(),
             last_describe: None,
-            last_served: None,
+            filter,
         };
         reader.describe().await?;
         if reader.shards.is_empty() {
             bail!("the stream {} has no shards", reader.stream_arn);
         }
+        match &reader.start {
+            Start::Latest => {
+                let open: Vec<String> = reader
+                    .shards
+                    .values()
+                    .filter(|k| k.info.ending.is_none())
+                    .map(|k| k.info.id.clone())
+                    .collect();
+                for id in open {
+                    let it = reader
+                        .streams
+                        .iterator(&reader.stream_arn, &id, &Position::Latest)
+                        .await
+                        .with_context(|| format!("GetShardIterator LATEST {id}"))?;
+                    if let Some(known) = reader.shards.get_mut(&id) {
+                        known.latest = it;
+                    }
+                }
+            }
+            Start::Resume(resume) => {
+                let mut done = Vec::new();
+                for id in resume.0.keys() {
+                    if !reader.shards.contains_key(id) {
+                        tracing::warn!(
+                            shard = %id,
+                            "the stream no longer lists this shard of --resume-at: \
+                             its children are read from their beginning"
+                        );
+                    }
+                    done.extend(ancestors(&reader.shards, id));
+                }
+                for id in done {
+                    if let Some(known) = reader.shards.get_mut(&id) {
+                        known.state = State::Finished;
+                    }
+                }
+            }
+            Start::TrimHorizon => {}
+        }
         Ok(reader)
     }
 
-    /// Reads the shard list (every page) and adds the shards not known yet.
-    async fn describe(&mut self) -> anyhow::Result<()> {
-        let mut exclusive_start = None;
-        loop {
-            let out = self
-                .client
-                .describe_stream()
-                .stream_arn(&self.stream_arn)
-                .set_exclusive_start_shard_id(exclusive_start.clone())
-                .send()
-                .await
-                .with_context(|| format!("DescribeStream {}", self.stream_arn))?;
-            let Some(description) = out.stream_description() else {
-                bail!("DescribeStream {} gave no description", self.stream_arn);
-            };
-            let initial = self.last_describe.is_none();
-            for shard in description.shards() {
-                let Some(id) = shard.shard_id() else { continue };
-                let range = shard.sequence_number_range();
-                self.shards.entry(id.to_owned()).or_insert_with(|| Shard {
-                    parent: shard.parent_shard_id().map(str::to_owned),
-                    iterator: None,
-                    started: false,
-                    finished: false,
-                    buffer: VecDeque::new(),
-                    starting: range
-                        .and_then(|r| r.starting_sequence_number())
-                        .map(str::to_owned),
-                    ending: range
-                        .and_then(|r| r.ending_sequence_number())
-                        .map(str::to_owned),
-                    initial,
-                });
-            }
-            exclusive_start = description.last_evaluated_shard_id().map(str::to_owned);
-            if exclusive_start.is_none() {
-                break;
-            }
+    /// Reads the shard list and adds the shards not known yet.
+    pub async fn describe(&mut self) -> anyhow::Result<()> {
+        let shards = self
+            .streams
+            .shards(&self.stream_arn)
+            .await
+            .with_context(|| format!("DescribeStream {}", self.stream_arn))?;
+        let initial = self.last_describe.is_none();
+        for info in shards {
+            self.shards.entry(info.id.clone()).or_insert(Known {
+                info,
+                initial,
+                state: State::Waiting,
+                latest: None,
+            });
         }
         self.last_describe = Some(Instant::now());
         Ok(())
     }
 
-    /// Whether every shard known is closed and read to its end.
+    /// Whether the shard list is due to be read again.
+    pub fn due(&self) -> bool {
+        self.last_describe
+            .is_none_or(|t| t.elapsed() >= DESCRIBE_EVERY)
+    }
+
+    /// Every shard known is finished.
     pub fn finished(&self) -> bool {
-        self.shards.values().all(|s| s.finished)
+        self.shards.values().all(|k| k.state == State::Finished)
     }
 
-    /// The first iterator of a shard, from the starting position.
-    async fn first_iterator(&mut self, id: &str) -> anyhow::Result<Option<String>> {
-        let Some((kind, at)) = self
-            .shards
-            .get(id)
-            .and_then(|shard| first_position(shard, &self.start))
-        else {
-            return Ok(None);
-        };
-        let out = self
-            .client
-            .get_shard_iterator()
-            .stream_arn(&self.stream_arn)
-            .shard_id(id)
-            .shard_iterator_type(kind)
-            .set_sequence_number(at)
-            .send()
-            .await
-            .with_context(|| format!("GetShardIterator {id}"))?;
-        Ok(out.shard_iterator().map(str::to_owned))
+    /// A shard handed out is read to its end and every record is done.
+    pub fn finish(&mut self, id: &str) {
+        if let Some(known) = self.shards.get_mut(id) {
+            known.state = State::Finished;
+        }
     }
 
-    /// Reads more records of shard `id` into its buffer: one `GetRecords`.
-    /// Returns how many came.
-    async fn read(&mut self, id: &str, limit: usize) -> anyhow::Result<usize> {
-        let started = self.shards.get(id).is_some_and(|s| s.started);
-        if !started {
-            let iterator = self.first_iterator(id).await?;
-            if let Some(shard) = self.shards.get_mut(id) {
-                shard.started = true;
-                shard.finished = iterator.is_none();
-                shard.iterator = iterator;
+    /// The shards that may be read now and were not handed out yet.
+    pub fn take_ready(&mut self) -> Vec<ShardReader<S>> {
+        let mut out = Vec::new();
+        loop {
+            let ready: Vec<String> = self
+                .shards
+                .iter()
+                .filter(|(_, k)| k.state == State::Waiting)
+                .filter(|(_, k)| {
+                    k.info
+                        .parent
+                        .as_ref()
+                        .and_then(|p| self.shards.get(p))
+                        .is_none_or(|p| p.state == State::Finished)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if ready.is_empty() {
+                return out;
+            }
+            for id in ready {
+                let Some(known) = self.shards.get_mut(&id) else {
+                    continue;
+                };
+                let first = match &self.start {
+                    // A shard closed before the run started has nothing
+                    // newer than LATEST; one made since holds only newer
+                    // records, from its beginning.
+                    Start::Latest if known.initial && known.info.ending.is_some() => None,
+                    Start::Latest if known.initial => Some(Position::Latest),
+                    Start::Resume(resume) => {
+                        Some(resume.0.get(&id).cloned().unwrap_or(Position::TrimHorizon))
+                    }
+                    _ => Some(Position::TrimHorizon),
+                };
+                let Some(first) = first else {
+                    known.state = State::Finished;
+                    continue;
+                };
+                known.state = State::Handed;
+                let mut shard = ShardReader::new(
+                    self.streams.clone(),
+                    self.stream_arn.clone(),
+                    id,
+                    first,
+                    self.filter.clone(),
+                );
+                if let Some(it) = known.latest.take() {
+                    shard.started = true;
+                    shard.iterator = Some(it);
+                }
+                out.push(shard);
             }
         }
-        let Some(iterator) = self.shards.get(id).and_then(|s| s.iterator.clone()) else {
-            return Ok(0);
-        };
-        let out = self
-            .client
-            .get_records()
-            .shard_iterator(iterator)
-            .limit(i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000))
-            .send()
+    }
+}
+
+/// The ancestors of `id` the stream still lists, nearest first.
+fn ancestors(shards: &BTreeMap<String, Known>, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = shards.get(id).and_then(|k| k.info.parent.clone());
+    while let Some(parent) = at {
+        if out.contains(&parent) {
+            break;
+        }
+        at = shards.get(&parent).and_then(|k| k.info.parent.clone());
+        if shards.contains_key(&parent) {
+            out.push(parent);
+        }
+    }
+    out
+}
+
+/// A record read, or the place of one the filter kept out.
+#[derive(Debug)]
+enum Slot {
+    Record(Pending),
+    Filtered(String),
+}
+
+/// A batch of one shard.
+#[derive(Debug)]
+pub struct Batch {
+    /// The records that match the filter, in order.
+    pub records: Vec<Pending>,
+    /// Records the filter kept out among (and just before) them.
+    pub filtered: usize,
+    /// The sequence number of the last record taken, filtered or not: the
+    /// shard's checkpoint once the batch is done.
+    pub through: String,
+}
+
+/// One shard: its iterator and the records read but not handed out yet.
+pub struct ShardReader<S> {
+    streams: S,
+    stream_arn: String,
+    pub id: String,
+    /// Where it started: its checkpoint until a record is done.
+    pub start: Position,
+    iterator: Option<String>,
+    started: bool,
+    closed: bool,
+    /// The last record read: an expired iterator is renewed after it.
+    last_read: Option<String>,
+    buffer: VecDeque<Slot>,
+    filter: Option<Rc<Filter>>,
+    /// Iterators renewed after they expired.
+    pub renewals: u32,
+}
+
+impl<S: Streams> ShardReader<S> {
+    pub fn new(
+        streams: S,
+        stream_arn: String,
+        id: String,
+        start: Position,
+        filter: Option<Rc<Filter>>,
+    ) -> Self {
+        Self {
+            streams,
+            stream_arn,
+            id,
+            start,
+            iterator: None,
+            started: false,
+            closed: false,
+            last_read: None,
+            buffer: VecDeque::new(),
+            filter,
+            renewals: 0,
+        }
+    }
+
+    /// Closed, read to its end and every record handed out.
+    pub fn finished(&self) -> bool {
+        self.closed && self.buffer.is_empty()
+    }
+
+    /// A new iterator from the last record read (or the start): the one
+    /// held expired, which happens when no read came for 15 minutes (a
+    /// batch being retried all that time).
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        let from = self
+            .last_read
+            .clone()
+            .map_or_else(|| self.start.clone(), Position::After);
+        tracing::info!(shard = %self.id, from = %from, "the shard iterator expired; renewed");
+        self.renewals += 1;
+        self.iterator = self
+            .streams
+            .iterator(&self.stream_arn, &self.id, &from)
             .await
-            .with_context(|| format!("GetRecords {id}"))?;
-        let records: Vec<Pending> = out
-            .records()
-            .iter()
-            .filter_map(|r| stream_record(r).map(|r| r.to_lambda(&self.stream_arn)))
-            .collect();
-        let n = records.len();
-        if let Some(shard) = self.shards.get_mut(id) {
-            shard.buffer.extend(records);
-            shard.iterator = out.next_shard_iterator().map(str::to_owned);
-            if shard.iterator.is_none() {
-                // Closed: its children can be read once its buffer is empty.
-                shard.finished = shard.buffer.is_empty();
-            }
+            .with_context(|| format!("GetShardIterator {} {from}", self.id))?;
+        self.closed = self.iterator.is_none();
+        Ok(())
+    }
+
+    /// One GetRecords into the buffer; how many records came.
+    async fn read(&mut self, limit: usize) -> anyhow::Result<usize> {
+        if !self.started {
+            self.iterator = self
+                .streams
+                .iterator(&self.stream_arn, &self.id, &self.start)
+                .await
+                .with_context(|| format!("GetShardIterator {} {}", self.id, self.start))?;
+            self.started = true;
+            self.closed = self.iterator.is_none();
         }
+        let mut renewed = false;
+        let page = loop {
+            let Some(iterator) = self.iterator.clone() else {
+                return Ok(0);
+            };
+            match self.streams.records(&iterator, limit).await {
+                Ok(page) => break page,
+                Err(StreamsError::ExpiredIterator) if !renewed => {
+                    renewed = true;
+                    self.renew().await?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("GetRecords {}", self.id)),
+            }
+        };
+        let n = page.records.len();
+        for r in page.records {
+            let record = r.to_lambda_value(&self.stream_arn);
+            self.last_read = Some(r.sequence_number.clone());
+            let slot = if self.filter.as_ref().is_none_or(|f| f.matches(&record)) {
+                Slot::Record(r.pending(&record))
+            } else {
+                Slot::Filtered(r.sequence_number)
+            };
+            self.buffer.push_back(slot);
+        }
+        self.iterator = page.next;
+        self.closed = self.iterator.is_none();
         Ok(n)
     }
 
-    /// The next batch: records of one shard, at most `max_records` and
-    /// `max_bytes` of event, gathered for at most `window` (none: what one
-    /// read gives). Empty when no shard has anything new.
+    fn buffered(&self) -> usize {
+        self.buffer
+            .iter()
+            .filter(|s| matches!(s, Slot::Record(_)))
+            .count()
+    }
+
+    /// The next batch: at most `max_records` records and `max_bytes` of
+    /// event, gathered for at most `window` (none: what one read gives).
+    /// `None` when nothing new came.
     pub async fn next_batch(
         &mut self,
         max_records: usize,
         max_bytes: usize,
         window: Duration,
-    ) -> anyhow::Result<Option<(String, Vec<Pending>)>> {
-        if self
-            .last_describe
-            .is_none_or(|t| t.elapsed() >= DESCRIBE_EVERY)
-            || ready(&self.shards).is_empty()
-        {
-            self.describe().await?;
-        }
-        for id in in_turn(ready(&self.shards), self.last_served.as_deref()) {
-            let until = Instant::now() + window;
-            loop {
-                let buffered = self.shards.get(&id).map_or(0, |s| s.buffer.len());
-                if buffered >= max_records {
-                    break;
-                }
-                let open = self
-                    .shards
-                    .get(&id)
-                    .is_some_and(|s| s.iterator.is_some() || !s.started);
-                if !open {
-                    break;
-                }
-                let got = self.read(&id, max_records - buffered).await?;
-                let buffered = buffered + got;
-                if Instant::now() >= until || (window.is_zero() && (buffered > 0 || got == 0)) {
-                    break;
-                }
-                if got == 0 {
-                    tokio::time::sleep(POLL_EVERY.min(until - Instant::now())).await;
-                }
+    ) -> anyhow::Result<Option<Batch>> {
+        let until = Instant::now() + window;
+        loop {
+            let buffered = self.buffered();
+            if buffered >= max_records || (self.started && self.closed) {
+                break;
             }
-            let Some(shard) = self.shards.get_mut(&id) else {
-                continue;
-            };
-            let batch = event_forwarder::esm::take_batch(&mut shard.buffer, max_records, max_bytes);
-            if shard.iterator.is_none() && shard.started && shard.buffer.is_empty() {
-                shard.finished = true;
+            let got = self.read(max_records - buffered).await?;
+            let now = Instant::now();
+            if now >= until || window.is_zero() {
+                break;
             }
-            if !batch.is_empty() {
-                self.last_served = Some(id.clone());
-                return Ok(Some((id, batch)));
+            if got == 0 {
+                tokio::time::sleep(POLL_EVERY.min(until - now)).await;
             }
         }
-        Ok(None)
+        Ok(self.take(max_records, max_bytes))
     }
-}
 
-/// Shards that may be read now: not finished, and their parent (if the
-/// stream still lists it) finished, so that an aggregate's records in a
-/// child never go out before those left in its parent.
-fn ready(shards: &BTreeMap<String, Shard>) -> Vec<String> {
-    shards
-        .iter()
-        .filter(|(_, s)| !s.finished)
-        .filter(|(_, s)| {
-            s.parent
-                .as_ref()
-                .and_then(|p| shards.get(p))
-                .is_none_or(|p| p.finished)
+    /// Takes the next batch off the buffer, with the filtered places
+    /// before and among its records.
+    fn take(&mut self, max_records: usize, max_bytes: usize) -> Option<Batch> {
+        let mut records = Vec::new();
+        let mut filtered = 0;
+        let mut through = None;
+        let mut size = 14;
+        while let Some(slot) = self.buffer.front() {
+            match slot {
+                Slot::Filtered(seq) => {
+                    filtered += 1;
+                    through = Some(seq.clone());
+                }
+                Slot::Record(r) => {
+                    let len = r.record.get().len() + 1;
+                    // A single larger record still goes alone: the Invoke
+                    // API refuses it and the mapping gives up on it.
+                    if records.len() >= max_records.max(1)
+                        || (!records.is_empty() && size + len > max_bytes)
+                    {
+                        break;
+                    }
+                    size += len;
+                    through = Some(r.sequence_number.clone());
+                }
+            }
+            if let Some(Slot::Record(r)) = self.buffer.pop_front() {
+                records.push(r);
+            }
+        }
+        through.map(|through| Batch {
+            records,
+            filtered,
+            through,
         })
-        .map(|(id, _)| id.clone())
-        .collect()
-}
-
-/// Where the first read of a shard starts; `None` when the shard has
-/// nothing for this run.
-fn first_position(shard: &Shard, start: &Start) -> Option<(ShardIteratorType, Option<String>)> {
-    match start {
-        // LATEST is a position in the shards open when the run started; a
-        // shard closed by then has nothing newer, and one made since holds
-        // only newer records, from its beginning. (Deciding by "has no
-        // parent" would read an open child of a closed shard from its
-        // trim horizon: hours of old records on a real stream.)
-        Start::Latest if shard.initial => shard
-            .ending
-            .is_none()
-            .then_some((ShardIteratorType::Latest, None)),
-        Start::At(seq) if contains(shard, seq) => {
-            Some((ShardIteratorType::AtSequenceNumber, Some(seq.clone())))
-        }
-        // A shard that ended before the starting point has nothing for us.
-        Start::At(seq) if shard.ending.as_deref().is_some_and(|e| before(e, seq)) => None,
-        _ => Some((ShardIteratorType::TrimHorizon, None)),
     }
 }
 
-/// The shards to try, in turn: those after the one served last come
-/// first, so that a shard that always has records does not starve the rest.
-fn in_turn(mut ready: Vec<String>, last: Option<&str>) -> Vec<String> {
-    if let Some(last) = last {
-        let after = ready.iter().position(|id| id.as_str() > last).unwrap_or(0);
-        ready.rotate_left(after);
-    }
-    ready
-}
-
-/// Whether `seq` falls in the shard's range (sequence numbers compare as
-/// integers: by length, then digit by digit).
-fn contains(shard: &Shard, seq: &str) -> bool {
-    shard.starting.as_deref().is_none_or(|s| !before(seq, s))
-        && shard.ending.as_deref().is_none_or(|e| !before(e, seq))
-}
-
-/// `a < b` for sequence numbers.
+/// `a < b` for sequence numbers (compared as integers: by length, then
+/// digit by digit). Only meaningful within one shard.
 pub fn before(a: &str, b: &str) -> bool {
     (a.len(), a) < (b.len(), b)
 }
@@ -349,6 +740,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scripted::{ScriptedStreams, record};
     use aws_sdk_dynamodbstreams::{
         primitives::{Blob, DateTime},
         types::{Identity, OperationType, StreamRecord as SdkStreamRecord, StreamViewType},
@@ -356,93 +748,270 @@ mod tests {
     use base64::Engine as _;
     use serde_json::json;
 
-    #[test]
-    fn open_shards_are_served_in_turn() {
-        let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let ready = ids(&["shardId-a", "shardId-b", "shardId-c"]);
-        assert_eq!(in_turn(ready.clone(), None), ready);
-        assert_eq!(
-            in_turn(ready.clone(), Some("shardId-a")),
-            ids(&["shardId-b", "shardId-c", "shardId-a"])
-        );
-        assert_eq!(in_turn(ready.clone(), Some("shardId-c")), ready);
-        // The last one served has closed and gone: the next one after it.
-        assert_eq!(
-            in_turn(ids(&["shardId-a", "shardId-c"]), Some("shardId-b")),
-            ids(&["shardId-c", "shardId-a"])
-        );
+    const ARN: &str = "arn:aws:dynamodb:eu-west-1:1:table/t/stream/x";
+
+    fn records(shard_seq: u64, n: u64) -> Vec<StreamRecord> {
+        (0..n)
+            .map(|i| record(&(shard_seq + i).to_string(), "agg", i + 1, 1_795_348_800.0))
+            .collect()
     }
 
-    /// A shard as DescribeStream lists it: its parent, and its end once closed.
-    fn shard(parent: Option<&str>, starting: &str, ending: Option<&str>, initial: bool) -> Shard {
-        Shard {
-            parent: parent.map(str::to_owned),
-            iterator: None,
-            started: false,
-            finished: false,
-            buffer: VecDeque::new(),
-            starting: Some(starting.to_owned()),
-            ending: ending.map(str::to_owned),
-            initial,
-        }
+    fn seqs(batch: &Batch) -> Vec<&str> {
+        batch
+            .records
+            .iter()
+            .map(|r| r.sequence_number.as_str())
+            .collect()
     }
 
-    #[test]
-    fn a_child_shard_is_read_only_after_its_parent_is_read_to_its_end() {
+    async fn reader(streams: &ScriptedStreams, start: Start) -> StreamReader<ScriptedStreams> {
+        StreamReader::new(streams.clone(), ARN.into(), start, None)
+            .await
+            .unwrap()
+    }
+
+    fn ids(shards: &[ShardReader<ScriptedStreams>]) -> Vec<(&str, String)> {
+        shards
+            .iter()
+            .map(|s| (s.id.as_str(), s.start.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_child_shard_is_handed_out_only_after_its_parent_is_finished() {
         // a (closed) split into b and c; d's parent is past the trim horizon.
-        let mut shards = BTreeMap::from([
-            ("a".to_owned(), shard(None, "100", Some("199"), true)),
-            ("b".to_owned(), shard(Some("a"), "200", None, true)),
-            ("c".to_owned(), shard(Some("a"), "210", None, true)),
-            ("d".to_owned(), shard(Some("gone"), "50", None, true)),
-        ]);
-        assert_eq!(ready(&shards), ["a", "d"]);
-        if let Some(a) = shards.get_mut("a") {
-            a.finished = true;
+        let streams = ScriptedStreams::default();
+        streams
+            .shard("a", None, "100")
+            .shard("b", Some("a"), "200")
+            .shard("c", Some("a"), "210")
+            .shard("d", Some("gone"), "50");
+        streams.write("a", records(100, 2));
+        streams.close("a");
+        let mut r = reader(&streams, Start::TrimHorizon).await;
+        let first = r.take_ready();
+        assert_eq!(
+            ids(&first),
+            [("a", "trim-horizon".into()), ("d", "trim-horizon".into())]
+        );
+        assert!(r.take_ready().is_empty(), "each shard is handed out once");
+        r.finish("a");
+        assert_eq!(
+            ids(&r.take_ready()),
+            [("b", "trim-horizon".into()), ("c", "trim-horizon".into())]
+        );
+        assert!(!r.finished());
+        for id in ["b", "c", "d"] {
+            r.finish(id);
         }
-        assert_eq!(ready(&shards), ["b", "c", "d"]);
-        if let Some(b) = shards.get_mut("b") {
-            b.finished = true;
+        assert!(r.finished());
+    }
+
+    #[tokio::test]
+    async fn latest_is_fixed_for_every_open_shard_when_the_run_starts() {
+        let streams = ScriptedStreams::default();
+        streams
+            .shard("a", None, "100")
+            .shard("b", None, "500")
+            .shard("old", None, "10");
+        streams.write("a", records(100, 3));
+        streams.write("b", records(500, 3));
+        streams.write("old", records(10, 2));
+        streams.close("old");
+        let mut r = reader(&streams, Start::Latest).await;
+        // Written after the start, before any shard is read.
+        streams.write("a", records(103, 1));
+        streams.write("b", records(503, 1));
+        let mut shards = r.take_ready();
+        assert_eq!(
+            ids(&shards),
+            [("a", "latest".into()), ("b", "latest".into())]
+        );
+        for (shard, expected) in shards.iter_mut().zip(["103", "503"]) {
+            let batch = shard.next_batch(10, 1 << 20, Duration::ZERO).await.unwrap();
+            assert_eq!(seqs(&batch.unwrap()), [expected], "{}", shard.id);
         }
-        assert_eq!(ready(&shards), ["c", "d"]);
+        // A shard made during the run is read from its beginning.
+        streams.shard("new", Some("b"), "600");
+        r.describe().await.unwrap();
+        r.finish("b");
+        assert_eq!(ids(&r.take_ready()), [("new", "trim-horizon".into())]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_iterator_is_renewed_after_the_last_record_read() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 5));
+        let mut shard = reader(&streams, Start::TrimHorizon)
+            .await
+            .take_ready()
+            .remove(0);
+        let first = shard
+            .next_batch(2, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&first), ["100", "101"]);
+        // A batch retried for 15 minutes: no read meanwhile.
+        streams.expire_issued();
+        let second = shard
+            .next_batch(2, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&second), ["102", "103"], "nothing lost or read twice");
+        assert_eq!(shard.renewals, 1);
+        assert!(
+            streams
+                .calls()
+                .contains(&"GetShardIterator a after:101".to_owned()),
+            "{:?}",
+            streams.calls()
+        );
+        let third = shard
+            .next_batch(2, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&third), ["104"]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_iterator_with_records_still_buffered_renews_after_them() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 6));
+        let mut shard = reader(&streams, Start::TrimHorizon)
+            .await
+            .take_ready()
+            .remove(0);
+        // One read of 4 records; a batch of 2 handed out, 2 left buffered.
+        shard.read(4).await.unwrap();
+        let first = shard.take(2, 1 << 20).unwrap();
+        assert_eq!(seqs(&first), ["100", "101"]);
+        streams.expire_issued();
+        let mut got = Vec::new();
+        while let Some(b) = shard.next_batch(4, 1 << 20, Duration::ZERO).await.unwrap() {
+            got.extend(seqs(&b).into_iter().map(str::to_owned));
+        }
+        assert_eq!(got, ["102", "103", "104", "105"]);
     }
 
     #[test]
-    fn latest_starts_in_the_open_shards_and_reads_new_ones_from_their_beginning() {
-        use ShardIteratorType::{AtSequenceNumber, Latest, TrimHorizon};
-        // A real stream rolls its shard every few hours: an open child of a
-        // closed one is where LATEST is, not its trim horizon.
-        let closed = shard(None, "100", Some("199"), true);
-        let open_child = shard(Some("a"), "200", None, true);
-        let made_since = shard(Some("b"), "300", None, false);
-        assert_eq!(first_position(&closed, &Start::Latest), None);
+    fn a_resume_point_is_printed_as_it_is_read_back() {
+        let resume = Resume(BTreeMap::from([
+            (
+                "shardId-a".to_owned(),
+                Position::After("1100000000000000000005".into()),
+            ),
+            (
+                "shardId-b".to_owned(),
+                Position::At("2200000000000000000001".into()),
+            ),
+            ("shardId-c".to_owned(), Position::TrimHorizon),
+            ("shardId-d".to_owned(), Position::Latest),
+        ]));
+        let text = resume.to_string();
         assert_eq!(
-            first_position(&open_child, &Start::Latest),
-            Some((Latest, None))
+            text,
+            "shardId-a=after:1100000000000000000005,shardId-b=at:2200000000000000000001,\
+             shardId-c=trim-horizon,shardId-d=latest"
         );
+        assert_eq!(text.parse::<Resume>(), Ok(resume));
+    }
+
+    #[test]
+    fn a_resume_point_without_its_shard_is_refused_saying_what_to_give() {
+        let err = "1100000000000000000005".parse::<Resume>().unwrap_err();
+        assert!(err.contains("names no shard: give SHARD=POSITION"), "{err}");
+        let err = "shardId-a=after:12x".parse::<Resume>().unwrap_err();
+        assert!(err.contains("not a sequence number"), "{err}");
+        let err = "shardId-a=12".parse::<Resume>().unwrap_err();
+        assert!(
+            err.contains("trim-horizon, latest, at:SEQ or after:SEQ"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_shard_starts_at_its_position_and_its_ancestors_are_done() {
+        let streams = ScriptedStreams::default();
+        streams
+            .shard("a", None, "100")
+            .shard("b", Some("a"), "200")
+            .shard("c", None, "300")
+            .shard("e", Some("b"), "400");
+        streams.close("a");
+        let resume: Resume = "b=after:205".parse().unwrap();
+        let mut r = reader(&streams, Start::Resume(resume)).await;
         assert_eq!(
-            first_position(&made_since, &Start::Latest),
-            Some((TrimHorizon, None))
+            ids(&r.take_ready()),
+            [("b", "after:205".into()), ("c", "trim-horizon".into())],
+            "a is done; e waits for b"
         );
-        // TRIM_HORIZON: every shard from its beginning (lineage orders them).
-        for s in [&closed, &open_child, &made_since] {
-            assert_eq!(
-                first_position(s, &Start::TrimHorizon),
-                Some((TrimHorizon, None))
-            );
-        }
-        // AT_SEQUENCE_NUMBER in the shard that holds it; a shard that ended
-        // before it is skipped, a later one read from its beginning.
-        let at = Start::At("250".to_owned());
-        assert_eq!(first_position(&closed, &at), None);
+        r.finish("b");
+        assert_eq!(ids(&r.take_ready()), [("e", "trim-horizon".into())]);
+    }
+
+    #[tokio::test]
+    async fn records_the_filter_keeps_out_move_the_checkpoint_but_reach_no_batch() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 4));
+        let filter =
+            Filter::parse(&[r#"{"dynamodb": {"NewImage": {"version": {"N": ["2"]}}}}"#]).unwrap();
+        let mut r = StreamReader::new(
+            streams.clone(),
+            ARN.into(),
+            Start::TrimHorizon,
+            Some(Rc::new(filter)),
+        )
+        .await
+        .unwrap();
+        let mut shard = r.take_ready().remove(0);
+        let batch = shard
+            .next_batch(10, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seqs(&batch), ["101"]);
+        assert_eq!((batch.filtered, batch.through.as_str()), (3, "103"));
+        // Nothing but filtered records: an empty batch that still moves on.
+        streams.write("a", vec![record("104", "agg", 5, 1.0)]);
+        let batch = shard
+            .next_batch(10, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(batch.records.is_empty());
+        assert_eq!((batch.filtered, batch.through.as_str()), (1, "104"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_the_record_count_and_the_payload_limit() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 10));
+        streams.close("a");
+        let mut shard = reader(&streams, Start::TrimHorizon)
+            .await
+            .take_ready()
+            .remove(0);
+        shard.read(10).await.unwrap();
+        let one = match shard.buffer.front() {
+            Some(Slot::Record(r)) => r.record.get().len() + 1,
+            _ => panic!("a record"),
+        };
         assert_eq!(
-            first_position(&open_child, &at),
-            Some((AtSequenceNumber, Some("250".to_owned())))
+            seqs(&shard.take(4, 1 << 20).unwrap()),
+            ["100", "101", "102", "103"]
         );
-        assert_eq!(first_position(&made_since, &at), Some((TrimHorizon, None)));
-        // Sequence numbers compare as integers, not as text.
-        let at = Start::At("99".to_owned());
-        assert_eq!(first_position(&closed, &at), Some((TrimHorizon, None)));
+        assert_eq!(shard.take(10, 14 + 3 * one).unwrap().records.len(), 3);
+        // A record larger than the limit still goes, alone.
+        assert_eq!(shard.take(10, 1).unwrap().records.len(), 1);
+        assert_eq!(shard.take(10, 1 << 20).unwrap().records.len(), 2);
+        assert!(shard.finished());
     }
 
     /// The SDK attribute of a DynamoDB JSON attribute (the inverse of
@@ -524,6 +1093,15 @@ mod tests {
         b.build()
     }
 
+    /// `expected` with its creation time as the float Lambda sends (AWS's
+    /// sample events and moto write an integer).
+    fn as_lambda_sends(expected: &Value) -> Value {
+        let mut expected = expected.clone();
+        let t = &mut expected["dynamodb"]["ApproximateCreationDateTime"];
+        *t = json!(t.as_f64().unwrap());
+        expected
+    }
+
     fn lambda_json(record: &Record, arn: &str) -> Value {
         let pending = stream_record(record).unwrap().to_lambda(arn);
         serde_json::from_str(pending.record.get()).unwrap()
@@ -535,7 +1113,10 @@ mod tests {
             serde_json::from_str(include_str!("../../../events/sam-dynamodb-update.json")).unwrap();
         for expected in sample["Records"].as_array().unwrap() {
             let arn = expected["eventSourceARN"].as_str().unwrap();
-            assert_eq!(&lambda_json(&sdk_record(expected), arn), expected);
+            assert_eq!(
+                lambda_json(&sdk_record(expected), arn),
+                as_lambda_sends(expected)
+            );
         }
     }
 
@@ -551,7 +1132,7 @@ mod tests {
         );
         for r in answer["Records"].as_array().unwrap() {
             let got = lambda_json(&sdk_record(r), arn);
-            let mut expected = r.clone();
+            let mut expected = as_lambda_sends(r);
             expected["eventSourceARN"] = json!(arn);
             assert_eq!(got, expected);
             let plan = converter

@@ -1,22 +1,22 @@
 //! `redrive`: the ranges Lambda gave up on, forwarded again. Each OnFailure
 //! message names a shard and a sequence-number range, not the records: the
-//! range is read again from the stream, sent through the function by the
-//! checkpoint rule, and the message deleted only once all of it is
-//! confirmed. What the stream no longer holds is reported, never skipped.
+//! range is read again from the stream, the records the filter lets through
+//! are sent through the function by the checkpoint rule, and the message is
+//! deleted only once all of them are confirmed. What the stream no longer
+//! holds is reported, never skipped, with a backfill that covers it.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use chrono::Utc;
-use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Pending};
+use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Pending, filter::Filter};
 use serde_json::Value;
 
 use crate::{
     aws::Clients,
     invoker::InOrder,
     progress,
-    reader::{before, stream_record},
+    reader::{POLL_EVERY, Position, Streams, StreamsError, before},
 };
 
 /// Forward again the records of OnFailure messages (from the SQS queue or a
@@ -29,6 +29,10 @@ Examples:
 
   # Look first: what would be sent, nothing invoked or deleted
   forwarder-ops redrive --queue product-events-on-failure --dry-run
+
+  # The mapping has a FilterPattern: records it keeps out are not sent
+  forwarder-ops redrive --queue product-events-on-failure \\
+      --filter-pattern '{\"eventName\": [\"INSERT\"]}'
 
 Exit status: 0 when every message's range was forwarded (and deleted), 1 when
 some range could not be (the message is kept), 2 on an error.")]
@@ -49,6 +53,18 @@ pub struct Args {
     /// Show what would be forwarded; invoke nothing, delete nothing.
     #[arg(long)]
     dry_run: bool,
+
+    /// The mapping's filter pattern (JSON, as template.yaml's
+    /// FilterPattern): records that match none are not sent, as the mapping
+    /// never sent them. Repeat for more patterns. Default: none.
+    #[arg(long, value_name = "JSON")]
+    filter_pattern: Vec<String>,
+
+    /// GetRecords pages in a row without a record after which a range is
+    /// taken as ending early (its end is not in the shard). AWS: several
+    /// calls may be needed to reach records. Reads are 250 ms apart.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    max_empty_reads: u32,
 
     #[command(flatten)]
     sending: InOrder,
@@ -98,6 +114,16 @@ impl Range {
             .and_then(|(_, rest)| rest.split('/').next())
             .unwrap_or("<table>")
     }
+
+    /// What to run for the part the stream no longer holds. The table is
+    /// the only source left, and a time window on it cannot cover the range:
+    /// the arrival times are whole seconds (rounded down) of the stream
+    /// write, not the events' `occurredAt`, and an item may have none. So
+    /// the suggestion is the whole table, which covers every event of the
+    /// range; consumers drop what they already have by `messageId`.
+    fn backfill(&self) -> String {
+        format!("forwarder-ops backfill --table {}", self.table())
+    }
 }
 
 /// What reading a range gave.
@@ -113,6 +139,7 @@ struct Summary {
     ranges: u64,
     records: u64,
     forwarded: u64,
+    filtered: u64,
     gone: u64,
     failed: u64,
     kept: u64,
@@ -120,6 +147,11 @@ struct Summary {
 }
 
 pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
+    let filter = if args.filter_pattern.is_empty() {
+        None
+    } else {
+        Some(Filter::parse(&args.filter_pattern)?)
+    };
     let queue_url = match &args.queue {
         Some(q) => Some(clients.queue_url(q).await?),
         None => None,
@@ -148,7 +180,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
             continue;
         };
         summary.ranges += 1;
-        let read = read_range(clients, &range).await?;
+        let read = read_range(&clients.streams, &range, args.max_empty_reads).await?;
         let found = read.records.len();
         summary.records += found as u64;
         if let Some(why) = &read.gone {
@@ -157,32 +189,42 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
             progress::say(
                 &bar,
                 format_args!(
-                    "the stream no longer holds {} {}–{} ({why}): {} record(s) expected, {found} found. \
-                 The table is the only source left: forwarder-ops backfill --table {}{}{}",
+                    "the stream no longer holds {} {}–{} ({why}): {} record(s) expected, {found} found, \
+                     written between {} and {} (arrival times, whole seconds). The table is the only \
+                     source left, and no time window on it can cover the range (arrival times are \
+                     not occurredAt): backfill the whole table; consumers drop what they have by \
+                     messageId: {}",
                     range.shard_id,
                     range.start,
                     range.end,
                     range.expected,
-                    range.table(),
-                    range
-                        .first_arrival
-                        .as_deref()
-                        .map(|t| format!(" --since {t}"))
-                        .unwrap_or_default(),
-                    range
-                        .last_arrival
-                        .as_deref()
-                        .map(|t| format!(" --until {t}"))
-                        .unwrap_or_default(),
+                    range.first_arrival.as_deref().unwrap_or("?"),
+                    range.last_arrival.as_deref().unwrap_or("?"),
+                    range.backfill(),
                 ),
             );
         }
+        let records: Vec<Pending> = match &filter {
+            Some(f) => read
+                .records
+                .into_iter()
+                .filter(|r| {
+                    serde_json::from_str::<Value>(r.record.get()).is_ok_and(|v| f.matches(&v))
+                })
+                .collect(),
+            None => read.records,
+        };
+        summary.filtered += (found - records.len()) as u64;
+        let sending = records.len();
         if args.dry_run {
             progress::say(
                 &bar,
                 format_args!(
-                    "would forward {found} record(s) of {} {}–{}",
-                    range.shard_id, range.start, range.end
+                    "would forward {sending} record(s) of {} {}–{} ({} filtered out)",
+                    range.shard_id,
+                    range.start,
+                    range.end,
+                    found - sending
                 ),
             );
             keep(clients, queue_url.as_deref(), message).await;
@@ -195,10 +237,10 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
             target: None,
         };
         let delivery =
-            esm::deliver_all(&mut invoker, &read.records, &rules, &pace, MAX_EVENT_BYTES).await;
-        let forwarded = delivery.stopped_at.unwrap_or(found);
+            esm::deliver_all(&mut invoker, &records, &rules, &pace, MAX_EVENT_BYTES).await;
+        let forwarded = delivery.stopped_at.unwrap_or(sending);
         summary.forwarded += forwarded as u64;
-        summary.failed += (found - forwarded) as u64;
+        summary.failed += (sending - forwarded) as u64;
         bar.inc(found as u64);
         if let Some(reason) = &delivery.refused {
             bail!("the function cannot be invoked: {reason}");
@@ -220,7 +262,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                 progress::say(
                     &bar,
                     format_args!(
-                        "{} {}–{}: {} of {found} record(s) forwarded, the rest failed again; message kept",
+                        "{} {}–{}: {} of {sending} record(s) forwarded, the rest failed again; message kept",
                         range.shard_id, range.start, range.end, forwarded
                     ),
                 );
@@ -231,11 +273,12 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
     }
     bar.finish_and_clear();
     println!(
-        "redrive: messages={} ranges={} records={} forwarded={} gone={} failed={} kept={} deleted={}{}",
+        "redrive: messages={} ranges={} records={} forwarded={} filtered={} gone={} failed={} kept={} deleted={}{}",
         summary.messages,
         summary.ranges,
         summary.records,
         summary.forwarded,
+        summary.filtered,
         summary.gone,
         summary.failed,
         summary.kept,
@@ -309,99 +352,81 @@ async fn keep(clients: &Clients, url: Option<&str>, message: &Message) {
 }
 
 /// Reads `range` from its shard: from its start sequence number through its
-/// end. A stream, a shard or a start the stream no longer has is reported
-/// in `gone` with what could still be read.
-async fn read_range(clients: &Clients, range: &Range) -> anyhow::Result<Read> {
-    let streams = &clients.streams;
-    let gone = |why: &str| Read {
-        records: Vec::new(),
+/// end, however many empty pages come first (up to `max_empty_reads` in a
+/// row). A stream, a shard or a position the stream no longer has is
+/// reported in `gone` with what could still be read.
+async fn read_range<S: Streams>(
+    streams: &S,
+    range: &Range,
+    max_empty_reads: u32,
+) -> anyhow::Result<Read> {
+    let gone = |records: Vec<Pending>, why: &str| Read {
+        records,
         gone: Some(why.to_owned()),
     };
-    let described = streams
-        .describe_stream()
-        .stream_arn(&range.stream_arn)
-        .send()
-        .await;
-    let description = match described {
-        Ok(d) => d,
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_resource_not_found_exception()) =>
-        {
-            return Ok(gone("the stream is gone"));
-        }
+    let shards = match streams.shards(&range.stream_arn).await {
+        Ok(shards) => shards,
+        Err(StreamsError::NotFound(_)) => return Ok(gone(Vec::new(), "the stream is gone")),
         Err(e) => return Err(e).with_context(|| format!("DescribeStream {}", range.stream_arn)),
     };
-    let mut shard = None;
-    let mut page = description.stream_description().cloned();
-    while let Some(d) = page {
-        shard = d
-            .shards()
-            .iter()
-            .find(|s| s.shard_id() == Some(range.shard_id.as_str()))
-            .cloned();
-        let next = d.last_evaluated_shard_id().map(str::to_owned);
-        if shard.is_some() || next.is_none() {
-            break;
-        }
-        page = streams
-            .describe_stream()
-            .stream_arn(&range.stream_arn)
-            .set_exclusive_start_shard_id(next)
-            .send()
-            .await
-            .context("DescribeStream")?
-            .stream_description()
-            .cloned();
-    }
-    let Some(shard) = shard else {
-        return Ok(gone("the shard is gone: older than the stream's 24 h"));
+    let Some(shard) = shards.into_iter().find(|s| s.id == range.shard_id) else {
+        return Ok(gone(
+            Vec::new(),
+            "the shard is gone: older than the stream's 24 h",
+        ));
     };
     // Records before the shard's first are trimmed (older than 24 h).
-    let first = shard
-        .sequence_number_range()
-        .and_then(|r| r.starting_sequence_number())
-        .unwrap_or(&range.start)
-        .to_owned();
+    let first = shard.starting.unwrap_or_else(|| range.start.clone());
     let (from, trimmed) = if before(&range.start, &first) {
         (first, true)
     } else {
         (range.start.clone(), false)
     };
     if before(&range.end, &from) {
-        return Ok(gone("trimmed: older than the stream's 24 h"));
+        return Ok(gone(Vec::new(), "trimmed: older than the stream's 24 h"));
     }
-    let mut iterator = streams
-        .get_shard_iterator()
-        .stream_arn(&range.stream_arn)
-        .shard_id(&range.shard_id)
-        .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-        .sequence_number(&from)
-        .send()
+    let trimmed_now = "trimmed while it was read: older than the stream's 24 h";
+    let mut iterator = match streams
+        .iterator(
+            &range.stream_arn,
+            &range.shard_id,
+            &Position::At(from.clone()),
+        )
         .await
-        .with_context(|| format!("GetShardIterator {} at {from}", range.shard_id))?
-        .shard_iterator()
-        .map(str::to_owned);
+    {
+        Ok(it) => it,
+        Err(StreamsError::Trimmed(_)) => return Ok(gone(Vec::new(), trimmed_now)),
+        Err(StreamsError::NotFound(_)) => {
+            return Ok(gone(
+                Vec::new(),
+                "the shard is gone: older than the stream's 24 h",
+            ));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("GetShardIterator {} at {from}", range.shard_id));
+        }
+    };
     let mut records = Vec::new();
     let mut empty_reads = 0;
     'read: while let Some(it) = iterator {
-        let out = streams
-            .get_records()
-            .shard_iterator(it)
-            .send()
-            .await
-            .with_context(|| format!("GetRecords {}", range.shard_id))?;
-        if out.records().is_empty() {
-            // An open shard answers empty past its newest record.
+        let page = match streams.records(&it, 1000).await {
+            Ok(page) => page,
+            Err(StreamsError::Trimmed(_)) => return Ok(gone(records, trimmed_now)),
+            Err(e) => return Err(e).with_context(|| format!("GetRecords {}", range.shard_id)),
+        };
+        if page.records.is_empty() {
+            // Several calls may be needed to reach records; past an open
+            // shard's newest record they stay empty.
             empty_reads += 1;
-            if empty_reads >= 3 {
+            if empty_reads >= max_empty_reads {
                 break;
             }
+            tokio::time::sleep(POLL_EVERY).await;
+        } else {
+            empty_reads = 0;
         }
-        for r in out.records() {
-            let Some(record) = stream_record(r) else {
-                continue;
-            };
+        for record in page.records {
             if before(&range.end, &record.sequence_number) {
                 break 'read;
             }
@@ -411,7 +436,7 @@ async fn read_range(clients: &Clients, range: &Range) -> anyhow::Result<Read> {
                 break 'read;
             }
         }
-        iterator = out.next_shard_iterator().map(str::to_owned);
+        iterator = page.next;
     }
     let reached_end = records
         .last()
@@ -424,4 +449,104 @@ async fn read_range(clients: &Clients, range: &Range) -> anyhow::Result<Read> {
         None
     };
     Ok(Read { records, gone })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripted::{ScriptedStreams, record};
+
+    const ARN: &str = "arn:aws:dynamodb:eu-west-1:1:table/events/stream/x";
+
+    fn range(start: &str, end: &str) -> Range {
+        Range {
+            stream_arn: ARN.into(),
+            shard_id: "a".into(),
+            start: start.into(),
+            end: end.into(),
+            expected: 3,
+            first_arrival: None,
+            last_arrival: None,
+        }
+    }
+
+    fn shard_with(n: u64) -> ScriptedStreams {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write(
+            "a",
+            (0..n).map(|i| record(&(100 + i).to_string(), "agg", i + 1, 1.0e10)),
+        );
+        streams
+    }
+
+    fn seqs(read: &Read) -> Vec<&str> {
+        read.records
+            .iter()
+            .map(|r| r.sequence_number.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_range_is_read_through_empty_pages() {
+        let streams = shard_with(6);
+        streams.empty_pages(5);
+        let read = read_range(&streams, &range("101", "103"), 100)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&read), ["101", "102", "103"]);
+        assert!(read.gone.is_none(), "{:?}", read.gone);
+    }
+
+    #[tokio::test]
+    async fn a_range_whose_end_never_comes_is_reported_after_the_empty_reads() {
+        let streams = shard_with(3);
+        let read = read_range(&streams, &range("101", "105"), 3).await.unwrap();
+        assert_eq!(seqs(&read), ["101", "102"]);
+        assert_eq!(read.gone.as_deref(), Some("its end is not in the shard"));
+    }
+
+    #[tokio::test]
+    async fn a_trimmed_position_is_reported_as_gone_not_as_an_error() {
+        #[derive(Clone)]
+        struct Trimmed(ScriptedStreams);
+        impl Streams for Trimmed {
+            async fn shards(
+                &self,
+                arn: &str,
+            ) -> Result<Vec<crate::reader::ShardInfo>, StreamsError> {
+                self.0.shards(arn).await
+            }
+            async fn iterator(
+                &self,
+                _: &str,
+                _: &str,
+                _: &Position,
+            ) -> Result<Option<String>, StreamsError> {
+                Err(StreamsError::Trimmed("trimmed".into()))
+            }
+            async fn records(
+                &self,
+                it: &str,
+                limit: usize,
+            ) -> Result<crate::reader::Page, StreamsError> {
+                self.0.records(it, limit).await
+            }
+        }
+        let read = read_range(&Trimmed(shard_with(3)), &range("100", "102"), 100)
+            .await
+            .unwrap();
+        assert!(read.records.is_empty());
+        assert!(read.gone.is_some_and(|g| g.starts_with("trimmed")));
+    }
+
+    #[test]
+    fn the_backfill_suggested_for_a_lost_range_has_no_time_window() {
+        let r = Range {
+            first_arrival: Some("2026-12-01T09:00:00Z".into()),
+            last_arrival: Some("2026-12-01T09:05:00Z".into()),
+            ..range("1", "2")
+        };
+        assert_eq!(r.backfill(), "forwarder-ops backfill --table events");
+    }
 }

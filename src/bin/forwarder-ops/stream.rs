@@ -1,31 +1,43 @@
-//! `stream`: a local event source mapping. Polls a table's stream, batches
-//! its records as Lambda's mapping does, invokes the function, follows the
-//! partial batch response, retries, bisects and sends what it gives up on
-//! to an OnFailure queue in AWS's format.
+//! `stream`: a local event source mapping. Polls a table's stream, each
+//! shard on its own as Lambda does (its own checkpoint; a shard whose batch
+//! keeps failing holds back only itself), filters and batches its records,
+//! invokes the function synchronously, follows the partial batch response,
+//! retries, bisects and sends what it gives up on to an OnFailure queue in
+//! AWS's format.
 
 use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use chrono::Utc;
-use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Rules, ShardContext};
+use event_forwarder::esm::{
+    self, Invoker, MAX_EVENT_BYTES, Pace, Rules, ShardContext, filter::Filter,
+};
+use serde_json::Value;
+use tokio::{
+    task::{JoinSet, LocalSet},
+    time::Instant,
+};
 
 use crate::{
     aws::Clients,
     invoker::LambdaInvoker,
     progress,
-    reader::{POLL_EVERY, Start, StreamReader},
+    reader::{POLL_EVERY, Position, Resume, ShardReader, Start, StreamReader, Streams},
 };
 
 /// Run a local event source mapping over a table's stream.
 ///
 /// Defaults are those of template.yaml's event source. It reads until
-/// stopped (Ctrl-C, --max-records, --idle-exit) and prints a summary line.
+/// stopped (Ctrl-C, --max-records, --idle-exit) and prints a summary line
+/// with the point each shard can resume from.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
@@ -35,9 +47,17 @@ Examples:
       --lambda-endpoint-url http://127.0.0.1:9000 \\
       stream --table product-events --on-failure on-failure --idle-exit 5
 
-  # Resume where a stopped run left off
+  # Go on where a stopped run left off (its summary's resume_at)
   forwarder-ops ... stream --table product-events \\
-      --start-sequence-number 1100000000017454423012")]
+      --resume-at shardId-00000001700000000000-0000abcd=after:1100000000000000000017
+
+  # Only the events the template's FilterPattern lets through
+  forwarder-ops ... stream --table product-events \\
+      --filter-pattern '{\"eventName\": [\"INSERT\"]}'
+
+Exit status: 0 when it stopped as asked (records given up on are in the
+summary and the OnFailure queue), 1 when the Invoke API refused the calls,
+2 on an error (after the summary, with the point to resume from).")]
 pub struct Args {
     /// The table whose stream to read (its latest stream).
     #[arg(long, required_unless_present = "stream_arn")]
@@ -47,23 +67,37 @@ pub struct Args {
     #[arg(long, conflicts_with = "table")]
     stream_arn: Option<String>,
 
-    /// Where to start: trim-horizon (the oldest record kept) or latest.
+    /// Where to start: trim-horizon (every shard from its oldest record) or
+    /// latest (the shards open now, from now on).
     #[arg(long, value_enum, default_value = "trim-horizon")]
-    starting_position: Position,
+    starting_position: StartingPosition,
 
-    /// Start at this sequence number (AT_SEQUENCE_NUMBER), e.g. where a
-    /// stopped run left off.
-    #[arg(long, value_name = "SEQ")]
-    start_sequence_number: Option<String>,
+    /// Where each shard resumes, as a run's summary prints it (resume_at):
+    /// SHARD=after:SEQ, SHARD=at:SEQ, SHARD=trim-horizon or SHARD=latest,
+    /// comma-separated. The shards' ancestors are skipped (done), other
+    /// shards read from their beginning.
+    #[arg(
+        long,
+        value_name = "SHARD=POSITION,...",
+        conflicts_with = "starting_position"
+    )]
+    resume_at: Option<Resume>,
 
     /// BatchSize: records per invocation (1 to 10000).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
 
     /// MaximumBatchingWindowInSeconds: how long to gather records before
-    /// invoking (0: invoke as soon as records are there).
+    /// invoking, in seconds (0: invoke as soon as records are there).
     #[arg(long, default_value_t = 0, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(0..=300))]
     batching_window: u32,
+
+    /// FilterCriteria: a filter pattern (JSON, as template.yaml's
+    /// FilterPattern); records that match none never reach the function
+    /// and the shard moves past them. Repeat for more patterns (any one
+    /// lets a record through). Default: none, every record.
+    #[arg(long, value_name = "JSON")]
+    filter_pattern: Vec<String>,
 
     /// Ignore batchItemFailures (FunctionResponseTypes without
     /// ReportBatchItemFailures): a response is always a success.
@@ -71,18 +105,19 @@ pub struct Args {
     no_report_batch_item_failures: bool,
 
     /// Retry a batch whole after a function error instead of splitting it
-    /// (BisectBatchOnFunctionError false).
+    /// (BisectBatchOnFunctionError false). Splits use no retry attempts.
     #[arg(long)]
     no_bisect: bool,
 
     /// MaximumRetryAttempts: retries of a failed batch before its range goes
-    /// to the OnFailure queue; -1: until the records are too old.
+    /// to the OnFailure queue, counted afresh whenever the checkpoint moves;
+    /// -1: until the records are too old.
     #[arg(long, default_value_t = 10_000, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..=10_000))]
     maximum_retry_attempts: i64,
 
     /// MaximumRecordAgeInSeconds: records older than this are given up on
-    /// without an invocation; -1: no limit.
-    #[arg(long, default_value_t = 21_600, value_name = "SECONDS", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..=604_800))]
+    /// without an invocation, in seconds: -1 (no limit) or 60 to 604800.
+    #[arg(long, default_value_t = 21_600, value_name = "SECONDS", allow_negative_numbers = true, value_parser = record_age)]
     maximum_record_age: i64,
 
     /// The OnFailure destination: an SQS queue (URL, ARN or name). Without
@@ -94,24 +129,42 @@ pub struct Args {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     retry_delay: u64,
 
-    /// The function's timeout in seconds (template.yaml's Timeout): an
-    /// invocation not answered by then is a function error.
+    /// The function's Timeout in seconds (template.yaml's). An invocation
+    /// is awaited for this plus Lambda's 10 s init limit plus 5 s (Lambda
+    /// invokes synchronously; never two at once on a shard); still
+    /// unanswered then, it counts as a timed-out function error.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     function_timeout: u64,
 
-    /// Stop once this many records were delivered or given up on.
+    /// Stop once this many records were delivered or given up on (default:
+    /// no limit).
     #[arg(long, value_name = "N")]
     max_records: Option<u64>,
 
-    /// Stop once no new record came for this many seconds.
+    /// Stop once no record came and no batch was in delivery for this many
+    /// seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECONDS")]
     idle_exit: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Position {
+enum StartingPosition {
     TrimHorizon,
     Latest,
+}
+
+/// `--maximum-record-age`: -1, or 60 to 604800 as AWS allows.
+fn record_age(s: &str) -> Result<i64, String> {
+    let n: i64 = s
+        .parse()
+        .map_err(|_| format!("{s} is not a number of seconds"))?;
+    match n {
+        -1 | 60..=604_800 => Ok(n),
+        _ => Err(format!(
+            "{n}: MaximumRecordAgeInSeconds is -1 (no limit) or 60 to 604800; \
+             AWS refuses 0 to 59"
+        )),
+    }
 }
 
 /// What a run did, printed as one `key=value` line on stdout.
@@ -120,38 +173,122 @@ struct Summary {
     records: u64,
     delivered: u64,
     given_up: u64,
+    filtered: u64,
     batches: u64,
     invocations: u64,
     partial: u64,
     function_errors: u64,
     bisects: u64,
+    not_invoked: u64,
     on_failure_messages: u64,
+    iterator_renewals: u64,
+    shards: u64,
     stopped_by: &'static str,
-    resume_at: Option<String>,
+    resume_at: Resume,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "stream: records={} delivered={} given_up={} batches={} invocations={} partial={} \
-             function_errors={} bisects={} on_failure_messages={} stopped_by={}",
+            "stream: records={} delivered={} given_up={} filtered={} batches={} invocations={} \
+             partial={} function_errors={} bisects={} not_invoked={} on_failure_messages={} \
+             iterator_renewals={} shards={} stopped_by={}",
             self.records,
             self.delivered,
             self.given_up,
+            self.filtered,
             self.batches,
             self.invocations,
             self.partial,
             self.function_errors,
             self.bisects,
+            self.not_invoked,
             self.on_failure_messages,
+            self.iterator_renewals,
+            self.shards,
             self.stopped_by
         )?;
-        if let Some(seq) = &self.resume_at {
-            write!(f, " resume_at={seq}")?;
+        if !self.resume_at.0.is_empty() {
+            write!(f, " resume_at={}", self.resume_at)?;
         }
         Ok(())
     }
+}
+
+/// Where OnFailure messages go.
+enum Destination {
+    None,
+    Sqs {
+        client: aws_sdk_sqs::Client,
+        url: String,
+    },
+    #[cfg(test)]
+    Kept(RefCell<Vec<Value>>),
+}
+
+impl Destination {
+    /// Sends one message; `Ok(false)` when there is no destination.
+    async fn send(&self, message: Value) -> anyhow::Result<bool> {
+        match self {
+            Destination::None => Ok(false),
+            Destination::Sqs { client, url } => {
+                client
+                    .send_message()
+                    .queue_url(url)
+                    .message_body(message.to_string())
+                    .send()
+                    .await
+                    .with_context(|| format!("SendMessage to the OnFailure queue {url}"))?;
+                Ok(true)
+            }
+            #[cfg(test)]
+            Destination::Kept(kept) => {
+                kept.borrow_mut().push(message);
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// What the shards of one run share.
+struct Mapping {
+    rules: Rules,
+    retry_delay: Duration,
+    stream_arn: String,
+    function_arn: String,
+    destination: Destination,
+    /// Set by Ctrl-C or once the run is to end: each shard stops after the
+    /// invocation in progress.
+    stop: Arc<AtomicBool>,
+    max_records: Option<u64>,
+    summary: RefCell<Summary>,
+    /// Shards delivering a batch right now.
+    delivering: Cell<usize>,
+    /// The last time a record came or a batch ended.
+    last_activity: Cell<Instant>,
+    progress: indicatif::ProgressBar,
+}
+
+impl Mapping {
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+            || self
+                .max_records
+                .is_some_and(|max| self.summary.borrow().records >= max)
+    }
+}
+
+/// How a shard's reading ended.
+enum End {
+    /// Closed, read to its end, every record done.
+    Finished,
+    /// Stopped as asked; it resumes here.
+    Stopped(Position),
+    /// The Invoke API refused the call.
+    Refused(Position, String),
+    /// A call to AWS failed.
+    Failed(Position, anyhow::Error),
 }
 
 /// Runs the mapping; `Ok(true)` when it stopped as asked with nothing left
@@ -168,28 +305,28 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
             .map(Duration::from_secs),
         stop_on_give_up: false,
     };
+    let filter = if args.filter_pattern.is_empty() {
+        None
+    } else {
+        Some(Rc::new(Filter::parse(&args.filter_pattern)?))
+    };
     let stream_arn = match (&args.stream_arn, &args.table) {
         (Some(arn), _) => arn.clone(),
         (None, Some(table)) => latest_stream(clients, table).await?,
         (None, None) => bail!("give --table or --stream-arn"),
     };
-    let start = match (&args.start_sequence_number, args.starting_position) {
-        (Some(seq), _) => Start::At(seq.clone()),
-        (None, Position::TrimHorizon) => Start::TrimHorizon,
-        (None, Position::Latest) => Start::Latest,
+    let start = match (args.resume_at, args.starting_position) {
+        (Some(resume), _) => Start::Resume(resume),
+        (None, StartingPosition::TrimHorizon) => Start::TrimHorizon,
+        (None, StartingPosition::Latest) => Start::Latest,
     };
-    let on_failure = match &args.on_failure {
-        Some(q) => Some(clients.queue_url(q).await?),
-        None => None,
+    let destination = match &args.on_failure {
+        Some(q) => Destination::Sqs {
+            client: clients.sqs.clone(),
+            url: clients.queue_url(q).await?,
+        },
+        None => Destination::None,
     };
-    let mut reader = StreamReader::new(clients.streams.clone(), stream_arn.clone(), start).await?;
-    let mut invoker = LambdaInvoker::new(
-        clients.lambda.clone(),
-        &clients.function_name,
-        Duration::from_secs(args.function_timeout),
-    );
-    let function_arn = clients.function_arn();
-
     let stop = Arc::new(AtomicBool::new(false));
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -197,114 +334,265 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
             on_signal.store(true, Ordering::SeqCst);
         }
     });
-    let progress = progress::bar(None, "records");
+    let mapping = Rc::new(Mapping {
+        rules,
+        retry_delay: Duration::from_millis(args.retry_delay),
+        stream_arn: stream_arn.clone(),
+        function_arn: clients.function_arn().await,
+        destination,
+        stop,
+        max_records: args.max_records,
+        summary: RefCell::default(),
+        delivering: Cell::new(0),
+        last_activity: Cell::new(Instant::now()),
+        progress: progress::bar(None, "records"),
+    });
     tracing::info!(stream = %stream_arn, function = %clients.function_name, "reading the stream");
+    let invoker = LambdaInvoker::new(
+        clients.lambda.clone(),
+        &clients.function_name,
+        Duration::from_secs(args.function_timeout),
+    );
+    let idle_exit = args.idle_exit.map(Duration::from_secs_f64);
+    let outcome = LocalSet::new()
+        .run_until(async {
+            let reader =
+                StreamReader::new(clients.streams.clone(), stream_arn, start, filter).await?;
+            Ok::<_, anyhow::Error>(
+                map_stream(reader, || invoker.clone(), mapping.clone(), idle_exit).await,
+            )
+        })
+        .await?;
+    mapping.progress.finish_and_clear();
+    let summary = mapping.summary.borrow();
+    println!("{summary}");
+    if !summary.resume_at.0.is_empty() {
+        eprintln!("resume with: stream --resume-at {}", summary.resume_at);
+    }
+    if let Some(reason) = &outcome.refused {
+        eprintln!("the function cannot be invoked: {reason}");
+    }
+    match outcome.error {
+        Some(e) => Err(e),
+        None => Ok(outcome.refused.is_none()),
+    }
+}
 
-    let mut summary = Summary::default();
-    let mut last_record = Instant::now();
-    let mut clean = true;
-    let should_stop = || stop.load(Ordering::SeqCst);
+/// How a run ended, besides its summary.
+struct Outcome {
+    refused: Option<String>,
+    error: Option<anyhow::Error>,
+}
+
+/// Reads every shard on its own (in a [`LocalSet`]), in lineage order,
+/// until the stream is closed or the run is to stop; fills the summary,
+/// with the point each unfinished shard resumes from.
+async fn map_stream<S: Streams, I: Invoker + 'static>(
+    mut reader: StreamReader<S>,
+    invoker: impl Fn() -> I,
+    mapping: Rc<Mapping>,
+    idle_exit: Option<Duration>,
+) -> Outcome {
+    let mut shards = JoinSet::new();
+    let mut outcome = Outcome {
+        refused: None,
+        error: None,
+    };
+    let mut stopped_by: Option<&'static str> = None;
     loop {
-        if should_stop() {
-            summary.stopped_by = "ctrl-c";
-            break;
-        }
-        if args.max_records.is_some_and(|max| summary.records >= max) {
-            summary.stopped_by = "max-records";
-            break;
-        }
-        if reader.finished() {
-            summary.stopped_by = "stream-closed";
-            break;
-        }
-        let Some((shard_id, batch)) = reader
-            .next_batch(rules.batch_size, MAX_EVENT_BYTES, rules.batching_window)
-            .await?
-        else {
-            if args
-                .idle_exit
-                .is_some_and(|s| last_record.elapsed().as_secs_f64() >= s)
-            {
-                summary.stopped_by = "idle";
-                break;
+        if stopped_by.is_none() {
+            for shard in reader.take_ready() {
+                mapping.summary.borrow_mut().shards += 1;
+                shards.spawn_local(read_shard(shard, invoker(), mapping.clone()));
             }
-            tokio::time::sleep(POLL_EVERY).await;
-            continue;
+            let idle = idle_exit.is_some_and(|idle| {
+                mapping.delivering.get() == 0 && mapping.last_activity.get().elapsed() >= idle
+            });
+            stopped_by = if mapping.stop.load(Ordering::SeqCst) {
+                Some("ctrl-c")
+            } else if mapping.should_stop() {
+                Some("max-records")
+            } else if shards.is_empty() && reader.finished() {
+                Some("stream-closed")
+            } else if idle {
+                Some("idle")
+            } else {
+                None
+            };
+            if stopped_by.is_some() {
+                mapping.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        if stopped_by.is_some() && shards.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some(ended) = shards.join_next() => {
+                let mut failed = |why: &'static str| {
+                    mapping.stop.store(true, Ordering::SeqCst);
+                    stopped_by.get_or_insert(why);
+                };
+                match ended {
+                    Ok((id, End::Finished)) => {
+                        reader.finish(&id);
+                        // Its children may not be listed yet.
+                        if let Err(e) = reader.describe().await {
+                            outcome.error.get_or_insert(e);
+                            failed("error");
+                        }
+                    }
+                    Ok((id, End::Stopped(at))) => {
+                        mapping.summary.borrow_mut().resume_at.0.insert(id, at);
+                    }
+                    Ok((id, End::Refused(at, reason))) => {
+                        mapping.summary.borrow_mut().resume_at.0.insert(id, at);
+                        outcome.refused.get_or_insert(reason);
+                        failed("invoke-refused");
+                    }
+                    Ok((id, End::Failed(at, e))) => {
+                        mapping.summary.borrow_mut().resume_at.0.insert(id, at);
+                        outcome.error.get_or_insert(e);
+                        failed("error");
+                    }
+                    Err(e) => {
+                        outcome.error.get_or_insert(anyhow::anyhow!("a shard's task failed: {e}"));
+                        failed("error");
+                    }
+                }
+            }
+            () = tokio::time::sleep(POLL_EVERY) => {
+                if stopped_by.is_none() && reader.due() {
+                    if let Err(e) = reader.describe().await {
+                        outcome.error.get_or_insert(e);
+                        mapping.stop.store(true, Ordering::SeqCst);
+                        stopped_by = Some("error");
+                    }
+                }
+            }
+        }
+    }
+    mapping.summary.borrow_mut().stopped_by = stopped_by.unwrap_or("error");
+    outcome
+}
+
+/// One shard, on its own: batches read, delivered by the mapping's rules,
+/// and given-up ranges sent to the OnFailure destination, until the shard
+/// is finished or the run stops. Returns where it resumes.
+async fn read_shard<S: Streams, I: Invoker>(
+    mut shard: ShardReader<S>,
+    mut invoker: I,
+    mapping: Rc<Mapping>,
+) -> (String, End) {
+    let id = shard.id.clone();
+    let rules = &mapping.rules;
+    let mut checkpoint = shard.start.clone();
+    let end = loop {
+        if mapping.should_stop() {
+            break End::Stopped(checkpoint);
+        }
+        let read = shard
+            .next_batch(rules.batch_size, MAX_EVENT_BYTES, rules.batching_window)
+            .await;
+        mapping.summary.borrow_mut().iterator_renewals +=
+            u64::from(std::mem::take(&mut shard.renewals));
+        let batch = match read {
+            Ok(Some(batch)) => batch,
+            Ok(None) if shard.finished() => break End::Finished,
+            Ok(None) => {
+                tokio::time::sleep(POLL_EVERY).await;
+                continue;
+            }
+            Err(e) => break End::Failed(checkpoint, e),
         };
-        last_record = Instant::now();
+        mapping.last_activity.set(Instant::now());
+        mapping.summary.borrow_mut().filtered += batch.filtered as u64;
+        if batch.records.is_empty() {
+            checkpoint = Position::After(batch.through);
+            continue;
+        }
+        let should_stop = || mapping.should_stop();
         let pace = Pace {
-            retry_delay: Duration::from_millis(args.retry_delay),
+            retry_delay: mapping.retry_delay,
             now: &Utc::now,
             stop: &should_stop,
             target: None,
         };
-        let delivery = esm::deliver(&mut invoker, &batch, &rules, &pace).await;
-        summary.batches += 1;
-        summary.invocations += u64::from(delivery.invocations);
-        summary.partial += u64::from(delivery.partial);
-        summary.function_errors += u64::from(delivery.function_errors);
-        summary.bisects += u64::from(delivery.bisects);
-        let handled = delivery.stopped_at.unwrap_or(batch.len());
+        mapping.delivering.set(mapping.delivering.get() + 1);
+        let delivery = esm::deliver(&mut invoker, &batch.records, rules, &pace).await;
+        mapping.delivering.set(mapping.delivering.get() - 1);
+        mapping.last_activity.set(Instant::now());
+        let handled = delivery.stopped_at.unwrap_or(batch.records.len());
         let given_up = delivery.given_up_records();
-        summary.records += handled as u64;
-        summary.given_up += given_up as u64;
-        summary.delivered += (handled - given_up) as u64;
+        {
+            let mut s = mapping.summary.borrow_mut();
+            s.batches += 1;
+            s.invocations += u64::from(delivery.invocations);
+            s.partial += u64::from(delivery.partial);
+            s.function_errors += u64::from(delivery.function_errors);
+            s.bisects += u64::from(delivery.bisects);
+            s.not_invoked += u64::from(delivery.not_invoked);
+            s.records += handled as u64;
+            s.given_up += given_up as u64;
+            s.delivered += (handled - given_up) as u64;
+        }
+        let mut unsent = None;
         for g in &delivery.given_up {
-            let first = &batch[g.range.start].sequence_number;
-            let last = &batch[g.range.end - 1].sequence_number;
+            let first = &batch.records[g.range.start].sequence_number;
+            let last = &batch.records[g.range.end - 1].sequence_number;
             tracing::warn!(
-                shard = %shard_id, first = %first, last = %last, records = g.range.len(),
+                shard = %id, first = %first, last = %last, records = g.range.len(),
                 condition = g.condition.as_str(), "records given up on"
             );
-            let Some(queue) = &on_failure else { continue };
+            let (request_id, executed_version) = invoker.last_request();
             let context = ShardContext {
-                shard_id: &shard_id,
-                stream_arn: &stream_arn,
-                function_arn: &function_arn,
-                request_id: &invoker.last_request_id,
+                shard_id: &id,
+                stream_arn: &mapping.stream_arn,
+                function_arn: &mapping.function_arn,
+                request_id,
+                executed_version,
             };
-            let message = esm::on_failure_message(g, &batch, &context, Utc::now());
-            clients
-                .sqs
-                .send_message()
-                .queue_url(queue)
-                .message_body(message.to_string())
-                .send()
-                .await
-                .with_context(|| format!("SendMessage to the OnFailure queue {queue}"))?;
-            summary.on_failure_messages += 1;
+            let message = esm::on_failure_message(g, &batch.records, &context, Utc::now());
+            match mapping.destination.send(message).await {
+                Ok(sent) => mapping.summary.borrow_mut().on_failure_messages += u64::from(sent),
+                Err(e) => {
+                    // The shard must not move past records whose range is
+                    // not recorded anywhere.
+                    unsent = Some((Position::At(first.clone()), e));
+                    break;
+                }
+            }
         }
-        progress.set_message(format!(
-            "{} delivered, {} given up, {} invocations",
-            summary.delivered, summary.given_up, summary.invocations
-        ));
-        progress.inc(handled as u64);
+        if let Some((at, e)) = unsent {
+            break End::Failed(at, e);
+        }
+        mapping.progress.inc(handled as u64);
+        {
+            let s = mapping.summary.borrow();
+            mapping.progress.set_message(format!(
+                "{} delivered, {} given up, {} invocations",
+                s.delivered, s.given_up, s.invocations
+            ));
+        }
         tracing::info!(
-            shard = %shard_id,
-            records = batch.len(),
-            first = %batch[0].sequence_number,
+            shard = %id,
+            records = batch.records.len(),
+            first = %batch.records[0].sequence_number,
             invocations = delivery.invocations,
             given_up,
             "batch"
         );
-        if let Some(at) = delivery.stopped_at {
-            summary.resume_at = Some(batch[at].sequence_number.clone());
-            if let Some(reason) = delivery.refused {
-                tracing::error!(%reason, "the function cannot be invoked");
-                summary.stopped_by = "invoke-refused";
-                clean = false;
-            } else {
-                summary.stopped_by = "ctrl-c";
+        match delivery.stopped_at {
+            Some(k) => {
+                let at = Position::At(batch.records[k].sequence_number.clone());
+                break match delivery.refused {
+                    Some(reason) => End::Refused(at, reason),
+                    None => End::Stopped(at),
+                };
             }
-            break;
+            None => checkpoint = Position::After(batch.through),
         }
-    }
-    progress.finish_and_clear();
-    println!("{summary}");
-    if let Some(seq) = &summary.resume_at {
-        eprintln!("resume with: stream --start-sequence-number {seq}");
-    }
-    Ok(clean)
+    };
+    (id, end)
 }
 
 /// The table's current stream.
@@ -315,4 +603,202 @@ async fn latest_stream(clients: &Clients, table: &str) -> anyhow::Result<String>
         .latest_stream_arn()
         .map(str::to_owned)
         .with_context(|| format!("the table {table} has no stream (StreamSpecification)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripted::{ScriptedStreams, record};
+    use clap::Parser as _;
+    use event_forwarder::esm::{Answer, InvokeError};
+    use serde_json::json;
+
+    const ARN: &str = "arn:aws:dynamodb:eu-west-1:1:table/t/stream/x";
+
+    /// A function that fails every record of `failing_shard_seqs` (by
+    /// reporting it) and records every invocation's sequence numbers.
+    #[derive(Clone, Default)]
+    struct Function {
+        poison: Rc<Vec<String>>,
+        calls: Rc<RefCell<Vec<Vec<String>>>>,
+    }
+
+    impl Invoker for Function {
+        async fn invoke(&mut self, event: Vec<u8>) -> Result<Answer, InvokeError> {
+            let event: Value = serde_json::from_slice(&event).unwrap();
+            let seqs: Vec<String> = event["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["dynamodb"]["SequenceNumber"].as_str().unwrap().to_owned())
+                .collect();
+            self.calls.borrow_mut().push(seqs.clone());
+            // A call over the network lets the other shards go on meanwhile.
+            tokio::task::yield_now().await;
+            let failures: Vec<Value> = seqs
+                .iter()
+                .filter(|s| self.poison.contains(s))
+                .take(1)
+                .map(|s| json!({"itemIdentifier": s}))
+                .collect();
+            Ok(Answer::Response(json!({ "batchItemFailures": failures })))
+        }
+    }
+
+    fn mapping(rules: Rules, max_records: Option<u64>) -> Rc<Mapping> {
+        Rc::new(Mapping {
+            rules,
+            retry_delay: Duration::from_millis(10),
+            stream_arn: ARN.into(),
+            function_arn: "arn:aws:lambda:eu-west-1:1:function:f".into(),
+            destination: Destination::Kept(RefCell::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+            max_records,
+            summary: RefCell::default(),
+            delivering: Cell::new(0),
+            last_activity: Cell::new(Instant::now()),
+            progress: indicatif::ProgressBar::hidden(),
+        })
+    }
+
+    fn records(first: u64, n: u64) -> Vec<event_forwarder::esm::StreamRecord> {
+        (0..n)
+            .map(|i| record(&(first + i).to_string(), "agg", i + 1, 1.0e10))
+            .collect()
+    }
+
+    async fn run_mapping(
+        streams: &ScriptedStreams,
+        start: Start,
+        function: &Function,
+        mapping: Rc<Mapping>,
+    ) -> Outcome {
+        LocalSet::new()
+            .run_until(async {
+                let reader = StreamReader::new(streams.clone(), ARN.into(), start, None)
+                    .await
+                    .unwrap();
+                map_stream(
+                    reader,
+                    || function.clone(),
+                    mapping,
+                    Some(Duration::from_millis(300)),
+                )
+                .await
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_shard_whose_batch_keeps_failing_holds_back_only_itself() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100").shard("b", None, "500");
+        streams.write("a", records(100, 2));
+        streams.write("b", records(500, 3));
+        let function = Function {
+            poison: Rc::new(vec!["100".into()]),
+            ..Function::default()
+        };
+        let rules = Rules {
+            batch_size: 1,
+            max_retries: Some(20),
+            ..Rules::default()
+        };
+        let m = mapping(rules, None);
+        let outcome = run_mapping(&streams, Start::TrimHorizon, &function, m.clone()).await;
+        assert!(outcome.error.is_none());
+        let calls = function.calls.borrow();
+        // b's three records went out while a's first was still retried
+        // (21 invocations, 10 ms apart).
+        let last_b = calls.iter().rposition(|c| c[0].starts_with('5')).unwrap();
+        let a_tries_before = calls[..last_b].iter().filter(|c| c[0] == "100").count();
+        assert!(a_tries_before < 5, "{calls:?}");
+        assert_eq!(calls.iter().filter(|c| c[0] == "100").count(), 21);
+        let s = m.summary.borrow();
+        assert_eq!((s.delivered, s.given_up, s.shards), (4, 1, 2), "{s}");
+        assert_eq!(s.stopped_by, "idle");
+        assert_eq!(
+            s.resume_at.to_string(),
+            "a=after:101,b=after:502",
+            "each shard has its own checkpoint"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stopped_run_resumes_each_shard_where_it_stopped() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100").shard("b", None, "500");
+        streams.write("a", records(100, 4));
+        streams.write("b", records(500, 4));
+        let function = Function::default();
+        let rules = Rules {
+            batch_size: 2,
+            ..Rules::default()
+        };
+        // Stopped once 4 records are done (the batches in flight on the
+        // other shard end first): each shard has its own checkpoint.
+        let first = mapping(rules.clone(), Some(4));
+        run_mapping(&streams, Start::TrimHorizon, &function, first.clone()).await;
+        let resume = first.summary.borrow().resume_at.clone();
+        assert_eq!(first.summary.borrow().stopped_by, "max-records");
+        assert_eq!(resume.0.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(
+            resume.0.values().all(|p| matches!(p, Position::After(_))),
+            "{resume}"
+        );
+        assert!(function.calls.borrow().len() < 4, "stopped before the end");
+        // The rest, from the printed resume point: nothing twice, nothing lost.
+        let second = mapping(rules, None);
+        let resume: Resume = resume.to_string().parse().unwrap();
+        run_mapping(&streams, Start::Resume(resume), &function, second.clone()).await;
+        let mut seen: Vec<String> = function.calls.borrow().concat();
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["100", "101", "102", "103", "500", "501", "502", "503"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_child_shard_goes_out_only_after_its_parent_is_delivered() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100").shard("b", Some("a"), "200");
+        streams.write("a", records(100, 2));
+        streams.close("a");
+        streams.write("b", records(200, 2));
+        let function = Function::default();
+        let rules = Rules {
+            batch_size: 1,
+            ..Rules::default()
+        };
+        let m = mapping(rules, None);
+        run_mapping(&streams, Start::TrimHorizon, &function, m.clone()).await;
+        assert_eq!(
+            function.calls.borrow().concat(),
+            ["100", "101", "200", "201"]
+        );
+        assert_eq!(m.summary.borrow().resume_at.to_string(), "b=after:201");
+    }
+
+    #[test]
+    fn a_record_age_aws_refuses_is_refused() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |age: &str| {
+            Cli::try_parse_from(["x", "--table", "t", "--maximum-record-age", age]).map(|c| c.args)
+        };
+        for refused in ["0", "1", "30", "59", "604801", "-2"] {
+            let err = parse(refused).err().unwrap().to_string();
+            assert!(
+                err.contains("-1 (no limit) or 60 to 604800"),
+                "{refused}: {err}"
+            );
+        }
+        for allowed in ["-1", "60", "21600", "604800"] {
+            assert!(parse(allowed).is_ok(), "{allowed}");
+        }
+    }
 }
