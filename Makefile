@@ -8,6 +8,8 @@
 EVENT ?=
 # samconfig.toml environment for `make deploy`.
 ENV ?= dev
+# The SAM CLI sends no usage data from these commands.
+export SAM_CLI_TELEMETRY ?= 0
 
 ## The real loop, without Docker: RabbitMQ, moto's DynamoDB with a stream and
 ## SQS, the function under cargo lambda watch and forwarder-ops stream as the
@@ -74,10 +76,13 @@ test-artefact: build broker
 	scripts/deploy-tools.sh qemu
 	cargo test --test artefact -- --ignored
 
-## cfn-lint on template.yaml (offline); any error or warning fails.
+## cfn-lint on template.yaml (offline), then the SAM CLI's own check with
+## its lint; any error or warning fails.
 validate:
 	scripts/deploy-tools.sh validate
 	cfn-lint template.yaml
+	scripts/deploy-tools.sh sam
+	sam validate --lint
 
 ## One event through the function (host build, runtime emulator, local
 ## RabbitMQ): make invoke EVENT=events/sam-dynamodb-update.json [MAPPING=change]
