@@ -2,7 +2,7 @@
 # `make run` and `make test` install and start what they need (RabbitMQ from
 # apt, cargo-lambda, cfn-lint and moto from pip) on a Debian/Ubuntu machine.
 
-.PHONY: run dev test test-faults test-artefact lint fuzz broker tools bench clean build validate invoke measure deploy sam-invoke
+.PHONY: run dev test test-faults test-artefact lint fuzz broker tools bench clean build validate invoke measure deploy sam-invoke test-sam
 
 # Event file for `make invoke` and `make sam-invoke`.
 EVENT ?=
@@ -101,15 +101,19 @@ deploy:
 	sam build
 	sam deploy --config-env $(ENV)
 
-## sam local invoke with $(EVENT) against a RabbitMQ on the Docker host
-## (sam-local-env.json). Needs Docker.
+## sam build, then sam local invoke of the template's function (arm64, under
+## qemu) with $(EVENT) (default: sam local generate-event dynamodb update) on
+## a stand-in provided.al2023 image built from Debian's packages, against
+## the local RabbitMQ (sam-local-env.json); shows what arrived. Installs and
+## starts Docker; SAM_IMAGE=aws uses AWS's own image instead.
 sam-invoke:
-	@test -n "$(EVENT)" || { echo "usage: make sam-invoke EVENT=events/<file>.json" >&2; exit 2; }
-	scripts/deploy-tools.sh build
-	scripts/deploy-tools.sh sam
-	sam build
-	sam local invoke ForwarderFunction -e "$(EVENT)" --env-vars sam-local-env.json \
-		--add-host host.docker.internal:host-gateway
+	scripts/sam-invoke.sh "$(EVENT)"
+
+## The insert and poison batches through sam local invoke, checked against
+## the library (tests/sam_local.rs).
+test-sam: broker
+	scripts/sam-invoke.sh prepare
+	cargo test --test sam_local -- --ignored
 
 broker:
 	scripts/broker.sh
