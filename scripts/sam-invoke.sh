@@ -35,7 +35,7 @@ SAM_IMAGE=${SAM_IMAGE:-stand-in}
 # A command and its arguments, e.g. "docker exec NAME rabbitmqctl".
 read -ra RABBITMQCTL <<<"${RABBITMQCTL:-rabbitmqctl}"
 RUN_DIR=.run
-# The image records its architecture: the template's, read once here.
+# The template's Architectures, read by `prepare` for `invoke`.
 ARCH_FILE=$RUN_DIR/sam-architecture
 
 sam_cli() { "$(scripts/deploy-tools.sh sam-path)" "$@"; }
@@ -93,7 +93,7 @@ prepare() {
   arch=$(architecture)
   echo "$arch" >"$ARCH_FILE"
   if [ "$SAM_IMAGE" = stand-in ]; then
-    scripts/sam-image.sh "$arch" >"$RUN_DIR/sam-image"
+    scripts/sam-image.sh "$arch" >/dev/null
   fi
   # The build `sam build` runs (BuildMethod rust-cargolambda), first with
   # cargo's progress in sight; `sam build` then finds it done and copies it.
@@ -156,8 +156,14 @@ case "${1:-}" in
     QUEUE=${QUEUE:-sam.inbox}
     cargo build --example demo_queue
     # The function starts only when invoked: its topology is declared first
-    # (by the crate's own code), so the queue is bound before it publishes.
-    target/debug/examples/demo_queue topology "$EXCHANGE"
+    # (by the crate's own code, with the function's settings), so the queue
+    # is bound before it publishes.
+    mapfile -t settings < <(python3 -c '
+import json, sys
+for name, value in json.load(open(sys.argv[1]))[sys.argv[2]].items():
+    if name not in ("AMQP_URI", "AMQP_SECRET_ARN"):
+        print(f"{name}={value}")' "$ENV_FILE" "$FUNCTION")
+    env "${settings[@]}" target/debug/examples/demo_queue topology "$EXCHANGE"
     target/debug/examples/demo_queue bind "$EXCHANGE" "$QUEUE"
     echo "==> sam local invoke $FUNCTION -e $EVENT ($(cat "$ARCH_FILE"), image: $SAM_IMAGE)"
     started=$(date +%s)
