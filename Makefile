@@ -3,12 +3,14 @@
 # apt, RabbitMQ 4 under Docker built from Debian's packages, cargo-lambda,
 # cfn-lint and moto from pip) on a Debian/Ubuntu machine.
 
-.PHONY: run dev test test-faults test-cluster test-artefact lint fuzz broker broker4 tools bench clean build validate invoke measure deploy sam-invoke
+.PHONY: run dev test test-faults test-cluster test-artefact lint fuzz broker broker4 tools bench clean build validate invoke measure deploy sam-invoke test-sam
 
 # Event file for `make invoke` and `make sam-invoke`.
 EVENT ?=
 # samconfig.toml environment for `make deploy`.
 ENV ?= dev
+# The SAM CLI sends no usage data from these commands.
+export SAM_CLI_TELEMETRY ?= 0
 
 ## The real loop, without Docker: RabbitMQ, moto's DynamoDB with a stream and
 ## SQS, the function under cargo lambda watch and forwarder-ops stream as the
@@ -81,10 +83,13 @@ test-artefact: build broker
 	scripts/deploy-tools.sh qemu
 	cargo test --test artefact -- --ignored
 
-## cfn-lint on template.yaml (offline); any error or warning fails.
+## cfn-lint on template.yaml (offline), then the SAM CLI's own check with
+## its lint; any error or warning fails.
 validate:
 	scripts/deploy-tools.sh validate
 	cfn-lint template.yaml
+	scripts/deploy-tools.sh sam
+	sam validate --lint
 
 ## One event through the function (host build, runtime emulator, local
 ## RabbitMQ): make invoke EVENT=events/sam-dynamodb-update.json [MAPPING=change]
@@ -103,15 +108,19 @@ deploy:
 	sam build
 	sam deploy --config-env $(ENV)
 
-## sam local invoke with $(EVENT) against a RabbitMQ on the Docker host
-## (sam-local-env.json). Needs Docker.
+## sam build, then sam local invoke of the template's function (arm64, under
+## qemu) with $(EVENT) (default: sam local generate-event dynamodb update) on
+## a stand-in provided.al2023 image built from Debian's packages, against
+## the local RabbitMQ (sam-local-env.json); shows what arrived. Installs and
+## starts Docker; SAM_IMAGE=aws uses AWS's own image instead.
 sam-invoke:
-	@test -n "$(EVENT)" || { echo "usage: make sam-invoke EVENT=events/<file>.json" >&2; exit 2; }
-	scripts/deploy-tools.sh build
-	scripts/deploy-tools.sh sam
-	sam build
-	sam local invoke ForwarderFunction -e "$(EVENT)" --env-vars sam-local-env.json \
-		--add-host host.docker.internal:host-gateway
+	scripts/sam-invoke.sh "$(EVENT)"
+
+## The insert and poison batches through sam local invoke, checked against
+## the library (tests/sam_local.rs).
+test-sam: broker
+	scripts/sam-invoke.sh prepare
+	cargo test --test sam_local -- --ignored
 
 ## Debian's RabbitMQ 3.10 on this host (make run, make invoke).
 broker:

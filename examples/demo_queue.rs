@@ -2,6 +2,7 @@
 //! exchange, then prints what arrived.
 //!
 //! ```text
+//! cargo run --example demo_queue -- topology <exchange>
 //! cargo run --example demo_queue -- bind <exchange> <queue>
 //! cargo run --example demo_queue -- show <queue> [<queue>...]
 //! cargo run --example demo_queue -- wait <queue> <count>
@@ -34,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
+        ["topology", exchange] => topology(&uri, exchange).await,
         ["bind", exchange, queue] => bind(&connection, exchange, queue).await,
         ["show", queues @ ..] if !queues.is_empty() => {
             for q in queues {
@@ -44,9 +46,29 @@ async fn main() -> anyhow::Result<()> {
         ["delete", exchange, queues @ ..] => delete(&connection, exchange, queues).await,
         ["wait", queue, count] => wait(&connection, queue, count.parse()?).await,
         _ => bail!(
-            "usage: demo_queue bind <exchange> <queue> | show <queue>... | wait <queue> <count> | delete <exchange> [<queue>...]"
+            "usage: demo_queue topology <exchange> | bind <exchange> <queue> | show <queue>... | wait <queue> <count> | delete <exchange> [<queue>...]"
         ),
     }
+}
+
+/// Declares the forwarder's topology for `exchange` as its cold start does
+/// (the crate's own code; `QUEUE_TYPE` from the environment), so that a
+/// queue can be bound before a function that only starts when invoked
+/// (`sam local invoke`) publishes its first event.
+async fn topology(uri: &str, exchange: &str) -> anyhow::Result<()> {
+    let config = event_forwarder::Config::from_lookup(|name| match name {
+        "AMQP_URI" => Some(uri.to_string()),
+        "EXCHANGE" => Some(exchange.to_string()),
+        "AMQP_SECRET_ARN" => None,
+        other => std::env::var(other).ok(),
+    })
+    .context("the forwarder's settings")?;
+    let forwarder = event_forwarder::Forwarder::start(config)
+        .await
+        .context("declaring the forwarder's topology")?;
+    forwarder.shutdown().await;
+    println!("topology of {exchange} declared");
+    Ok(())
 }
 
 async fn bind(connection: &Connection, exchange: &str, queue: &str) -> anyhow::Result<()> {
