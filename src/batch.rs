@@ -503,7 +503,11 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             let limit = self.refused.limit;
             let refusal = match outcome {
                 Outcome::Published if message.body.len() > limit => {
-                    Some(crate::mapping::too_large(message.body.len(), limit))
+                    Some(crate::mapping::too_large(
+                        message.body.len(),
+                        limit,
+                        self.converter.config().max_message_bytes,
+                    ))
                 }
                 Outcome::Published => self.refused.exchanges.get(&message.exchange).cloned(),
                 _ => None,
@@ -568,7 +572,8 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             self.settle_oldest().await?;
         }
         let cut_off = deadlines.publish_until;
-        let until = (Instant::now() + self.options.confirm_timeout).min(cut_off);
+        let writing = Instant::now();
+        let until = (writing + self.options.confirm_timeout).min(cut_off);
         match self.broker.publish(&message, until).await {
             Ok(confirm) => {
                 self.in_flight.push_back(InFlight {
@@ -583,9 +588,32 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             }
             // The write did not finish because the invocation's cut-off came,
             // not because the broker took longer than a confirm may: the
-            // deadline, which says nothing against the connection.
+            // deadline. It says nothing against the connection, unless the
+            // write waited a second with nothing heard from the broker.
             Err(PublishError::WriteTimeout) if until >= cut_off => {
-                Err(self.fail_at(index, PublishError::Deadline).await)
+                let silent =
+                    writing.elapsed() >= SILENT_AFTER && self.last_heard.elapsed() >= SILENT_AFTER;
+                let mut failure = self.fail_at(index, PublishError::Deadline).await;
+                failure.silent |= silent && failure.index == index;
+                Err(failure)
+            }
+            // The broker closed the channel over this very message, before
+            // its write was done: it is refused, not the channel lost.
+            Err(PublishError::TooLarge { size, limit, text }) if size == message.body.len() => {
+                let error = PublishError::TooLarge {
+                    size,
+                    limit,
+                    text: text.clone(),
+                };
+                let mut failure = self.fail_at(index, error).await;
+                if failure.refusal.is_none() && failure.index <= index {
+                    failure.refusal = Some(Refusal {
+                        index,
+                        reason: format!("the broker refused the message: {text}"),
+                        limit,
+                    });
+                }
+                Err(failure)
             }
             Err(e) => Err(self.fail_at(index, e).await),
         }
@@ -617,8 +645,8 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             }
             *ready = true;
         }
-        let until = (Instant::now() + self.options.confirm_timeout)
-            .min(self.invocation.deadlines.publish_until);
+        let cut_off = self.invocation.deadlines.publish_until;
+        let until = (Instant::now() + self.options.confirm_timeout).min(cut_off);
         match self.broker.declare(&message.exchange, until).await {
             Ok(()) => Ok(()),
             Err(PublishError::Refused(reply)) => {
@@ -626,8 +654,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 // on a new one.
                 self.broker.reset(Reset::Channel);
                 *ready = false;
-                let reason =
-                    crate::mapping::capped(format!("the broker refused the exchange {reply}"));
+                let reason = crate::mapping::capped(format!("the broker refused {reply}"));
                 self.refused
                     .exchanges
                     .insert(message.exchange.clone(), reason.clone());
@@ -637,6 +664,10 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 self.notes.dead_letter_reasons.push((index, reason));
                 *outcome = Outcome::DeadLettered;
                 Ok(())
+            }
+            // A declaration cut off by the invocation's cut-off.
+            Err(PublishError::ChannelLost(_)) if until >= cut_off && Instant::now() >= cut_off => {
+                Err(self.fail(index, PublishError::Deadline))
             }
             Err(e) => Err(self.fail(index, e)),
         }
@@ -1843,7 +1874,7 @@ mod tests {
         );
         for (_, reason) in &report.dead_letter_reasons {
             assert!(
-                reason.starts_with("the broker refused the exchange exchange 'order.events': 406"),
+                reason.starts_with("the broker refused exchange 'order.events': 406"),
                 "{reason}"
             );
         }

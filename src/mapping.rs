@@ -513,10 +513,16 @@ fn reference_body(raw: &str, headers: &[(&'static str, HeaderValue)], limit: usi
     serde_json::to_vec(&reference).unwrap_or_default()
 }
 
-/// The reason an event too large for the broker is dead-lettered.
-pub fn too_large(size: usize, limit: usize) -> String {
+/// The reason an event too large for the broker is dead-lettered; the
+/// limit is `MAX_MESSAGE_BYTES`, or the broker's own when it refused less.
+pub fn too_large(size: usize, limit: usize, setting: usize) -> String {
+    let which = if limit < setting {
+        "the broker's own max_message_size, below MAX_MESSAGE_BYTES"
+    } else {
+        "MAX_MESSAGE_BYTES"
+    };
     format!(
-        "the event is {size} bytes, over the {limit} bytes the broker takes (MAX_MESSAGE_BYTES): \
+        "the event is {size} bytes, over the {limit} bytes the broker takes ({which}): \
          it would be refused on every attempt"
     )
 }

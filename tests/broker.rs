@@ -1267,3 +1267,61 @@ async fn two_environments_with_different_histories_give_a_record_the_same_outcom
     }
     broker.cleanup(&dead_letter, &[]).await;
 }
+
+/// An exchange of a template whose `.unrouted` queue an earlier forwarder
+/// declared without the delivery limit: that is the topology's problem, not
+/// the event's. The batch fails at the first such event, naming the queue
+/// and the way out, instead of dead-lettering every event of the type.
+#[tokio::test]
+async fn an_old_unrouted_queue_of_a_templated_exchange_fails_the_batch_naming_it() {
+    let prefix = unique("old-unrouted");
+    let template = format!("{prefix}.{{aggregateType}}.events");
+    let dead_letter = format!("{prefix}.dead-letter");
+    let broker = TestBroker::connect().await;
+    let old = format!("{prefix}.order.events.unrouted");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    broker
+        .channel
+        .queue_declare(
+            old.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let forwarder = Forwarder::start(config(
+        &template,
+        &[
+            ("DEAD_LETTER_EXCHANGE", dead_letter.as_str()),
+            ("QUEUE_TYPE", "quorum"),
+        ],
+    ))
+    .await
+    .unwrap();
+    let types = ["Product", "Order", "Product"];
+    let (batch, seqs) = batch_with(types.len(), |i, mut r| {
+        r["dynamodb"]["NewImage"]["aggregateType"] = json!({ "S": types[i] });
+        r
+    });
+    let (response, report) = forwarder.handle(&batch, TEN_SECONDS).await.unwrap();
+    assert_eq!(reported(&response), [seqs[1].clone()]);
+    assert_eq!((report.published, report.dead_lettered), (1, 0));
+    let failure = report.failure.unwrap().error;
+    assert_eq!(failure.kind(), "topology");
+    let text = failure.to_string();
+    assert!(text.contains(&format!("queue '{old}'")), "{text}");
+    assert!(text.contains("x-delivery-limit"), "{text}");
+    assert!(broker.drain(&dead_letter).await.is_empty());
+    forwarder.shutdown().await;
+    for t in ["product", "order"] {
+        broker.cleanup(&format!("{prefix}.{t}.events"), &[]).await;
+    }
+    broker.cleanup(&dead_letter, &[]).await;
+}

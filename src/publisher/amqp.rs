@@ -6,7 +6,7 @@
 //! must not outlive the invocation.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     future::Future,
     task::Poll,
     time::{Duration, Instant},
@@ -100,7 +100,7 @@ pub struct AmqpBroker {
     /// When the last batch ended (or the connection was made).
     last_used: Instant,
     /// Exchanges whose topology this channel has declared.
-    declared: HashSet<String>,
+    declared: Declared,
 }
 
 impl AmqpBroker {
@@ -116,7 +116,7 @@ impl AmqpBroker {
             channel: None,
             blocked: watch::channel(false).1,
             last_used: Instant::now(),
-            declared: HashSet::new(),
+            declared: Declared::default(),
         }
     }
 
@@ -208,11 +208,17 @@ impl AmqpBroker {
         if !had_connection {
             self.connect(until).await?;
         }
-        match self.open_channel(until).await {
-            // The broker blocked the connection while the channel opened: it
-            // reads nothing from it until the alarm ends, and a blocked
-            // connection cannot even be closed, so a new one would stay
-            // beside it. Keep the one connection.
+        // The broker may block the connection while the channel opens: it
+        // then reads nothing from it until the alarm ends, and a blocked
+        // connection cannot even be closed, so a new one would stay beside
+        // it. Fail at once and keep the one connection.
+        let mut blocked = self.blocked.clone();
+        let opened = tokio::select! {
+            biased;
+            _ = blocked.wait_for(|b| *b) => Err(PublishError::Blocked),
+            opened = self.open_channel(until) => opened,
+        };
+        match opened {
             Err(PublishError::ChannelLost(_)) if self.is_blocked() => Err(PublishError::Blocked),
             Err(PublishError::ChannelLost(reason)) if had_connection => {
                 // The old connection only looked alive: start over once.
@@ -315,7 +321,9 @@ impl AmqpBroker {
                 .map_err(|_| {
                     PublishError::ChannelLost("declaring the topology timed out".into())
                 })??;
-            self.declared.extend(topology.exchange.clone());
+            if let Some(exchange) = &topology.exchange {
+                self.declared.insert(exchange, usize::MAX);
+            }
         }
         self.channel = Some(channel);
         Ok(())
@@ -356,6 +364,7 @@ impl Broker for AmqpBroker {
             .channel
             .as_ref()
             .ok_or_else(|| PublishError::ChannelLost("no open channel".into()))?;
+        self.declared.used(&message.exchange);
         let sending = channel.basic_publish(
             short(&message.exchange)?,
             short(&message.routing_key)?,
@@ -383,7 +392,7 @@ impl Broker for AmqpBroker {
         };
         let confirm = sent
             .map_err(|_| PublishError::WriteTimeout)?
-            .map_err(|e| PublishError::ChannelLost(e.to_string()))?;
+            .map_err(|e| confirm_error(&e))?;
         Ok(Box::pin(async move {
             match confirm.await {
                 Ok(lapin::Confirmation::Ack(returned)) => Confirmation {
@@ -431,11 +440,7 @@ impl Broker for AmqpBroker {
             )),
             Ok(Err(e)) => Err(e),
             Ok(Ok(())) => {
-                // Bounded memory: past MAX_EXCHANGES an exchange is declared
-                // again when used, which changes no outcome.
-                if self.declared.len() < topology.max_exchanges {
-                    self.declared.insert(exchange.to_owned());
-                }
+                self.declared.insert(exchange, topology.max_exchanges);
                 Ok(())
             }
         }
@@ -458,6 +463,7 @@ impl Broker for AmqpBroker {
     fn reset(&mut self, scope: Reset) {
         // Dropping them closes them in the background (lapin's closers).
         self.channel = None;
+        self.declared.clear();
         let dead = self
             .connection
             .as_ref()
@@ -670,8 +676,12 @@ async fn declare_exchange(
     queue_type: QueueType,
     on_error: OnError,
 ) -> Result<(), PublishError> {
+    // A refusal of the alternate exchange, its queue or their binding is
+    // the topology's (an old queue, missing permissions), not the event's:
+    // it fails the batch with the way out, whatever `on_error` says of the
+    // event's own exchange.
     let unrouted = format!("{exchange}.unrouted");
-    fanout_with_queue(channel, &unrouted, queue_type, on_error).await?;
+    fanout_with_queue(channel, &unrouted, queue_type, clash).await?;
     let mut args = FieldTable::default();
     args.insert(
         "alternate-exchange".into(),
@@ -748,4 +758,81 @@ async fn fanout_with_queue(
         )
         .await
         .map_err(|e| on_error("binding of queue", name, e))
+}
+
+/// The exchanges a channel has declared, the least recently used forgotten
+/// past `MAX_EXCHANGES`: memory stays bounded, and an exchange forgotten is
+/// declared again when used, a round trip that changes no outcome.
+#[derive(Debug, Default)]
+struct Declared {
+    last_used: HashMap<String, u64>,
+    clock: u64,
+}
+
+impl Declared {
+    fn contains(&self, exchange: &str) -> bool {
+        self.last_used.contains_key(exchange)
+    }
+
+    /// Remembers `exchange`, forgetting the least recently used one when
+    /// more than `capacity` would be remembered.
+    fn insert(&mut self, exchange: &str, capacity: usize) {
+        self.clock += 1;
+        self.last_used.insert(exchange.to_owned(), self.clock);
+        if self.last_used.len() > capacity.max(1)
+            && let Some(oldest) = self
+                .last_used
+                .iter()
+                .min_by_key(|(_, used)| **used)
+                .map(|(name, _)| name.clone())
+        {
+            self.last_used.remove(&oldest);
+        }
+    }
+
+    fn used(&mut self, exchange: &str) {
+        self.clock += 1;
+        if let Some(used) = self.last_used.get_mut(exchange) {
+            *used = self.clock;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.last_used.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_used_exchange_is_forgotten_past_the_bound() {
+        let mut d = Declared::default();
+        d.insert("a", 2);
+        d.insert("b", 2);
+        d.used("a");
+        d.insert("c", 2);
+        assert!(d.contains("a") && d.contains("c") && !d.contains("b"));
+        d.clear();
+        assert!(!d.contains("a"));
+    }
+
+    #[test]
+    fn a_size_refusal_names_the_size_and_the_limit() {
+        assert_eq!(
+            size_refusal(
+                "PRECONDITION_FAILED - message size 532123 is larger than configured max size 524288"
+            ),
+            Some((532_123, 524_288))
+        );
+        assert_eq!(
+            size_refusal("PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x'"),
+            None
+        );
+        assert_eq!(
+            size_refusal("message size many is larger than configured max size 1"),
+            None
+        );
+    }
 }
