@@ -22,6 +22,9 @@ PORT=${PORT:-$(free_port)}
 
 cargo build --quiet --bin event-forwarder --example demo_queue
 
+# The demo topology is made anew each run: one an older forwarder declared
+# (its queues without today's delivery limit) would fail the cold start.
+target/debug/examples/demo_queue delete "$EXCHANGE" "$QUEUE" >/dev/null
 echo "==> Lambda runtime emulator on 127.0.0.1:$PORT"
 start_emulator "$PORT" "$RUN_DIR/invoke-emulator.log"
 echo "==> function: EXCHANGE=$EXCHANGE MAPPING=${MAPPING:-event-store}, log in $RUN_DIR/invoke-function.log"

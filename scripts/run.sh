@@ -35,6 +35,9 @@ echo "==> moto's server on 127.0.0.1:$MOTO_PORT (DynamoDB, DynamoDB Streams, SQS
 MOTO_PORT=$MOTO_PORT scripts/moto.sh start
 python3 scripts/local_aws.py setup "$TABLE" "$ON_FAILURE"
 
+# The demo topology is made anew each run: one an older forwarder declared
+# (its queues without today's delivery limit) would fail the cold start.
+target/debug/examples/demo_queue delete "$EXCHANGE" "$QUEUE" >/dev/null
 echo "==> the function under cargo lambda watch on 127.0.0.1:$PORT (Invoke API: /2015-03-31/functions/_/invocations)"
 start_emulator "$PORT" "$RUN_DIR/emulator.log"
 echo "==> function: EXCHANGE=$EXCHANGE, logs in $RUN_DIR/function.log"

@@ -163,6 +163,9 @@ import json, sys
 for name, value in json.load(open(sys.argv[1]))[sys.argv[2]].items():
     if name not in ("AMQP_URI", "AMQP_SECRET_ARN"):
         print(f"{name}={value}")' "$ENV_FILE" "$FUNCTION")
+    # Made anew each run: a topology an older forwarder declared (its queues
+    # without today's delivery limit) would be refused.
+    target/debug/examples/demo_queue delete "$EXCHANGE" "$QUEUE" >/dev/null
     env "${settings[@]}" target/debug/examples/demo_queue topology "$EXCHANGE"
     target/debug/examples/demo_queue bind "$EXCHANGE" "$QUEUE"
     echo "==> sam local invoke $FUNCTION -e $EVENT ($(cat "$ARCH_FILE"), image: $SAM_IMAGE)"

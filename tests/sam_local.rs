@@ -2,8 +2,9 @@
 //! build` makes from template.yaml (arm64, with cargo lambda), in a
 //! container of the stand-in provided.al2023 image (Debian; arm64 under
 //! qemu), run by AWS's Runtime Interface Emulator with the template's
-//! environment, against the local RabbitMQ on the Docker host. What
-//! arrives must be what the library on the host makes of the same event.
+//! environment, against the local RabbitMQ on the Docker host (Debian's
+//! 3.10 of `make broker`, which `make sam-invoke` uses too). What arrives
+//! must be what the library on the host makes of the same event.
 //!
 //! Ignored by `cargo test`, which has no Docker: run by `make test-sam`
 //! (after `scripts/sam-invoke.sh prepare`: the image and `sam build`),
@@ -101,7 +102,7 @@ fn sam_local_invoke(event: &str, exchange: &str) -> Invocation {
 /// first.
 async fn exchange_with_queue(broker: &TestBroker, prefix: &str) -> (String, String) {
     let exchange = unique(prefix);
-    Forwarder::start(config(&exchange, &[]))
+    Forwarder::start(config_on(RABBITMQ3_URI, &exchange, &[]))
         .await
         .expect("topology declared")
         .shutdown()
@@ -116,7 +117,9 @@ async fn exchange_with_queue(broker: &TestBroker, prefix: &str) -> (String, Stri
 /// messages must be.
 async fn on_the_host(broker: &TestBroker, name: &str) -> Vec<Delivery> {
     let (exchange, queue) = exchange_with_queue(broker, "sam-host").await;
-    let forwarder = Forwarder::start(config(&exchange, &[])).await.unwrap();
+    let forwarder = Forwarder::start(config_on(RABBITMQ3_URI, &exchange, &[]))
+        .await
+        .unwrap();
     let (response, _) = forwarder
         .handle(&event(name), Duration::from_secs(10))
         .await
@@ -149,7 +152,7 @@ fn properties(d: &Delivery) -> Value {
 #[tokio::test]
 #[ignore = "needs Docker, the SAM CLI, the stand-in image and sam build: make test-sam"]
 async fn sam_local_invoke_forwards_the_insert_batch_as_the_library_does() {
-    let broker = TestBroker::connect().await;
+    let broker = TestBroker::connect_to(RABBITMQ3_URI).await;
     let (exchange, queue) = exchange_with_queue(&broker, "sam-insert").await;
 
     let invocation = sam_local_invoke("insert-batch.json", &exchange);
@@ -254,7 +257,7 @@ fn the_artefact_needs_no_glibc_newer_than_amazon_linux_2023s() {
 #[tokio::test]
 #[ignore = "needs Docker, the SAM CLI, the stand-in image and sam build: make test-sam"]
 async fn sam_local_invoke_dead_letters_the_poison_record_and_the_batch_goes_on() {
-    let broker = TestBroker::connect().await;
+    let broker = TestBroker::connect_to(RABBITMQ3_URI).await;
     let (exchange, queue) = exchange_with_queue(&broker, "sam-poison").await;
 
     let invocation = sam_local_invoke("poison-batch.json", &exchange);
