@@ -47,14 +47,16 @@ test-cluster: broker4
 	cargo test --test cluster -- --nocapture
 
 ## Formatting and lints, as CI runs them: the crate (both feature sets), its
-## rustdoc, the links between the README and docs/, then the fuzz targets
-## (their own workspace in fuzz/).
+## rustdoc, the links between the README and docs/, every variable config.rs
+## reads named in docs/CONTRACT.md section 2, then the fuzz targets (their
+## own workspace in fuzz/).
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features ops -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 	python3 scripts/check-links.py
+	python3 scripts/check-config-vars.py
 	cd fuzz && cargo fmt --check && cargo clippy --all-targets -- -D warnings
 
 ## libFuzzer on record-to-envelope and on the whole event parse +
