@@ -10,7 +10,6 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
-pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@"; }
 
 # The version the template, the stand-in image and `make sam-invoke` were
 # checked with (it ships the Runtime Interface Emulator for arm64 and x86_64).
@@ -23,15 +22,14 @@ case "${1:-}" in
       echo "==> rustup target add aarch64-unknown-linux-gnu"
       rustup target add aarch64-unknown-linux-gnu
     fi
-    command -v cargo-lambda >/dev/null 2>&1 || { echo "==> installing cargo-lambda (pip)"; pip_install cargo-lambda; }
+    command -v cargo-lambda >/dev/null 2>&1 || pip_install cargo-lambda
     if ! command -v zig >/dev/null 2>&1 && ! python3 -m ziglang version >/dev/null 2>&1; then
-      echo "==> installing zig (pip install ziglang)"
       pip_install ziglang
     fi
     ;;
   validate)
     # The version the template was checked with; newer ones may add rules.
-    command -v cfn-lint >/dev/null 2>&1 || { echo "==> installing cfn-lint (pip)"; pip_install "cfn-lint==1.51.0"; }
+    command -v cfn-lint >/dev/null 2>&1 || pip_install "cfn-lint==1.51.0"
     ;;
   qemu)
     if ! command -v qemu-aarch64-static >/dev/null 2>&1 || [ ! -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ]; then

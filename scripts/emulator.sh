@@ -2,6 +2,9 @@
 # (`cargo lambda watch --only-lambda-apis`) on a free port, and the function
 # binary polling it. Child processes are stopped by their ids on exit.
 
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
 pids=()
 stop_children() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -17,10 +20,7 @@ free_port() {
 start_emulator() {
   cargo lambda watch --only-lambda-apis -A 127.0.0.1 -P "$1" >"$2" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 300); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
+  wait_port 127.0.0.1 "$1" 30 && return 0
   echo "the runtime emulator did not start; see $2" >&2
   return 1
 }

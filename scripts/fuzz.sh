@@ -17,8 +17,11 @@ cargo fuzz build -O
 for target in record_to_envelope event; do
   mkdir -p "corpus/$target" "seeds/$target"
   echo "==> fuzzing $target for ${seconds}s"
-  # New inputs go to corpus/ (not committed); seeds/ holds the sample events.
-  cargo fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+  # New inputs go to corpus/ (not committed); seeds/ holds the regressions
+  # found so far, and the whole-event target also starts from events/.
+  seeds=("seeds/$target")
+  [ "$target" = event ] && seeds+=(../events)
+  cargo fuzz run -O "$target" "corpus/$target" "${seeds[@]}" -- \
     -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 \
     2>"corpus/$target.log" || { tail -50 "corpus/$target.log"; exit 1; }
   grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|^Done" "corpus/$target.log"

@@ -20,7 +20,7 @@ RUN_DIR=.run
 mkdir -p "$RUN_DIR"
 PORT=${PORT:-$(free_port)}
 
-cargo build --quiet --bin event-forwarder --example demo_queue
+cargo build --bin event-forwarder --example demo_queue
 
 # The demo topology is made anew each run: one an older forwarder declared
 # (its queues without today's delivery limit) would fail the cold start.

@@ -20,12 +20,15 @@ pip_install() {
   python3 -m pip install --quiet --disable-pip-version-check "$@"
 }
 
+# port_open HOST PORT: whether something accepts connections on HOST:PORT.
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
 # wait_port HOST PORT SECONDS: waits until something accepts connections on
 # HOST:PORT; returns 1 when SECONDS pass first.
 wait_port() {
   local host=$1 port=$2 seconds=$3 _
   for _ in $(seq 1 $((seconds * 5))); do
-    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
+    port_open "$host" "$port" && return 0
     sleep 0.2
   done
   return 1

@@ -15,8 +15,8 @@ export AMQP_URI=${AMQP_URI:-amqp://guest:guest@127.0.0.1:5672/%2f}
 RUN_DIR=.run
 mkdir -p "$RUN_DIR"
 
-cargo build --quiet --release --bin event-forwarder
-cargo build --quiet --example demo_queue
+cargo build --release --bin event-forwarder
+cargo build --example demo_queue
 
 # measure LABEL RECORD_BYTES ROUNDS
 measure() {

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 
 port=${MOTO_PORT:-5677}
 dir=${MOTO_DIR:-/tmp/event-forwarder-moto}
-up() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+up() { port_open 127.0.0.1 "$port"; }
 
 case "${1:-start}" in
   start)
@@ -19,10 +21,7 @@ case "${1:-start}" in
     # pid file lets `stop` end exactly this process.
     setsid moto_server -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 </dev/null &
     echo $! >"$dir/pid"
-    for _ in $(seq 1 100); do
-      up && exit 0
-      sleep 0.2
-    done
+    wait_port 127.0.0.1 "$port" 20 && exit 0
     echo "moto_server did not start on port $port; see $dir/moto.log" >&2
     exit 1
     ;;

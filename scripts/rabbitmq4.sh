@@ -166,7 +166,7 @@ await() {
 # container and leave the others unreachable by rabbitmqctl, so one runs
 # on its own unless the host has one (Debian's RabbitMQ starts it).
 ensure_epmd() {
-  (exec 3<>/dev/tcp/127.0.0.1/4369) 2>/dev/null && return 0
+  port_open 127.0.0.1 4369 && return 0
   docker rm -f ef-rabbitmq4-epmd >/dev/null 2>&1 || true
   docker run -d --name ef-rabbitmq4-epmd --network host "$IMAGE" \
     /usr/bin/epmd >/dev/null

@@ -25,7 +25,7 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT
 RUN_DIR=.run
 mkdir -p "$RUN_DIR"
 
-cargo build --quiet --features ops --bin event-forwarder --bin forwarder-ops --example demo_queue
+cargo build --features ops --bin event-forwarder --bin forwarder-ops --example demo_queue
 ops() {
   target/debug/forwarder-ops --endpoint-url "$AWS_ENDPOINT_URL" \
     --lambda-endpoint-url "http://127.0.0.1:$PORT" "$@"

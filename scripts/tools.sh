@@ -6,10 +6,8 @@
 # parse), pika and opentelemetry-api (Python consumers in the tests: one
 # reads the events' trace context with OpenTelemetry's propagator).
 set -euo pipefail
-pip_install() {
-  echo "==> installing $* (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check "$@"
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 if ! command -v cargo-lambda >/dev/null 2>&1; then
   pip_install cargo-lambda
 fi
