@@ -102,7 +102,7 @@ enum Mapping {
 
 /// The last event confirmed, in the backfill's order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Checkpoint {
+struct LastConfirmed {
     table: String,
     target: String,
     /// The aggregate (event store) or item key (change).
@@ -218,7 +218,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                 let (record, group, version) = &chunk[last];
                 write_checkpoint(
                     path,
-                    &Checkpoint {
+                    &LastConfirmed {
                         table: args.table.clone(),
                         target: target.clone(),
                         group: group.clone(),
@@ -258,17 +258,28 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
 }
 
 fn print_summary(table: &str, target: &str, s: &Summary) {
+    let seconds = format!(
+        "{:.2}",
+        s.started.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    );
+    let sending = format!("{:.2}", s.sending.as_secs_f64());
     println!(
-        "backfill: table={table} target={target} aggregates={} records={} forwarded={} \
-         skipped={} outside_window={} failed={} seconds={:.2} sending_seconds={:.2}",
-        s.groups,
-        s.records,
-        s.forwarded,
-        s.skipped,
-        s.outside_window,
-        s.failed,
-        s.started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
-        s.sending.as_secs_f64()
+        "{}",
+        progress::summary(
+            "backfill",
+            &[
+                ("table", &table),
+                ("target", &target),
+                ("aggregates", &s.groups),
+                ("records", &s.records),
+                ("forwarded", &s.forwarded),
+                ("skipped", &s.skipped),
+                ("outside_window", &s.outside_window),
+                ("failed", &s.failed),
+                ("seconds", &seconds),
+                ("sending_seconds", &sending),
+            ]
+        )
     );
 }
 
@@ -586,13 +597,17 @@ fn stream_record(
     .to_lambda(&source.stream_arn)
 }
 
-fn read_checkpoint(path: &Path, table: &str, target: &str) -> anyhow::Result<Option<Checkpoint>> {
+fn read_checkpoint(
+    path: &Path,
+    table: &str,
+    target: &str,
+) -> anyhow::Result<Option<LastConfirmed>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let c: Checkpoint = serde_json::from_str(&text)
+    let c: LastConfirmed = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a backfill checkpoint", path.display()))?;
     if c.table != table || c.target != target {
         bail!(
@@ -607,7 +622,7 @@ fn read_checkpoint(path: &Path, table: &str, target: &str) -> anyhow::Result<Opt
 }
 
 /// Writes the checkpoint whole or not at all (a new file, then renamed).
-fn write_checkpoint(path: &Path, c: &Checkpoint) -> anyhow::Result<()> {
+fn write_checkpoint(path: &Path, c: &LastConfirmed) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(c)?)
         .with_context(|| format!("writing {}", tmp.display()))?;

@@ -272,19 +272,21 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         }
     }
     bar.finish_and_clear();
-    println!(
-        "redrive: messages={} ranges={} records={} forwarded={} filtered={} gone={} failed={} kept={} deleted={}{}",
-        summary.messages,
-        summary.ranges,
-        summary.records,
-        summary.forwarded,
-        summary.filtered,
-        summary.gone,
-        summary.failed,
-        summary.kept,
-        summary.deleted,
-        if args.dry_run { " dry_run=true" } else { "" }
-    );
+    let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
+        ("messages", &summary.messages),
+        ("ranges", &summary.ranges),
+        ("records", &summary.records),
+        ("forwarded", &summary.forwarded),
+        ("filtered", &summary.filtered),
+        ("gone", &summary.gone),
+        ("failed", &summary.failed),
+        ("kept", &summary.kept),
+        ("deleted", &summary.deleted),
+    ];
+    if args.dry_run {
+        fields.push(("dry_run", &true));
+    }
+    println!("{}", progress::summary("redrive", &fields));
     Ok(summary.kept == 0)
 }
 

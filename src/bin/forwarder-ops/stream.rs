@@ -189,30 +189,26 @@ struct Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "stream: records={} delivered={} given_up={} filtered={} batches={} invocations={} \
-             partial={} function_errors={} bisects={} not_invoked={} on_failure_messages={} \
-             iterator_renewals={} shards={} stopped_by={}",
-            self.records,
-            self.delivered,
-            self.given_up,
-            self.filtered,
-            self.batches,
-            self.invocations,
-            self.partial,
-            self.function_errors,
-            self.bisects,
-            self.not_invoked,
-            self.on_failure_messages,
-            self.iterator_renewals,
-            self.shards,
-            self.stopped_by
-        )?;
+        let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
+            ("records", &self.records),
+            ("delivered", &self.delivered),
+            ("given_up", &self.given_up),
+            ("filtered", &self.filtered),
+            ("batches", &self.batches),
+            ("invocations", &self.invocations),
+            ("partial", &self.partial),
+            ("function_errors", &self.function_errors),
+            ("bisects", &self.bisects),
+            ("not_invoked", &self.not_invoked),
+            ("on_failure_messages", &self.on_failure_messages),
+            ("iterator_renewals", &self.iterator_renewals),
+            ("shards", &self.shards),
+            ("stopped_by", &self.stopped_by),
+        ];
         if !self.resume_at.0.is_empty() {
-            write!(f, " resume_at={}", self.resume_at)?;
+            fields.push(("resume_at", &self.resume_at));
         }
-        Ok(())
+        f.write_str(&progress::summary("stream", &fields))
     }
 }
 
@@ -294,17 +290,7 @@ enum End {
 /// Runs the mapping; `Ok(true)` when it stopped as asked with nothing left
 /// half-done.
 pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
-    let rules = Rules {
-        batch_size: args.batch_size as usize,
-        batching_window: Duration::from_secs(u64::from(args.batching_window)),
-        report_batch_item_failures: !args.no_report_batch_item_failures,
-        bisect_on_function_error: !args.no_bisect,
-        max_retries: u32::try_from(args.maximum_retry_attempts).ok(),
-        max_record_age: u64::try_from(args.maximum_record_age)
-            .ok()
-            .map(Duration::from_secs),
-        stop_on_give_up: false,
-    };
+    let rules = rules(&args);
     let filter = if args.filter_pattern.is_empty() {
         None
     } else {
@@ -364,7 +350,27 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         })
         .await?;
     mapping.progress.finish_and_clear();
-    let summary = mapping.summary.borrow();
+    report(&mapping.summary.borrow(), outcome)
+}
+
+/// The mapping's settings, as the template's event source mapping has them.
+fn rules(args: &Args) -> Rules {
+    Rules {
+        batch_size: args.batch_size as usize,
+        batching_window: Duration::from_secs(u64::from(args.batching_window)),
+        report_batch_item_failures: !args.no_report_batch_item_failures,
+        bisect_on_function_error: !args.no_bisect,
+        max_retries: u32::try_from(args.maximum_retry_attempts).ok(),
+        max_record_age: u64::try_from(args.maximum_record_age)
+            .ok()
+            .map(Duration::from_secs),
+        stop_on_give_up: false,
+    }
+}
+
+/// The summary on stdout, how to resume and why the run ended on stderr;
+/// `Ok(true)` when nothing is left half-done.
+fn report(summary: &Summary, outcome: Outcome) -> anyhow::Result<bool> {
     println!("{summary}");
     if !summary.resume_at.0.is_empty() {
         eprintln!("resume with: stream --resume-at {}", summary.resume_at);
