@@ -103,11 +103,45 @@ pub enum BrokerAddress {
     Secret(SecretSource),
 }
 
-/// Which mapping turns records into events (CONTRACT §3a / §3b).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MappingKind {
-    EventStore,
-    Change,
+/// An enum whose variants each have a `MAPPING` name, given once beside
+/// the variant, so a new mapping is one line here.
+macro_rules! named_kinds {
+    ($(#[$meta:meta])* $vis:vis enum $kind:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        $vis enum $kind {
+            $($variant,)+
+        }
+
+        impl $kind {
+            /// Every variant by its name.
+            const NAMES: &[(&str, $kind)] = &[$(($name, $kind::$variant),)+];
+        }
+    };
+}
+
+named_kinds! {
+    /// Which mapping turns records into events (CONTRACT §3a / §3b), by its
+    /// `MAPPING` name. Each is a file in `src/mapping/`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum MappingKind {
+        EventStore = "event-store",
+        Change = "change",
+    }
+}
+
+impl MappingKind {
+    /// The kind `MAPPING` names; else the reason, listing the names.
+    fn parse(name: &str) -> Result<Self, String> {
+        if let Some(&(_, kind)) = Self::NAMES.iter().find(|(n, _)| *n == name) {
+            return Ok(kind);
+        }
+        let names: Vec<&str> = Self::NAMES.iter().map(|&(n, _)| n).collect();
+        let expected = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
+        };
+        Err(format!("expected {expected}, got {name:?}"))
+    }
 }
 
 /// `x-queue-type` of the queues the forwarder declares.
@@ -460,15 +494,12 @@ impl Config {
                 });
             }
         };
-        let mapping = match get("MAPPING").as_deref() {
-            None | Some("event-store") => MappingKind::EventStore,
-            Some("change") => MappingKind::Change,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "MAPPING",
-                    reason: format!("expected event-store or change, got {other:?}"),
-                });
-            }
+        let mapping = match get("MAPPING") {
+            None => MappingKind::EventStore,
+            Some(name) => MappingKind::parse(&name).map_err(|reason| ConfigError::Invalid {
+                name: "MAPPING",
+                reason,
+            })?,
         };
         let routing_key_template = match get("ROUTING_KEY_TEMPLATE") {
             None => RoutingTemplate::default(),

@@ -1,0 +1,394 @@
+//! Dead letters: a record that cannot become an event goes to the
+//! dead-letter exchange as it came, with the reason, or as its bounded
+//! reference when it is too large for the broker (CONTRACT §5).
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::attributes::{arn_table, source};
+use super::time::{creation_time, epoch_seconds};
+use super::{Converter, MESSAGE_ID_NAMESPACE};
+use crate::config::MappingConfig;
+use crate::publisher::{HeaderValue, Message, Properties};
+use crate::record::{self, Record, Text};
+
+impl Converter {
+    /// The dead-letter message of a record given as JSON text, for a reason
+    /// found after the mapping (an enricher's, at most 1 KiB).
+    pub fn dead_letter_raw(&self, raw: &str, reason: &str) -> Message {
+        self.dead_letter_within(raw, reason, self.config.max_message_bytes)
+    }
+
+    /// [`Converter::dead_letter_raw`] with a body of at most `limit` bytes
+    /// (a broker that takes less than `MAX_MESSAGE_BYTES`).
+    pub fn dead_letter_within(&self, raw: &str, reason: &str, limit: usize) -> Message {
+        self.dead_letter_bounded(DeadLetterIdentity::lenient(raw), raw, reason, limit)
+    }
+
+    /// The dead-letter message: the record as it came, with the reason.
+    pub(super) fn dead_letter(&self, id: DeadLetterIdentity, raw: &str, reason: &str) -> Message {
+        self.dead_letter_bounded(id, raw, reason, self.config.max_message_bytes)
+    }
+
+    /// The dead letter, its body the record as it came when that fits in
+    /// `limit` bytes, else the record's bounded reference (CONTRACT §5)
+    /// with the record's size in `x-original-size`: a dead letter the
+    /// broker refused would stall the shard as the record itself did.
+    fn dead_letter_bounded(
+        &self,
+        id: DeadLetterIdentity,
+        raw: &str,
+        reason: &str,
+        limit: usize,
+    ) -> Message {
+        let mut message = self.dead_letter_of(id, raw, reason);
+        if raw.len() > limit {
+            message.body = reference_body(raw, &message.properties.headers, limit);
+            message
+                .properties
+                .headers
+                .push(("x-original-size", HeaderValue::Int(raw.len() as u64)));
+        }
+        message
+    }
+
+    fn dead_letter_of(&self, id: DeadLetterIdentity, raw: &str, reason: &str) -> Message {
+        let mut headers = vec![("x-error", HeaderValue::String(reason.to_owned()))];
+        if let Some(seq) = id.sequence_number {
+            headers.push(("x-sequence-number", HeaderValue::String(seq)));
+        }
+        let event_id = id.event_id.unwrap_or_default();
+        headers.push(("x-event-id", HeaderValue::String(event_id.clone())));
+        // Deterministic like every id; without an eventID the record's own
+        // bytes name it, so two such dead letters never share an id.
+        let message_id = if event_id.is_empty() {
+            Uuid::new_v5(&MESSAGE_ID_NAMESPACE, raw.as_bytes())
+        } else {
+            Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes())
+        };
+        if let Some(arn) = id.event_source_arn {
+            headers.push(("x-event-source-arn", HeaderValue::String(arn)));
+        }
+        Message {
+            exchange: self.config.dead_letter_exchange.clone(),
+            routing_key: String::new(),
+            body: raw.as_bytes().to_vec(),
+            properties: Properties {
+                message_id: message_id.to_string(),
+                correlation_id: None,
+                // EVENT_SOURCE first, as for a record that converts.
+                app_id: self
+                    .config
+                    .event_source
+                    .clone()
+                    .or(id.source)
+                    .unwrap_or_default(),
+                kind: None,
+                timestamp: id.created_secs,
+                headers,
+                extra_headers: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The bounded reference to a record too large to carry: `eventID`,
+/// `eventName`, `eventSourceARN` and the stream's `Keys`, `SequenceNumber`
+/// and `SizeBytes` (CONTRACT §5), never the images. Keys are left out when
+/// even they would not fit (only a forged record has such keys).
+fn reference_body(raw: &str, headers: &[(&'static str, HeaderValue)], limit: usize) -> Vec<u8> {
+    use serde_json::{Map, Value};
+    let header = |name: &str| {
+        headers.iter().find_map(|(n, v)| match v {
+            HeaderValue::String(s) if *n == name => Some(Value::String(s.clone())),
+            _ => None,
+        })
+    };
+    let found = record::Reference::read(raw);
+    // Raw JSON as the record gave it; a value that is not JSON is left out.
+    let json = |v: Option<&RawValue>| v.and_then(|v| serde_json::from_str::<Value>(v.get()).ok());
+    let event_name = json(found.event_name).filter(|n| n.as_str().is_some_and(|s| s.len() <= 64));
+    let mut stream = Map::new();
+    stream.extend(json(found.keys).map(|k| ("Keys".to_string(), k)));
+    stream.extend(header("x-sequence-number").map(|s| ("SequenceNumber".to_string(), s)));
+    stream.extend(
+        json(found.size_bytes)
+            .filter(Value::is_number)
+            .map(|s| ("SizeBytes".to_string(), s)),
+    );
+    let mut reference = Map::new();
+    reference.extend(header("x-event-id").map(|id| ("eventID".to_string(), id)));
+    reference.extend(event_name.map(|n| ("eventName".to_string(), n)));
+    reference.extend(header("x-event-source-arn").map(|a| ("eventSourceARN".to_string(), a)));
+    reference.insert("dynamodb".into(), Value::Object(stream));
+    reference.insert("truncated".into(), Value::Bool(true));
+    let body = serde_json::to_vec(&reference).unwrap_or_default();
+    if body.len() <= limit {
+        return body;
+    }
+    if let Some(Value::Object(stream)) = reference.get_mut("dynamodb") {
+        stream.remove("Keys");
+    }
+    serde_json::to_vec(&reference).unwrap_or_default()
+}
+
+/// The reason an event too large for the broker is dead-lettered; the
+/// limit is `MAX_MESSAGE_BYTES`, or the broker's own when it refused less.
+pub fn too_large(size: usize, limit: usize, setting: usize) -> String {
+    let which = if limit < setting {
+        "the broker's own max_message_size, below MAX_MESSAGE_BYTES"
+    } else {
+        "MAX_MESSAGE_BYTES"
+    };
+    format!(
+        "the event is {size} bytes, over the {limit} bytes the broker takes ({which}): \
+         it would be refused on every attempt"
+    )
+}
+
+/// What identifies a record in the dead-letter headers.
+#[derive(Debug, Default)]
+pub(super) struct DeadLetterIdentity {
+    sequence_number: Option<String>,
+    event_id: Option<String>,
+    event_source_arn: Option<String>,
+    source: Option<String>,
+    created_secs: Option<u64>,
+}
+
+/// Header values come from the record; anything absurdly long is left out
+/// rather than copied into every dead letter's headers.
+pub(crate) const MAX_HEADER: usize = 1024;
+
+impl DeadLetterIdentity {
+    pub(super) fn of(record: &Record<'_>, config: &MappingConfig) -> Self {
+        let text = |t: &Option<Text<'_>>| {
+            t.as_deref()
+                .filter(|s| s.len() <= MAX_HEADER)
+                .map(str::to_owned)
+        };
+        Self {
+            sequence_number: text(&record.dynamodb.sequence_number),
+            event_id: text(&record.event_id),
+            event_source_arn: text(&record.event_source_arn),
+            source: source(config, record).ok().map(Cow::into_owned),
+            created_secs: creation_time(record).and_then(|t| u64::try_from(t.timestamp()).ok()),
+        }
+    }
+
+    /// Whatever can be read from a record that does not parse as one.
+    pub(super) fn lenient(raw: &str) -> Self {
+        let id = record::Identity::read(raw);
+        let cap = |s: Option<String>| s.filter(|s| s.len() <= MAX_HEADER);
+        let arn = cap(id.event_source_arn);
+        Self {
+            sequence_number: cap(id.sequence_number),
+            event_id: cap(id.event_id),
+            source: arn
+                .as_deref()
+                .and_then(arn_table)
+                .filter(|t| t.len() <= 255)
+                .map(str::to_owned),
+            event_source_arn: arn,
+            created_secs: id
+                .created
+                .and_then(epoch_seconds)
+                .and_then(|t| u64::try_from(t.timestamp()).ok()),
+        }
+    }
+}
+
+/// A reason goes into the `x-error` header and the log: attribute names in
+/// it come from the record, so it is cut at [`MAX_HEADER`] bytes.
+pub(crate) fn capped(mut reason: String) -> String {
+    if reason.len() > MAX_HEADER {
+        let mut end = MAX_HEADER - '…'.len_utf8();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MappingKind;
+    use crate::mapping::fixtures::*;
+    use serde_dynamo::AttributeValue;
+    use serde_json::{Value, json};
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_dead_letter_carries_the_record_while_it_fits_and_a_bounded_reference_after() {
+        let mut record = records(POISON).remove(1);
+        let raw = serde_json::to_string(&record).unwrap();
+        let c = converter();
+        let whole = c.dead_letter_within(&raw, "why", raw.len());
+        assert_eq!(whole.body, raw.as_bytes());
+        assert!(header(&whole, "x-original-size").is_none());
+
+        let cut = c.dead_letter_within(&raw, "why", raw.len() - 1);
+        assert!(cut.body.len() < raw.len());
+        assert_eq!(
+            header(&cut, "x-original-size"),
+            Some(&HeaderValue::Int(raw.len() as u64))
+        );
+        let body: Value = serde_json::from_slice(&cut.body).unwrap();
+        assert_eq!(body["truncated"], true);
+        assert_eq!(body["eventID"], record.event_id.as_str());
+        assert_eq!(body["eventName"], "INSERT");
+        assert_eq!(
+            body["dynamodb"]["SequenceNumber"],
+            record.change.sequence_number.as_deref().unwrap()
+        );
+        assert!(body["dynamodb"]["Keys"].is_object());
+        assert!(body["dynamodb"].get("NewImage").is_none());
+        // The reference keeps the record's identity in the headers too.
+        assert_eq!(
+            header(&cut, "x-error"),
+            Some(&HeaderValue::String("why".into()))
+        );
+
+        // Keys too large for the smallest limit (a forged record) are left
+        // out rather than break the bound.
+        record
+            .change
+            .keys
+            .insert("aggregateId".into(), AttributeValue::S("k".repeat(5000)));
+        let raw = serde_json::to_string(&record).unwrap();
+        let cut = c.dead_letter_within(&raw, "why", 4096);
+        assert!(cut.body.len() <= 4096, "{}", cut.body.len());
+        let body: Value = serde_json::from_slice(&cut.body).unwrap();
+        assert!(body["dynamodb"].get("Keys").is_none());
+        assert!(body["dynamodb"]["SequenceNumber"].is_string());
+    }
+
+    #[test]
+    fn a_poison_record_is_dead_lettered_with_its_reason_and_identity() {
+        let records = records(POISON);
+        let (m, reason) = dead_letter(converter().plan(&records[1], now()));
+        assert_eq!(reason, "missing required attribute `eventType`");
+        assert_eq!(m.exchange, "product.events.dead-letter");
+        assert_eq!(
+            header(&m, "x-error"),
+            Some(&HeaderValue::String(reason.clone()))
+        );
+        assert_eq!(
+            header(&m, "x-sequence-number"),
+            Some(&HeaderValue::String("4100000000012345680601".into()))
+        );
+        assert_eq!(
+            header(&m, "x-event-id"),
+            Some(&HeaderValue::String(records[1].event_id.clone()))
+        );
+        assert_eq!(
+            header(&m, "x-event-source-arn"),
+            Some(&HeaderValue::String(
+                records[1].event_source_arn.clone().unwrap()
+            ))
+        );
+        let original: Value = serde_json::from_str(POISON).unwrap();
+        let body: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(
+            body["dynamodb"]["NewImage"],
+            original["Records"][1]["dynamodb"]["NewImage"]
+        );
+        assert_eq!(body["eventID"], original["Records"][1]["eventID"]);
+    }
+
+    #[test]
+    fn a_table_name_too_long_for_app_id_is_left_out_of_the_dead_letter() {
+        let mut record = records(INSERTS).swap_remove(0);
+        let long = "t".repeat(256);
+        record.event_source_arn = Some(format!(
+            "arn:aws:dynamodb:eu-west-1:1:table/{long}/stream/x"
+        ));
+        let (message, reason) = dead_letter(converter().plan(&record, now()));
+        assert!(reason.contains("255"), "{reason}");
+        assert_eq!(message.properties.app_id, "");
+        // The ARN itself is a long-string header and stays.
+        assert!(header(&message, "x-event-source-arn").is_some());
+        // The same for a record that does not parse at all.
+        let mut raw = serde_json::to_value(&record).unwrap();
+        raw["dynamodb"]["NewImage"] = json!("not a map");
+        let planned = converter().plan_raw(&raw.to_string(), now());
+        let (message, _) = dead_letter(planned.plan);
+        assert_eq!(message.properties.app_id, "");
+    }
+
+    #[test]
+    fn a_record_that_does_not_parse_is_dead_lettered_as_it_came() {
+        let original: Value = serde_json::from_str(POISON).unwrap();
+        let mut broken = original["Records"][0].clone();
+        broken["dynamodb"]["NewImage"] = json!(["secret", "not an item"]);
+        let raw = serde_json::to_string(&broken).unwrap();
+
+        let planned = converter().plan_raw(&raw, now());
+
+        let (m, reason) = dead_letter(planned.plan);
+        assert!(
+            reason.starts_with(
+                "not a valid DynamoDB stream record: data error at `dynamodb.NewImage"
+            ),
+            "{reason}"
+        );
+        assert!(!reason.contains("secret"), "{reason}");
+        assert_eq!(m.body, raw.as_bytes());
+        assert_eq!(
+            header(&m, "x-sequence-number"),
+            Some(&HeaderValue::String("4100000000012345680501".into()))
+        );
+        assert_eq!(m.properties.app_id, "product-events");
+        assert_eq!(planned.created, None);
+
+        let (_, reason) = dead_letter(converter().plan_raw("[1, 2]", now()).plan);
+        assert!(
+            reason.starts_with("not a valid DynamoDB stream record"),
+            "{reason}"
+        );
+
+        // EVENT_SOURCE names the source of such a dead letter too, and an
+        // ARN with an empty table name names none.
+        let mut config = MappingConfig::new("product.events");
+        config.event_source = Some("ProductService".into());
+        let (m, _) = dead_letter(Converter::new(config).plan_raw(&raw, now()).plan);
+        assert_eq!(m.properties.app_id, "ProductService");
+        broken["eventSourceARN"] = json!("arn:aws:dynamodb:eu-west-1:1:table//stream/x");
+        let raw = serde_json::to_string(&broken).unwrap();
+        let (m, _) = dead_letter(converter().plan_raw(&raw, now()).plan);
+        assert_eq!(m.properties.app_id, "");
+    }
+
+    #[test]
+    fn a_reason_is_cut_to_a_header_size_at_a_character_boundary() {
+        let mut change = MappingConfig::new("product.events");
+        change.mapping = MappingKind::Change;
+        let mut records = records(CHANGES);
+        let name = format!("k{}", "é".repeat(2000));
+        records[0].change.keys = HashMap::from([(name, AttributeValue::Bool(true))]).into();
+        let (m, reason) = dead_letter(Converter::new(change).plan(&records[0], now()));
+        assert!(reason.starts_with("attribute `ké"), "{reason}");
+        assert!(reason.ends_with('…'));
+        assert!((1020..=1024).contains(&reason.len()), "{}", reason.len());
+        assert_eq!(
+            header(&m, "x-error"),
+            Some(&HeaderValue::String(reason.clone()))
+        );
+    }
+
+    #[test]
+    fn dead_letters_without_an_event_id_get_distinct_ids() {
+        let first = r#"{"dynamodb": 1}"#;
+        let second = r#"{"dynamodb": 2}"#;
+        let (a, _) = dead_letter(converter().plan_raw(first, now()).plan);
+        let (b, _) = dead_letter(converter().plan_raw(second, now()).plan);
+        let (a2, _) = dead_letter(converter().plan_raw(first, now()).plan);
+        assert_ne!(a.properties.message_id, b.properties.message_id);
+        assert_eq!(a.properties.message_id, a2.properties.message_id);
+    }
+}

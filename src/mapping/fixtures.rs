@@ -1,0 +1,51 @@
+//! The sample batches (`events/`) and the helpers the unit tests of every
+//! file of the mapping share.
+
+use aws_lambda_events::dynamodb::{Event, EventRecord};
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+
+use super::{Converter, Plan};
+use crate::config::MappingConfig;
+use crate::publisher::{HeaderValue, Message};
+
+pub(super) const INSERTS: &str = include_str!("../../events/insert-batch.json");
+pub(super) const POISON: &str = include_str!("../../events/poison-batch.json");
+pub(super) const CHANGES: &str = include_str!("../../events/change-batch.json");
+
+pub(super) fn records(json: &str) -> Vec<EventRecord> {
+    serde_json::from_str::<Event>(json).unwrap().records
+}
+
+pub(super) fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap()
+}
+
+pub(super) fn converter() -> Converter {
+    Converter::new(MappingConfig::new("product.events"))
+}
+
+pub(super) fn publish(plan: Plan) -> (Message, Value) {
+    match plan {
+        Plan::Publish(m) => {
+            let body = serde_json::from_slice(&m.body).unwrap();
+            (m, body)
+        }
+        other => panic!("expected a publish, got {other:?}"),
+    }
+}
+
+pub(super) fn dead_letter(plan: Plan) -> (Message, String) {
+    match plan {
+        Plan::DeadLetter { message, reason } => (message, reason),
+        other => panic!("expected a dead letter, got {other:?}"),
+    }
+}
+
+pub(super) fn header<'m>(m: &'m Message, name: &str) -> Option<&'m HeaderValue> {
+    m.properties
+        .headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}

@@ -1,0 +1,413 @@
+//! Stream record to envelope to message, for every mapping (CONTRACT §3).
+//!
+//! Pure: [`Converter::plan_raw`] decides, for one record given as the JSON
+//! text the event source mapping sent, whether it is skipped, published
+//! (with its body, routing key and properties ready) or sent to the
+//! dead-letter exchange with the reason it could not be converted. The
+//! record is read in place ([`crate::record`]): a payload goes from the
+//! record's DynamoDB JSON to the message body in one pass.
+//!
+//! Each mapping is one file with a `draft` function, record to envelope:
+//! `event_store.rs` (§3a), `change.rs` (§3b). Beside them: `attributes.rs`
+//! (typed values read out of a record), `time.rs`, `trace_context.rs` and
+//! `dead_letter.rs`.
+//!
+//! A new mapping is one file, one variant, one arm: `<name>.rs` here with
+//! its `draft`, a [`MappingKind`] variant with its `MAPPING` name, and its
+//! arm in `Converter::draft`, the only match that names every mapping.
+
+mod attributes;
+mod change;
+mod dead_letter;
+mod event_store;
+#[cfg(test)]
+mod fixtures;
+mod time;
+mod trace_context;
+
+use std::borrow::Cow;
+
+use aws_lambda_events::dynamodb::EventRecord;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::config::{Exchange, MappingConfig, MappingKind, exchange_name_char};
+use crate::envelope::Envelope;
+use crate::publisher::Message;
+use crate::record::{self, Record};
+use crate::routing::{self, RoutingError};
+use dead_letter::DeadLetterIdentity;
+use time::creation_time;
+
+pub use change::pascal_case;
+pub use dead_letter::too_large;
+pub(crate) use dead_letter::{MAX_HEADER, capped};
+
+/// Namespace of the UUIDv5 message ids. Part of the public contract: the
+/// same record must give the same id in every version of the forwarder.
+pub const MESSAGE_ID_NAMESPACE: Uuid = uuid::uuid!("08ebb892-d8fe-430a-aad9-6a1cfb75305c");
+
+/// Why a record cannot become an event. The text goes into the
+/// dead-letter `x-error` header: it names attributes, never their values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("the record has no NewImage (is the stream KEYS_ONLY or OLD_IMAGE?)")]
+    NoNewImage,
+    #[error("the record has no Keys")]
+    NoKeys,
+    #[error("missing required attribute `{0}`")]
+    Missing(String),
+    #[error("attribute `{name}` must be {expected}, found {found}")]
+    WrongType {
+        name: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("attribute `{name}` is {problem}")]
+    Invalid { name: String, problem: &'static str },
+    #[error("the record has no eventSourceARN naming its table and EVENT_SOURCE is not set")]
+    NoTable,
+    // DynamoDB's own limit, so only a forged record gets here; the name
+    // would not fit the app_id short string.
+    #[error("the table name in eventSourceARN is longer than 255 bytes")]
+    LongTableName,
+    #[error("the record has no eventID")]
+    NoEventId,
+    #[error("the record has no SequenceNumber")]
+    NoSequenceNumber,
+    #[error("unknown eventName (expected INSERT, MODIFY or REMOVE)")]
+    UnknownEventName,
+    #[error("routing key: {0}")]
+    Routing(#[from] RoutingError),
+    #[error("exchange (EXCHANGE is a template): {0}")]
+    ExchangeTemplate(RoutingError),
+    // The name is made of the record's values: not quoted.
+    #[error(
+        "the exchange EXCHANGE's template makes of this event is not a valid name (letters, digits, '-', '_', '.', ':'; at most 246 bytes; not amq.)"
+    )]
+    InvalidExchange,
+    #[error("payload: {0}")]
+    Body(String),
+}
+
+/// What to do with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Not an event for this mapping (e.g. MODIFY in an event store).
+    Skip(&'static str),
+    /// Publish to the exchange.
+    Publish(Message),
+    /// Publish the original record to `<EXCHANGE>.dead-letter`.
+    DeadLetter { message: Message, reason: String },
+}
+
+/// A record planned from its JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub plan: Plan,
+    /// ApproximateCreationDateTime, when the record has one.
+    pub created: Option<DateTime<Utc>>,
+    /// Something of the record left out of its event (an invalid trace
+    /// context), for a warning: names attributes, never values.
+    pub dropped: Option<String>,
+}
+
+/// Turns records into plans with the configured mapping. It holds no state
+/// between records: a record's plan never depends on what came before it.
+#[derive(Debug, Clone)]
+pub struct Converter {
+    config: MappingConfig,
+}
+
+/// What a mapping makes of one record.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per record and matched at once: a box would cost an allocation per record"
+)]
+enum Draft<'a> {
+    /// The event, for the routing to turn into a message.
+    Event(Envelope<'a>),
+    /// Not an event for this mapping, and why (e.g. MODIFY in an event
+    /// store).
+    Skip(&'static str),
+}
+
+impl Converter {
+    pub fn new(config: MappingConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &MappingConfig {
+        &self.config
+    }
+
+    /// Plans one record given as the JSON text the event source mapping
+    /// sent. `now` stands in for a missing ApproximateCreationDateTime. A
+    /// record that does not even parse as a stream record is dead-lettered
+    /// as it came, with the path of the problem, instead of failing the
+    /// whole batch.
+    pub fn plan_raw(&self, raw: &str, now: DateTime<Utc>) -> Planned {
+        // Path tracking costs a third of the conversion time (it allocates
+        // per field), so it runs only again on the rare record that fails.
+        let mut de = serde_json::Deserializer::from_str(raw);
+        match Record::deserialize(&mut de).map_err(|_| {
+            let mut de = serde_json::Deserializer::from_str(raw);
+            serde_path_to_error::deserialize::<_, Record>(&mut de).err()
+        }) {
+            Ok(record) => {
+                let (plan, dropped) = self.plan_record(&record, raw, now);
+                Planned {
+                    plan,
+                    created: creation_time(&record),
+                    dropped,
+                }
+            }
+            Err(e) => {
+                // The path names attributes, never values; serde's own
+                // message could quote a value.
+                let reason = capped(match e {
+                    Some(e) => format!(
+                        "not a valid DynamoDB stream record: {} error at `{}`",
+                        record::json_error_kind(e.inner()),
+                        e.path()
+                    ),
+                    // Deserialization is deterministic; this is unreachable
+                    // unless the two passes disagree.
+                    None => "not a valid DynamoDB stream record".to_string(),
+                });
+                Planned {
+                    plan: Plan::DeadLetter {
+                        message: self.dead_letter(DeadLetterIdentity::lenient(raw), raw, &reason),
+                        reason,
+                    },
+                    created: None,
+                    dropped: None,
+                }
+            }
+        }
+    }
+
+    /// Plans a record already parsed (tests and tools): it is serialized
+    /// back to JSON and planned like one that came from the stream.
+    pub fn plan(&self, record: &EventRecord, now: DateTime<Utc>) -> Plan {
+        match serde_json::to_string(record) {
+            Ok(raw) => self.plan_raw(&raw, now).plan,
+            // A record that was deserialized always serializes again.
+            Err(_) => Plan::Skip("unserializable record"),
+        }
+    }
+
+    /// The plan of a parsed record (`raw` is its text, for a dead letter),
+    /// and what of its trace context was left out.
+    fn plan_record(
+        &self,
+        record: &Record<'_>,
+        raw: &str,
+        now: DateTime<Utc>,
+    ) -> (Plan, Option<String>) {
+        let message = match self.draft(record, now) {
+            Ok(Draft::Event(envelope)) => self.message(&envelope),
+            Ok(Draft::Skip(reason)) => return (Plan::Skip(reason), None),
+            Err(e) => Err(e),
+        };
+        match message {
+            Ok(mut message) => {
+                let dropped = self.trace_context(record, &mut message);
+                (Plan::Publish(message), dropped)
+            }
+            Err(e) => {
+                let reason = capped(e.to_string());
+                let id = DeadLetterIdentity::of(record, &self.config);
+                let message = self.dead_letter(id, raw, &reason);
+                (Plan::DeadLetter { message, reason }, None)
+            }
+        }
+    }
+
+    /// The configured mapping's draft of a record: the one place that
+    /// names every mapping.
+    fn draft<'a>(
+        &'a self,
+        record: &'a Record<'a>,
+        now: DateTime<Utc>,
+    ) -> Result<Draft<'a>, MappingError> {
+        let config = &self.config;
+        match config.mapping {
+            MappingKind::EventStore => event_store::draft(config, record, now),
+            MappingKind::Change => change::draft(config, record, now),
+        }
+    }
+
+    /// The message of an event: routing key, exchange, properties and body.
+    fn message(&self, envelope: &Envelope<'_>) -> Result<Message, MappingError> {
+        let routing_key = self.config.routing_key_template.render(envelope)?;
+        let exchange = self.exchange(envelope)?;
+        let body = envelope
+            .to_body()
+            .map_err(|e| MappingError::Body(e.to_string()))?;
+        Ok(routing::to_message(&exchange, routing_key, envelope, body))
+    }
+
+    /// The exchange of an event: the one of `EXCHANGE`, or the one its
+    /// template makes of the event. With a template, every placeholder's
+    /// value must be a type name ([`routing::is_type_name`]): a rule about
+    /// the record alone, so the outcome is the same in every execution
+    /// environment (docs/events.md, "Exchanges per event type").
+    fn exchange<'e>(&'e self, envelope: &Envelope<'_>) -> Result<Cow<'e, str>, MappingError> {
+        let template = match &self.config.exchange {
+            Exchange::Fixed(name) => return Ok(Cow::Borrowed(name)),
+            Exchange::PerEvent(template) => template,
+        };
+        let name = template
+            .render_exchange(envelope)
+            .map_err(MappingError::ExchangeTemplate)?;
+        // `.unrouted` is appended for its alternate exchange.
+        let valid = name.len() <= 255 - ".unrouted".len()
+            && !name.is_empty()
+            && !name.starts_with("amq.")
+            && name.chars().all(exchange_name_char);
+        if !valid {
+            return Err(MappingError::InvalidExchange);
+        }
+        Ok(Cow::Owned(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::fixtures::*;
+    use crate::publisher::HeaderValue;
+    use serde_dynamo::AttributeValue;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn both_mappings_carry_the_sequence_number_and_refuse_records_without_one() {
+        let mut config = MappingConfig::new("customer.events");
+        config.mapping = MappingKind::Change;
+        for (converter, mut record) in [
+            (converter(), records(INSERTS).remove(0)),
+            (Converter::new(config), records(CHANGES).remove(1)),
+        ] {
+            let seq = record.change.sequence_number.clone().unwrap();
+            let (m, body) = publish(converter.plan(&record, now()));
+            assert_eq!(body["sequenceNumber"], json!(seq));
+            assert_eq!(
+                header(&m, "sequenceNumber"),
+                Some(&HeaderValue::String(seq))
+            );
+            for (bad, reason) in [
+                (None, "the record has no SequenceNumber"),
+                (Some(""), "the record has no SequenceNumber"),
+                (
+                    Some("41e5"),
+                    "attribute `SequenceNumber` is not a string of 1 to 255 digits",
+                ),
+            ] {
+                record.change.sequence_number = bad.map(str::to_owned);
+                let (_, got) = dead_letter(converter.plan(&record, now()));
+                assert_eq!(got, reason, "{bad:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_templated_exchange_is_chosen_per_event_by_a_rule_about_the_record_alone() {
+        let mut config = MappingConfig::new("unused");
+        config.exchange = Exchange::PerEvent(
+            crate::routing::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
+        );
+        config.dead_letter_exchange = "shop.dead-letter".into();
+        let c = Converter::new(config);
+        let mut all = records(INSERTS);
+        let event = |r: &EventRecord| c.plan(r, now());
+        // Product, Product, (MODIFY), Order, User, Order.
+        let exchanges: Vec<String> = all
+            .iter()
+            .filter_map(|r| match event(r) {
+                Plan::Publish(m) => Some(m.exchange),
+                Plan::DeadLetter { message, reason } => {
+                    assert_eq!(message.exchange, "shop.dead-letter");
+                    Some(format!("dead: {reason}"))
+                }
+                Plan::Skip(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            exchanges,
+            [
+                "product.events",
+                "product.events",
+                "order.events",
+                "user.events",
+                "order.events"
+            ]
+        );
+        // The same record gives the same outcome whatever was planned
+        // before it: thousands of other types first change nothing.
+        let fresh = c.plan(&all[3], now());
+        for i in 0..2_000 {
+            let mut junk = all[0].clone();
+            junk.change.new_image.insert(
+                "aggregateType".into(),
+                AttributeValue::S(format!("Junk{i}")),
+            );
+            let _ = event(&junk);
+        }
+        assert_eq!(c.plan(&all[3], now()), fresh);
+
+        // Without the placeholder's value, or with one no name can hold.
+        all[0].change.new_image.remove("aggregateType");
+        let (_, reason) = dead_letter(event(&all[0]));
+        assert_eq!(
+            reason,
+            "exchange (EXCHANGE is a template): the event has no aggregateType, needed for {aggregateType}"
+        );
+        for bad in [
+            "Pro duct",
+            "",
+            "a-type-name-that-goes-on-and-on-for-more-than-sixty-four-characters",
+        ] {
+            all[0]
+                .change
+                .new_image
+                .insert("aggregateType".into(), AttributeValue::S(bad.into()));
+            let (_, reason) = dead_letter(event(&all[0]));
+            assert_eq!(
+                reason,
+                "exchange (EXCHANGE is a template): {aggregateType} gives a value that is not a type name (1 to 64 letters, digits, '.', '_', '-'), so it names no exchange",
+                "{bad:?}"
+            );
+            assert!(!bad.is_empty() && !reason.contains(&bad.to_lowercase()) || bad.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_raw_record_converts_like_a_parsed_one_and_dead_letters_keep_its_bytes() {
+        let original: Value = serde_json::from_str(POISON).unwrap();
+        let raw = serde_json::to_string(&original["Records"][0]).unwrap();
+        let parsed: EventRecord = serde_json::from_str(&raw).unwrap();
+        let planned = converter().plan_raw(&raw, now());
+        let (from_raw, raw_body) = publish(planned.plan.clone());
+        let (from_parsed, parsed_body) = publish(converter().plan(&parsed, now()));
+        assert_eq!(raw_body, parsed_body);
+        assert_eq!(from_raw.routing_key, from_parsed.routing_key);
+        assert_eq!(from_raw.properties, from_parsed.properties);
+        // The payload keeps the record's attribute order: same record, same bytes.
+        assert_eq!(converter().plan_raw(&raw, now()).plan, planned.plan);
+        let text = String::from_utf8(from_raw.body).unwrap();
+        assert!(
+            text.contains(r#""payload":{"price":5.00,"sku":"SKU-00077"}"#),
+            "{text}"
+        );
+        assert_eq!(
+            planned.created,
+            Some(parsed.change.approximate_creation_date_time)
+        );
+
+        let raw = serde_json::to_string(&original["Records"][1]).unwrap();
+        let (m, _) = dead_letter(converter().plan_raw(&raw, now()).plan);
+        assert_eq!(m.body, raw.as_bytes());
+    }
+}
