@@ -15,6 +15,8 @@
 //! A new mapping is one file, one variant, one arm: `<name>.rs` here with
 //! its `draft`, a [`MappingKind`] variant with its `MAPPING` name, and its
 //! arm in `Converter::draft`, the only match that names every mapping.
+//! (`forwarder-ops backfill` orders a table's items per mapping, by its own
+//! `--mapping`: one it should backfill needs an arm there too.)
 
 mod attributes;
 mod change;
