@@ -26,11 +26,9 @@ use event_forwarder::{
     Config,
     batch::{self, BatchOptions, Deadlines, Invocation},
     enrich::NoEnricher,
+    handler::amqp_settings,
     mapping::{Converter, Plan},
-    publisher::{
-        Broker,
-        amqp::{AmqpBroker, AmqpSettings},
-    },
+    publisher::{Broker, amqp::AmqpBroker},
 };
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
@@ -508,7 +506,7 @@ async fn setup(
     exchange: &str,
     kind: QueueKind,
 ) -> anyhow::Result<(AmqpBroker, Connection, Channel, String)> {
-    let mut broker = AmqpBroker::new(AmqpSettings::from_config(config));
+    let mut broker = AmqpBroker::new(amqp_settings(config));
     broker
         .ensure_ready(Instant::now() + Duration::from_secs(10))
         .await

@@ -22,12 +22,13 @@ use tokio::sync::Mutex;
 use tracing::Level;
 
 use crate::batch::{self, BatchOptions, BatchReport, Deadlines, Invocation, NoSequenceNumber};
-use crate::config::{Config, ReplayQueues};
+use crate::config::{BrokerAddress, Config, ReplayQueues};
 use crate::enrich::{Enricher, NoEnricher};
 use crate::mapping::{Converter, MAX_HEADER};
 use crate::publisher::{
     Broker, PublishError,
-    amqp::{AmqpBroker, AmqpSettings},
+    amqp::{AmqpBroker, AmqpSettings, Topology},
+    trust::SystemRoots,
 };
 use crate::record;
 use crate::telemetry;
@@ -214,6 +215,30 @@ pub enum StartError {
     Secret(#[from] crate::secrets::SecretError),
 }
 
+/// The broker settings of `config`. Reads the system trust store (once per
+/// cold start, as this is called once) unless the URI is `amqp://`; a
+/// secret's URI is not known yet, so it may need them. It lives with the
+/// wiring so that the publisher knows its settings, not the configuration.
+pub fn amqp_settings(config: &Config) -> AmqpSettings {
+    let tls = match &config.broker {
+        BrokerAddress::Uri(uri) => uri.is_tls(),
+        BrokerAddress::Secret(_) => true,
+    };
+    AmqpSettings {
+        address: config.broker.clone(),
+        ca: config.ca.clone(),
+        system_roots: tls.then(SystemRoots::load),
+        connection_name: format!("event-forwarder:{}", config.function_name),
+        connect_timeout: config.connect_timeout,
+        topology: config.declare_topology.then(|| Topology {
+            exchange: config.mapping.exchange.fixed().map(str::to_owned),
+            dead_letter: config.mapping.dead_letter_exchange.clone(),
+            queue_type: config.queue_type,
+            max_exchanges: config.mapping.max_exchanges,
+        }),
+    }
+}
+
 /// The function: configuration, converter, the broker it owns and the
 /// enricher its events pass through.
 pub struct Forwarder<B = AmqpBroker, E = NoEnricher> {
@@ -241,7 +266,7 @@ impl Forwarder<AmqpBroker> {
 impl<E: Enricher> Forwarder<AmqpBroker, E> {
     /// [`Forwarder::start`] with an enricher for every event.
     pub async fn start_with(config: Config, enricher: E) -> Result<Self, StartError> {
-        let mut broker = AmqpBroker::new(AmqpSettings::from_config(&config));
+        let mut broker = AmqpBroker::new(amqp_settings(&config));
         // A secret that cannot be read fails the init: retrying per batch
         // would not fix missing permissions or a malformed value.
         broker

@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 use common::{TestBroker, config, event, function::Function, reported, secrets::*, tls::*, unique};
 use event_forwarder::{
     Forwarder,
-    publisher::{
-        Broker, PublishError,
-        amqp::{AmqpBroker, AmqpSettings},
-    },
+    handler::amqp_settings,
+    publisher::{Broker, PublishError, amqp::AmqpBroker},
 };
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
@@ -22,7 +20,7 @@ use serde_json::{Value, json};
 async fn connect(vars: &[(&str, &str)]) -> Result<bool, PublishError> {
     let exchange = unique("tls");
     let config = config(&exchange, vars);
-    let mut broker = AmqpBroker::new(AmqpSettings::from_config(&config));
+    let mut broker = AmqpBroker::new(amqp_settings(&config));
     broker
         .ensure_ready(Instant::now() + Duration::from_secs(5))
         .await

@@ -1,0 +1,288 @@
+//! The connection's life: the broker secret read (and read again when the
+//! broker refuses its password), connect within the connect timeout, the
+//! `connection.blocked` watcher, a clean close at shutdown, and a failed
+//! connect described in an operator's words.
+
+use std::time::{Duration, Instant};
+
+use lapin::{Connection, ConnectionProperties, ErrorKind, tcp::OwnedTLSConfig};
+use tokio::sync::watch;
+
+use super::AmqpBroker;
+use crate::config::BrokerAddress;
+use crate::publisher::PublishError;
+use crate::publisher::connect::{self, ConnectError};
+use crate::publisher::trust::{SystemRoots, extra_roots_pem};
+use crate::secrets::SecretError;
+
+impl AmqpBroker {
+    /// Reads the broker secret (when the URI comes from one), bounded by the
+    /// connect timeout and `until`. A no-op with `AMQP_URI`.
+    pub async fn load_secret(&mut self, until: Instant) -> Result<(), SecretError> {
+        let BrokerAddress::Secret(source) = &self.settings.address else {
+            return Ok(());
+        };
+        let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
+        let system_roots = self
+            .settings
+            .system_roots
+            .as_ref()
+            .map_or(&[][..], SystemRoots::certificates);
+        let uri = tokio::time::timeout_at(deadline.into(), source.fetch(system_roots))
+            .await
+            .map_err(|_| SecretError::Transport {
+                endpoint: source.endpoint(),
+                reason: "no answer within the connect timeout".into(),
+            })??;
+        if self.settings.ca.is_some() && !uri.is_tls() {
+            return Err(SecretError::Format {
+                arn: source.arn().to_owned(),
+                reason: "its URI is amqp:// (plain text) but AMQP_CA_FILE is set; use amqps://"
+                    .into(),
+            });
+        }
+        tracing::info!(secret = source.arn(), broker = %uri, "broker secret read");
+        self.uri = Some(uri);
+        Ok(())
+    }
+
+    /// Closes the connection cleanly (connection.close, 200), for shutdown.
+    pub async fn close(&mut self) {
+        // Dropping a channel starts its own close, which would race the
+        // connection's: keep it until the connection is closed.
+        let _channel = self.channel.take();
+        if let Some(connection) = self.connection.take()
+            && connection.status().connected()
+        {
+            let closing = connection.close(200, "shutdown".into());
+            match tokio::time::timeout(Duration::from_millis(400), closing).await {
+                Ok(Ok(())) => tracing::info!("broker connection closed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "closing the broker connection failed"),
+                Err(_) => tracing::warn!("closing the broker connection timed out"),
+            }
+        }
+    }
+
+    /// Opens a new connection in place of the old one (and its channel).
+    pub(super) async fn connect(&mut self, until: Instant) -> Result<(), PublishError> {
+        self.channel = None;
+        self.connection = None;
+        let from_secret = matches!(self.settings.address, BrokerAddress::Secret(_));
+        if self.uri.is_none() {
+            self.load_secret(until).await.map_err(secret_unavailable)?;
+        }
+        let first = self.try_connect(until).await;
+        let connection = match first {
+            // The password may have been rotated since the secret was read:
+            // read it once more before giving up.
+            Err(Attempt::Refused(reason)) if from_secret => {
+                tracing::warn!(%reason, "the broker refused the credentials; reading the secret again");
+                self.load_secret(until).await.map_err(secret_unavailable)?;
+                self.try_connect(until).await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
+            Attempt::Refused(reason) | Attempt::Failed(reason) => PublishError::Unreachable(reason),
+        })?;
+        tracing::info!(broker = %self.uri_text(), name = %self.settings.connection_name, "connected to the broker");
+        self.blocked = watch_blocked(&connection);
+        self.last_used = Instant::now();
+        self.connection = Some(connection);
+        Ok(())
+    }
+
+    /// The URI for logs (password hidden).
+    fn uri_text(&self) -> String {
+        self.uri
+            .as_ref()
+            .map_or_else(|| "(secret not read)".to_string(), ToString::to_string)
+    }
+
+    async fn try_connect(&self, until: Instant) -> Result<Connection, Attempt> {
+        let Some(uri) = self.uri.as_ref() else {
+            return Err(Attempt::Failed("no broker URI".into()));
+        };
+        let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.settings.connection_name.as_str().into());
+        // Verification is never turned off: the TLS configuration can only
+        // add trust roots (the system's and AMQP_CA_FILE's) to the bundled
+        // webpki ones, which lapin always trusts with its
+        // `rustls-webpki-roots-certs` feature.
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: extra_roots_pem(
+                self.settings.system_roots.as_ref(),
+                self.settings.ca.as_ref(),
+            ),
+        };
+        match connect::open(uri.expose(), properties, tls, deadline).await {
+            Err(ConnectError::TimedOut) => Err(Attempt::Failed(format!(
+                "no connection to {uri} within the connect timeout"
+            ))),
+            Ok(connection) => Ok(connection),
+            Err(ConnectError::Failed(e)) => {
+                let reason = format!("{uri}: {}", describe_connect_error(&e, uri.is_tls()));
+                if is_access_refused(&e) {
+                    Err(Attempt::Refused(reason))
+                } else {
+                    Err(Attempt::Failed(reason))
+                }
+            }
+        }
+    }
+}
+
+/// Follows the connection's `connection.blocked` / `connection.unblocked`
+/// notifications. The task ends with the connection's event stream.
+fn watch_blocked(connection: &Connection) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(connection.status().blocked());
+    let mut events = Box::pin(connection.events_listener());
+    tokio::spawn(async move {
+        while let Some(event) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(events.as_mut(), cx)).await
+        {
+            match event {
+                lapin::Event::ConnectionBlocked(_) => tx.send_replace(true),
+                lapin::Event::ConnectionUnblocked => tx.send_replace(false),
+                _ => continue,
+            };
+        }
+    });
+    rx
+}
+
+/// How one connection attempt failed.
+enum Attempt {
+    /// The broker refused the credentials (403 ACCESS_REFUSED).
+    Refused(String),
+    Failed(String),
+}
+
+fn secret_unavailable(e: SecretError) -> PublishError {
+    PublishError::Unreachable(format!("reading the broker secret: {e}"))
+}
+
+/// RabbitMQ closes the connection with 403 ACCESS_REFUSED when the user
+/// name or password is wrong (or the user may not use the vhost).
+fn is_access_refused(e: &lapin::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ProtocolError(p) if p.get_id() == 403)
+}
+
+/// The connect error, with a plain word for the TLS failures an operator
+/// meets: an untrusted certificate, a host-name mismatch, or a plain-text
+/// port behind `amqps://` (rustls reports all of them as invalid data).
+fn describe_connect_error(e: &lapin::Error, tls: bool) -> String {
+    let text = e.to_string();
+    let invalid_data =
+        matches!(e.kind(), ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::InvalidData);
+    if tls && (invalid_data || text.contains("certificate")) {
+        format!("TLS handshake failed: {text}")
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use lapin::protocol::{AMQPError, connection::Close};
+
+    use super::*;
+
+    /// What lapin makes of the broker's `connection.close` during the
+    /// handshake (`on_connection_close_received`).
+    fn connection_close(code: u16, text: &str) -> lapin::Error {
+        let close = Close {
+            reply_code: code,
+            reply_text: text.into(),
+            class_id: 10,
+            method_id: 40,
+        };
+        ErrorKind::ProtocolError(AMQPError::try_from(close).expect("a known reply code")).into()
+    }
+
+    /// What rustls reports through lapin's TLS stream.
+    fn io_error(kind: io::ErrorKind, text: &str) -> lapin::Error {
+        io::Error::new(kind, text.to_owned()).into()
+    }
+
+    #[test]
+    fn a_wrong_password_is_told_apart_so_the_secret_is_read_again() {
+        let refused = connection_close(
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. \
+             For details see the broker logfile.",
+        );
+        assert!(is_access_refused(&refused));
+        assert!(!is_access_refused(&connection_close(
+            530,
+            "NOT_ALLOWED - access to vhost 'other' refused for user 'forwarder'"
+        )));
+        assert!(!is_access_refused(&io_error(
+            io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)"
+        )));
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_named_a_tls_handshake_failure() {
+        let e = io_error(
+            io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        assert_eq!(
+            describe_connect_error(&e, true),
+            "TLS handshake failed: IO error: invalid peer certificate: UnknownIssuer"
+        );
+    }
+
+    #[test]
+    fn a_plain_text_port_behind_amqps_is_named_a_tls_handshake_failure() {
+        let e = io_error(
+            io::ErrorKind::InvalidData,
+            "received corrupt message of type InvalidContentType",
+        );
+        assert_eq!(
+            describe_connect_error(&e, true),
+            "TLS handshake failed: IO error: received corrupt message of type InvalidContentType"
+        );
+    }
+
+    #[test]
+    fn a_certificate_error_of_another_kind_is_still_a_tls_handshake_failure() {
+        let e = io_error(
+            io::ErrorKind::Other,
+            "invalid peer certificate: NotValidForName",
+        );
+        assert_eq!(
+            describe_connect_error(&e, true),
+            "TLS handshake failed: IO error: invalid peer certificate: NotValidForName"
+        );
+    }
+
+    #[test]
+    fn other_connect_errors_and_plain_amqp_are_shown_as_lapin_gives_them() {
+        let refused = io_error(
+            io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        assert_eq!(
+            describe_connect_error(&refused, true),
+            "IO error: Connection refused (os error 111)"
+        );
+        // Without TLS, invalid data is no handshake's fault.
+        let garbled = io_error(io::ErrorKind::InvalidData, "invalid frame");
+        assert_eq!(
+            describe_connect_error(&garbled, false),
+            "IO error: invalid frame"
+        );
+        let login = connection_close(403, "ACCESS_REFUSED - Login was refused");
+        assert!(!describe_connect_error(&login, true).starts_with("TLS"));
+        assert!(
+            describe_connect_error(&login, true).contains("ACCESS_REFUSED - Login was refused")
+        );
+    }
+}

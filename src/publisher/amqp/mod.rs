@@ -1,0 +1,257 @@
+//! The lapin adapter: one connection and one confirm-mode channel per
+//! execution environment, the topology of CONTRACT §5, and publishes whose
+//! confirms are checked one by one (a nack or a returned message fails).
+//!
+//! Every await on the network has a bound: a frozen or blackholed broker
+//! must not outlive the invocation.
+//!
+//! - this file: the settings, the broker's state and the [`Broker`] impl
+//!   (publish, declare a template's exchange, reset).
+//! - `connection`: the connection's life (the broker secret, connect, close,
+//!   `connection.blocked`) and its errors in an operator's words.
+//! - `channel`: a confirm-mode channel with the topology declared on it.
+//! - `topology`: what is declared and with which arguments, and a refused
+//!   declaration in an operator's words.
+//! - `declared`: the exchanges a channel has declared (a bounded LRU).
+//! - `properties`: a [`Message`]'s AMQP properties and headers.
+//! - `confirm`: what one publish's confirm, or its failure, says.
+
+mod channel;
+mod confirm;
+mod connection;
+mod declared;
+mod properties;
+mod topology;
+
+use std::{
+    future::Future,
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use lapin::{Channel, Connection, options::BasicPublishOptions};
+use tokio::sync::watch;
+
+use super::trust::SystemRoots;
+use super::{Broker, Confirm, Message, PublishError, Reset};
+use crate::config::{BrokerAddress, TrustedCa};
+use crate::uri::AmqpUri;
+use confirm::{confirm_error, confirmation};
+use declared::Declared;
+use properties::{properties, short};
+
+pub use topology::{DELIVERY_LIMIT, Topology};
+
+/// How to reach the broker, and what to declare there. The caller builds it
+/// (the function from its configuration: [`crate::handler::amqp_settings`]).
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// The URI, or the secret that holds it.
+    pub address: BrokerAddress,
+    /// `AMQP_CA_FILE`: CA certificates trusted for `amqps://` besides the
+    /// bundled and the system roots.
+    pub ca: Option<TrustedCa>,
+    /// The operating system's roots, trusted for `amqps://` besides the
+    /// bundled ones; `None` when the URI is `amqp://`.
+    pub system_roots: Option<SystemRoots>,
+    /// Client-provided connection name, shown in the management UI.
+    pub connection_name: String,
+    pub connect_timeout: Duration,
+    /// `None` when `DECLARE_TOPOLOGY=false`.
+    pub topology: Option<Topology>,
+}
+
+/// A [`Broker`] backed by a lapin connection that is reopened when it dies.
+pub struct AmqpBroker {
+    settings: AmqpSettings,
+    /// The URI in use: `AMQP_URI`, or the secret's value once read.
+    uri: Option<AmqpUri>,
+    connection: Option<Connection>,
+    channel: Option<Channel>,
+    /// `true` while the broker blocks the connection (`connection.blocked`).
+    blocked: watch::Receiver<bool>,
+    /// When the last batch ended (or the connection was made).
+    last_used: Instant,
+    /// Exchanges whose topology this channel has declared.
+    declared: Declared,
+}
+
+impl AmqpBroker {
+    pub fn new(settings: AmqpSettings) -> Self {
+        let uri = match &settings.address {
+            BrokerAddress::Uri(uri) => Some(uri.clone()),
+            BrokerAddress::Secret(_) => None,
+        };
+        Self {
+            settings,
+            uri,
+            connection: None,
+            channel: None,
+            blocked: watch::channel(false).1,
+            last_used: Instant::now(),
+            declared: Declared::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &AmqpSettings {
+        &self.settings
+    }
+
+    /// Whether the broker blocks publishers on the connection (a memory or
+    /// disk alarm). lapin then writes nothing at all until it is unblocked.
+    pub fn is_blocked(&self) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected() && c.status().blocked())
+    }
+
+    /// Whether the last batch ended longer ago than the heartbeat timeout
+    /// the broker negotiated (none with heartbeats off).
+    fn idle_past_heartbeat(&self) -> bool {
+        self.connection.as_ref().is_some_and(|c| {
+            let timeout = Duration::from_secs(u64::from(c.configuration().heartbeat()));
+            !timeout.is_zero() && self.last_used.elapsed() > timeout
+        })
+    }
+
+    /// Whether the connection and the channel are open, as far as the client
+    /// knows (a connection that died while frozen is only found out on use).
+    pub fn is_open(&self) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
+            && self
+                .channel
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+    }
+}
+
+impl Broker for AmqpBroker {
+    async fn ensure_ready(&mut self, until: Instant) -> Result<bool, PublishError> {
+        // Opening a channel or a connection would wait for the alarm to end:
+        // fail at once, and keep the one connection.
+        if self.is_blocked() {
+            return Err(PublishError::Blocked);
+        }
+        if self.is_open() && self.idle_past_heartbeat() {
+            // Lambda froze the environment for longer than the broker waits
+            // for a heartbeat: the broker has given the connection up, and
+            // if its close was lost on the way the client would only find
+            // out after waiting for confirms that never come.
+            tracing::info!(
+                idle_ms = self.last_used.elapsed().as_millis() as u64,
+                "idle past the heartbeat timeout; reconnecting before publishing"
+            );
+            self.channel = None;
+            self.connection = None;
+        }
+        if self.is_open() {
+            return Ok(false);
+        }
+        self.open(until).await.map(|()| true)
+    }
+
+    async fn publish(
+        &mut self,
+        message: &Message,
+        until: Instant,
+    ) -> Result<Confirm, PublishError> {
+        let channel = self
+            .channel
+            .as_ref()
+            .ok_or_else(|| PublishError::ChannelLost("no open channel".into()))?;
+        self.declared.used(&message.exchange);
+        let sending = channel.basic_publish(
+            short(&message.exchange)?,
+            short(&message.routing_key)?,
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &message.body,
+            properties(message)?,
+        );
+        let mut sending = std::pin::pin!(tokio::time::timeout_at(until.into(), sending));
+        // The write is almost always done at once; only a write that waits
+        // (a blocked broker: lapin writes nothing then) is raced against the
+        // blocked notification, which costs a waiter per message.
+        let sent = match std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => {
+                let mut blocked = self.blocked.clone();
+                tokio::select! {
+                    biased;
+                    sent = &mut sending => sent,
+                    _ = blocked.wait_for(|b| *b) => return Err(PublishError::Blocked),
+                }
+            }
+        };
+        let pending = sent
+            .map_err(|_| PublishError::WriteTimeout)?
+            .map_err(|e| confirm_error(&e))?;
+        Ok(Box::pin(async move { confirmation(pending.await) }))
+    }
+
+    fn needs_declare(&self, exchange: &str) -> bool {
+        // A fixed EXCHANGE's topology is declared with the channel.
+        self.settings.topology.as_ref().is_some_and(|t| {
+            t.exchange.is_none()
+                && !exchange.is_empty()
+                && exchange != t.dead_letter
+                && !self.declared.contains(exchange)
+        })
+    }
+
+    async fn declare(&mut self, exchange: &str, until: Instant) -> Result<(), PublishError> {
+        let (Some(topology), Some(channel)) = (&self.settings.topology, &self.channel) else {
+            return Err(PublishError::ChannelLost("no open channel".into()));
+        };
+        // A declaration waits, like a publish, while the broker blocks the
+        // connection: fail at once instead (CONTRACT §6.8).
+        let mut blocked = self.blocked.clone();
+        let declaring = topology::declare_event_exchange(channel, exchange, topology.queue_type);
+        let declared = tokio::select! {
+            biased;
+            _ = blocked.wait_for(|b| *b) => return Err(PublishError::Blocked),
+            declared = tokio::time::timeout_at(until.into(), declaring) => declared,
+        };
+        match declared {
+            Err(_) => Err(PublishError::ChannelLost(
+                "declaring an exchange timed out".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => {
+                self.declared.insert(exchange, topology.max_exchanges);
+                Ok(())
+            }
+        }
+    }
+
+    fn idle(&mut self) {
+        self.last_used = Instant::now();
+    }
+
+    fn blocked(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut blocked = self.blocked.clone();
+        async move {
+            if blocked.wait_for(|b| *b).await.is_err() {
+                // The connection is gone: it will never block again.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn reset(&mut self, scope: Reset) {
+        // Dropping them closes them in the background (lapin's closers).
+        self.channel = None;
+        self.declared.clear();
+        let dead = self
+            .connection
+            .as_ref()
+            .is_some_and(|c| !c.status().connected());
+        if dead || (scope == Reset::Connection && !self.is_blocked()) {
+            self.connection = None;
+        }
+    }
+}
