@@ -24,6 +24,17 @@ run: broker tools
 dev: broker tools
 	DEV=1 scripts/run.sh
 
+# The integration suites, <test binary>:<module>, in the order `cargo test`
+# ran them as binaries of their own. `make test` runs each alone, one after
+# the other, so that faults, the cluster and the connection counts never
+# overlap (a test binary runs its tests on parallel threads); all run, and
+# the target fails if any did. A filter `<module>::` selects that module's
+# tests only (tests/integration/main.rs, tests/ops/main.rs).
+SUITES = integration:artefact integration:broker integration:cluster ops:enrich \
+	integration:faults integration:hostile integration:lambda_runtime \
+	ops:local_stream ops:recovery integration:sam_event integration:sam_local \
+	integration:security integration:template
+
 ## Every test: the template lint, unit, broker-backed integration, the
 ## binary under the Lambda runtime API emulator, the local stream loop
 ## (moto's DynamoDB stream, forwarder-ops stream, cargo lambda watch), the
@@ -34,17 +45,24 @@ dev: broker tools
 ## three-node cluster behind haproxy for a rolling maintenance); RabbitMQ
 ## 3.10 for what must hold on 3.x too.
 test: validate broker broker4 tools
-	cargo test --no-fail-fast --features ops
+	@failed=0; \
+	cargo test --no-fail-fast --features ops --lib --bins --examples --bench forwarder || failed=1; \
+	for suite in $(SUITES); do \
+		echo "==> cargo test --features ops --test $${suite%%:*} $${suite#*:}::"; \
+		cargo test --features ops --test $${suite%%:*} $${suite#*:}:: || failed=1; \
+	done; \
+	cargo test --features ops --doc || failed=1; \
+	exit $$failed
 	@cat target/replay-report.txt target/cluster-report.txt
 
 ## The fault-injection suite alone, with the replay driver's figures.
 ## REPLAY_SEED=<n> plays another random fault schedule.
 test-faults: broker4
-	cargo test --test faults -- --nocapture
+	cargo test --test integration faults:: -- --nocapture
 
 ## The rolling maintenance of a three-node RabbitMQ 4 cluster alone.
 test-cluster: broker4
-	cargo test --test cluster -- --nocapture
+	cargo test --test integration cluster:: -- --nocapture
 
 ## Formatting and lints, as CI runs them: the crate (both feature sets), its
 ## rustdoc, the links between the README and docs/, every variable config.rs
@@ -80,10 +98,11 @@ build:
 	@ls -l target/lambda/event-forwarder/bootstrap target/lambda/event-forwarder/bootstrap.zip
 
 ## The arm64 artefact of `make build` under qemu user emulation: starts,
-## connects to the local RabbitMQ and forwards a sample batch (tests/artefact.rs).
+## connects to the local RabbitMQ and forwards a sample batch
+## (tests/integration/artefact.rs).
 test-artefact: build broker
 	scripts/deploy-tools.sh qemu
-	cargo test --test artefact -- --ignored
+	cargo test --test integration artefact:: -- --ignored
 
 ## cfn-lint on template.yaml (offline), then the SAM CLI's own check with
 ## its lint; any error or warning fails.
@@ -119,10 +138,10 @@ sam-invoke:
 	scripts/sam-invoke.sh "$(EVENT)"
 
 ## The insert and poison batches through sam local invoke, checked against
-## the library (tests/sam_local.rs).
+## the library (tests/integration/sam_local.rs).
 test-sam: broker
 	scripts/sam-invoke.sh prepare
-	cargo test --test sam_local -- --ignored
+	cargo test --test integration sam_local:: -- --ignored
 
 ## Debian's RabbitMQ 3.10 on this host (make run, make invoke).
 broker:

@@ -8,11 +8,6 @@
 //! most a client gets through this broker on this machine. Reported as
 //! records/s and as a ratio, since these machines are small and noisy.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::local;
-
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
@@ -23,6 +18,7 @@ use lapin::{
     options::{QueueDeleteOptions, QueuePurgeOptions},
     types::FieldTable,
 };
+use testkit::{Function, local};
 
 const EVENTS: usize = 10_000;
 const AGGREGATES: usize = 200;
@@ -40,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let table = local::Table::event_store(&format!("bench-backfill-{stamp}")).await;
     let queue = format!("bench-backfill-{stamp}");
     let exchange = format!("bench.backfill.{stamp}");
-    let function = local::LocalFunction::start(&[
+    let function = Function::watch(&[
         ("AMQP_URI", &uri),
         ("EXCHANGE", &exchange),
         ("REPLAY_QUEUES", "bench-backfill-*"),

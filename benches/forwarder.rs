@@ -10,12 +10,8 @@
 
 #![recursion_limit = "256"]
 
-#[path = "../tests/common/runtime_api.rs"]
-mod runtime_api;
-
 use std::{
     hint::black_box,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -39,6 +35,7 @@ use lapin::{
     types::FieldTable,
 };
 use serde_json::{Value, json};
+use testkit::{Launch, runtime_api::Outcome};
 
 struct Settings {
     smoke: bool,
@@ -577,26 +574,19 @@ async fn cold_start(
     smoke: bool,
     function_log: bool,
 ) -> anyhow::Result<ColdStart> {
-    let api = runtime_api::RuntimeApi::start().await;
-    let spawned = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_event-forwarder"))
-        .env("AWS_LAMBDA_RUNTIME_API", api.address())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AMQP_URI", uri)
-        .env("EXCHANGE", exchange)
-        .stdout(if function_log {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .stderr(if function_log {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .spawn()?;
+    // The bench's topology is the contract's default (no QUEUE_TYPE), and
+    // RUST_LOG reaches the function when its log is shown.
+    let mut launch = Launch::forwarder()
+        .env_remove("QUEUE_TYPE")
+        .envs(&[("AMQP_URI", uri), ("EXCHANGE", exchange)]);
+    if function_log {
+        launch = launch.inherit_output();
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            launch = launch.env("RUST_LOG", &filter);
+        }
+    }
+    let function = launch.start().await;
+    let (api, spawned) = (function.api(), function.spawned());
     let result = async {
         let until = Instant::now() + Duration::from_secs(10);
         let first_poll = loop {
@@ -614,7 +604,7 @@ async fn cold_start(
         let response = api.invoke(&event, Duration::from_secs(60)).await;
         let first = started.elapsed();
         ensure!(
-            matches!(&response, Some(runtime_api::Outcome::Response(r)) if r == &json!({"batchItemFailures": []})),
+            matches!(&response, Some(Outcome::Response(r)) if r == &json!({"batchItemFailures": []})),
             "first invocation: {response:?}"
         );
         purge(admin, queue, first_records).await?;
@@ -628,11 +618,11 @@ async fn cold_start(
             let bytes = serde_json::to_vec(&event)?.len();
             let response = api.invoke(&event, Duration::from_secs(120)).await;
             ensure!(
-                matches!(&response, Some(runtime_api::Outcome::Response(r)) if r == &json!({"batchItemFailures": []})),
+                matches!(&response, Some(Outcome::Response(r)) if r == &json!({"batchItemFailures": []})),
                 "{records}-record invocation: {response:?}"
             );
             purge(admin, queue, records).await?;
-            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+            let status = std::fs::read_to_string(format!("/proc/{}/status", function.pid()))?;
             let kb: u64 = status
                 .lines()
                 .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -648,8 +638,7 @@ async fn cold_start(
         })
     }
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(function);
     result
 }
 

@@ -26,7 +26,9 @@ start_emulator() {
 }
 
 # start_function PORT LOG COMMAND... : sets fn_pid. The function's settings
-# (EXCHANGE, MAPPING, ...) come from the environment.
+# (EXCHANGE, MAPPING, ...) come from the environment. The Lambda variables
+# are those of the tests' harness, whose list is the canonical one
+# (testkit/src/function.rs, lambda_env): keep the two in step.
 start_function() {
   local port=$1 log=$2
   shift 2

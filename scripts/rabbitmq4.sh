@@ -12,9 +12,9 @@
 #
 # NODE        container               AMQP (127.0.0.1)        used by
 # main        ef-rabbitmq4            5682                    the broker-backed suites
-# faults      ef-rabbitmq4-faults     5673                    tests/faults.rs (restarts, alarms)
-# tls         ef-rabbitmq4-tls        5675, TLS 5676          tests/security.rs
-# c1 c2 c3    ef-rabbitmq4-c1..3      5690 through haproxy    tests/cluster.rs
+# faults      ef-rabbitmq4-faults     5673                    tests/integration/faults.rs (restarts, alarms)
+# tls         ef-rabbitmq4-tls        5675, TLS 5676          tests/integration/security.rs
+# c1 c2 c3    ef-rabbitmq4-c1..3      5690 through haproxy    tests/integration/cluster.rs
 #
 # Single nodes share the host's network (no proxy between the tests and the
 # broker; Erlang distribution on AMQP port + 20000). The cluster's nodes are
@@ -285,7 +285,7 @@ start_haproxy() {
     cat <<CFG
 global
   log stdout format raw local0 notice
-  # Its counters (sessions at most at once, per server) for tests/cluster.rs.
+  # Its counters (sessions at most at once, per server) for tests/integration/cluster.rs.
   stats socket $dir/admin.sock mode 600 level admin
 defaults
   mode tcp

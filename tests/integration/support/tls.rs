@@ -1,7 +1,6 @@
 //! The TLS broker node (`scripts/rabbitmq4.sh start tls`, RabbitMQ 4): its own CA, a server
 //! certificate for `localhost` and `127.0.0.1`, a plain AMQP port for the
 //! tests' own client and a TLS port for the function.
-#![allow(dead_code)]
 
 use std::process::Command;
 
@@ -14,7 +13,7 @@ pub const TLS_DIR: &str = "/tmp/event-forwarder-tls";
 
 /// Starts the TLS node (and makes its certificates) if it is not running.
 pub fn tls_broker() {
-    super::start_node("tls");
+    testkit::start_node("tls");
 }
 
 /// The CA that signed the node's certificate.
@@ -39,7 +38,7 @@ pub fn plain_uri() -> String {
 
 /// `rabbitmqctl` against the TLS node.
 pub fn tls_ctl(args: &[&str]) -> String {
-    super::ctl_in(TLS_CONTAINER, args)
+    testkit::ctl_in(TLS_CONTAINER, args)
 }
 
 /// A broker user with full rights on `/` (deleted first if it exists).

@@ -2,7 +2,6 @@
 //! faults on command: refuse connections, blackhole them (accept, then
 //! forward nothing), or sever every open connection, now or once the
 //! function has sent a number of bytes (to cut a batch in the middle).
-#![allow(dead_code)]
 
 use std::sync::{
     Arc,

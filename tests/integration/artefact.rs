@@ -8,13 +8,11 @@
 //! Ignored by `cargo test`, which does not build the artefact: run by
 //! `make test-artefact` (after `make build`), which CI does.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestBroker, amqp_uri, body, function::Function, unique};
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
+use testkit::{Function, TestBroker, amqp_uri, body, unique};
 
 /// Where `make build` leaves it.
 const BOOTSTRAP: &str = concat!(

@@ -1,7 +1,6 @@
 //! A minimal Lambda Runtime API (and the Extensions API registration the
 //! graceful-shutdown helper needs), so tests can run the real binary with
 //! deadlines they choose and invoke it without a process per call.
-#![allow(dead_code)]
 
 use std::{
     collections::HashMap,
@@ -93,6 +92,10 @@ impl RuntimeApi {
             }
         });
         Self { port, inner }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The value of `AWS_LAMBDA_RUNTIME_API`.

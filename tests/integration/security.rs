@@ -3,11 +3,8 @@
 //! endpoint (moto). Certificate and host-name verification are always on;
 //! secrets and payloads never reach the function's output.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestBroker, config, event, function::Function, reported, secrets::*, tls::*, unique};
 use event_forwarder::{
     Forwarder,
     handler::amqp_settings,
@@ -15,6 +12,9 @@ use event_forwarder::{
 };
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
+use testkit::{Function, TestBroker, config, event, reported, unique};
+
+use crate::support::{secrets::*, tls::*};
 
 /// What connecting with `vars` gives, through the public broker port.
 async fn connect(vars: &[(&str, &str)]) -> Result<bool, PublishError> {

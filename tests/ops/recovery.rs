@@ -3,8 +3,6 @@
 //! into one new queue, both through the real function under `cargo lambda
 //! watch`, against moto's DynamoDB, its stream and SQS, and RabbitMQ.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     process::Stdio,
@@ -12,23 +10,23 @@ use std::{
 };
 
 use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-use common::{
-    body, header_str,
-    local::{self, Loop, Table, key_version, table_name},
-    proxy::{Mode, Proxy},
-    unique,
-};
 use lapin::{
     message::Delivery,
     options::{QueueDeclareOptions, QueueDeleteOptions},
     types::FieldTable,
 };
 use serde_json::{Value, json};
+use testkit::{
+    body, header_str,
+    local::{self, Loop, Table, key_version, table_name},
+    proxy::{Mode, Proxy},
+    unique,
+};
 
 #[tokio::test]
 async fn redrive_forwards_every_stranded_record_and_keeps_what_the_stream_lost() {
     let table = Table::event_store(&table_name("redrive")).await;
-    let proxy = Proxy::start(common::amqp_port()).await;
+    let proxy = Proxy::start(testkit::amqp_port()).await;
     let Loop {
         table,
         exchange,
@@ -307,7 +305,7 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
         assert!(Instant::now() < until, "the backfill made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    local::Process(first).signal("-KILL");
+    testkit::Process(first).signal("-KILL");
     let resumed = local::run(&function, &args).await;
 
     assert!(resumed.success, "{resumed:?}");

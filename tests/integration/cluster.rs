@@ -7,8 +7,6 @@
 //! every invocation answers in time, and the broker never holds more than
 //! one connection of the execution environment.
 
-mod common;
-
 use std::{
     collections::HashSet,
     io::{Read, Write},
@@ -17,12 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    TestBroker, ctl_in,
-    function::{Delivered, Function, batch, reported_index, stream},
-    start_node, unique,
-};
 use lapin::types::FieldTable;
+use testkit::{Function, TestBroker, ctl_in, start_node, unique};
+
+use crate::support::stream::{Delivered, batch, reported_index, stream};
 
 const CLUSTER_URI: &str = "amqp://guest:guest@127.0.0.1:5690/%2f";
 const HAPROXY_SOCKET: &str = "/tmp/event-forwarder-rabbitmq4/haproxy/admin.sock";

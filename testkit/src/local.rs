@@ -2,11 +2,9 @@
 //! and SQS (`scripts/moto.sh`), `cargo lambda watch` as the Lambda runtime
 //! and Invoke API, the real function binary polling it, and the real
 //! `forwarder-ops` as the event source mapping.
-#![allow(dead_code)]
 
 use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -16,8 +14,7 @@ use aws_sdk_dynamodb::types::{
 };
 use serde_json::Value;
 
-pub use super::Process;
-use super::{cargo_lambda_watch, free_port};
+use crate::{Function, TestBroker, cargo_bin};
 
 /// moto's port (`scripts/moto.sh`, shared with the security tests).
 pub const MOTO_PORT: u16 = 5677;
@@ -28,9 +25,10 @@ pub fn moto_url() -> String {
 
 /// Starts moto's server if it is not running.
 pub fn moto() {
-    let script = format!("{}/scripts/moto.sh", env!("CARGO_MANIFEST_DIR"));
+    let script = crate::root().join("scripts/moto.sh");
     let status = Command::new("bash")
-        .args([&script, "start"])
+        .arg(&script)
+        .arg("start")
         .status()
         .expect("bash runs");
     assert!(status.success(), "moto's server did not start");
@@ -42,8 +40,8 @@ pub fn moto() {
 pub struct Loop {
     pub table: Table,
     pub exchange: String,
-    pub function: LocalFunction,
-    pub broker: super::TestBroker,
+    pub function: Function,
+    pub broker: TestBroker,
     pub queue: String,
 }
 
@@ -51,12 +49,12 @@ impl Loop {
     /// Starts the function for `table` with `env` (after the defaults: the
     /// test broker's AMQP_URI and a new exchange named after `prefix`).
     pub async fn start(table: Table, prefix: &str, env: &[(&str, &str)]) -> Self {
-        let exchange = super::unique(prefix);
-        let uri = super::amqp_uri();
+        let exchange = crate::unique(prefix);
+        let uri = crate::amqp_uri();
         let mut all = vec![("AMQP_URI", uri.as_str()), ("EXCHANGE", exchange.as_str())];
         all.extend_from_slice(env);
-        let function = LocalFunction::start(&all);
-        let broker = super::TestBroker::connect().await;
+        let function = Function::watch(&all);
+        let broker = TestBroker::connect().await;
         let queue = subscribe(&broker, &exchange).await;
         Self {
             table,
@@ -70,12 +68,12 @@ impl Loop {
 
 /// A table name moto and RabbitMQ both take.
 pub fn table_name(prefix: &str) -> String {
-    super::unique(prefix).replace('.', "-")
+    crate::unique(prefix).replace('.', "-")
 }
 
 /// Waits until the function declared `exchange`, then binds a queue to
 /// everything on it.
-pub async fn subscribe(broker: &super::TestBroker, exchange: &str) -> String {
+pub async fn subscribe(broker: &TestBroker, exchange: &str) -> String {
     let until = Instant::now() + Duration::from_secs(20);
     while !broker.exchange_exists(exchange).await {
         assert!(
@@ -91,7 +89,7 @@ pub async fn subscribe(broker: &super::TestBroker, exchange: &str) -> String {
 
 /// An event's aggregate and version.
 pub fn key_version(d: &lapin::message::Delivery) -> (String, u64) {
-    let b = super::body(d);
+    let b = crate::body(d);
     (
         b["partitionKey"].as_str().unwrap_or_default().to_owned(),
         b["aggregateVersion"].as_u64().unwrap_or_default(),
@@ -100,7 +98,7 @@ pub fn key_version(d: &lapin::message::Delivery) -> (String, u64) {
 
 /// The versions of the events `queue` holds (at least `n`, waiting up to
 /// 10 s for them), in arrival order.
-pub async fn versions(broker: &super::TestBroker, queue: &str, n: usize) -> Vec<u64> {
+pub async fn versions(broker: &TestBroker, queue: &str, n: usize) -> Vec<u64> {
     broker
         .take(queue, n, Duration::from_secs(10))
         .await
@@ -125,53 +123,6 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .endpoint_url(moto_url())
         .load()
         .await
-}
-
-/// `cargo lambda watch --only-lambda-apis` and the function polling it.
-pub struct LocalFunction {
-    pub port: u16,
-    _emulator: Process,
-    pub function: Process,
-    pub log: PathBuf,
-}
-
-impl LocalFunction {
-    /// Starts the emulator and the function with `env` (EXCHANGE, AMQP_URI...).
-    pub fn start(env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let emulator = cargo_lambda_watch(port);
-        let log = std::env::temp_dir().join(format!("local-fn-{port}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_event-forwarder"));
-        cmd.env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", format!("local-fn-{port}"))
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("QUEUE_TYPE", "classic")
-        .env_remove("RUST_LOG")
-        .stdout(std::fs::File::create(&log).expect("a log file"))
-        .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let function = Process(cmd.spawn().expect("the function starts"));
-        Self {
-            port,
-            _emulator: emulator,
-            function,
-            log,
-        }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
 }
 
 /// An event-store table (`aggregateId` + `version`) or an entity table
@@ -412,8 +363,8 @@ pub async fn stream_records(stream_arn: &str) -> Vec<aws_sdk_dynamodbstreams::ty
 }
 
 /// `forwarder-ops` with the local endpoints, `args` after them.
-pub fn ops(function: &LocalFunction, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forwarder-ops"));
+pub fn ops(function: &Function, args: &[&str]) -> Command {
+    let mut cmd = Command::new(cargo_bin("forwarder-ops"));
     cmd.args(["--endpoint-url", &moto_url()])
         .args(["--lambda-endpoint-url", &function.endpoint()])
         .args(args)
@@ -425,7 +376,7 @@ pub fn ops(function: &LocalFunction, args: &[&str]) -> Command {
 /// `forwarder-ops` with DynamoDB, Streams and SQS at `endpoint` (moto, or
 /// a fault endpoint in front of it) and the Invoke API at `lambda`.
 pub fn ops_with(endpoint: &str, lambda: &str, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_forwarder-ops"));
+    let mut cmd = tokio::process::Command::new(cargo_bin("forwarder-ops"));
     cmd.args(["--endpoint-url", endpoint])
         .args(["--lambda-endpoint-url", lambda])
         .args(args)
@@ -483,7 +434,7 @@ pub fn run_result(out: std::process::Output) -> Run {
 
 /// Runs the tool to its end. The wait is on a thread of its own, so the
 /// test's runtime (its fault proxy, say) goes on meanwhile.
-pub async fn run(function: &LocalFunction, args: &[&str]) -> Run {
+pub async fn run(function: &Function, args: &[&str]) -> Run {
     let mut cmd = ops(function, args);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await

@@ -1,6 +1,5 @@
 //! A local Secrets Manager endpoint (moto's server, `scripts/moto.sh`) and
 //! the calls the tests make to it to create and rotate secrets.
-#![allow(dead_code)]
 
 use std::{process::Command, sync::Arc};
 

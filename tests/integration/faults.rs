@@ -7,20 +7,19 @@
 //!
 //! The tests share one broker node and run one at a time.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
-    TestBroker,
-    function::{
-        Delivered, FAULT_PORT, Function, StreamRecord, batch, fault_broker, fault_ctl, fault_log,
-        fault_uri, reported_index, stream,
-    },
+use lapin::{ExchangeKind, options::ExchangeDeleteOptions, types::FieldTable};
+use testkit::{
+    Function, TestBroker,
     proxy::{Mode, Proxy},
     reject_publish_after, unique,
 };
-use lapin::{ExchangeKind, options::ExchangeDeleteOptions, types::FieldTable};
+
+use crate::support::{
+    fault_node::{FAULT_PORT, fault_broker, fault_ctl, fault_log, fault_uri},
+    stream::{Delivered, StreamRecord, batch, reported_index, stream},
+};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

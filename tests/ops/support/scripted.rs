@@ -4,7 +4,6 @@
 //! partial batch response, a thrown error with `X-Amz-Function-Error:
 //! Unhandled`, an Invoke API error such as a 429, or any of these late) and
 //! keeps what it was sent and how many invocations were in flight at once.
-#![allow(dead_code)]
 
 use std::{
     convert::Infallible,
@@ -46,19 +45,6 @@ pub struct Call {
 impl Call {
     pub fn records(&self) -> &[Value] {
         self.event["Records"].as_array().map_or(&[], Vec::as_slice)
-    }
-
-    /// The sequence numbers of its records.
-    pub fn seqs(&self) -> Vec<String> {
-        self.records()
-            .iter()
-            .map(|r| {
-                r["dynamodb"]["SequenceNumber"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned()
-            })
-            .collect()
     }
 
     /// The `version` attribute of its records' new images.

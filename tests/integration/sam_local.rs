@@ -10,14 +10,12 @@
 //! (after `scripts/sam-invoke.sh prepare`: the image and `sam build`),
 //! which CI does.
 
-mod common;
-
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use common::*;
 use event_forwarder::Forwarder;
 use lapin::{message::Delivery, types::FieldTable};
 use serde_json::{Value, json};
+use testkit::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

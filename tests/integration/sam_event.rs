@@ -5,14 +5,12 @@
 //! The sample's items are plain key/value items (`Id`, `Message`) of a table
 //! `ExampleTableWithStream`: a change feed, not an event store.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use event_forwarder::Forwarder;
 use lapin::types::FieldTable;
 use serde_json::json;
+use testkit::*;
 
 const SAMPLE: &str = "sam-dynamodb-update.json";
 const TEN_SECONDS: Duration = Duration::from_secs(10);

@@ -5,7 +5,6 @@
 //! position that is trimmed (TrimmedDataAccessException), and records older
 //! than they are (their ApproximateCreationDateTime moved back). Everything
 //! else goes to moto as it came.
-#![allow(dead_code)]
 
 use std::{
     collections::HashMap,

@@ -1,22 +1,30 @@
-//! Helpers for the broker-backed tests: a real RabbitMQ on loopback (see
-//! `make broker`), unique names per test so tests run in parallel, and a
-//! plain lapin client to look at what arrived.
-#![allow(dead_code)]
+//! The test kit of event-forwarder (dev-only, not published): what the
+//! integration tests (`tests/integration`, `tests/ops`) and the benches
+//! share. A library, so each binary links only what it uses.
+//!
+//! - [`function`]: the one harness that starts the function (the binary, or
+//!   the arm64 artefact under qemu) under [`runtime_api`], a Lambda Runtime
+//!   API stand-in, or under `cargo lambda watch`; the Lambda environment is
+//!   assembled there.
+//! - this file: the broker the tests use (RabbitMQ 4 nodes of
+//!   `scripts/rabbitmq4.sh`, started on demand), unique names per test so
+//!   tests run in parallel, a plain lapin client to look at what arrived
+//!   ([`TestBroker`]), `rabbitmqctl`, and child processes.
+//! - [`proxy`]: a TCP proxy that injects network faults.
+//! - `local` (feature `ops`): moto's DynamoDB, its stream and SQS, the
+//!   local loop and `forwarder-ops` runs.
 
 pub mod function;
 #[cfg(feature = "ops")]
 pub mod local;
 pub mod proxy;
 pub mod runtime_api;
-#[cfg(feature = "ops")]
-pub mod scripted;
-pub mod secrets;
-#[cfg(feature = "ops")]
-pub mod streams_proxy;
-pub mod tls;
+
+pub use function::{Function, Launch, lambda_env};
 
 use std::{
     collections::HashMap,
+    path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
@@ -32,6 +40,26 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
+
+/// The event-forwarder package's directory (this crate is `testkit/` in it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ is in the package")
+        .to_path_buf()
+}
+
+/// A binary of the event-forwarder package, as cargo built it for the
+/// running test or bench: in `target/<profile>/`, the test itself being in
+/// `target/<profile>/deps/` (ripgrep's `tests/util.rs` finds `rg` so).
+pub fn cargo_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let mut dir = exe.parent().expect("the test's directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
 
 /// The broker the tests use: RabbitMQ 4 configured as Amazon MQ 4.2 is
 /// (`scripts/rabbitmq4.sh start main`, started here when it is not running).
@@ -70,7 +98,7 @@ pub fn start_node(node: &str) {
     if started.iter().any(|n| n == node) {
         return;
     }
-    let script = format!("{}/scripts/rabbitmq4.sh", env!("CARGO_MANIFEST_DIR"));
+    let script = root().join("scripts/rabbitmq4.sh");
     let args: &[&str] = if node == "cluster" {
         &["cluster"]
     } else {
@@ -124,7 +152,7 @@ pub fn config_on(uri: &str, exchange: &str, extra: &[(&str, &str)]) -> Config {
 
 /// One of the sample events in `events/`.
 pub fn event(name: &str) -> StreamBatch {
-    let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = root().join("events").join(name);
     let text = std::fs::read_to_string(&path).expect("sample event exists");
     serde_json::from_str(&text).expect("sample event parses")
 }
@@ -335,10 +363,7 @@ pub fn header_int(d: &Delivery, name: &str) -> Option<i64> {
 /// `args`; its standard output.
 pub fn consumer(script: &str, args: &[&str]) -> String {
     let out = Command::new("python3")
-        .arg(format!(
-            "{}/tests/consumers/{script}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
+        .arg(root().join("tests/consumers").join(script))
         .args(args)
         .output()
         .expect("python3 runs");
@@ -390,7 +415,7 @@ pub fn cargo_lambda_watch(port: u16) -> Process {
                 "-P",
             ])
             .arg(port.to_string())
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(root())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -430,11 +455,6 @@ pub fn ctl_in(container: &str, args: &[&str]) -> String {
             .args(args),
         args,
     )
-}
-
-/// `rabbitmqctl` with `args` against Debian's RabbitMQ 3.10 on this host.
-pub fn rabbitmqctl3(args: &[&str]) -> String {
-    run_ctl(Command::new("rabbitmqctl").args(args), args)
 }
 
 fn run_ctl(command: &mut Command, args: &[&str]) -> String {

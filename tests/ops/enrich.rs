@@ -2,9 +2,7 @@
 //! (`examples/enriched/read_model.rs`) over a read-model table in moto's
 //! DynamoDB, with the real broker.
 
-mod common;
-
-#[path = "../examples/enriched/read_model.rs"]
+#[path = "../../examples/enriched/read_model.rs"]
 mod read_model;
 
 use std::{sync::atomic::Ordering, time::Duration};
@@ -13,10 +11,10 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
-use common::{TestBroker, body, config, event, header_str, local, reported, unique};
 use event_forwarder::Forwarder;
 use lapin::types::FieldTable;
 use serde_json::Value;
+use testkit::{TestBroker, body, config, event, header_str, local, reported, unique};
 
 const TEN_SECONDS: Duration = Duration::from_secs(10);
 

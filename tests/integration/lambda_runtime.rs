@@ -4,17 +4,14 @@
 //! events. Proves the runtime wiring, the logs, the metrics and the clean
 //! shutdown, not only the library.
 
-mod common;
-
 use std::{
-    fs::File,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::*;
 use lapin::types::FieldTable;
 use serde_json::Value;
+use testkit::*;
 
 fn invoke(port: u16, event: &str) -> Value {
     let out = Command::new("cargo")
@@ -40,31 +37,10 @@ fn invoke(port: u16, event: &str) -> Value {
 
 #[tokio::test]
 async fn the_binary_forwards_batches_through_the_lambda_runtime_api() {
-    let port = free_port();
     let exchange = unique("runtime");
-    let function = unique("fn");
-    let _emulator = cargo_lambda_watch(port);
-
-    let log_path = std::env::temp_dir().join(format!("{function}.log"));
     let password_uri = amqp_uri();
-    let mut function_process = Process(
-        Command::new(env!("CARGO_BIN_EXE_event-forwarder"))
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{port}/.rt"),
-            )
-            .env("AWS_LAMBDA_FUNCTION_NAME", &function)
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .env("AMQP_URI", &password_uri)
-            .env("EXCHANGE", &exchange)
-            .env("QUEUE_TYPE", "classic")
-            .env_remove("RUST_LOG")
-            .stdout(File::create(&log_path).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut function = Function::watch(&[("AMQP_URI", &password_uri), ("EXCHANGE", &exchange)]);
+    let port = function.port();
 
     // The topology is declared during init; subscribe once it exists.
     let broker = TestBroker::connect().await;
@@ -99,27 +75,13 @@ async fn the_binary_forwards_batches_through_the_lambda_runtime_api() {
         )
         .await;
     assert_eq!(dead.len(), 1);
-    let name = format!("event-forwarder:{function}");
-    assert_eq!(connections_named(&name).len(), 1);
+    assert_eq!(connections_named(&function.connection_name()).len(), 1);
 
     // SIGTERM: the connection is closed by the client, then the process exits.
-    let pid = function_process.0.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    let exited = Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        if let Some(s) = function_process.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < exited,
-            "the function did not exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = function.terminate();
     assert!(code.success(), "{code:?}");
 
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = function.log();
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
@@ -149,7 +111,7 @@ async fn the_binary_forwards_batches_through_the_lambda_runtime_api() {
     let metrics: Vec<&Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
     assert_eq!(metrics.len(), 2, "one EMF document per invocation");
     assert_eq!(metrics[1]["RecordsDeadLettered"], 1);
-    assert_eq!(metrics[1]["FunctionName"], function.as_str());
+    assert_eq!(metrics[1]["FunctionName"], function.name.as_str());
     assert!(
         lines
             .iter()
@@ -159,7 +121,6 @@ async fn the_binary_forwards_batches_through_the_lambda_runtime_api() {
     for secret in ["Trail running shoe", "SKU-00042", "guest:guest"] {
         assert!(!log.contains(secret), "{secret:?} leaked into the logs");
     }
-    let _ = std::fs::remove_file(&log_path);
     broker.cleanup(&exchange, &[&queue]).await;
 }
 
@@ -174,7 +135,7 @@ fn traced(queue: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn consumers_continue_the_trace_of_the_item_or_of_the_invocation() {
-    use common::function::{Function, StreamRecord, batch};
+    use crate::support::stream::{StreamRecord, batch};
     const ITEM_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const XRAY: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
     let records: Vec<StreamRecord> = (1..=3)
@@ -204,7 +165,7 @@ async fn consumers_continue_the_trace_of_the_item_or_of_the_invocation() {
             ("TRACEPARENT_FROM_XRAY", from_xray),
         ])
         .await;
-        f.api.set_trace_id(XRAY);
+        f.api().set_trace_id(XRAY);
         let broker = TestBroker::connect().await;
         let until = Instant::now() + Duration::from_secs(10);
         while !broker.exchange_exists(&exchange).await {

@@ -3,17 +3,13 @@
 //! is published exactly, dead-lettered with a reason, or an invocation
 //! error, and never a crash.
 
-mod common;
-
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use common::{
-    TestBroker, config, function::Function, header_str, reported, runtime_api::Outcome, unique,
-};
 use event_forwarder::{Forwarder, handler::StreamBatch};
 use lapin::{message::Delivery, types::FieldTable};
 use serde_json::{Value, json};
+use testkit::{Function, TestBroker, config, header_str, reported, runtime_api::Outcome, unique};
 
 /// One event-store INSERT whose `payload` attribute is `payload` (DynamoDB
 /// JSON) and whose `version` is `version`.
@@ -266,7 +262,7 @@ async fn sets_with_thousands_of_members_are_published_whole() {
 #[tokio::test]
 async fn events_that_are_not_stream_batches_are_invocation_errors_not_crashes() {
     let exchange = unique("hostile");
-    let uri = common::amqp_uri();
+    let uri = testkit::amqp_uri();
     let function =
         Function::start(&[("AMQP_URI", uri.as_str()), ("EXCHANGE", exchange.as_str())]).await;
     let deep_json = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -293,7 +289,11 @@ async fn events_that_are_not_stream_batches_are_invocation_errors_not_crashes() 
         ("invalid UTF-8 in a string", bad_utf8),
     ];
     for (what, body) in cases {
-        match function.api.invoke_raw(body, Duration::from_secs(10)).await {
+        match function
+            .api()
+            .invoke_raw(body, Duration::from_secs(10))
+            .await
+        {
             Some(Outcome::Error(e)) => {
                 let e = e.to_string();
                 assert!(e.len() < 2000, "{what}: a bounded error: {e}");

@@ -2,11 +2,8 @@
 //! arrives in the queues, with which properties, and what the batch
 //! response says.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use event_forwarder::Forwarder;
 use lapin::{
     ExchangeKind,
@@ -14,6 +11,9 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use serde_json::{Value, json};
+use testkit::*;
+
+use crate::support::stream::StreamRecord;
 
 const TEN_SECONDS: Duration = Duration::from_secs(10);
 
@@ -540,7 +540,7 @@ async fn the_default_quorum_queues_are_declared_again_and_take_their_messages() 
         .await
         .expect("the same quorum topology declared again");
 
-    let listed = common::rabbitmqctl(&["-q", "list_queues", "name", "type"]);
+    let listed = rabbitmqctl(&["-q", "list_queues", "name", "type"]);
     for queue in [
         format!("{exchange}.unrouted"),
         format!("{exchange}.dead-letter"),
@@ -695,12 +695,12 @@ async fn a_queue_declared_without_the_delivery_limit_fails_the_cold_start_and_na
 fn mixed_batch(
     rng: &mut fastrand::Rng,
     n: usize,
-    odd_one: impl Fn(&function::StreamRecord) -> Value,
+    odd_one: impl Fn(&StreamRecord) -> Value,
 ) -> (event_forwarder::handler::StreamBatch, Vec<String>, usize) {
     let first = rng.usize(..n);
     let base = rng.u64(1..1_000_000_000) * 10_000;
-    let records: Vec<function::StreamRecord> = (0..n)
-        .map(|i| function::StreamRecord {
+    let records: Vec<StreamRecord> = (0..n)
+        .map(|i| StreamRecord {
             seq: base + i as u64,
             aggregate: format!("prod-{base}-{i}"),
             version: 1,
@@ -948,8 +948,8 @@ fn batch_with(
     make: impl Fn(usize, Value) -> Value,
 ) -> (event_forwarder::handler::StreamBatch, Vec<String>) {
     let base = fastrand::u64(1..1_000_000_000) * 10_000;
-    let records: Vec<function::StreamRecord> = (0..n)
-        .map(|i| function::StreamRecord {
+    let records: Vec<StreamRecord> = (0..n)
+        .map(|i| StreamRecord {
             seq: base + i as u64,
             aggregate: format!("prod-{base}-{i}"),
             version: 1,
@@ -1202,10 +1202,10 @@ async fn two_environments_with_different_histories_give_a_record_the_same_outcom
         ]
     };
     let (seasoned_env, fresh_env) = (env("seasoned"), env("fresh"));
-    let seasoned = function::Function::start(&borrowed(&seasoned_env)).await;
-    let fresh = function::Function::start(&borrowed(&fresh_env)).await;
+    let seasoned = Function::start(&borrowed(&seasoned_env)).await;
+    let fresh = Function::start(&borrowed(&fresh_env)).await;
     let record = |seq: u64, aggregate_type: &str| {
-        let mut r = function::StreamRecord {
+        let mut r = StreamRecord {
             seq,
             aggregate: format!("{aggregate_type}-{seq}"),
             version: 1,

@@ -5,8 +5,6 @@
 //! own rules, held to AWS's, are in `local_stream/mapping.rs` (with a
 //! scripted function instead of ours).
 
-mod common;
-#[path = "local_stream/mapping.rs"]
 mod mapping;
 
 use std::{
@@ -15,13 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    body, header_str,
-    local::{self, LocalFunction, Loop, Table, key_version, table_name},
+use serde_json::Value;
+use testkit::{
+    Function, body, header_str,
+    local::{self, Loop, Table, key_version, table_name},
     proxy::{Mode, Proxy},
     unique,
 };
-use serde_json::Value;
 use uuid::Uuid;
 
 const NAMESPACE: Uuid = uuid::uuid!("08ebb892-d8fe-430a-aad9-6a1cfb75305c");
@@ -226,7 +224,7 @@ async fn a_poison_item_is_dead_lettered_and_the_stream_goes_on() {
 #[tokio::test]
 async fn a_broker_outage_ends_in_one_on_failure_message_and_the_stream_resumes_after_it() {
     let table = Table::event_store(&table_name("outage")).await;
-    let proxy = Proxy::start(common::amqp_port()).await;
+    let proxy = Proxy::start(testkit::amqp_port()).await;
     let Loop {
         table,
         exchange,
@@ -348,7 +346,7 @@ async fn a_function_slower_than_its_timeout_is_awaited_not_invoked_again() {
     // The function hangs (frozen) past its 2 s timeout. Lambda would end it
     // itself; the mapping waits for the answer (timeout plus init), and
     // never invokes again while the first call may still be publishing.
-    function.function.signal("-STOP");
+    function.signal("-STOP");
     let tool = local::ops(
         &function,
         &[
@@ -368,7 +366,7 @@ async fn a_function_slower_than_its_timeout_is_awaited_not_invoked_again() {
     .spawn()
     .expect("forwarder-ops runs");
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    function.function.signal("-CONT");
+    function.signal("-CONT");
     let run = local::wait(tool).await;
 
     assert!(run.success, "{run:?}");
@@ -393,8 +391,8 @@ async fn a_function_slower_than_its_timeout_is_awaited_not_invoked_again() {
 #[tokio::test]
 async fn ctrl_c_stops_the_mapping_cleanly_with_a_summary() {
     let table = Table::event_store(&table_name("sigint")).await;
-    let function = LocalFunction::start(&[
-        ("AMQP_URI", &common::amqp_uri()),
+    let function = Function::watch(&[
+        ("AMQP_URI", &testkit::amqp_uri()),
         ("EXCHANGE", &unique("local-sigint")),
     ]);
     let tool = local::ops(&function, &["stream", "--table", &table.name])

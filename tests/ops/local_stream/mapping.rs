@@ -11,8 +11,9 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 
-use crate::common::{
-    local::{self, Table, moto_url, run_with, table_name},
+use testkit::local::{self, Table, moto_url, run_with, table_name};
+
+use crate::support::{
     scripted::{Reply, ScriptedFunction},
     streams_proxy::StreamsProxy,
 };
@@ -166,7 +167,7 @@ async fn a_poison_record_is_isolated_to_a_batch_of_one_without_using_retries() {
     assert_eq!(m["DDBStreamBatchInfo"]["batchSize"], 1);
     assert_eq!(
         m["DDBStreamBatchInfo"]["startSequenceNumber"],
-        crate::sequence_number(&table, 3).await
+        super::sequence_number(&table, 3).await
     );
     // A thrown error: "Unhandled", as AWS records it.
     assert_eq!(m["responseContext"]["functionError"], "Unhandled");
@@ -420,7 +421,7 @@ async fn a_stopped_run_resumes_from_the_point_it_printed() {
     assert!(shard.starts_with("shardId-"), "{resume}");
     assert_eq!(
         at,
-        format!("after:{}", crate::sequence_number(&table, 2).await)
+        format!("after:{}", super::sequence_number(&table, 2).await)
     );
     let second = run_with(
         &moto_url(),
@@ -473,7 +474,7 @@ async fn records_the_filter_keeps_out_never_reach_the_function() {
     )
     .await;
     assert!(run.success, "{run:?}");
-    let names = |calls: &[crate::common::scripted::Call]| -> Vec<String> {
+    let names = |calls: &[crate::support::scripted::Call]| -> Vec<String> {
         calls
             .iter()
             .flat_map(|c| {

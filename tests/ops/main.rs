@@ -1,0 +1,26 @@
+//! The integration tests that run the operations tool, forwarder-ops, or
+//! the AWS SDK (feature `ops`): one binary, a module per suite. `make test`
+//! runs each suite on its own (`cargo test --features ops --test ops
+//! <suite>::`), so that suites never run at the same time
+//! (docs/development.md). The shared kit is the `testkit` crate
+//! (`testkit::local`: moto, the local loop, runs of the tool).
+//!
+//! Where a new test goes:
+//! - the local loop end to end (items into moto's table, its stream,
+//!   `forwarder-ops stream`, the function under `cargo lambda watch`,
+//!   RabbitMQ): `local_stream`;
+//! - a rule of the event source mapping held to AWS's (retries, bisect,
+//!   OnFailure, filters, iterators), against a scripted function:
+//!   `local_stream::mapping`;
+//! - redrive and backfill: `recovery`;
+//! - the library's extension point (an enricher over a read model): `enrich`.
+//!
+//! Something that needs only the function goes in `tests/integration`.
+//! Helpers only these suites use are in `support`; a helper both binaries
+//! need goes in `testkit`.
+
+mod support;
+
+mod enrich;
+mod local_stream;
+mod recovery;
