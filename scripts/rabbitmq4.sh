@@ -86,11 +86,14 @@ log.file = false
 CONF
 }
 
-# The deprecated features 4.3 removes, denied as there. Only on nodes that
-# boot once with no queues: a 4.0.5 node restarted while durable quorum
-# queues exist refuses to boot with this (failed_to_deny_deprecated_features,
-# as in rabbitmq-server#12792). The cluster, whose nodes the tests restart,
-# leaves it out; its clients are the ones the single nodes check.
+# The deprecated features 4.3 removes, denied as there. Only on nodes the
+# tests never restart (main, tls): a 4.0.5 node (or its app) started again
+# with queues left by earlier tests can refuse to start with this
+# (failed_to_deny_deprecated_features [transient_nonexcl_queues], as in
+# rabbitmq-server#12792), and then every later test of that node fails. The
+# fault node, whose app the fault tests restart, and the cluster, whose nodes
+# the maintenance test restarts, leave it out: their clients are the
+# function's, which the main node checks.
 deny_deprecated_conf() {
   cat <<'CONF'
 deprecated_features.permit.transient_nonexcl_queues = false
@@ -209,15 +212,19 @@ EXT
 start_single() {
   local node=$1 name port conf extra=()
   name=$(container_of "$node")
-  conf="$(amazon_mq_conf)
-$(deny_deprecated_conf)"
+  conf=$(amazon_mq_conf)
   case "$node" in
-    main) port=5682 ;;
+    main)
+      port=5682
+      conf="$conf
+$(deny_deprecated_conf)"
+      ;;
     faults) port=5673 ;;
     tls)
       port=5675
       make_certs
       conf="$conf
+$(deny_deprecated_conf)
 listeners.ssl.default = 5676
 ssl_options.cacertfile = $TLS_DIR/certs/ca.pem
 ssl_options.certfile = $TLS_DIR/certs/server.pem
