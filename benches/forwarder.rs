@@ -20,11 +20,9 @@ use aws_lambda_events::dynamodb::EventRecord;
 use chrono::Utc;
 use event_forwarder::{
     Config,
-    batch::{self, BatchOptions, Deadlines, Invocation},
+    convert::{Converter, Plan},
+    engine::{self, AmqpBroker, BatchOptions, Broker, Deadlines, Invocation, amqp_settings},
     enrich::NoEnricher,
-    handler::amqp_settings,
-    mapping::{Converter, Plan},
-    publisher::{Broker, amqp::AmqpBroker},
 };
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
@@ -52,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let smoke = !std::env::args().any(|a| a == "--bench");
     if std::env::args().any(|a| a == "--conversion-only") {
         // For profilers: conversion in a loop, no broker.
-        let converter = Converter::new(event_forwarder::config::MappingConfig::new("bench"));
+        let converter = Converter::new(event_forwarder::convert::MappingConfig::new("bench"));
         let records = to_raw(&make_records(10_000));
         let rate = median_rate(20, records.len(), || {
             let now = Utc::now();
@@ -195,7 +193,7 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         let mut options = BatchOptions::new(Duration::from_secs(10));
         options.max_in_flight = 1;
         let started = Instant::now();
-        let report = batch::forward(
+        let report = engine::forward(
             &mut broker,
             &converter,
             &NoEnricher,
@@ -235,8 +233,8 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
          medians of {} rounds (3 for 10,000 records){}",
         plan.rounds,
         if plan.smoke { " (smoke run)" } else { "" },
-        uri3 = event_forwarder::uri::redact_uri(&uri),
-        uri4 = event_forwarder::uri::redact_uri(&uri4),
+        uri3 = event_forwarder::engine::redact_uri(&uri),
+        uri4 = event_forwarder::engine::redact_uri(&uri4),
     );
     println!("{:<60} {:>12} {:>12}", "", "records/s", "vs ceiling");
     for (name, value, ratio) in &rows {
@@ -396,7 +394,7 @@ async fn forward_once(
     let n = records.len();
     let options = BatchOptions::new(Duration::from_secs(10));
     let started = Instant::now();
-    let report = batch::forward(
+    let report = engine::forward(
         broker,
         converter,
         &NoEnricher,

@@ -15,12 +15,21 @@ use crate::uri::AmqpUri;
 /// variable and never repeats a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A required variable is not set.
     #[error("{0} is required but not set")]
     Missing(&'static str),
     #[error("{name} is invalid: {reason}")]
-    Invalid { name: &'static str, reason: String },
+    /// A variable's value cannot be used.
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// Why, never quoting a secret.
+        reason: String,
+    },
+    /// The secret `AMQP_SECRET_ARN` names cannot be read or used.
     #[error("AMQP_SECRET_ARN cannot be used: {0}")]
     Secret(#[source] SecretError),
+    /// `ROUTING_KEY_TEMPLATE` does not parse.
     #[error("ROUTING_KEY_TEMPLATE is invalid: {0}")]
     Template(#[from] TemplateError),
 }
@@ -99,17 +108,19 @@ impl fmt::Debug for TrustedCa {
 /// start (and again when the broker refuses the credentials).
 #[derive(Debug, Clone)]
 pub enum BrokerAddress {
+    /// `AMQP_URI`.
     Uri(AmqpUri),
+    /// `AMQP_SECRET_ARN`.
     Secret(SecretSource),
 }
 
 /// An enum whose variants each have a `MAPPING` name, given once beside
 /// the variant, so a new mapping is one line here.
 macro_rules! named_kinds {
-    ($(#[$meta:meta])* $vis:vis enum $kind:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $vis:vis enum $kind:ident { $($(#[$vmeta:meta])* $variant:ident = $name:literal),+ $(,)? }) => {
         $(#[$meta])*
         $vis enum $kind {
-            $($variant,)+
+            $($(#[$vmeta])* $variant,)+
         }
 
         impl $kind {
@@ -124,7 +135,9 @@ named_kinds! {
     /// `MAPPING` name. Each is a file in `src/mapping/`.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum MappingKind {
+        /// Items are domain events (§3a).
         EventStore = "event-store",
+        /// Items are entity state (§3b).
         Change = "change",
     }
 }
@@ -163,18 +176,29 @@ impl QueueType {
 /// Names of the item attributes the `event-store` mapping reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttributeNames {
+    /// The attribute read as `aggregateId`.
     pub aggregate_id: String,
+    /// The attribute read as `version`.
     pub version: String,
+    /// The attribute read as `eventType`.
     pub event_type: String,
+    /// The attribute read as `eventVersion`.
     pub event_version: String,
+    /// The attribute read as `payload`.
     pub payload: String,
+    /// The attribute read as `occurredAt`.
     pub occurred_at: String,
+    /// The attribute read as `correlationId`.
     pub correlation_id: String,
+    /// The attribute read as `causationId`.
     pub causation_id: String,
+    /// The attribute read as `eventId`.
     pub event_id: String,
+    /// The attribute read as `aggregateType`.
     pub aggregate_type: String,
     /// W3C trace context carried in the item (either mapping).
     pub traceparent: String,
+    /// The attribute read as `tracestate`.
     pub tracestate: String,
 }
 
@@ -329,6 +353,7 @@ const INIT_OWN_MS: u64 = 1_000;
 /// conversion needs.
 #[derive(Debug, Clone)]
 pub struct MappingConfig {
+    /// `EXCHANGE`: one exchange, or a template of one per event.
     pub exchange: Exchange,
     /// `DEAD_LETTER_EXCHANGE`: `<EXCHANGE>.dead-letter` for a fixed one.
     pub dead_letter_exchange: String,
@@ -337,10 +362,15 @@ pub struct MappingConfig {
     pub max_exchanges: usize,
     /// `MAX_MESSAGE_BYTES`: the largest message body the broker takes.
     pub max_message_bytes: usize,
+    /// `MAPPING`.
     pub mapping: MappingKind,
+    /// `EVENT_SOURCE`, else the table's name.
     pub event_source: Option<String>,
+    /// `ENTITY_NAME` (the change mapping), else the table's name in PascalCase.
     pub entity_name: Option<String>,
+    /// `ROUTING_KEY_TEMPLATE`.
     pub routing_key_template: RoutingTemplate,
+    /// The `ATTR_*` attribute names.
     pub attributes: AttributeNames,
 }
 
@@ -370,12 +400,19 @@ pub struct Config {
     /// `AMQP_CA_FILE`: CA certificates trusted besides the bundled and the
     /// system roots.
     pub ca: Option<TrustedCa>,
+    /// `DECLARE_TOPOLOGY`.
     pub declare_topology: bool,
+    /// `QUEUE_TYPE`.
     pub queue_type: QueueType,
+    /// What the mapping needs.
     pub mapping: MappingConfig,
+    /// `CONNECT_TIMEOUT_MS`.
     pub connect_timeout: Duration,
+    /// `CONFIRM_TIMEOUT_MS`.
     pub confirm_timeout: Duration,
+    /// `DEADLINE_MARGIN_MS`.
     pub deadline_margin: Duration,
+    /// `METRICS_NAMESPACE`.
     pub metrics_namespace: String,
     /// `AWS_LAMBDA_FUNCTION_NAME`, used in the connection name and metrics.
     pub function_name: String,

@@ -77,6 +77,7 @@ impl<'a> Event<'a> {
         &self.message.exchange
     }
 
+    /// The routing key it is published with.
     pub fn routing_key(&self) -> &str {
         &self.message.routing_key
     }
@@ -113,7 +114,9 @@ pub enum Enrichment {
     /// Publish it, with these fields added to its `payload` and these
     /// headers added to its message.
     Publish {
+        /// Fields added to the end of the `payload` object.
         payload: Map<String, Value>,
+        /// String headers added to the message.
         headers: Vec<(String, String)>,
     },
     /// Not an event for consumers after all: counted as skipped.
@@ -156,6 +159,7 @@ impl Enrichment {
 pub struct EnrichError(pub String);
 
 impl EnrichError {
+    /// An error with this reason (no payload values in it).
     pub fn new(reason: impl std::fmt::Display) -> Self {
         Self(reason.to_string())
     }

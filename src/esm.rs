@@ -54,9 +54,11 @@ impl Default for Rules {
 /// its JSON as Lambda delivers it.
 #[derive(Debug, Clone)]
 pub struct Pending {
+    /// Its `SequenceNumber`.
     pub sequence_number: String,
     /// ApproximateCreationDateTime.
     pub created: Option<DateTime<Utc>>,
+    /// The record as Lambda sends it.
     pub record: Box<RawValue>,
 }
 
@@ -64,17 +66,27 @@ pub struct Pending {
 /// DynamoDB JSON (`{"S": "..."}`).
 #[derive(Debug, Clone, Default)]
 pub struct StreamRecord {
+    /// `eventID`.
     pub event_id: String,
+    /// `eventName`: INSERT, MODIFY or REMOVE.
     pub event_name: String,
+    /// `eventVersion`.
     pub event_version: String,
+    /// `awsRegion`.
     pub aws_region: String,
     /// ApproximateCreationDateTime, in epoch seconds.
     pub created: Option<f64>,
+    /// `Keys`.
     pub keys: Option<Value>,
+    /// `NewImage`, when the stream view has it.
     pub new_image: Option<Value>,
+    /// `OldImage`, when the stream view has it.
     pub old_image: Option<Value>,
+    /// `SequenceNumber`.
     pub sequence_number: String,
+    /// `SizeBytes`.
     pub size_bytes: Option<i64>,
+    /// `StreamViewType`.
     pub stream_view_type: Option<String>,
     /// `(type, principalId)`: set on deletions made by TTL.
     pub user_identity: Option<(String, String)>,
@@ -236,6 +248,7 @@ pub enum InvokeError {
 /// Invokes the function with one event, synchronously: the answer comes
 /// back before the next invocation is made.
 pub trait Invoker {
+    /// Invokes the function with `event` and waits for its answer.
     fn invoke(&mut self, event: Vec<u8>) -> impl Future<Output = Result<Answer, InvokeError>>;
 
     /// The request id and executed version of the last invocation, for the
@@ -298,11 +311,14 @@ pub fn checkpoint(response: &Value, sequence_numbers: &[&str]) -> Checkpoint {
 /// Why records were given up on (the OnFailure message's `condition`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
+    /// MaximumRetryAttempts was reached.
     RetryAttemptsExhausted,
+    /// The records grew older than MaximumRecordAgeInSeconds.
     RecordAgeExceeded,
 }
 
 impl Condition {
+    /// The name Lambda writes.
     pub fn as_str(self) -> &'static str {
         match self {
             Condition::RetryAttemptsExhausted => "RetryAttemptsExhausted",
@@ -316,6 +332,7 @@ impl Condition {
 pub struct GivenUp {
     /// Their indexes in the batch.
     pub range: Range<usize>,
+    /// Why.
     pub condition: Condition,
     /// Invocations that carried them since the checkpoint last moved
     /// (`approximateInvokeCount`).
@@ -330,14 +347,18 @@ pub struct GivenUp {
 /// What delivering one batch took.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delivery {
+    /// Invocations made.
     pub invocations: u32,
     /// Invocations whose response reported a failed record.
     pub partial: u32,
+    /// Invocations that ended in a function error.
     pub function_errors: u32,
+    /// Times a failed batch was split in two.
     pub bisects: u32,
     /// Invocations that were not made (throttles, service errors, the
     /// network): retried without counting an attempt.
     pub not_invoked: u32,
+    /// Records given up on.
     pub given_up: Vec<GivenUp>,
     /// Set when delivery was stopped: records from this index on were
     /// neither delivered nor given up on.
@@ -357,6 +378,7 @@ impl Delivery {
 pub struct Pace<'a> {
     /// Before a retry of a failed batch.
     pub retry_delay: Duration,
+    /// The clock records' ages are measured by.
     pub now: &'a dyn Fn() -> DateTime<Utc>,
     /// Asked before every invocation: `true` stops the delivery there.
     pub stop: &'a dyn Fn() -> bool,
@@ -600,9 +622,13 @@ pub async fn deliver_all<I: Invoker>(
 
 /// Where the given-up records were, for their OnFailure message.
 pub struct ShardContext<'a> {
+    /// The shard.
     pub shard_id: &'a str,
+    /// The stream's ARN.
     pub stream_arn: &'a str,
+    /// The function's ARN.
     pub function_arn: &'a str,
+    /// The last invocation's request id.
     pub request_id: &'a str,
     /// The version that ran (`X-Amz-Executed-Version`), `$LATEST` by default.
     pub executed_version: &'a str,

@@ -41,9 +41,10 @@ use crate::trace;
 /// without a `Records` array is not a stream batch (an invocation error).
 ///
 /// The Lambda binary reads records as slices of the invocation's body
-/// (`StreamBatch<&RawValue>`, see [`KeepBody`]); tests and tools own them.
+/// (`StreamBatch<&RawValue>`, see `KeepBody`); tests and tools own them.
 #[derive(Debug)]
 pub struct StreamBatch<R = Box<RawValue>> {
+    /// The stream records, in stream order.
     pub records: Vec<R>,
     /// Set by `forwarder-ops backfill --to-queue`; never by Lambda.
     pub target: Option<Target>,
@@ -436,7 +437,7 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
     }
 
     /// The Lambda entry point: `body` is the invocation's event as
-    /// [`KeepBody`] kept it.
+    /// `KeepBody` kept it.
     pub async fn handle_lambda(
         &self,
         body: Option<Bytes>,

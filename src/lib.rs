@@ -11,54 +11,90 @@
 //!   (Lambda Invoke API) and stream reader. It reaches the broker only
 //!   through the function.
 //!
-//! Both use the library below: the mapping, the envelope, the checkpoint
-//! rule, and the event source mapping's rules ([`esm`]).
+//! # What the library offers
+//! - The function: [`run`], or [`run_with`] an [`Enricher`] (a team's own
+//!   `main.rs`); [`Forwarder`] and [`Config`] to run it in-process.
+//! - The extension point: [`enrich`].
+//! - [`convert`]: a stream record to the message the function would
+//!   publish, without a broker (the tool, benchmarks, fuzzing).
+//! - [`engine`]: the checkpoint rule over the broker port and its lapin
+//!   adapter, for benchmarks and tests that drive a batch themselves.
+//! - `esm` (feature `ops`): the event source mapping's rules, for the tool.
+//!
+//! Everything else is private.
 //!
 //! # Layout
-//! - [`config`]: settings from the environment, validated at cold start.
-//! - [`envelope`]: the envelope type and its body bytes.
-//! - [`record`]: a stream record read in place from its JSON text, and the
+//! - `config`: settings from the environment, validated at cold start.
+//! - `envelope`: the envelope type and its body bytes.
+//! - `record`: a stream record read in place from its JSON text, and the
 //!   DynamoDB-JSON to JSON transcoder.
-//! - [`mapping`]: record to envelope to message, both mappings (pure).
-//! - [`enrich`]: the extension point: an [`enrich::Enricher`] adds to an
-//!   event, skips or dead-letters it, between mapping and publishing.
-//! - [`routing`]: routing-key template, AMQP properties and headers (pure).
-//! - [`trace`]: W3C trace context: the item's, checked, or the invocation's
+//! - `mapping/`: record to envelope to message, a file per mapping (pure).
+//! - `enrich`: the extension point: an [`Enricher`] adds to an event,
+//!   skips or dead-letters it, between mapping and publishing.
+//! - `routing`: routing-key template, AMQP properties and headers (pure).
+//! - `trace`: W3C trace context: the item's, checked, or the invocation's
 //!   X-Ray trace as a `traceparent` (pure).
-//! - [`batch`]: the checkpoint rule: publish in order, confirm in windows,
-//!   report the first record not handled.
-//! - [`publisher`]: the broker port and its lapin adapter (connection,
-//!   confirms, reconnect, topology), and the TLS trust roots it adds to the
-//!   bundled ones (system store, `AMQP_CA_FILE`).
-//! - [`uri`]: the broker URI, checked, and never shown with its password.
-//! - [`secrets`]: broker credentials from Secrets Manager (signed call).
-//! - [`telemetry`]: JSON logs, summary line, EMF metrics.
-//! - [`handler`]: one invocation, wiring the above together.
-//! - [`esm`]: the event source mapping's rules (checkpoint of a response,
+//! - `batch/`: the checkpoint rule (`mod.rs`), the engine that publishes in
+//!   order (`run.rs`), the confirm window (`window.rs`).
+//! - `publisher/`: the broker port; `amqp/`, its lapin adapter cut by
+//!   concern (connection, channel, topology, properties, confirms); the TLS
+//!   trust roots added to the bundled ones (system store, `AMQP_CA_FILE`).
+//! - `uri`: the broker URI, checked, and never shown with its password.
+//! - `secrets`: broker credentials from Secrets Manager (signed call).
+//! - `telemetry`: JSON logs, summary line, EMF metrics.
+//! - `handler`: one invocation, wiring the above together.
+//! - `esm`: the event source mapping's rules (checkpoint of a response,
 //!   retries, bisect, OnFailure message), for the operations tool.
-//! - [`shutdown`]: the SIGTERM handler and the extension Lambda needs to
+//! - `shutdown`: the SIGTERM handler and the extension Lambda needs to
 //!   send it.
-//! - [`runtime`]: the function's life for `main.rs`: [`run`], or
-//!   [`run_with`] an enricher.
+//! - `runtime`: the function's life for `main.rs`.
 
-pub mod batch;
-pub mod config;
+#![warn(missing_docs)]
+
+mod batch;
+mod config;
 pub mod enrich;
-pub mod envelope;
+mod envelope;
+#[cfg(feature = "ops")]
 pub mod esm;
-pub mod handler;
-pub mod mapping;
-pub mod publisher;
-pub mod record;
-pub mod routing;
-pub mod runtime;
-pub mod secrets;
-pub mod shutdown;
-pub mod telemetry;
-pub mod trace;
-pub mod uri;
+mod handler;
+mod mapping;
+mod publisher;
+mod record;
+mod routing;
+mod runtime;
+mod secrets;
+mod shutdown;
+mod telemetry;
+mod trace;
+mod uri;
 
-pub use config::Config;
+// The function: what `main.rs` calls, and a team's own `main.rs` with an
+// enricher.
+pub use config::{Config, ConfigError};
 pub use enrich::{Enricher, Enrichment};
-pub use handler::Forwarder;
+pub use handler::{Forwarder, StreamBatch};
 pub use runtime::{run, run_with};
+
+/// A stream record to the message the function would publish, without a
+/// broker: for the operations tool, benchmarks and fuzzing (pure).
+pub mod convert {
+    pub use crate::config::{AttributeNames, MappingConfig, MappingKind};
+    pub use crate::mapping::{Converter, MESSAGE_ID_NAMESPACE, MappingError, Plan, Planned};
+    pub use crate::publisher::{HeaderValue, Message, Properties};
+    pub use crate::record::BACKFILL_SOURCE;
+}
+
+/// The engine beneath [`Forwarder`]: the checkpoint rule over the broker
+/// port, and the port's lapin adapter. For benchmarks and tests that drive
+/// a batch themselves, or a function that brings its own broker.
+pub mod engine {
+    pub use crate::batch::{
+        BatchOptions, BatchReport, Deadlines, Failure, Invocation, Outcome, forward, response,
+    };
+    pub use crate::config::BrokerAddress;
+    pub use crate::handler::amqp_settings;
+    pub use crate::publisher::amqp::{AmqpBroker, AmqpSettings};
+    pub use crate::publisher::{Broker, Confirm, Confirmation, PublishError, Reset, Returned};
+    pub use crate::uri::{AmqpUri, redact_uri};
+}

@@ -136,7 +136,8 @@ pub enum Attr<'a> {
     S(Text<'a>),
     N(Text<'a>),
     B(Text<'a>),
-    Bool(bool),
+    /// `BOOL`: its value is checked, never used (a key or payload is never one).
+    Bool,
     Null,
     /// `M`, `L`, `SS`, `NS`, `BS`: the inner JSON.
     Nested(&'static str, &'a RawValue),
@@ -149,7 +150,7 @@ impl Attr<'_> {
             Attr::S(_) => "S",
             Attr::N(_) => "N",
             Attr::B(_) => "B",
-            Attr::Bool(_) => "BOOL",
+            Attr::Bool => "BOOL",
             Attr::Null => "NULL",
             Attr::Nested(t, _) => t,
         }
@@ -189,7 +190,10 @@ impl<'de> Visitor<'de> for AttrVisitor {
             "S" => Attr::S(map.next_value()?),
             "N" => Attr::N(map.next_value()?),
             "B" => Attr::B(map.next_value()?),
-            "BOOL" => Attr::Bool(map.next_value()?),
+            "BOOL" => {
+                let _: bool = map.next_value()?;
+                Attr::Bool
+            }
             "NULL" => {
                 map.next_value::<bool>()?;
                 Attr::Null

@@ -245,7 +245,8 @@ fn major_version(version: &str) -> Result<&str, RoutingError> {
 /// `OrderCreatedEvent` → `order.created`. An acronym stays one word
 /// (`HTTPRequestSent` → `http.request.sent`); `_`, `-`, `.` and spaces
 /// also separate words.
-pub fn dotted_name(message_type: &str) -> String {
+#[cfg(test)]
+fn dotted_name(message_type: &str) -> String {
     let mut out = String::with_capacity(message_type.len() + 4);
     push_dotted_name(&mut out, message_type);
     out

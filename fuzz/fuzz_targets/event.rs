@@ -3,7 +3,7 @@
 //! planned as the batch loop plans it.
 #![no_main]
 
-use event_forwarder::handler::StreamBatch;
+use event_forwarder::StreamBatch;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,11 +6,7 @@ use std::collections::HashMap;
 use arbitrary::{Arbitrary, Result, Unstructured};
 use aws_lambda_events::dynamodb::EventRecord;
 use chrono::{DateTime, TimeZone, Utc};
-use event_forwarder::{
-    config::{MappingConfig, MappingKind},
-    mapping::{Converter, Plan},
-    publisher::{HeaderValue, Message},
-};
+use event_forwarder::convert::{Converter, HeaderValue, MappingConfig, MappingKind, Message, Plan};
 use serde_dynamo::AttributeValue;
 use serde_json::value::RawValue;
 

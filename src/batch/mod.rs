@@ -36,22 +36,27 @@ mod window;
 #[cfg(test)]
 mod fake;
 
-pub use options::{BatchOptions, Deadlines, MAX_IN_FLIGHT, MAX_RECONNECTS};
+pub use options::{BatchOptions, Deadlines};
 
 /// What became of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Not handled (yet): from the first such record on, the batch is retried.
     Pending,
+    /// Not an event for consumers: handled without publishing.
     Skipped,
+    /// Published and confirmed.
     Published,
+    /// Sent to the dead-letter exchange and confirmed.
     DeadLettered,
 }
 
 /// The first record that was not handled, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// The record's place in the batch.
     pub index: usize,
+    /// Why it was not confirmed.
     pub error: PublishError,
     /// A record at or after `index` the broker refused for good (a message
     /// over its size limit): it is dead-lettered when the batch resumes.
@@ -62,6 +67,7 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// The failure of record `index`.
     pub fn new(index: usize, error: PublishError) -> Self {
         Self {
             index,
@@ -95,13 +101,20 @@ pub struct Refusal {
 /// The result of one batch, for the response, the log and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchReport {
+    /// Records in the batch.
     pub records: usize,
+    /// Records published and confirmed before the first failure.
     pub published: usize,
+    /// Records skipped before the first failure.
     pub skipped: usize,
+    /// Records dead-lettered (and confirmed) before the first failure.
     pub dead_lettered: usize,
     /// Records from the first failure on: all of them will be redelivered.
     pub failed: usize,
+    /// The first record not handled: it and every record after it are
+    /// reported and redelivered.
     pub failure: Option<Failure>,
+    /// Connections or channels opened again during the batch.
     pub reconnects: u32,
     /// Reasons records were dead-lettered, in order (for the logs).
     pub dead_letter_reasons: Vec<(usize, String)>,
@@ -180,6 +193,7 @@ pub fn response<R: Borrow<RawValue>>(
 pub struct Invocation<'a> {
     /// Stands in for a missing ApproximateCreationDateTime.
     pub now: DateTime<Utc>,
+    /// When publishing stops and when the answer is due.
     pub deadlines: Deadlines,
     /// The queue a backfill sends to, instead of the exchange (the caller
     /// has checked that `REPLAY_QUEUES` allows it).

@@ -27,6 +27,7 @@ pub struct Deadlines {
 }
 
 impl Deadlines {
+    /// Publishing stops `margin` before `deadline`, the invocation's.
     pub fn new(deadline: Instant, margin: Duration) -> Self {
         let now = Instant::now();
         let before = |d: Duration| deadline.checked_sub(d).unwrap_or(now).max(now);
@@ -40,12 +41,16 @@ impl Deadlines {
 /// Settings of the loop that are not part of the record mapping.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchOptions {
+    /// The longest wait for one confirm (`CONFIRM_TIMEOUT_MS`).
     pub confirm_timeout: Duration,
+    /// Messages published and not yet confirmed, at most.
     pub max_in_flight: usize,
+    /// Reconnects one batch may make.
     pub max_reconnects: u32,
 }
 
 impl BatchOptions {
+    /// The defaults, with this confirm timeout.
     pub fn new(confirm_timeout: Duration) -> Self {
         Self {
             confirm_timeout,

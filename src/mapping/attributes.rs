@@ -229,8 +229,8 @@ pub(super) fn key_value(keys: &Image<'_>) -> Result<String, MappingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::change::pascal_case;
     use crate::mapping::fixtures::*;
-    use crate::mapping::pascal_case;
     use crate::publisher::HeaderValue;
     use serde_dynamo::AttributeValue;
     use serde_json::json;

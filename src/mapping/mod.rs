@@ -42,7 +42,6 @@ use crate::routing::{self, RoutingError};
 use dead_letter::DeadLetterIdentity;
 use time::creation_time;
 
-pub use change::pascal_case;
 pub use dead_letter::too_large;
 pub(crate) use dead_letter::{MAX_HEADER, capped};
 
@@ -54,41 +53,63 @@ pub const MESSAGE_ID_NAMESPACE: Uuid = uuid::uuid!("08ebb892-d8fe-430a-aad9-6a1c
 /// dead-letter `x-error` header: it names attributes, never their values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MappingError {
+    /// The record carries no new image.
     #[error("the record has no NewImage (is the stream KEYS_ONLY or OLD_IMAGE?)")]
     NoNewImage,
+    /// The record carries no key.
     #[error("the record has no Keys")]
     NoKeys,
+    /// A required attribute is absent.
     #[error("missing required attribute `{0}`")]
     Missing(String),
     #[error("attribute `{name}` must be {expected}, found {found}")]
+    /// An attribute has another DynamoDB type.
     WrongType {
+        /// The attribute.
         name: String,
+        /// The types it may have.
         expected: &'static str,
+        /// The type it has.
         found: &'static str,
     },
     #[error("attribute `{name}` is {problem}")]
-    Invalid { name: String, problem: &'static str },
+    /// An attribute's value cannot be used.
+    Invalid {
+        /// The attribute.
+        name: String,
+        /// What is wrong with it (never the value).
+        problem: &'static str,
+    },
+    /// No table to name the event's source.
     #[error("the record has no eventSourceARN naming its table and EVENT_SOURCE is not set")]
     NoTable,
     // DynamoDB's own limit, so only a forged record gets here; the name
     // would not fit the app_id short string.
+    /// The table name does not fit an AMQP short string.
     #[error("the table name in eventSourceARN is longer than 255 bytes")]
     LongTableName,
+    /// The record has no `eventID`.
     #[error("the record has no eventID")]
     NoEventId,
+    /// The record has no `SequenceNumber`.
     #[error("the record has no SequenceNumber")]
     NoSequenceNumber,
+    /// The `eventName` is not one DynamoDB sends.
     #[error("unknown eventName (expected INSERT, MODIFY or REMOVE)")]
     UnknownEventName,
+    /// The routing key cannot be made of this event.
     #[error("routing key: {0}")]
     Routing(#[from] RoutingError),
+    /// The exchange cannot be made of this event.
     #[error("exchange (EXCHANGE is a template): {0}")]
     ExchangeTemplate(RoutingError),
     // The name is made of the record's values: not quoted.
     #[error(
         "the exchange EXCHANGE's template makes of this event is not a valid name (letters, digits, '-', '_', '.', ':'; at most 246 bytes; not amq.)"
     )]
+    /// The exchange made of this event is not a valid name.
     InvalidExchange,
+    /// The body cannot be written.
     #[error("payload: {0}")]
     Body(String),
 }
@@ -101,12 +122,18 @@ pub enum Plan {
     /// Publish to the exchange.
     Publish(Message),
     /// Publish the original record to `<EXCHANGE>.dead-letter`.
-    DeadLetter { message: Message, reason: String },
+    DeadLetter {
+        /// The dead letter: the record, or its bounded reference.
+        message: Message,
+        /// Why (`x-error`).
+        reason: String,
+    },
 }
 
 /// A record planned from its JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Planned {
+    /// What to do with the record.
     pub plan: Plan,
     /// ApproximateCreationDateTime, when the record has one.
     pub created: Option<DateTime<Utc>>,
@@ -136,10 +163,12 @@ enum Draft<'a> {
 }
 
 impl Converter {
+    /// A converter for this mapping.
     pub fn new(config: MappingConfig) -> Self {
         Self { config }
     }
 
+    /// Its settings.
     pub fn config(&self) -> &MappingConfig {
         &self.config
     }

@@ -14,7 +14,9 @@ use std::{future::Future, pin::Pin, time::Instant};
 /// An AMQP header value; only the kinds the contract uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderValue {
+    /// A long string.
     String(String),
+    /// An unsigned integer.
     Int(u64),
 }
 
@@ -22,13 +24,17 @@ pub enum HeaderValue {
 /// persistent (`delivery_mode` 2) and `application/json`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Properties {
+    /// The envelope's `messageId`.
     pub message_id: String,
+    /// The envelope's `correlationId`.
     pub correlation_id: Option<String>,
+    /// The envelope's `source`.
     pub app_id: String,
     /// The AMQP `type` property.
     pub kind: Option<String>,
     /// Seconds since the Unix epoch.
     pub timestamp: Option<u64>,
+    /// The forwarder's headers (CONTRACT §4).
     pub headers: Vec<(&'static str, HeaderValue)>,
     /// Headers an [`crate::enrich::Enricher`] added.
     pub extra_headers: Vec<(String, HeaderValue)>,
@@ -37,9 +43,13 @@ pub struct Properties {
 /// One message ready to publish with `mandatory` set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// The exchange it is published to.
     pub exchange: String,
+    /// Its routing key.
     pub routing_key: String,
+    /// The envelope as UTF-8 JSON.
     pub body: Vec<u8>,
+    /// Its AMQP properties and headers.
     pub properties: Properties,
 }
 
@@ -47,26 +57,42 @@ pub struct Message {
 /// credential.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
+    /// No connection or channel could be opened.
     #[error("broker unreachable: {0}")]
     Unreachable(String),
+    /// The topology cannot be declared as configured.
     #[error("topology declaration failed: {0}")]
     Topology(String),
+    /// The broker nacked the message.
     #[error("the broker nacked the message")]
     Nacked,
     #[error("the broker returned the message: {code} {text}")]
-    Returned { code: u16, text: String },
+    /// The broker returned the message (no queue took it).
+    Returned {
+        /// The reply code (312 NO_ROUTE).
+        code: u16,
+        /// The reply text.
+        text: String,
+    },
+    /// The broker blocks publishers.
     #[error("the broker blocks publishers (connection.blocked: a memory or disk alarm)")]
     Blocked,
+    /// The message was not written in time.
     #[error("the broker did not take the message in time (blocked by a resource alarm?)")]
     WriteTimeout,
+    /// No confirm came in time.
     #[error("no publisher confirm within the confirm timeout")]
     ConfirmTimeout,
+    /// The channel or connection closed.
     #[error("channel or connection lost: {0}")]
     ChannelLost(String),
+    /// The invocation's deadline margin was reached.
     #[error("the invocation deadline margin was reached")]
     Deadline,
+    /// The message cannot be encoded (a property too long for AMQP).
     #[error("the message cannot be sent: {0}")]
     Invalid(String),
+    /// The enricher could not decide.
     #[error("enrichment failed: {0}")]
     Enrichment(String),
     /// The broker refuses the record's exchange for good (403 access
@@ -77,8 +103,11 @@ pub enum PublishError {
     /// (its `max_message_size` is below `MAX_MESSAGE_BYTES`).
     #[error("the broker refused a message of {size} bytes: {text}")]
     TooLarge {
+        /// The message's size.
         size: usize,
+        /// The broker's limit.
         limit: usize,
+        /// The broker's reply text.
         text: String,
     },
 }
@@ -138,8 +167,11 @@ impl PublishError {
 /// any publish's confirm, so it names its record by its own message id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Returned {
+    /// The returned message's `messageId`.
     pub message_id: Option<String>,
+    /// The reply code.
     pub code: u16,
+    /// The reply text.
     pub text: String,
 }
 
@@ -157,11 +189,14 @@ impl Returned {
 /// message that came with it, which may belong to another publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmation {
+    /// Whether its own message was confirmed.
     pub outcome: Result<(), PublishError>,
+    /// A returned message that came with it.
     pub returned: Option<Returned>,
 }
 
 impl Confirmation {
+    /// Confirmed, nothing returned.
     pub fn ack() -> Self {
         Self {
             outcome: Ok(()),
@@ -169,6 +204,7 @@ impl Confirmation {
         }
     }
 
+    /// Not confirmed, for `error`.
     pub fn failed(error: PublishError) -> Self {
         Self {
             outcome: Err(error),

@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use event_forwarder::{Config, handler::StreamBatch};
+use event_forwarder::{Config, StreamBatch};
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind,
     message::Delivery,

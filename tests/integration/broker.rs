@@ -361,8 +361,8 @@ async fn an_unreachable_broker_reports_the_first_record_within_the_deadline() {
     for port in [closed_port, silent_port] {
         let uri = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
         let mut c = config("unreachable.events", &[("CONNECT_TIMEOUT_MS", "500")]);
-        c.broker = event_forwarder::config::BrokerAddress::Uri(
-            event_forwarder::uri::AmqpUri::parse(&uri).unwrap(),
+        c.broker = event_forwarder::engine::BrokerAddress::Uri(
+            event_forwarder::engine::AmqpUri::parse(&uri).unwrap(),
         );
         let started = Instant::now();
         let forwarder = Forwarder::start(c)
@@ -696,7 +696,7 @@ fn mixed_batch(
     rng: &mut fastrand::Rng,
     n: usize,
     odd_one: impl Fn(&StreamRecord) -> Value,
-) -> (event_forwarder::handler::StreamBatch, Vec<String>, usize) {
+) -> (event_forwarder::StreamBatch, Vec<String>, usize) {
     let first = rng.usize(..n);
     let base = rng.u64(1..1_000_000_000) * 10_000;
     let records: Vec<StreamRecord> = (0..n)
@@ -852,7 +852,7 @@ async fn a_consumer_tells_the_newer_update_from_the_message_alone_after_a_redeli
     // look newer.
     let older = tier_update("gold", "900000000000000000001");
     let newer = tier_update("platinum", "1000000000000000000001");
-    let batch = |r: &Value| -> event_forwarder::handler::StreamBatch {
+    let batch = |r: &Value| -> event_forwarder::StreamBatch {
         serde_json::from_value(json!({ "Records": [r] })).unwrap()
     };
 
@@ -946,7 +946,7 @@ async fn events_of_three_aggregate_types_land_on_three_exchanges_each_with_its_u
 fn batch_with(
     n: usize,
     make: impl Fn(usize, Value) -> Value,
-) -> (event_forwarder::handler::StreamBatch, Vec<String>) {
+) -> (event_forwarder::StreamBatch, Vec<String>) {
     let base = fastrand::u64(1..1_000_000_000) * 10_000;
     let records: Vec<StreamRecord> = (0..n)
         .map(|i| StreamRecord {
@@ -974,10 +974,7 @@ struct Refusal {
 
 /// Forwards `batch` to a fresh exchange with `extra` settings and collects
 /// what arrived.
-async fn forward_refusal(
-    batch: &event_forwarder::handler::StreamBatch,
-    extra: &[(&str, &str)],
-) -> Refusal {
+async fn forward_refusal(batch: &event_forwarder::StreamBatch, extra: &[(&str, &str)]) -> Refusal {
     let exchange = unique("refusal");
     let broker = TestBroker::connect().await;
     let forwarder = Forwarder::start(config(&exchange, extra)).await.unwrap();

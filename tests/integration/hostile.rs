@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use event_forwarder::{Forwarder, handler::StreamBatch};
+use event_forwarder::{Forwarder, StreamBatch};
 use lapin::{message::Delivery, types::FieldTable};
 use serde_json::{Value, json};
 use testkit::{Function, TestBroker, config, header_str, reported, runtime_api::Outcome, unique};

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use event_forwarder::{
     Forwarder,
-    handler::amqp_settings,
-    publisher::{Broker, PublishError, amqp::AmqpBroker},
+    engine::{AmqpBroker, Broker, PublishError, amqp_settings},
 };
 use lapin::types::FieldTable;
 use serde_json::{Value, json};

@@ -128,7 +128,7 @@ async fn product_events_get_their_category_from_the_read_model_once_per_invocati
 }
 
 fn forwarder_lookups(
-    forwarder: &Forwarder<event_forwarder::publisher::amqp::AmqpBroker, read_model::Categories>,
+    forwarder: &Forwarder<event_forwarder::engine::AmqpBroker, read_model::Categories>,
 ) -> usize {
     forwarder.enricher().lookups.load(Ordering::Relaxed)
 }

@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use chrono::{DateTime, Utc};
 use event_forwarder::{
-    config::AttributeNames,
+    convert::AttributeNames,
     esm::{self, Answer, Invoker, MAX_EVENT_BYTES, Pace, Pending, StreamRecord},
 };
 use serde::{Deserialize, Serialize};
@@ -722,7 +722,7 @@ mod tests {
         assert_eq!(p.sequence_number, "42");
         let r: serde_json::Value = serde_json::from_str(p.record.get()).unwrap();
         assert_eq!(r["eventName"], "INSERT");
-        assert_eq!(r["eventSource"], event_forwarder::record::BACKFILL_SOURCE);
+        assert_eq!(r["eventSource"], event_forwarder::convert::BACKFILL_SOURCE);
         assert_eq!(r["eventSourceARN"], source.stream_arn);
         assert_eq!(
             r["dynamodb"]["Keys"],
@@ -733,16 +733,16 @@ mod tests {
             "ProductRenamed"
         );
         // The function gives it the id the live stream gave the same item.
-        let converter = event_forwarder::mapping::Converter::new(
-            event_forwarder::config::MappingConfig::new("product.events"),
+        let converter = event_forwarder::convert::Converter::new(
+            event_forwarder::convert::MappingConfig::new("product.events"),
         );
-        let event_forwarder::mapping::Plan::Publish(m) =
+        let event_forwarder::convert::Plan::Publish(m) =
             converter.plan_raw(p.record.get(), now).plan
         else {
             panic!("not published")
         };
         let id = uuid::Uuid::new_v5(
-            &event_forwarder::mapping::MESSAGE_ID_NAMESPACE,
+            &event_forwarder::convert::MESSAGE_ID_NAMESPACE,
             b"events/prod-1/3",
         );
         assert_eq!(m.properties.message_id, id.to_string());

@@ -1127,8 +1127,8 @@ mod tests {
             serde_json::from_str(include_str!("../../../events/moto-get-records.json")).unwrap();
         let arn =
             "arn:aws:dynamodb:us-east-1:123456789012:table/events/stream/2026-12-02T00:00:00.000";
-        let converter = event_forwarder::mapping::Converter::new(
-            event_forwarder::config::MappingConfig::new("product.events"),
+        let converter = event_forwarder::convert::Converter::new(
+            event_forwarder::convert::MappingConfig::new("product.events"),
         );
         for r in answer["Records"].as_array().unwrap() {
             let got = lambda_json(&sdk_record(r), arn);
@@ -1139,7 +1139,7 @@ mod tests {
                 .plan_raw(&got.to_string(), chrono::Utc::now())
                 .plan;
             assert!(
-                matches!(plan, event_forwarder::mapping::Plan::Publish(_)),
+                matches!(plan, event_forwarder::convert::Plan::Publish(_)),
                 "{plan:?}"
             );
         }

@@ -40,7 +40,7 @@ use confirm::{confirm_error, confirmation};
 use declared::Declared;
 use properties::{properties, short};
 
-pub use topology::{DELIVERY_LIMIT, Topology};
+pub use topology::Topology;
 
 /// How to reach the broker, and what to declare there. The caller builds it
 /// (the function from its configuration: [`crate::handler::amqp_settings`]).
@@ -56,6 +56,7 @@ pub struct AmqpSettings {
     pub system_roots: Option<SystemRoots>,
     /// Client-provided connection name, shown in the management UI.
     pub connection_name: String,
+    /// Bound on TCP, TLS and the AMQP handshake.
     pub connect_timeout: Duration,
     /// `None` when `DECLARE_TOPOLOGY=false`.
     pub topology: Option<Topology>,
@@ -77,6 +78,7 @@ pub struct AmqpBroker {
 }
 
 impl AmqpBroker {
+    /// A broker not yet connected.
     pub fn new(settings: AmqpSettings) -> Self {
         let uri = match &settings.address {
             BrokerAddress::Uri(uri) => Some(uri.clone()),
@@ -93,6 +95,7 @@ impl AmqpBroker {
         }
     }
 
+    /// Its settings.
     pub fn settings(&self) -> &AmqpSettings {
         &self.settings
     }
