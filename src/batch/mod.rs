@@ -23,9 +23,7 @@ use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use crate::enrich::Enricher;
-use crate::mapping::Converter;
-use crate::publisher::{Broker, PublishError, Reset};
+use crate::publisher::{PublishError, Reset};
 use crate::record;
 
 mod enrichment;
@@ -37,6 +35,7 @@ mod window;
 mod fake;
 
 pub use options::{BatchOptions, Deadlines};
+pub use run::forward;
 
 /// What became of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,20 +211,6 @@ impl Invocation<'_> {
             traceparent: None,
         }
     }
-}
-
-/// Forwards one batch: plans, publishes and confirms records in order, and
-/// reports the first one that was not handled. Each event passes through
-/// `enricher` between mapping and publishing.
-pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
-    broker: &mut B,
-    converter: &Converter,
-    enricher: &E,
-    records: &[R],
-    invocation: Invocation<'_>,
-    options: BatchOptions,
-) -> BatchReport {
-    run::forward(broker, converter, enricher, records, invocation, options).await
 }
 
 #[cfg(test)]

@@ -64,9 +64,11 @@ struct Refused {
     limit: usize,
 }
 
-/// [`super::forward`]: runs the batch until it is done or stops at a
-/// failure it cannot resume after.
-pub(super) async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
+/// Forwards one batch: plans, publishes and confirms records in order, and
+/// reports the first one that was not handled. Each event passes through
+/// `enricher` between mapping and publishing. Runs until the batch is done
+/// or stops at a failure it cannot resume after.
+pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
     broker: &mut B,
     converter: &Converter,
     enricher: &E,
