@@ -6,6 +6,11 @@
 //! by invoking the function with the Lambda Invoke API, so one code path,
 //! one checkpoint rule and one set of message ids serve every way an event
 //! reaches RabbitMQ.
+//!
+//! A new command is a module of its own with its `Args` and `run` (as
+//! `redrive.rs`), a variant of [`Command`] and its arm in `main`; it ends
+//! with one summary line made by `progress::summary`, and invokes the
+//! function through `invoker` (never the broker itself).
 
 mod aws;
 mod backfill;
