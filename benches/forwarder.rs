@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             let now = Utc::now();
             let started = Instant::now();
             for r in &records {
-                black_box(converter.plan_raw(black_box(r.get()), now));
+                black_box(converter.plan_raw(black_box(r.get()), now).into_message());
             }
             started.elapsed()
         });
@@ -115,10 +115,12 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         let now = Utc::now();
         let sizes: Vec<usize> = records
             .iter()
-            .filter_map(|r| match converter.plan_raw(r.get(), now).plan {
-                Plan::Publish(m) => Some(m.body.len()),
-                _ => None,
-            })
+            .filter_map(
+                |r| match converter.plan_raw(r.get(), now).into_message().plan {
+                    Plan::Publish(m) => Some(m.body.len()),
+                    _ => None,
+                },
+            )
             .collect();
         ensure!(sizes.len() == records.len(), "every record converts");
         sizes.iter().sum::<usize>() / sizes.len()
@@ -127,7 +129,7 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         let now = Utc::now();
         let started = Instant::now();
         for r in &records {
-            black_box(converter.plan_raw(black_box(r.get()), now));
+            black_box(converter.plan_raw(black_box(r.get()), now).into_message());
         }
         started.elapsed()
     });

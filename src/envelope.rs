@@ -1,9 +1,11 @@
 //! The integration-event envelope (CONTRACT §3c) and its body bytes.
 //!
 //! The body is written by hand, field by field in the contract's order, with
-//! the payload transcoded straight from the record's DynamoDB JSON (see
+//! the payload transcoded from the record's DynamoDB JSON (see
 //! [`crate::record`]): no intermediate tree, numbers exactly as DynamoDB
-//! wrote them.
+//! wrote them. A draft's envelope is detached from its record
+//! ([`Envelope::into_owned`]): its payload is that JSON text, written into
+//! the body as it is.
 
 use std::{borrow::Cow, io::Write};
 
@@ -48,14 +50,60 @@ pub enum Payload<'a> {
     /// JSON text stored in an `S` attribute (checked to be JSON), embedded
     /// as it is.
     Json(Cow<'a, str>),
+    /// A `Map` or `Image` payload transcoded to JSON text (UTF-8), in a
+    /// draft ([`Envelope::into_owned`]).
+    Written(Vec<u8>),
 }
 
 impl Envelope<'_> {
+    /// The envelope detached from the record it came from, its payload
+    /// transcoded to JSON text once ([`Payload::Written`]), the bytes the
+    /// body will carry. Fails like [`Envelope::to_body`].
+    pub fn into_owned(self) -> Result<Envelope<'static>, &'static str> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        let payload = match self.payload {
+            Payload::Empty => Payload::Empty,
+            Payload::Json(text) => Payload::Json(own(text)),
+            Payload::Written(text) => Payload::Written(text),
+            other => {
+                // Room for the rest of the body: it is written around the
+                // payload, in this buffer (`crate::routing::to_message`).
+                let mut out = Vec::with_capacity(384 + other.hint());
+                other.write(&mut out)?;
+                Payload::Written(out)
+            }
+        };
+        Ok(Envelope {
+            message_id: self.message_id,
+            message_type: own(self.message_type),
+            message_version: own(self.message_version),
+            envelope_version: self.envelope_version,
+            timestamp: self.timestamp,
+            source: own(self.source),
+            correlation_id: self.correlation_id.map(own),
+            causation_id: self.causation_id.map(own),
+            partition_key: own(self.partition_key),
+            aggregate_type: self.aggregate_type.map(own),
+            aggregate_version: self.aggregate_version,
+            sequence_number: own(self.sequence_number),
+            payload,
+        })
+    }
+
     /// The message body: UTF-8 JSON, optional fields left out when absent.
     /// Fails only on a payload that is not valid DynamoDB JSON (a number
     /// that is not a number, say), which makes the record unconvertible.
     pub fn to_body(&self) -> Result<Vec<u8>, &'static str> {
-        let mut out = Vec::with_capacity(384 + self.payload_hint());
+        let mut out = Vec::with_capacity(384 + self.payload.hint());
+        self.write_head(&mut out);
+        self.payload.write(&mut out)?;
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// The body up to its payload: every field but the last, then
+    /// `"payload":`. The payload and the closing brace are the caller's.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
         let field = |out: &mut Vec<u8>, name: &str| {
             out.push(b',');
             out.push(b'"');
@@ -63,57 +111,75 @@ impl Envelope<'_> {
             out.extend_from_slice(b"\":");
         };
         out.extend_from_slice(b"{\"messageId\":");
-        write_str(&mut out, &self.message_id);
-        field(&mut out, "messageType");
-        write_str(&mut out, &self.message_type);
-        field(&mut out, "messageVersion");
-        write_str(&mut out, &self.message_version);
-        field(&mut out, "envelopeVersion");
-        write_str(&mut out, self.envelope_version);
-        field(&mut out, "timestamp");
+        write_str(out, &self.message_id);
+        field(out, "messageType");
+        write_str(out, &self.message_type);
+        field(out, "messageVersion");
+        write_str(out, &self.message_version);
+        field(out, "envelopeVersion");
+        write_str(out, self.envelope_version);
+        field(out, "timestamp");
         write_str(
-            &mut out,
+            out,
             &self.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
         );
-        field(&mut out, "source");
-        write_str(&mut out, &self.source);
+        field(out, "source");
+        write_str(out, &self.source);
         if let Some(c) = &self.correlation_id {
-            field(&mut out, "correlationId");
-            write_str(&mut out, c);
+            field(out, "correlationId");
+            write_str(out, c);
         }
         if let Some(c) = &self.causation_id {
-            field(&mut out, "causationId");
-            write_str(&mut out, c);
+            field(out, "causationId");
+            write_str(out, c);
         }
-        field(&mut out, "partitionKey");
-        write_str(&mut out, &self.partition_key);
+        field(out, "partitionKey");
+        write_str(out, &self.partition_key);
         if let Some(t) = &self.aggregate_type {
-            field(&mut out, "aggregateType");
-            write_str(&mut out, t);
+            field(out, "aggregateType");
+            write_str(out, t);
         }
         if let Some(v) = self.aggregate_version {
-            field(&mut out, "aggregateVersion");
+            field(out, "aggregateVersion");
             // Writing to a Vec cannot fail.
             let _ = write!(out, "{v}");
         }
-        field(&mut out, "sequenceNumber");
-        write_str(&mut out, &self.sequence_number);
-        field(&mut out, "payload");
-        match &self.payload {
+        field(out, "sequenceNumber");
+        write_str(out, &self.sequence_number);
+        field(out, "payload");
+    }
+}
+
+impl Payload<'_> {
+    /// The payload's JSON text as the body carries it.
+    pub fn write(&self, out: &mut Vec<u8>) -> Result<(), &'static str> {
+        match self {
             Payload::Empty => out.extend_from_slice(b"{}"),
-            Payload::Map(raw) => record::write_nested(&mut out, "M", raw)?,
-            Payload::Image(image) => record::write_image(&mut out, image)?,
+            Payload::Map(raw) => record::write_nested(out, "M", raw)?,
+            Payload::Image(image) => record::write_image(out, image)?,
             Payload::Json(text) => out.extend_from_slice(text.trim().as_bytes()),
+            Payload::Written(text) => out.extend_from_slice(text),
         }
-        out.push(b'}');
-        Ok(out)
+        Ok(())
     }
 
-    fn payload_hint(&self) -> usize {
-        match &self.payload {
+    /// The JSON text of a payload not in DynamoDB JSON (a draft's,
+    /// [`Envelope::into_owned`]); `None` for one that is.
+    pub fn json(&self) -> Option<&str> {
+        match self {
+            Payload::Empty => Some("{}"),
+            Payload::Json(text) => Some(text.trim()),
+            Payload::Written(text) => std::str::from_utf8(text).ok(),
+            Payload::Map(_) | Payload::Image(_) => None,
+        }
+    }
+
+    pub(crate) fn hint(&self) -> usize {
+        match self {
             Payload::Empty => 2,
             Payload::Map(raw) => raw.get().len(),
             Payload::Json(text) => text.len(),
+            Payload::Written(text) => text.len(),
             Payload::Image(image) => image.0.iter().map(|(n, v)| n.len() + v.get().len()).sum(),
         }
     }

@@ -16,17 +16,23 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment, validated at cold start.
-//! - [`envelope`]: the envelope type and its body bytes.
+//! - [`envelope`]: the envelope type and its body bytes; detached from its
+//!   record (payload as JSON text) for a draft.
 //! - [`record`]: a stream record read in place from its JSON text, and the
 //!   DynamoDB-JSON to JSON transcoder.
-//! - [`mapping`]: record to envelope to message, both mappings (pure).
-//! - [`enrich`]: the extension point: an [`enrich::Enricher`] adds to an
-//!   event, skips or dead-letters it, between mapping and publishing.
-//! - [`routing`]: routing-key template, AMQP properties and headers (pure).
+//! - [`mapping`]: record to message draft (envelope, exchange, routing
+//!   key, the item's trace context), both mappings; a draft carries its
+//!   dead letter (pure).
+//! - [`enrich`]: the extension point: an [`enrich::Enricher`] sees the
+//!   draft, typed, and adds to it, skips or dead-letters it, between
+//!   mapping and publishing.
+//! - [`routing`]: routing-key template, and [`routing::to_message`], the
+//!   one place a draft becomes a message: properties, headers, trace
+//!   context, queue redirect, the body written once (pure).
 //! - [`trace`]: W3C trace context: the item's, checked, or the invocation's
 //!   X-Ray trace as a `traceparent` (pure).
-//! - [`batch`]: the checkpoint rule: publish in order, confirm in windows,
-//!   report the first record not handled.
+//! - [`batch`]: the checkpoint rule: publish in order (each draft through
+//!   the enricher), confirm in windows, report the first record not handled.
 //! - [`publisher`]: the broker port and its lapin adapter (connection,
 //!   confirms, reconnect, topology), and the TLS trust roots it adds to the
 //!   bundled ones (system store, `AMQP_CA_FILE`).

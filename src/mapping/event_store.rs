@@ -12,7 +12,7 @@ use super::attributes::{
     sequence_number, short, source, table_name, wrong_type,
 };
 use super::time::{creation_time, occurred_at};
-use super::{Draft, MESSAGE_ID_NAMESPACE, MappingError};
+use super::{MESSAGE_ID_NAMESPACE, Mapped, MappingError};
 use crate::config::{AttributeNames, MappingConfig};
 use crate::envelope::{ENVELOPE_VERSION, Envelope};
 use crate::record::{Attr, Image, Record};
@@ -23,10 +23,10 @@ pub(super) fn draft<'a>(
     config: &'a MappingConfig,
     record: &'a Record<'a>,
     now: DateTime<Utc>,
-) -> Result<Draft<'a>, MappingError> {
+) -> Result<Mapped<'a>, MappingError> {
     match record.event_name.as_deref() {
         Some("INSERT") => {}
-        Some("MODIFY" | "REMOVE") => return Ok(Draft::Skip("not an INSERT")),
+        Some("MODIFY" | "REMOVE") => return Ok(Mapped::Skip("not an INSERT")),
         _ => return Err(MappingError::UnknownEventName),
     }
     let item = match &record.dynamodb.new_image {
@@ -48,7 +48,7 @@ pub(super) fn draft<'a>(
         .unwrap_or(now);
     let source = source(config, record)?;
     let message_id = event_store_id(item, names, record, &aggregate_id, version)?;
-    Ok(Draft::Event(Envelope {
+    Ok(Mapped::Event(Envelope {
         message_id,
         message_type: event_type,
         message_version,
