@@ -100,9 +100,8 @@ impl<'a> Event<'a> {
         }
     }
 
-    /// The envelope, typed; its payload is JSON text
-    /// ([`crate::envelope::Payload::Json`]).
-    pub fn envelope_fields(&self) -> &Envelope<'static> {
+    /// The envelope, typed, but for its payload: that is [`Event::payload`].
+    pub fn envelope_fields(&self) -> &Envelope<'a> {
         &self.draft.envelope
     }
 
@@ -115,9 +114,8 @@ impl<'a> Event<'a> {
     /// The envelope as a JSON value. Numbers beyond an `f64` lose digits
     /// here; the published body keeps them as they are.
     pub fn envelope(&self) -> serde_json::Result<Value> {
-        let mut body = Vec::new();
-        self.draft.envelope.write_head(&mut body);
-        body.extend_from_slice(self.payload().as_bytes());
+        let mut body = Vec::with_capacity(self.draft.body.len() + 1);
+        body.extend_from_slice(&self.draft.body);
         body.push(b'}');
         serde_json::from_slice(&body)
     }

@@ -3,13 +3,12 @@
 //! The body is written by hand, field by field in the contract's order, with
 //! the payload transcoded from the record's DynamoDB JSON (see
 //! [`crate::record`]): no intermediate tree, numbers exactly as DynamoDB
-//! wrote them. A draft's envelope is detached from its record
-//! ([`Envelope::into_owned`]): its payload is that JSON text, written into
-//! the body as it is.
+//! wrote them. A draft writes its body this way, the head
+//! ([`Envelope::write_head`]) then the payload ([`Payload::write`]), once.
 
-use std::{borrow::Cow, io::Write};
+use std::borrow::Cow;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde_json::value::RawValue;
 
 use crate::record::{self, Image, write_str};
@@ -50,46 +49,9 @@ pub enum Payload<'a> {
     /// JSON text stored in an `S` attribute (checked to be JSON), embedded
     /// as it is.
     Json(Cow<'a, str>),
-    /// A `Map` or `Image` payload transcoded to JSON text (UTF-8), in a
-    /// draft ([`Envelope::into_owned`]).
-    Written(Vec<u8>),
 }
 
 impl Envelope<'_> {
-    /// The envelope detached from the record it came from, its payload
-    /// transcoded to JSON text once ([`Payload::Written`]), the bytes the
-    /// body will carry. Fails like [`Envelope::to_body`].
-    pub fn into_owned(self) -> Result<Envelope<'static>, &'static str> {
-        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
-        let payload = match self.payload {
-            Payload::Empty => Payload::Empty,
-            Payload::Json(text) => Payload::Json(own(text)),
-            Payload::Written(text) => Payload::Written(text),
-            other => {
-                // Room for the rest of the body: it is written around the
-                // payload, in this buffer (`crate::routing::to_message`).
-                let mut out = Vec::with_capacity(384 + other.hint());
-                other.write(&mut out)?;
-                Payload::Written(out)
-            }
-        };
-        Ok(Envelope {
-            message_id: self.message_id,
-            message_type: own(self.message_type),
-            message_version: own(self.message_version),
-            envelope_version: self.envelope_version,
-            timestamp: self.timestamp,
-            source: own(self.source),
-            correlation_id: self.correlation_id.map(own),
-            causation_id: self.causation_id.map(own),
-            partition_key: own(self.partition_key),
-            aggregate_type: self.aggregate_type.map(own),
-            aggregate_version: self.aggregate_version,
-            sequence_number: own(self.sequence_number),
-            payload,
-        })
-    }
-
     /// The message body: UTF-8 JSON, optional fields left out when absent.
     /// Fails only on a payload that is not valid DynamoDB JSON (a number
     /// that is not a number, say), which makes the record unconvertible.
@@ -119,10 +81,7 @@ impl Envelope<'_> {
         field(out, "envelopeVersion");
         write_str(out, self.envelope_version);
         field(out, "timestamp");
-        write_str(
-            out,
-            &self.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
-        );
+        write_timestamp(out, &self.timestamp);
         field(out, "source");
         write_str(out, &self.source);
         if let Some(c) = &self.correlation_id {
@@ -141,13 +100,63 @@ impl Envelope<'_> {
         }
         if let Some(v) = self.aggregate_version {
             field(out, "aggregateVersion");
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{v}");
+            write_u64(out, v);
         }
         field(out, "sequenceNumber");
         write_str(out, &self.sequence_number);
         field(out, "payload");
     }
+}
+
+/// `t` as a JSON string, RFC 3339 in UTC to the millisecond
+/// (`"2026-11-22T12:00:00.123Z"`): what chrono's
+/// `to_rfc3339_opts(SecondsFormat::Millis, true)` writes, without a
+/// `String` per record. A year beyond 0–9999 or a leap second is left to
+/// chrono.
+fn write_timestamp(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    let t = t.naive_utc();
+    let millis = t.nanosecond() / 1_000_000;
+    let year = match u32::try_from(t.year()) {
+        Ok(year) if year <= 9999 && millis < 1000 => year,
+        _ => {
+            return write_str(
+                out,
+                &t.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true),
+            );
+        }
+    };
+    let parts = [
+        (year, 4, b'-'),
+        (t.month(), 2, b'-'),
+        (t.day(), 2, b'T'),
+        (t.hour(), 2, b':'),
+        (t.minute(), 2, b':'),
+        (t.second(), 2, b'.'),
+        (millis, 3, b'Z'),
+    ];
+    out.push(b'"');
+    for (n, width, then) in parts {
+        for place in (0..width).rev() {
+            out.push(b'0' + (n / 10u32.pow(place) % 10) as u8);
+        }
+        out.push(then);
+    }
+    out.push(b'"');
+}
+
+/// `v` in decimal, without the formatting machinery.
+fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 impl Payload<'_> {
@@ -158,20 +167,8 @@ impl Payload<'_> {
             Payload::Map(raw) => record::write_nested(out, "M", raw)?,
             Payload::Image(image) => record::write_image(out, image)?,
             Payload::Json(text) => out.extend_from_slice(text.trim().as_bytes()),
-            Payload::Written(text) => out.extend_from_slice(text),
         }
         Ok(())
-    }
-
-    /// The JSON text of a payload not in DynamoDB JSON (a draft's,
-    /// [`Envelope::into_owned`]); `None` for one that is.
-    pub fn json(&self) -> Option<&str> {
-        match self {
-            Payload::Empty => Some("{}"),
-            Payload::Json(text) => Some(text.trim()),
-            Payload::Written(text) => std::str::from_utf8(text).ok(),
-            Payload::Map(_) | Payload::Image(_) => None,
-        }
     }
 
     pub(crate) fn hint(&self) -> usize {
@@ -179,7 +176,6 @@ impl Payload<'_> {
             Payload::Empty => 2,
             Payload::Map(raw) => raw.get().len(),
             Payload::Json(text) => text.len(),
-            Payload::Written(text) => text.len(),
             Payload::Image(image) => image.0.iter().map(|(n, v)| n.len() + v.get().len()).sum(),
         }
     }
@@ -237,6 +233,39 @@ mod tests {
             envelope(Payload::Map(&bad)).to_body(),
             Err(record::INVALID_NUMBER)
         );
+    }
+
+    #[test]
+    fn timestamps_and_versions_are_written_as_chrono_and_std_write_them() {
+        let millis = chrono::Duration::milliseconds;
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        let times = [
+            DateTime::UNIX_EPOCH,
+            Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap() + millis(123),
+            Utc.with_ymd_and_hms(1999, 1, 9, 3, 4, 5).unwrap() + millis(7),
+            Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 59).unwrap() + millis(999),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap() + millis(999),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap() + millis(1),
+            Utc.with_ymd_and_hms(-1, 12, 31, 0, 0, 0).unwrap(),
+            Utc.timestamp_opt(1_764_000_000, 123_456_789).unwrap(),
+            leap,
+        ];
+        for t in times {
+            let mut out = Vec::new();
+            write_timestamp(&mut out, &t);
+            let chrono = format!("\"{}\"", t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            assert_eq!(String::from_utf8(out).unwrap(), chrono);
+        }
+        for v in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
     }
 
     #[test]

@@ -16,19 +16,18 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment, validated at cold start.
-//! - [`envelope`]: the envelope type and its body bytes; detached from its
-//!   record (payload as JSON text) for a draft.
+//! - [`envelope`]: the envelope type and its body bytes (head, payload).
 //! - [`record`]: a stream record read in place from its JSON text, and the
 //!   DynamoDB-JSON to JSON transcoder.
 //! - [`mapping`]: record to message draft (envelope, exchange, routing
-//!   key, the item's trace context), both mappings; a draft carries its
-//!   dead letter (pure).
+//!   key, the item's trace context, the body written up to the payload's
+//!   end), both mappings; a draft carries its dead letter (pure).
 //! - [`enrich`]: the extension point: an [`enrich::Enricher`] sees the
 //!   draft, typed, and adds to it, skips or dead-letters it, between
 //!   mapping and publishing.
 //! - [`routing`]: routing-key template, and [`routing::to_message`], the
 //!   one place a draft becomes a message: properties, headers, trace
-//!   context, queue redirect, the body written once (pure).
+//!   context, queue redirect, an enricher's fields in the body (pure).
 //! - [`trace`]: W3C trace context: the item's, checked, or the invocation's
 //!   X-Ray trace as a `traceparent` (pure).
 //! - [`batch`]: the checkpoint rule: publish in order (each draft through

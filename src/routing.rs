@@ -1,6 +1,7 @@
 //! Draft to AMQP message (CONTRACT §4): the routing-key template, and
 //! [`to_message`], the one place a message is shaped: properties, headers,
-//! trace context, exchange or queue, and the body written once.
+//! trace context, exchange or queue, and an enricher's fields in the body
+//! the draft wrote.
 //!
 //! Pure functions: the template is parsed once at cold start and rendered
 //! per record; nothing here talks to the broker.
@@ -8,7 +9,7 @@
 use std::{borrow::Cow, fmt};
 
 use crate::enrich::Added;
-use crate::envelope::{Envelope, Payload};
+use crate::envelope::Envelope;
 use crate::mapping::Draft;
 use crate::publisher::{HeaderValue, Message, Properties};
 
@@ -316,34 +317,17 @@ pub struct Sending<'a> {
 /// envelope's, the item's trace context or else the invocation's, an
 /// enricher's), exchange and routing key (or the backfill's queue, the key
 /// kept in the header `routingKey`, so consumers that dispatch on it work
-/// unchanged), and the body, written once with the payload's exact bytes
-/// and an enricher's fields appended to it.
+/// unchanged), and the body: the draft's, with an enricher's fields
+/// appended to its payload, closed in the buffer it was written in.
 pub fn to_message(draft: Draft<'_>, added: Added, sending: Sending<'_>) -> Message {
     let Draft {
-        envelope: mut e,
+        envelope: e,
         exchange,
         routing_key,
         trace,
+        mut body,
         ..
     } = draft;
-    let mut body = match std::mem::replace(&mut e.payload, Payload::Empty) {
-        // The transcoded payload's buffer becomes the body: the envelope's
-        // fields are written after it, then moved to the front.
-        Payload::Written(mut body) => {
-            let payload = body.len();
-            body.reserve(added.fields.len() + 2);
-            e.write_head(&mut body);
-            body.rotate_left(payload);
-            body
-        }
-        other => {
-            let payload = other.json().unwrap_or("{}");
-            let mut body = Vec::with_capacity(384 + payload.len() + added.fields.len());
-            e.write_head(&mut body);
-            body.extend_from_slice(payload.as_bytes());
-            body
-        }
-    };
     if !added.fields.is_empty() {
         // The payload is an object: the fields go before its closing brace.
         body.pop();
@@ -404,6 +388,7 @@ pub fn to_message(draft: Draft<'_>, added: Added, sending: Sending<'_>) -> Messa
 mod tests {
     use super::*;
     use crate::config::MappingConfig;
+    use crate::envelope::Payload;
     use crate::mapping::Converter;
     use chrono::{TimeZone, Utc};
     use std::borrow::Cow;
@@ -426,9 +411,8 @@ mod tests {
         }
     }
 
-    fn draft<'a>(converter: &'a Converter, e: &Envelope<'_>) -> Draft<'a> {
-        let e = e.clone().into_owned().unwrap();
-        Draft::of(e, "product.events", "product.created.v1", converter)
+    fn draft<'a>(converter: &'a Converter, e: &Envelope<'a>) -> Draft<'a> {
+        Draft::of(e.clone(), "product.events", "product.created.v1", converter)
     }
 
     #[test]

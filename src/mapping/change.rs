@@ -21,11 +21,11 @@ const TTL_PRINCIPAL: &str = "dynamodb.amazonaws.com";
 /// INSERT, MODIFY and REMOVE are `{Entity}Created`, `Updated`, `Deleted`
 /// (`Expired` when TTL removed the item); a backfill's INSERT is a
 /// `Snapshot`. Nothing is skipped.
-pub(super) fn draft<'a>(
+pub(super) fn draft<'a, 'r>(
     config: &'a MappingConfig,
-    record: &'a Record<'a>,
+    record: &'r Record<'a>,
     now: DateTime<Utc>,
-) -> Result<Mapped<'a>, MappingError> {
+) -> Result<Mapped<'a, 'r>, MappingError> {
     let entity: Cow<'a, str> = match (&config.entity_name, table_name(record)) {
         (Some(e), _) => Cow::Borrowed(e),
         (None, Some(t)) => Cow::Owned(pascal_case(t)),
@@ -48,7 +48,7 @@ pub(super) fn draft<'a>(
     } else {
         Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes())
     };
-    Ok(Mapped::Event(Envelope {
+    let envelope = Envelope {
         message_id: message_id.to_string(),
         message_type: Cow::Owned(message_type),
         message_version: Cow::Borrowed("1.0"),
@@ -61,16 +61,20 @@ pub(super) fn draft<'a>(
         aggregate_type: Some(entity),
         aggregate_version: None,
         sequence_number: sequence_number(record)?,
+        payload: Payload::Empty,
+    };
+    Ok(Mapped::Event {
+        envelope,
         payload: Payload::Image(image),
-    }))
+    })
 }
 
 /// The verb of a change and the image that is its payload: the new image,
 /// or for a removal the old one, else the keys.
-fn verb_and_image<'a>(
-    record: &'a Record<'a>,
+fn verb_and_image<'a, 'r>(
+    record: &'r Record<'a>,
     snapshot: bool,
-) -> Result<(&'static str, &'a Image<'a>), MappingError> {
+) -> Result<(&'static str, &'r Image<'a>), MappingError> {
     let stream = &record.dynamodb;
     let keys = present(&stream.keys);
     let (verb, image) = match record.event_name.as_deref() {
@@ -100,7 +104,7 @@ fn verb_and_image<'a>(
 }
 
 /// An image with at least one attribute.
-fn present<'a>(image: &'a Option<Image<'a>>) -> Option<&'a Image<'a>> {
+fn present<'a, 'r>(image: &'r Option<Image<'a>>) -> Option<&'r Image<'a>> {
     image.as_ref().filter(|i| !i.is_empty())
 }
 

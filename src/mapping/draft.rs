@@ -1,26 +1,35 @@
 //! The draft of a message: what the mapping made of one record, decided
-//! once (envelope, exchange, routing key, the item's trace context), before
-//! the enricher sees it and [`crate::routing::to_message`] writes it.
+//! once (envelope, exchange, routing key, the item's trace context) and its
+//! body written up to the payload's end, before the enricher sees it and
+//! [`crate::routing::to_message`] makes it a message.
 
 use std::borrow::Cow;
 
 use super::dead_letter::Origin;
 use crate::enrich::Added;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Payload};
 use crate::publisher::Message;
 use crate::routing::{self, Sending};
 
-/// A record's event, not yet bytes. Its envelope is detached from the
-/// record ([`Envelope::into_owned`]): the payload is JSON text, exactly the
-/// bytes the body will carry.
+/// A record's event, typed, its body written but for what an enricher
+/// adds. It lasts as long as the record's text, not the parsed record: its
+/// envelope's text borrows from the record's text, and its payload was
+/// transcoded into the body while the parsed record was at hand.
 #[derive(Debug, Clone)]
 pub struct Draft<'a> {
-    pub envelope: Envelope<'static>,
+    /// The envelope, but for its payload ([`Payload::Empty`] here): that is
+    /// in the body ([`Draft::payload`]). Read-only: the body is written.
+    pub(crate) envelope: Envelope<'a>,
     pub exchange: Cow<'a, str>,
     pub routing_key: String,
     /// The item's W3C trace context, checked.
     pub trace: TraceContext,
     pub(super) origin: Origin<'a>,
+    /// The body up to the payload's end: the envelope's fields, then its
+    /// payload from `payload_at` on. [`crate::routing::to_message`] adds
+    /// an enricher's fields and closes it, in this buffer.
+    pub(crate) body: Vec<u8>,
+    payload_at: usize,
 }
 
 /// The item's `traceparent` and `tracestate`, each valid or left out.
@@ -31,9 +40,37 @@ pub struct TraceContext {
 }
 
 impl<'a> Draft<'a> {
-    /// The envelope's payload as JSON text, as the body carries it.
+    /// The draft of `envelope` with `payload`, its body written once: the
+    /// head, then the payload transcoded to JSON text. Fails like
+    /// [`Envelope::to_body`].
+    pub(super) fn new(
+        mut envelope: Envelope<'a>,
+        payload: &Payload<'_>,
+        exchange: Cow<'a, str>,
+        routing_key: String,
+        origin: Origin<'a>,
+    ) -> Result<Self, &'static str> {
+        envelope.payload = Payload::Empty;
+        // Room for the rest of the body too: no regrowth per message.
+        let mut body = Vec::with_capacity(384 + payload.hint());
+        envelope.write_head(&mut body);
+        let payload_at = body.len();
+        payload.write(&mut body)?;
+        Ok(Self {
+            envelope,
+            exchange,
+            routing_key,
+            trace: TraceContext::default(),
+            origin,
+            body,
+            payload_at,
+        })
+    }
+
+    /// The envelope's payload as JSON text, the exact bytes the body
+    /// carries.
     pub fn payload(&self) -> &str {
-        self.envelope.payload.json().unwrap_or("{}")
+        std::str::from_utf8(&self.body[self.payload_at..]).unwrap_or("{}")
     }
 
     /// What makes the dead letter of this draft's record, should it not be
@@ -45,21 +82,24 @@ impl<'a> Draft<'a> {
     /// A draft of `envelope` that is not the mapping's (tests elsewhere).
     #[cfg(test)]
     pub(crate) fn of(
-        envelope: Envelope<'static>,
+        envelope: Envelope<'a>,
         exchange: &'a str,
         routing_key: &str,
         converter: &'a super::Converter,
     ) -> Self {
-        Self {
+        let payload = envelope.payload.clone();
+        let origin = Origin {
+            raw: "{}",
+            converter,
+        };
+        Self::new(
             envelope,
-            exchange: Cow::Borrowed(exchange),
-            routing_key: routing_key.to_owned(),
-            trace: TraceContext::default(),
-            origin: Origin {
-                raw: "{}",
-                converter,
-            },
-        }
+            &payload,
+            Cow::Borrowed(exchange),
+            routing_key.to_owned(),
+            origin,
+        )
+        .expect("a test's payload is valid")
     }
 
     /// The message as the mapping alone makes it: nothing added, sent to

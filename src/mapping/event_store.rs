@@ -14,16 +14,16 @@ use super::attributes::{
 use super::time::{creation_time, occurred_at};
 use super::{MESSAGE_ID_NAMESPACE, Mapped, MappingError};
 use crate::config::{AttributeNames, MappingConfig};
-use crate::envelope::{ENVELOPE_VERSION, Envelope};
+use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload};
 use crate::record::{Attr, Image, Record};
 
 /// An INSERT is one domain event; MODIFY and REMOVE (e.g. TTL archival)
 /// are skipped.
-pub(super) fn draft<'a>(
+pub(super) fn draft<'a, 'r>(
     config: &'a MappingConfig,
-    record: &'a Record<'a>,
+    record: &'r Record<'a>,
     now: DateTime<Utc>,
-) -> Result<Mapped<'a>, MappingError> {
+) -> Result<Mapped<'a, 'r>, MappingError> {
     match record.event_name.as_deref() {
         Some("INSERT") => {}
         Some("MODIFY" | "REMOVE") => return Ok(Mapped::Skip("not an INSERT")),
@@ -48,7 +48,7 @@ pub(super) fn draft<'a>(
         .unwrap_or(now);
     let source = source(config, record)?;
     let message_id = event_store_id(item, names, record, &aggregate_id, version)?;
-    Ok(Mapped::Event(Envelope {
+    let envelope = Envelope {
         message_id,
         message_type: event_type,
         message_version,
@@ -61,8 +61,9 @@ pub(super) fn draft<'a>(
         aggregate_type: optional_str(item, &names.aggregate_type)?,
         aggregate_version: Some(version),
         sequence_number: sequence_number(record)?,
-        payload,
-    }))
+        payload: Payload::Empty,
+    };
+    Ok(Mapped::Event { envelope, payload })
 }
 
 /// The attributes every domain event must have.

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::config::{Exchange, MappingConfig, MappingKind, exchange_name_char};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Payload};
 use crate::publisher::Message;
 use crate::record::{self, Record};
 use crate::routing::RoutingError;
@@ -160,14 +160,22 @@ pub struct Converter {
     config: MappingConfig,
 }
 
-/// What a mapping makes of one record.
+/// What a mapping makes of one record: `'a` is the record's text (and the
+/// configuration), `'r` the parsed record, which the draft does not
+/// outlast.
 #[expect(
     clippy::large_enum_variant,
     reason = "returned once per record and matched at once: a box would cost an allocation per record"
 )]
-enum Mapped<'a> {
-    /// The event, for the draft.
-    Event(Envelope<'a>),
+enum Mapped<'a, 'r> {
+    /// The event, for the draft: its envelope, which lasts as long as the
+    /// record's text, and apart from it (the envelope's own left
+    /// [`Payload::Empty`]) its payload, which may borrow the parsed record
+    /// (an item's image) and is written into the draft's body at once.
+    Event {
+        envelope: Envelope<'a>,
+        payload: Payload<'r>,
+    },
     /// Not an event for this mapping, and why (e.g. MODIFY in an event
     /// store).
     Skip(&'static str),
@@ -244,12 +252,12 @@ impl Converter {
     /// and what of its trace context was left out.
     fn plan_record<'a>(
         &'a self,
-        record: &Record<'_>,
+        record: &Record<'a>,
         raw: &'a str,
         now: DateTime<Utc>,
     ) -> (Plan<Draft<'a>>, Option<String>) {
         let draft = match self.mapped(record, now) {
-            Ok(Mapped::Event(envelope)) => self.draft(envelope, raw),
+            Ok(Mapped::Event { envelope, payload }) => self.draft(envelope, &payload, raw),
             Ok(Mapped::Skip(reason)) => return (Plan::Skip(reason), None),
             Err(e) => Err(e),
         };
@@ -269,11 +277,11 @@ impl Converter {
 
     /// The configured mapping's envelope of a record: the one place that
     /// names every mapping.
-    fn mapped<'a>(
+    fn mapped<'a, 'r>(
         &'a self,
-        record: &'a Record<'a>,
+        record: &'r Record<'a>,
         now: DateTime<Utc>,
-    ) -> Result<Mapped<'a>, MappingError> {
+    ) -> Result<Mapped<'a, 'r>, MappingError> {
         let config = &self.config;
         match config.mapping {
             MappingKind::EventStore => event_store::draft(config, record, now),
@@ -282,27 +290,22 @@ impl Converter {
     }
 
     /// The draft of an event: its routing key and exchange decided, its
-    /// payload transcoded to JSON text, detached from the record.
+    /// body written up to the end of its payload (transcoded to JSON text)
+    /// while the parsed record is at hand.
     fn draft<'a>(
         &'a self,
-        envelope: Envelope<'_>,
+        envelope: Envelope<'a>,
+        payload: &Payload<'_>,
         raw: &'a str,
     ) -> Result<Draft<'a>, MappingError> {
         let routing_key = self.config.routing_key_template.render(&envelope)?;
         let exchange = self.exchange(&envelope)?;
-        let envelope = envelope
-            .into_owned()
-            .map_err(|e| MappingError::Body(e.to_string()))?;
-        Ok(Draft {
-            envelope,
-            exchange,
-            routing_key,
-            trace: TraceContext::default(),
-            origin: Origin {
-                raw,
-                converter: self,
-            },
-        })
+        let origin = Origin {
+            raw,
+            converter: self,
+        };
+        Draft::new(envelope, payload, exchange, routing_key, origin)
+            .map_err(|e| MappingError::Body(e.to_string()))
     }
 
     /// The exchange of an event: the one of `EXCHANGE`, or the one its
