@@ -145,7 +145,7 @@ fn write_timestamp(out: &mut Vec<u8>, t: &DateTime<Utc>) {
 }
 
 /// `v` in decimal, without the formatting machinery.
-fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut v: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {

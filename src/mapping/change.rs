@@ -49,7 +49,7 @@ pub(super) fn draft<'a, 'r>(
         Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes())
     };
     let envelope = Envelope {
-        message_id: message_id.to_string(),
+        message_id: super::text(message_id),
         message_type: Cow::Owned(message_type),
         message_version: Cow::Borrowed("1.0"),
         envelope_version: ENVELOPE_VERSION,

@@ -5,16 +5,15 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::attributes::{
     attr, event_version, optional_short, optional_str, partition_key, payload, required_str,
     sequence_number, short, source, table_name, wrong_type,
 };
 use super::time::{creation_time, occurred_at};
-use super::{MESSAGE_ID_NAMESPACE, Mapped, MappingError};
+use super::{Mapped, MappingError, message_id};
 use crate::config::{AttributeNames, MappingConfig};
-use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload};
+use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload, write_u64};
 use crate::record::{Attr, Image, Record};
 
 /// An INSERT is one domain event; MODIFY and REMOVE (e.g. TTL archival)
@@ -120,8 +119,14 @@ fn event_store_id(
         }
         _ => {
             let table = table_name(record).ok_or(MappingError::NoTable)?;
-            let name = format!("{table}/{aggregate_id}/{version}");
-            Ok(Uuid::new_v5(&MESSAGE_ID_NAMESPACE, name.as_bytes()).to_string())
+            // `<table>/<aggregateId>/<version>`, written without `format!`.
+            let mut name = Vec::with_capacity(table.len() + aggregate_id.len() + 22);
+            name.extend_from_slice(table.as_bytes());
+            name.push(b'/');
+            name.extend_from_slice(aggregate_id.as_bytes());
+            name.push(b'/');
+            write_u64(&mut name, version);
+            Ok(message_id(&name))
         }
     }
 }

@@ -54,6 +54,19 @@ pub use draft::{Draft, TraceContext};
 /// same record must give the same id in every version of the forwarder.
 pub const MESSAGE_ID_NAMESPACE: Uuid = uuid::uuid!("08ebb892-d8fe-430a-aad9-6a1cfb75305c");
 
+/// The UUIDv5 of `name` in [`MESSAGE_ID_NAMESPACE`]: a message id.
+fn message_id(name: &[u8]) -> String {
+    text(Uuid::new_v5(&MESSAGE_ID_NAMESPACE, name))
+}
+
+/// A UUID as a message id's text (lower case, hyphenated), written without
+/// the formatting machinery.
+fn text(id: Uuid) -> String {
+    id.hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_owned()
+}
+
 /// Why a record cannot become an event. The text goes into the
 /// dead-letter `x-error` header: it names attributes, never their values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
