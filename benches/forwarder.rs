@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
             let now = Utc::now();
             let started = Instant::now();
             for r in &records {
-                black_box(converter.plan_raw(black_box(r.get()), now));
+                black_box(converter.plan_raw(black_box(r.get()), now).into_message());
             }
             started.elapsed()
         });
@@ -110,10 +110,12 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         let now = Utc::now();
         let sizes: Vec<usize> = records
             .iter()
-            .filter_map(|r| match converter.plan_raw(r.get(), now).plan {
-                Plan::Publish(m) => Some(m.body.len()),
-                _ => None,
-            })
+            .filter_map(
+                |r| match converter.plan_raw(r.get(), now).into_message().plan {
+                    Plan::Publish(m) => Some(m.body.len()),
+                    _ => None,
+                },
+            )
             .collect();
         ensure!(sizes.len() == records.len(), "every record converts");
         sizes.iter().sum::<usize>() / sizes.len()
@@ -122,7 +124,7 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         let now = Utc::now();
         let started = Instant::now();
         for r in &records {
-            black_box(converter.plan_raw(black_box(r.get()), now));
+            black_box(converter.plan_raw(black_box(r.get()), now).into_message());
         }
         started.elapsed()
     });

@@ -1,8 +1,10 @@
 //! The extension point: the forwarder as a library. An [`Enricher`] sees
-//! each record's event after the mapping and before it is published, and may
-//! add fields to its `payload` or headers to its message (data from a read
-//! model, say, when the integration event needs a broader context than the
-//! domain event), skip it, or dead-letter it with a reason.
+//! each record's event after the mapping and before it is published (its
+//! draft, typed: never bytes to re-parse), and may add fields to its
+//! `payload` or headers to its message (data from a read model, say, when
+//! the integration event needs a broader context than the domain event),
+//! skip it, or dead-letter it with a reason. What it adds is checked here
+//! ([`Added`]) and written into the message in one place (`routing::to_message`).
 //!
 //! It runs inside the batch loop, so the checkpoint rule holds: an error is
 //! a failure of that record (it and everything after it are retried), never
@@ -13,9 +15,11 @@
 use std::{borrow::Cow, collections::HashMap, future::Future};
 
 use serde::de::IgnoredAny;
-use serde_json::{Map, Value, value::RawValue};
+use serde_json::{Map, Value};
 
-use crate::publisher::{HeaderValue, Message};
+use crate::envelope::Envelope;
+use crate::mapping::Draft;
+use crate::publisher::HeaderValue;
 
 /// Decides, for each event, what is added to it or whether it goes out.
 pub trait Enricher: Send + Sync + 'static {
@@ -45,66 +49,76 @@ impl Enricher for NoEnricher {
     }
 }
 
-/// An event as an enricher sees it: the message the forwarder would
-/// publish.
+/// An event as an enricher sees it: the draft of the message the forwarder
+/// would publish, typed, before any byte of it is written.
 #[derive(Debug)]
 pub struct Event<'a> {
-    message: &'a Message,
+    draft: &'a Draft<'a>,
 }
 
 impl<'a> Event<'a> {
-    pub(crate) fn new(message: &'a Message) -> Self {
-        Self { message }
+    pub(crate) fn new(draft: &'a Draft<'a>) -> Self {
+        Self { draft }
     }
 
     /// The envelope's `messageId`.
     pub fn message_id(&self) -> &str {
-        &self.message.properties.message_id
+        &self.draft.envelope.message_id
     }
 
     /// The envelope's `messageType`.
     pub fn message_type(&self) -> &str {
-        self.message.properties.kind.as_deref().unwrap_or_default()
+        &self.draft.envelope.message_type
     }
 
     /// The envelope's `partitionKey` (the aggregate id, or the item key).
     pub fn partition_key(&self) -> &str {
-        self.header("partitionKey").unwrap_or_default()
+        &self.draft.envelope.partition_key
     }
 
     /// The exchange and routing key it goes to.
     pub fn exchange(&self) -> &str {
-        &self.message.exchange
+        &self.draft.exchange
     }
 
     /// The routing key it is published with.
     pub fn routing_key(&self) -> &str {
-        &self.message.routing_key
+        &self.draft.routing_key
     }
 
-    /// A string header of the message (`partitionKey`, `messageVersion`,
-    /// `sequenceNumber`, `traceparent`...).
+    /// A string header the message will have (`partitionKey`,
+    /// `messageVersion`, `sequenceNumber`, `traceparent`, `tracestate`).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.message
-            .properties
-            .headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| match v {
-                HeaderValue::String(s) => Some(s.as_str()),
-                HeaderValue::Int(_) => None,
-            })
+        let e = &self.draft.envelope;
+        let trace = &self.draft.trace;
+        match name {
+            "partitionKey" => Some(&e.partition_key),
+            "messageVersion" => Some(&e.message_version),
+            "sequenceNumber" => Some(&e.sequence_number),
+            "traceparent" => trace.traceparent.as_deref(),
+            "tracestate" => trace.tracestate.as_deref(),
+            _ => None,
+        }
     }
 
-    /// The envelope as the message body holds it (UTF-8 JSON).
-    pub fn body(&self) -> &[u8] {
-        &self.message.body
+    /// The envelope, typed, but for its payload: that is [`Event::payload`].
+    pub fn envelope_fields(&self) -> &Envelope<'a> {
+        &self.draft.envelope
     }
 
-    /// The envelope parsed. Numbers beyond an `f64` lose digits here; the
-    /// published body keeps them as they are.
+    /// The envelope's `payload` as JSON text, the exact bytes the body
+    /// carries.
+    pub fn payload(&self) -> &str {
+        self.draft.payload()
+    }
+
+    /// The envelope as a JSON value. Numbers beyond an `f64` lose digits
+    /// here; the published body keeps them as they are.
     pub fn envelope(&self) -> serde_json::Result<Value> {
-        serde_json::from_slice(&self.message.body)
+        let mut body = Vec::with_capacity(self.draft.body.len() + 1);
+        body.extend_from_slice(&self.draft.body);
+        body.push(b'}');
+        serde_json::from_slice(&body)
     }
 }
 
@@ -180,16 +194,26 @@ const OWN_HEADERS: [&str; 7] = [
 /// and headers in one frame (16 KiB at the least `frame_max` accepted).
 const MAX_ADDED_HEADER_BYTES: usize = 4096;
 
-/// Applies a `Publish` enrichment to `message`: payload fields are spliced
-/// into the body (the payload is the envelope's last field), so what was
-/// there keeps its exact bytes. `Err` is the reason to dead-letter the
-/// record instead: an addition that would replace a payload field or a
-/// header of the forwarder's, or headers too large for a frame.
-pub(crate) fn apply(
-    message: &mut Message,
+/// What an enrichment adds to a message, checked: payload fields as JSON
+/// text (`,"name":value…`, appended to the payload object in the
+/// enricher's order) and headers. `routing::to_message` writes
+/// them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Added {
+    pub(crate) fields: Vec<u8>,
+    pub(crate) headers: Vec<(String, HeaderValue)>,
+}
+
+/// Checks a `Publish` enrichment against the draft's `payload` (JSON
+/// text). `Err` is the reason to dead-letter the record instead: an
+/// addition that would replace a payload field or a header of the
+/// forwarder's, or headers too large for a frame. The payload's fields are
+/// read only when fields are added.
+pub(crate) fn check<'p>(
+    payload_text: impl FnOnce() -> &'p str,
     payload: Map<String, Value>,
     headers: Vec<(String, String)>,
-) -> Result<(), String> {
+) -> Result<Added, String> {
     let mut added = 0;
     for (name, value) in &headers {
         if OWN_HEADERS.contains(&name.as_str()) || name.starts_with("x-") {
@@ -207,24 +231,24 @@ pub(crate) fn apply(
             "enrichment adds more than {MAX_ADDED_HEADER_BYTES} bytes of headers"
         ));
     }
-    if !payload.is_empty() {
-        splice(&mut message.body, &payload)?;
-    }
-    message.properties.extra_headers.extend(
-        headers
+    let fields = if payload.is_empty() {
+        Vec::new()
+    } else {
+        fields(payload_text(), &payload)?
+    };
+    Ok(Added {
+        fields,
+        headers: headers
             .into_iter()
-            .map(|(n, v)| (n, HeaderValue::String(v))),
-    );
-    Ok(())
+            .map(|(n, v)| (n, HeaderValue::String(v)))
+            .collect(),
+    })
 }
 
-/// Adds `fields` to the `payload` object that ends the envelope's body.
-fn splice(body: &mut Vec<u8>, fields: &Map<String, Value>) -> Result<(), String> {
+/// `fields` as JSON text to append to the `payload` object.
+fn fields(payload: &str, fields: &Map<String, Value>) -> Result<Vec<u8>, String> {
     let not_an_envelope =
         || "enrichment: the body is not an envelope ending with its payload".to_string();
-    let envelope: HashMap<Cow<'_, str>, &RawValue> =
-        serde_json::from_slice(body).map_err(|_| not_an_envelope())?;
-    let payload = envelope.get("payload").ok_or_else(not_an_envelope)?.get();
     let existing: HashMap<Cow<'_, str>, IgnoredAny> =
         serde_json::from_str(payload).map_err(|_| not_an_envelope())?;
     if let Some(name) = fields.keys().find(|k| existing.contains_key(k.as_str())) {
@@ -232,13 +256,10 @@ fn splice(body: &mut Vec<u8>, fields: &Map<String, Value>) -> Result<(), String>
             "enrichment adds the payload field `{name}`, which it already has"
         ));
     }
-    // The payload's closing brace is the body's second to last byte.
-    let empty = existing.is_empty();
-    drop(envelope);
-    let end = body.len().checked_sub(2).ok_or_else(not_an_envelope)?;
-    if body.get(end) != Some(&b'}') || body.last() != Some(&b'}') {
+    if !payload.ends_with('}') {
         return Err(not_an_envelope());
     }
+    let empty = existing.is_empty();
     let mut insert = Vec::new();
     for (i, (name, value)) in fields.iter().enumerate() {
         if i > 0 || !empty {
@@ -249,15 +270,30 @@ fn splice(body: &mut Vec<u8>, fields: &Map<String, Value>) -> Result<(), String>
         insert.push(b':');
         insert.extend(serde_json::to_vec(value).unwrap_or_default());
     }
-    body.splice(end..end, insert);
-    Ok(())
+    Ok(insert)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publisher::Properties;
+    use crate::publisher::{Message, Properties};
     use serde_json::json;
+
+    /// `check`, then the additions written into a body whose payload is
+    /// its last field, as `routing::to_message` writes them.
+    fn apply(
+        m: &mut Message,
+        payload: Map<String, Value>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        let text = std::str::from_utf8(&m.body).unwrap();
+        let start = text.find(r#""payload":"#).unwrap() + r#""payload":"#.len();
+        let added = check(|| &text[start..text.len() - 1], payload, headers)?;
+        let end = m.body.len() - 2;
+        m.body.splice(end..end, added.fields);
+        m.properties.extra_headers.extend(added.headers);
+        Ok(())
+    }
 
     fn message(body: &str) -> Message {
         Message {
@@ -294,6 +330,55 @@ mod tests {
             empty.properties.extra_headers,
             [("region".to_string(), HeaderValue::String("eu".into()))]
         );
+    }
+
+    #[test]
+    fn an_enricher_reads_the_drafts_typed_fields() {
+        let converter =
+            crate::mapping::Converter::new(crate::config::MappingConfig::new("product.events"));
+        let envelope = Envelope {
+            message_id: "id-1".into(),
+            message_type: "ProductCreated".into(),
+            message_version: "1.0".into(),
+            envelope_version: crate::envelope::ENVELOPE_VERSION,
+            timestamp: chrono::DateTime::UNIX_EPOCH,
+            source: "ProductService".into(),
+            correlation_id: None,
+            causation_id: None,
+            partition_key: "prod-00042".into(),
+            aggregate_type: Some("Product".into()),
+            aggregate_version: Some(7),
+            sequence_number: "41".into(),
+            payload: crate::envelope::Payload::Json(r#"{"price":19.990}"#.into()),
+        };
+        let mut draft = Draft::of(envelope, "product.events", "product.created.v1", &converter);
+        draft.trace.traceparent =
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let event = Event::new(&draft);
+        assert_eq!(
+            [
+                event.message_id(),
+                event.message_type(),
+                event.partition_key()
+            ],
+            ["id-1", "ProductCreated", "prod-00042"]
+        );
+        assert_eq!(
+            [event.exchange(), event.routing_key()],
+            ["product.events", "product.created.v1"]
+        );
+        assert_eq!(event.header("sequenceNumber"), Some("41"));
+        assert_eq!(event.header("messageVersion"), Some("1.0"));
+        assert_eq!(
+            event.header("traceparent"),
+            draft.trace.traceparent.as_deref()
+        );
+        assert_eq!(event.header("tracestate"), None);
+        assert_eq!(event.header("aggregateVersion"), None, "not a string");
+        assert_eq!(event.payload(), r#"{"price":19.990}"#);
+        let body: Value = serde_json::from_slice(&draft.clone().into_message().body).unwrap();
+        assert_eq!(event.envelope().unwrap(), body);
+        assert_eq!(event.envelope_fields().aggregate_version, Some(7));
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The integration-event envelope (CONTRACT §3c) and its body bytes.
 //!
 //! The body is written by hand, field by field in the contract's order, with
-//! the payload transcoded straight from the record's DynamoDB JSON (see
+//! the payload transcoded from the record's DynamoDB JSON (see
 //! [`crate::record`]): no intermediate tree, numbers exactly as DynamoDB
-//! wrote them.
+//! wrote them. A draft writes its body this way, the head
+//! ([`Envelope::write_head`]) then the payload ([`Payload::write`]), once.
 
-use std::{borrow::Cow, io::Write};
+use std::borrow::Cow;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde_json::value::RawValue;
 
 use crate::record::{self, Image, write_str};
@@ -55,7 +56,16 @@ impl Envelope<'_> {
     /// Fails only on a payload that is not valid DynamoDB JSON (a number
     /// that is not a number, say), which makes the record unconvertible.
     pub fn to_body(&self) -> Result<Vec<u8>, &'static str> {
-        let mut out = Vec::with_capacity(384 + self.payload_hint());
+        let mut out = Vec::with_capacity(384 + self.payload.hint());
+        self.write_head(&mut out);
+        self.payload.write(&mut out)?;
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// The body up to its payload: every field but the last, then
+    /// `"payload":`. The payload and the closing brace are the caller's.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
         let field = |out: &mut Vec<u8>, name: &str| {
             out.push(b',');
             out.push(b'"');
@@ -63,54 +73,106 @@ impl Envelope<'_> {
             out.extend_from_slice(b"\":");
         };
         out.extend_from_slice(b"{\"messageId\":");
-        write_str(&mut out, &self.message_id);
-        field(&mut out, "messageType");
-        write_str(&mut out, &self.message_type);
-        field(&mut out, "messageVersion");
-        write_str(&mut out, &self.message_version);
-        field(&mut out, "envelopeVersion");
-        write_str(&mut out, self.envelope_version);
-        field(&mut out, "timestamp");
-        write_str(
-            &mut out,
-            &self.timestamp.to_rfc3339_opts(SecondsFormat::Millis, true),
-        );
-        field(&mut out, "source");
-        write_str(&mut out, &self.source);
+        write_str(out, &self.message_id);
+        field(out, "messageType");
+        write_str(out, &self.message_type);
+        field(out, "messageVersion");
+        write_str(out, &self.message_version);
+        field(out, "envelopeVersion");
+        write_str(out, self.envelope_version);
+        field(out, "timestamp");
+        write_timestamp(out, &self.timestamp);
+        field(out, "source");
+        write_str(out, &self.source);
         if let Some(c) = &self.correlation_id {
-            field(&mut out, "correlationId");
-            write_str(&mut out, c);
+            field(out, "correlationId");
+            write_str(out, c);
         }
         if let Some(c) = &self.causation_id {
-            field(&mut out, "causationId");
-            write_str(&mut out, c);
+            field(out, "causationId");
+            write_str(out, c);
         }
-        field(&mut out, "partitionKey");
-        write_str(&mut out, &self.partition_key);
+        field(out, "partitionKey");
+        write_str(out, &self.partition_key);
         if let Some(t) = &self.aggregate_type {
-            field(&mut out, "aggregateType");
-            write_str(&mut out, t);
+            field(out, "aggregateType");
+            write_str(out, t);
         }
         if let Some(v) = self.aggregate_version {
-            field(&mut out, "aggregateVersion");
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{v}");
+            field(out, "aggregateVersion");
+            write_u64(out, v);
         }
-        field(&mut out, "sequenceNumber");
-        write_str(&mut out, &self.sequence_number);
-        field(&mut out, "payload");
-        match &self.payload {
+        field(out, "sequenceNumber");
+        write_str(out, &self.sequence_number);
+        field(out, "payload");
+    }
+}
+
+/// `t` as a JSON string, RFC 3339 in UTC to the millisecond
+/// (`"2026-11-22T12:00:00.123Z"`): what chrono's
+/// `to_rfc3339_opts(SecondsFormat::Millis, true)` writes, without a
+/// `String` per record. A year beyond 0–9999 or a leap second is left to
+/// chrono.
+fn write_timestamp(out: &mut Vec<u8>, t: &DateTime<Utc>) {
+    let t = t.naive_utc();
+    let millis = t.nanosecond() / 1_000_000;
+    let year = match u32::try_from(t.year()) {
+        Ok(year) if year <= 9999 && millis < 1000 => year,
+        _ => {
+            return write_str(
+                out,
+                &t.and_utc().to_rfc3339_opts(SecondsFormat::Millis, true),
+            );
+        }
+    };
+    let parts = [
+        (year, 4, b'-'),
+        (t.month(), 2, b'-'),
+        (t.day(), 2, b'T'),
+        (t.hour(), 2, b':'),
+        (t.minute(), 2, b':'),
+        (t.second(), 2, b'.'),
+        (millis, 3, b'Z'),
+    ];
+    out.push(b'"');
+    for (n, width, then) in parts {
+        for place in (0..width).rev() {
+            out.push(b'0' + (n / 10u32.pow(place) % 10) as u8);
+        }
+        out.push(then);
+    }
+    out.push(b'"');
+}
+
+/// `v` in decimal, without the formatting machinery.
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+impl Payload<'_> {
+    /// The payload's JSON text as the body carries it.
+    pub fn write(&self, out: &mut Vec<u8>) -> Result<(), &'static str> {
+        match self {
             Payload::Empty => out.extend_from_slice(b"{}"),
-            Payload::Map(raw) => record::write_nested(&mut out, "M", raw)?,
-            Payload::Image(image) => record::write_image(&mut out, image)?,
+            Payload::Map(raw) => record::write_nested(out, "M", raw)?,
+            Payload::Image(image) => record::write_image(out, image)?,
             Payload::Json(text) => out.extend_from_slice(text.trim().as_bytes()),
         }
-        out.push(b'}');
-        Ok(out)
+        Ok(())
     }
 
-    fn payload_hint(&self) -> usize {
-        match &self.payload {
+    pub(crate) fn hint(&self) -> usize {
+        match self {
             Payload::Empty => 2,
             Payload::Map(raw) => raw.get().len(),
             Payload::Json(text) => text.len(),
@@ -171,6 +233,39 @@ mod tests {
             envelope(Payload::Map(&bad)).to_body(),
             Err(record::INVALID_NUMBER)
         );
+    }
+
+    #[test]
+    fn timestamps_and_versions_are_written_as_chrono_and_std_write_them() {
+        let millis = chrono::Duration::milliseconds;
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        let times = [
+            DateTime::UNIX_EPOCH,
+            Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap() + millis(123),
+            Utc.with_ymd_and_hms(1999, 1, 9, 3, 4, 5).unwrap() + millis(7),
+            Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 59).unwrap() + millis(999),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap() + millis(999),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap() + millis(1),
+            Utc.with_ymd_and_hms(-1, 12, 31, 0, 0, 0).unwrap(),
+            Utc.timestamp_opt(1_764_000_000, 123_456_789).unwrap(),
+            leap,
+        ];
+        for t in times {
+            let mut out = Vec::new();
+            write_timestamp(&mut out, &t);
+            let chrono = format!("\"{}\"", t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            assert_eq!(String::from_utf8(out).unwrap(), chrono);
+        }
+        for v in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            write_u64(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+        }
     }
 
     #[test]

@@ -25,17 +25,23 @@
 //!
 //! # Layout
 //! - `config`: settings from the environment, validated at cold start.
-//! - `envelope`: the envelope type and its body bytes.
+//! - `envelope`: the envelope type and its body bytes (head, payload).
 //! - `record`: a stream record read in place from its JSON text, and the
 //!   DynamoDB-JSON to JSON transcoder.
-//! - `mapping/`: record to envelope to message, a file per mapping (pure).
-//! - `enrich`: the extension point: an [`Enricher`] adds to an event,
-//!   skips or dead-letters it, between mapping and publishing.
-//! - `routing`: routing-key template, AMQP properties and headers (pure).
+//! - `mapping/`: record to message draft (envelope, exchange, routing key,
+//!   the item's trace context, the body written up to the payload's end),
+//!   a file per mapping; a draft carries its dead letter (pure).
+//! - `enrich`: the extension point: an [`Enricher`] sees the draft, typed,
+//!   and adds to it, skips or dead-letters it, between mapping and
+//!   publishing.
+//! - `routing`: routing-key template, and `to_message`, the one place a
+//!   draft becomes a message: properties, headers, trace context, queue
+//!   redirect, an enricher's fields in the body (pure).
 //! - `trace`: W3C trace context: the item's, checked, or the invocation's
 //!   X-Ray trace as a `traceparent` (pure).
 //! - `batch/`: the checkpoint rule (`mod.rs`), the engine that publishes in
-//!   order (`run.rs`), the confirm window (`window.rs`).
+//!   order (`run.rs`), each draft through the enricher (`enrichment.rs`),
+//!   the confirm window (`window.rs`).
 //! - `publisher/`: the broker port; `amqp/`, its lapin adapter cut by
 //!   concern (connection, channel, topology, properties, confirms); the TLS
 //!   trust roots added to the bundled ones (system store, `AMQP_CA_FILE`).
@@ -80,7 +86,7 @@ pub use runtime::{run, run_with};
 /// broker: for the operations tool, benchmarks and fuzzing (pure).
 pub mod convert {
     pub use crate::config::{AttributeNames, MappingConfig, MappingKind};
-    pub use crate::mapping::{Converter, MESSAGE_ID_NAMESPACE, MappingError, Plan, Planned};
+    pub use crate::mapping::{Converter, Draft, MESSAGE_ID_NAMESPACE, MappingError, Plan, Planned};
     pub use crate::publisher::{HeaderValue, Message, Properties};
     pub use crate::record::BACKFILL_SOURCE;
 }

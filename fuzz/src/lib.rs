@@ -49,8 +49,8 @@ pub fn check_raw(records: &[Box<RawValue>]) {
     for (converter, max_depth) in converters() {
         for raw in records {
             check(
-                &converter.plan_raw(raw.get(), now()).plan,
-                &converter.plan_raw(raw.get(), now()).plan,
+                &converter.plan_raw(raw.get(), now()).into_message().plan,
+                &converter.plan_raw(raw.get(), now()).into_message().plan,
                 max_depth,
             );
         }

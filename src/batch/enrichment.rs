@@ -1,13 +1,15 @@
-//! The enricher's step, between mapping and publishing: an event goes to
+//! The enricher's step, between mapping and publishing: a draft goes to
 //! the [`Enricher`], bounded by the deadline margin, and comes back to be
-//! published, skipped or dead-lettered.
+//! written into its message ([`routing::to_message`]), skipped or
+//! dead-lettered (the draft carries its dead letter: [`Draft::origin`]).
 
 use std::{task::Poll, time::Instant};
 
 use super::run::Run;
 use crate::enrich::{self, Enricher, Enrichment, Event};
-use crate::mapping::Converter;
+use crate::mapping::Draft;
 use crate::publisher::{Broker, Message, PublishError};
+use crate::routing::{self, Sending};
 
 /// What an enricher made of an event.
 pub(super) enum Enriched {
@@ -28,11 +30,12 @@ async fn by<F: std::future::Future>(until: Instant, future: F) -> Option<F::Outp
 }
 
 impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
-    /// Passes an event through the enricher, within the deadline margin.
-    pub(super) async fn enrich(&mut self, mut message: Message, raw: &str) -> Enriched {
+    /// Passes a draft through the enricher, within the deadline margin,
+    /// and writes the message this invocation sends.
+    pub(super) async fn enrich(&mut self, draft: Draft<'_>) -> Enriched {
         let until = self.invocation.deadlines.publish_until;
         let decided = {
-            let event = Event::new(&message);
+            let event = Event::new(&draft);
             by(until, self.enricher.enrich(&event, self.enrichment)).await
         };
         let decided = match decided {
@@ -44,18 +47,23 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             Some(Err(e)) => return Enriched::Failed(PublishError::Enrichment(e.0)),
             Some(Ok(decided)) => decided,
         };
-        // The reason goes into a header and the log: cut to a header's size.
-        let dead_letter = |converter: &Converter, reason: String| {
-            let reason = crate::mapping::capped(reason);
-            Enriched::DeadLetter(converter.dead_letter_raw(raw, &reason), reason)
+        let dead_letter = |draft: &Draft<'_>, reason| {
+            let (message, reason) = draft.origin().dead_letter(reason);
+            Enriched::DeadLetter(message, reason)
         };
         match decided {
             Enrichment::Skip(reason) => Enriched::Skip(crate::mapping::capped(reason)),
-            Enrichment::DeadLetter(reason) => dead_letter(self.converter, reason),
+            Enrichment::DeadLetter(reason) => dead_letter(&draft, reason),
             Enrichment::Publish { payload, headers } => {
-                match enrich::apply(&mut message, payload, headers) {
-                    Ok(()) => Enriched::Publish(message),
-                    Err(reason) => dead_letter(self.converter, reason),
+                match enrich::check(|| draft.payload(), payload, headers) {
+                    Ok(added) => {
+                        let sending = Sending {
+                            traceparent: self.invocation.traceparent,
+                            to_queue: self.invocation.to_queue,
+                        };
+                        Enriched::Publish(routing::to_message(draft, added, sending))
+                    }
+                    Err(reason) => dead_letter(&draft, reason),
                 }
             }
         }

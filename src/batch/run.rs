@@ -18,8 +18,8 @@ use super::enrichment::Enriched;
 use super::window::{InFlight, SILENT_AFTER, Settle};
 use super::{BatchOptions, BatchReport, Failure, Invocation, Outcome, Refusal};
 use crate::enrich::Enricher;
-use crate::mapping::{Converter, Plan, Planned};
-use crate::publisher::{Broker, HeaderValue, Message, PublishError, Reset};
+use crate::mapping::{Converter, Draft, Plan, Planned};
+use crate::publisher::{Broker, Message, PublishError, Reset};
 
 /// What the loop notes about records besides their outcomes.
 #[derive(Default)]
@@ -275,7 +275,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         if let Some(why) = dropped {
             self.notes.dropped.push((index, why));
         }
-        let Some((message, outcome)) = self.message_for(index, plan, raw).await? else {
+        let Some((message, outcome)) = self.message_for(index, plan).await? else {
             return Ok(());
         };
         let (mut message, mut outcome) = self.within_limits(index, message, outcome, raw);
@@ -291,16 +291,15 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     async fn message_for(
         &mut self,
         index: usize,
-        plan: Plan,
-        raw: &str,
+        plan: Plan<Draft<'_>>,
     ) -> Result<Option<(Message, Outcome)>, Failure> {
         Ok(Some(match plan {
             Plan::Skip(_) => {
                 self.outcomes[index] = Outcome::Skipped;
                 return Ok(None);
             }
-            Plan::Publish(m) => match self.enrich(m, raw).await {
-                Enriched::Publish(m) => (self.invocation_message(m), Outcome::Published),
+            Plan::Publish(draft) => match self.enrich(draft).await {
+                Enriched::Publish(m) => (m, Outcome::Published),
                 Enriched::Skip(reason) => {
                     self.notes.skip_reasons.push((index, reason));
                     self.outcomes[index] = Outcome::Skipped;
@@ -497,21 +496,6 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             Err(e) => Err(self.fail(index, e)),
         }
     }
-
-    /// An event as this invocation sends it: to the backfill's queue, and
-    /// with the invocation's trace context when its item had none.
-    fn invocation_message(&self, mut message: Message) -> Message {
-        if let Some(traceparent) = self.invocation.traceparent {
-            let headers = &mut message.properties.headers;
-            if !headers.iter().any(|(name, _)| *name == "traceparent") {
-                headers.push(("traceparent", HeaderValue::String(traceparent.to_owned())));
-            }
-        }
-        match self.invocation.to_queue {
-            Some(queue) => crate::routing::to_queue(message, queue),
-            None => message,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -525,6 +509,7 @@ mod tests {
     use crate::batch::fake::*;
     use crate::config::MappingConfig;
     use crate::enrich::NoEnricher;
+    use crate::publisher::HeaderValue;
 
     #[tokio::test]
     async fn events_without_a_trace_context_get_the_invocations() {

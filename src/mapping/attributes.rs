@@ -11,28 +11,39 @@ use crate::config::MappingConfig;
 use crate::envelope::Payload;
 use crate::record::{self, Attr, Image, Record, Text};
 
-/// The event's `source`: `EVENT_SOURCE`, else the table's name.
+/// The event's `source`: `EVENT_SOURCE`, else the table's name. It lasts
+/// as long as the record's text (and the configuration), not the parsed
+/// record: a draft outlives that.
 pub(super) fn source<'a>(
     config: &'a MappingConfig,
-    record: &'a Record<'a>,
+    record: &Record<'a>,
 ) -> Result<Cow<'a, str>, MappingError> {
     match &config.event_source {
         Some(s) => Ok(Cow::Borrowed(s)),
-        None => match table_name(record) {
-            Some(t) if t.len() > 255 => Err(MappingError::LongTableName),
-            Some(t) => Ok(Cow::Borrowed(t)),
-            None => Err(MappingError::NoTable),
-        },
+        None => {
+            let arn = record.event_source_arn.as_ref();
+            let name = arn.and_then(|arn| lasting(arn, arn_table));
+            match name.or_else(|| {
+                record
+                    .table_name
+                    .as_ref()
+                    .and_then(|t| lasting(t, non_empty))
+            }) {
+                Some(t) if t.len() > 255 => Err(MappingError::LongTableName),
+                Some(t) => Ok(t),
+                None => Err(MappingError::NoTable),
+            }
+        }
     }
 }
 
 /// The table name from `arn:aws:dynamodb:<region>:<account>:table/<name>/stream/<label>`.
-pub(super) fn table_name<'a>(record: &'a Record<'a>) -> Option<&'a str> {
+pub(super) fn table_name<'r>(record: &'r Record<'_>) -> Option<&'r str> {
     record
         .event_source_arn
         .as_deref()
         .and_then(arn_table)
-        .or_else(|| record.table_name.as_deref().filter(|t| !t.is_empty()))
+        .or_else(|| record.table_name.as_deref().and_then(non_empty))
 }
 
 /// The non-empty table name in a stream ARN.
@@ -41,14 +52,28 @@ pub(super) fn arn_table(arn: &str) -> Option<&str> {
     rest.split('/').next().filter(|name| !name.is_empty())
 }
 
+fn non_empty(text: &str) -> Option<&str> {
+    Some(text).filter(|t| !t.is_empty())
+}
+
+/// The `part` of a string of the record, borrowed from the record's text:
+/// copied only when that text wrote it with escapes (then the parsed record
+/// holds it decoded).
+fn lasting<'a>(text: &Text<'a>, part: fn(&str) -> Option<&str>) -> Option<Cow<'a, str>> {
+    match &text.0 {
+        Cow::Borrowed(s) => part(s).map(Cow::Borrowed),
+        Cow::Owned(s) => part(s).map(|p| Cow::Owned(p.to_owned())),
+    }
+}
+
 /// The record's SequenceNumber, which consumers compare as an integer:
 /// only digits (DynamoDB's are 21 to 40 of them).
-pub(super) fn sequence_number<'a>(record: &'a Record<'a>) -> Result<Cow<'a, str>, MappingError> {
+pub(super) fn sequence_number<'a>(record: &Record<'a>) -> Result<Cow<'a, str>, MappingError> {
     let seq = record
         .dynamodb
         .sequence_number
-        .as_deref()
-        .filter(|s| !s.is_empty())
+        .as_ref()
+        .and_then(|seq| lasting(seq, non_empty))
         .ok_or(MappingError::NoSequenceNumber)?;
     if seq.len() > 255 || !seq.bytes().all(|b| b.is_ascii_digit()) {
         return Err(MappingError::Invalid {
@@ -56,7 +81,7 @@ pub(super) fn sequence_number<'a>(record: &'a Record<'a>) -> Result<Cow<'a, str>
             problem: "not a string of 1 to 255 digits",
         });
     }
-    Ok(Cow::Borrowed(seq))
+    Ok(seq)
 }
 
 /// The attribute `name` of `item`, parsed.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::attributes::{key_value, partition_key, sequence_number, short, source, table_name};
 use super::time::creation_time;
-use super::{Draft, MESSAGE_ID_NAMESPACE, MappingError};
+use super::{MESSAGE_ID_NAMESPACE, Mapped, MappingError};
 use crate::config::MappingConfig;
 use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload};
 use crate::record::{self, Image, Record, Text};
@@ -21,11 +21,11 @@ const TTL_PRINCIPAL: &str = "dynamodb.amazonaws.com";
 /// INSERT, MODIFY and REMOVE are `{Entity}Created`, `Updated`, `Deleted`
 /// (`Expired` when TTL removed the item); a backfill's INSERT is a
 /// `Snapshot`. Nothing is skipped.
-pub(super) fn draft<'a>(
+pub(super) fn draft<'a, 'r>(
     config: &'a MappingConfig,
-    record: &'a Record<'a>,
+    record: &'r Record<'a>,
     now: DateTime<Utc>,
-) -> Result<Draft<'a>, MappingError> {
+) -> Result<Mapped<'a, 'r>, MappingError> {
     let entity: Cow<'a, str> = match (&config.entity_name, table_name(record)) {
         (Some(e), _) => Cow::Borrowed(e),
         (None, Some(t)) => Cow::Owned(pascal_case(t)),
@@ -48,8 +48,8 @@ pub(super) fn draft<'a>(
     } else {
         Uuid::new_v5(&MESSAGE_ID_NAMESPACE, event_id.as_bytes())
     };
-    Ok(Draft::Event(Envelope {
-        message_id: message_id.to_string(),
+    let envelope = Envelope {
+        message_id: super::text(message_id),
         message_type: Cow::Owned(message_type),
         message_version: Cow::Borrowed("1.0"),
         envelope_version: ENVELOPE_VERSION,
@@ -61,16 +61,20 @@ pub(super) fn draft<'a>(
         aggregate_type: Some(entity),
         aggregate_version: None,
         sequence_number: sequence_number(record)?,
+        payload: Payload::Empty,
+    };
+    Ok(Mapped::Event {
+        envelope,
         payload: Payload::Image(image),
-    }))
+    })
 }
 
 /// The verb of a change and the image that is its payload: the new image,
 /// or for a removal the old one, else the keys.
-fn verb_and_image<'a>(
-    record: &'a Record<'a>,
+fn verb_and_image<'a, 'r>(
+    record: &'r Record<'a>,
     snapshot: bool,
-) -> Result<(&'static str, &'a Image<'a>), MappingError> {
+) -> Result<(&'static str, &'r Image<'a>), MappingError> {
     let stream = &record.dynamodb;
     let keys = present(&stream.keys);
     let (verb, image) = match record.event_name.as_deref() {
@@ -100,7 +104,7 @@ fn verb_and_image<'a>(
 }
 
 /// An image with at least one attribute.
-fn present<'a>(image: &'a Option<Image<'a>>) -> Option<&'a Image<'a>> {
+fn present<'a, 'r>(image: &'r Option<Image<'a>>) -> Option<&'r Image<'a>> {
     image.as_ref().filter(|i| !i.is_empty())
 }
 
@@ -191,7 +195,7 @@ mod tests {
         config.mapping = MappingKind::Change;
         let c = Converter::new(config);
         let insert = records(CHANGES).remove(0);
-        let plan = |record: &Value| c.plan_raw(&record.to_string(), now()).plan;
+        let plan = |record: &Value| c.plan_raw(&record.to_string(), now()).into_message().plan;
         let mut backfilled = serde_json::to_value(&insert).unwrap();
         backfilled["eventSource"] = json!(record::BACKFILL_SOURCE);
 
@@ -217,7 +221,7 @@ mod tests {
             &format!("{{{}}}", reversed.join(",")),
         );
         assert!(text.contains(&reversed.join(",")));
-        let reordered = c.plan_raw(&text, now()).plan;
+        let reordered = c.plan_raw(&text, now()).into_message().plan;
         assert_eq!(publish(reordered).1["messageId"], body["messageId"]);
         let mut changed = backfilled.clone();
         changed["dynamodb"]["NewImage"]["tier"] = json!({"S": "bronze"});
@@ -243,6 +247,41 @@ mod tests {
             json!({"accountNo": 42, "customerId": "cust-311"})
         );
         assert_eq!(m.routing_key, "customer.deleted.v1");
+    }
+
+    #[test]
+    fn an_enriched_change_event_keeps_its_payload_bytes_and_gets_the_fields_at_its_end() {
+        let mut config = MappingConfig::new("customer.events");
+        config.mapping = MappingKind::Change;
+        let c = Converter::new(config);
+        let mut record = records(CHANGES).remove(0);
+        let image = &mut record.change.new_image;
+        image.insert("price".into(), AttributeValue::N("19.990".into()));
+        image.insert(
+            "big".into(),
+            AttributeValue::N("12345678901234567890123".into()),
+        );
+        let raw = serde_json::to_string(&record).unwrap();
+        let Plan::Publish(draft) = c.plan_raw(&raw, now()).plan else {
+            panic!("not published")
+        };
+        let plain = draft.clone().into_message().body;
+        let text = String::from_utf8(plain.clone()).unwrap();
+        assert!(text.contains(r#""price":19.990"#), "{text}");
+        assert!(text.contains(r#""big":12345678901234567890123"#), "{text}");
+
+        let mut fields = serde_json::Map::new();
+        fields.insert("segment".into(), json!("retail"));
+        fields.insert("score".into(), json!(7));
+        let added = crate::enrich::check(|| draft.payload(), fields, vec![]).unwrap();
+        let enriched = crate::routing::to_message(draft, added, Default::default()).body;
+        let mut expected = plain[..plain.len() - 2].to_vec();
+        // A `Map` iterates in key order, as the splice did.
+        expected.extend_from_slice(br#","score":7,"segment":"retail"}}"#);
+        assert_eq!(
+            String::from_utf8(enriched).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
     }
 
     #[test]

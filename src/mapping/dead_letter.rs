@@ -14,15 +14,31 @@ use crate::config::MappingConfig;
 use crate::publisher::{HeaderValue, Message, Properties};
 use crate::record::{self, Record, Text};
 
+/// A record's text and the converter that read it: what a
+/// [`super::Draft`] carries to become its dead letter after the mapping (an
+/// enricher's reason, an addition refused).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub(super) raw: &'a str,
+    pub(super) converter: &'a Converter,
+}
+
+impl Origin<'_> {
+    /// The dead letter for `reason`, cut to a header's size; the reason
+    /// comes back as it went into `x-error`, for the log.
+    pub fn dead_letter(&self, reason: String) -> (Message, String) {
+        let reason = capped(reason);
+        let limit = self.converter.config.max_message_bytes;
+        let message = self.converter.dead_letter_within(self.raw, &reason, limit);
+        (message, reason)
+    }
+}
+
 impl Converter {
     /// The dead-letter message of a record given as JSON text, for a reason
-    /// found after the mapping (an enricher's, at most 1 KiB).
-    pub fn dead_letter_raw(&self, raw: &str, reason: &str) -> Message {
-        self.dead_letter_within(raw, reason, self.config.max_message_bytes)
-    }
-
-    /// [`Converter::dead_letter_raw`] with a body of at most `limit` bytes
-    /// (a broker that takes less than `MAX_MESSAGE_BYTES`).
+    /// found after the mapping (the broker's refusal), with a body of at
+    /// most `limit` bytes (a broker that takes less than
+    /// `MAX_MESSAGE_BYTES`).
     pub fn dead_letter_within(&self, raw: &str, reason: &str, limit: usize) -> Message {
         self.dead_letter_bounded(DeadLetterIdentity::lenient(raw), raw, reason, limit)
     }
@@ -316,7 +332,7 @@ mod tests {
         // The same for a record that does not parse at all.
         let mut raw = serde_json::to_value(&record).unwrap();
         raw["dynamodb"]["NewImage"] = json!("not a map");
-        let planned = converter().plan_raw(&raw.to_string(), now());
+        let planned = converter().plan_raw(&raw.to_string(), now()).into_message();
         let (message, _) = dead_letter(planned.plan);
         assert_eq!(message.properties.app_id, "");
     }
@@ -328,7 +344,7 @@ mod tests {
         broken["dynamodb"]["NewImage"] = json!(["secret", "not an item"]);
         let raw = serde_json::to_string(&broken).unwrap();
 
-        let planned = converter().plan_raw(&raw, now());
+        let planned = converter().plan_raw(&raw, now()).into_message();
 
         let (m, reason) = dead_letter(planned.plan);
         assert!(
@@ -346,7 +362,7 @@ mod tests {
         assert_eq!(m.properties.app_id, "product-events");
         assert_eq!(planned.created, None);
 
-        let (_, reason) = dead_letter(converter().plan_raw("[1, 2]", now()).plan);
+        let (_, reason) = dead_letter(converter().plan_raw("[1, 2]", now()).into_message().plan);
         assert!(
             reason.starts_with("not a valid DynamoDB stream record"),
             "{reason}"
@@ -356,11 +372,16 @@ mod tests {
         // ARN with an empty table name names none.
         let mut config = MappingConfig::new("product.events");
         config.event_source = Some("ProductService".into());
-        let (m, _) = dead_letter(Converter::new(config).plan_raw(&raw, now()).plan);
+        let (m, _) = dead_letter(
+            Converter::new(config)
+                .plan_raw(&raw, now())
+                .into_message()
+                .plan,
+        );
         assert_eq!(m.properties.app_id, "ProductService");
         broken["eventSourceARN"] = json!("arn:aws:dynamodb:eu-west-1:1:table//stream/x");
         let raw = serde_json::to_string(&broken).unwrap();
-        let (m, _) = dead_letter(converter().plan_raw(&raw, now()).plan);
+        let (m, _) = dead_letter(converter().plan_raw(&raw, now()).into_message().plan);
         assert_eq!(m.properties.app_id, "");
     }
 
@@ -385,9 +406,9 @@ mod tests {
     fn dead_letters_without_an_event_id_get_distinct_ids() {
         let first = r#"{"dynamodb": 1}"#;
         let second = r#"{"dynamodb": 2}"#;
-        let (a, _) = dead_letter(converter().plan_raw(first, now()).plan);
-        let (b, _) = dead_letter(converter().plan_raw(second, now()).plan);
-        let (a2, _) = dead_letter(converter().plan_raw(first, now()).plan);
+        let (a, _) = dead_letter(converter().plan_raw(first, now()).into_message().plan);
+        let (b, _) = dead_letter(converter().plan_raw(second, now()).into_message().plan);
+        let (a2, _) = dead_letter(converter().plan_raw(first, now()).into_message().plan);
         assert_ne!(a.properties.message_id, b.properties.message_id);
         assert_eq!(a.properties.message_id, a2.properties.message_id);
     }

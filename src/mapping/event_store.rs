@@ -5,28 +5,27 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::attributes::{
     attr, event_version, optional_short, optional_str, partition_key, payload, required_str,
     sequence_number, short, source, table_name, wrong_type,
 };
 use super::time::{creation_time, occurred_at};
-use super::{Draft, MESSAGE_ID_NAMESPACE, MappingError};
+use super::{Mapped, MappingError, message_id};
 use crate::config::{AttributeNames, MappingConfig};
-use crate::envelope::{ENVELOPE_VERSION, Envelope};
+use crate::envelope::{ENVELOPE_VERSION, Envelope, Payload, write_u64};
 use crate::record::{Attr, Image, Record};
 
 /// An INSERT is one domain event; MODIFY and REMOVE (e.g. TTL archival)
 /// are skipped.
-pub(super) fn draft<'a>(
+pub(super) fn draft<'a, 'r>(
     config: &'a MappingConfig,
-    record: &'a Record<'a>,
+    record: &'r Record<'a>,
     now: DateTime<Utc>,
-) -> Result<Draft<'a>, MappingError> {
+) -> Result<Mapped<'a, 'r>, MappingError> {
     match record.event_name.as_deref() {
         Some("INSERT") => {}
-        Some("MODIFY" | "REMOVE") => return Ok(Draft::Skip("not an INSERT")),
+        Some("MODIFY" | "REMOVE") => return Ok(Mapped::Skip("not an INSERT")),
         _ => return Err(MappingError::UnknownEventName),
     }
     let item = match &record.dynamodb.new_image {
@@ -48,7 +47,7 @@ pub(super) fn draft<'a>(
         .unwrap_or(now);
     let source = source(config, record)?;
     let message_id = event_store_id(item, names, record, &aggregate_id, version)?;
-    Ok(Draft::Event(Envelope {
+    let envelope = Envelope {
         message_id,
         message_type: event_type,
         message_version,
@@ -61,8 +60,9 @@ pub(super) fn draft<'a>(
         aggregate_type: optional_str(item, &names.aggregate_type)?,
         aggregate_version: Some(version),
         sequence_number: sequence_number(record)?,
-        payload,
-    }))
+        payload: Payload::Empty,
+    };
+    Ok(Mapped::Event { envelope, payload })
 }
 
 /// The attributes every domain event must have.
@@ -119,8 +119,14 @@ fn event_store_id(
         }
         _ => {
             let table = table_name(record).ok_or(MappingError::NoTable)?;
-            let name = format!("{table}/{aggregate_id}/{version}");
-            Ok(Uuid::new_v5(&MESSAGE_ID_NAMESPACE, name.as_bytes()).to_string())
+            // `<table>/<aggregateId>/<version>`, written without `format!`.
+            let mut name = Vec::with_capacity(table.len() + aggregate_id.len() + 22);
+            name.extend_from_slice(table.as_bytes());
+            name.push(b'/');
+            name.extend_from_slice(aggregate_id.as_bytes());
+            name.push(b'/');
+            write_u64(&mut name, version);
+            Ok(message_id(&name))
         }
     }
 }

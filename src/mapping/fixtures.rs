@@ -25,8 +25,8 @@ pub(super) fn converter() -> Converter {
     Converter::new(MappingConfig::new("product.events"))
 }
 
-pub(super) fn publish(plan: Plan) -> (Message, Value) {
-    match plan {
+pub(super) fn publish(plan: impl Into<Plan>) -> (Message, Value) {
+    match plan.into() {
         Plan::Publish(m) => {
             let body = serde_json::from_slice(&m.body).unwrap();
             (m, body)
@@ -35,8 +35,8 @@ pub(super) fn publish(plan: Plan) -> (Message, Value) {
     }
 }
 
-pub(super) fn dead_letter(plan: Plan) -> (Message, String) {
-    match plan {
+pub(super) fn dead_letter(plan: impl Into<Plan>) -> (Message, String) {
+    match plan.into() {
         Plan::DeadLetter { message, reason } => (message, reason),
         other => panic!("expected a dead letter, got {other:?}"),
     }

@@ -1,26 +1,29 @@
-//! Stream record to envelope to message, for every mapping (CONTRACT §3).
+//! Stream record to message draft, for every mapping (CONTRACT §3).
 //!
 //! Pure: [`Converter::plan_raw`] decides, for one record given as the JSON
 //! text the event source mapping sent, whether it is skipped, published
-//! (with its body, routing key and properties ready) or sent to the
+//! (as a [`Draft`]: envelope, exchange, routing key and trace context,
+//! made once; [`crate::routing::to_message`] writes it) or sent to the
 //! dead-letter exchange with the reason it could not be converted. The
 //! record is read in place ([`crate::record`]): a payload goes from the
-//! record's DynamoDB JSON to the message body in one pass.
+//! record's DynamoDB JSON to JSON text in one pass.
 //!
 //! Each mapping is one file with a `draft` function, record to envelope:
-//! `event_store.rs` (§3a), `change.rs` (§3b). Beside them: `attributes.rs`
-//! (typed values read out of a record), `time.rs`, `trace_context.rs` and
-//! `dead_letter.rs`.
+//! `event_store.rs` (§3a), `change.rs` (§3b). Beside them: `draft.rs` (the
+//! draft a record's envelope becomes), `attributes.rs` (typed values read
+//! out of a record), `time.rs`, `trace_context.rs` and `dead_letter.rs`
+//! (which a draft carries the means of: [`Origin`]).
 //!
 //! A new mapping is one file, one variant, one arm: `<name>.rs` here with
 //! its `draft`, a [`MappingKind`] variant with its `MAPPING` name, and its
-//! arm in `Converter::draft`, the only match that names every mapping.
+//! arm in `Converter::mapped`, the only match that names every mapping.
 //! (`forwarder-ops backfill` orders a table's items per mapping, by its own
 //! `--mapping`: one it should backfill needs an arm there too.)
 
 mod attributes;
 mod change;
 mod dead_letter;
+mod draft;
 mod event_store;
 #[cfg(test)]
 mod fixtures;
@@ -35,19 +38,33 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::config::{Exchange, MappingConfig, MappingKind, exchange_name_char};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Payload};
 use crate::publisher::Message;
 use crate::record::{self, Record};
-use crate::routing::{self, RoutingError};
+use crate::routing::RoutingError;
 use dead_letter::DeadLetterIdentity;
 use time::creation_time;
 
-pub use dead_letter::too_large;
 pub(crate) use dead_letter::{MAX_HEADER, capped};
+pub use dead_letter::{Origin, too_large};
+pub use draft::Draft;
 
 /// Namespace of the UUIDv5 message ids. Part of the public contract: the
 /// same record must give the same id in every version of the forwarder.
 pub const MESSAGE_ID_NAMESPACE: Uuid = uuid::uuid!("08ebb892-d8fe-430a-aad9-6a1cfb75305c");
+
+/// The UUIDv5 of `name` in [`MESSAGE_ID_NAMESPACE`]: a message id.
+fn message_id(name: &[u8]) -> String {
+    text(Uuid::new_v5(&MESSAGE_ID_NAMESPACE, name))
+}
+
+/// A UUID as a message id's text (lower case, hyphenated), written without
+/// the formatting machinery.
+fn text(id: Uuid) -> String {
+    id.hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_owned()
+}
 
 /// Why a record cannot become an event. The text goes into the
 /// dead-letter `x-error` header: it names attributes, never their values.
@@ -114,13 +131,19 @@ pub enum MappingError {
     Body(String),
 }
 
-/// What to do with one record.
+/// What to do with one record: `P` is a [`Draft`] from
+/// [`Converter::plan_raw`], the message written from it from
+/// [`Converter::plan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per record and matched at once: a box would cost an allocation per record"
+)]
+pub enum Plan<P = Message> {
     /// Not an event for this mapping (e.g. MODIFY in an event store).
     Skip(&'static str),
-    /// Publish to the exchange.
-    Publish(Message),
+    /// Publish to the exchange (a draft, once enriched and written).
+    Publish(P),
     /// Publish the original record to `<EXCHANGE>.dead-letter`.
     DeadLetter {
         /// The dead letter: the record, or its bounded reference.
@@ -130,11 +153,39 @@ pub enum Plan {
     },
 }
 
-/// A record planned from its JSON text.
+impl Plan<Draft<'_>> {
+    /// The plan with its draft written as the mapping alone makes it.
+    pub fn into_message(self) -> Plan {
+        match self {
+            Plan::Skip(reason) => Plan::Skip(reason),
+            Plan::Publish(draft) => Plan::Publish(draft.into_message()),
+            Plan::DeadLetter { message, reason } => Plan::DeadLetter { message, reason },
+        }
+    }
+}
+
+impl Planned<Draft<'_>> {
+    /// The record planned, its draft written as the mapping alone makes it.
+    pub fn into_message(self) -> Planned {
+        Planned {
+            plan: self.plan.into_message(),
+            created: self.created,
+            dropped: self.dropped,
+        }
+    }
+}
+
+impl<'a> From<Plan<Draft<'a>>> for Plan {
+    fn from(plan: Plan<Draft<'a>>) -> Self {
+        plan.into_message()
+    }
+}
+
+/// A record planned from its JSON text: `P` as in [`Plan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Planned {
+pub struct Planned<P = Message> {
     /// What to do with the record.
-    pub plan: Plan,
+    pub plan: Plan<P>,
     /// ApproximateCreationDateTime, when the record has one.
     pub created: Option<DateTime<Utc>>,
     /// Something of the record left out of its event (an invalid trace
@@ -149,14 +200,22 @@ pub struct Converter {
     config: MappingConfig,
 }
 
-/// What a mapping makes of one record.
+/// What a mapping makes of one record: `'a` is the record's text (and the
+/// configuration), `'r` the parsed record, which the draft does not
+/// outlast.
 #[expect(
     clippy::large_enum_variant,
     reason = "returned once per record and matched at once: a box would cost an allocation per record"
 )]
-enum Draft<'a> {
-    /// The event, for the routing to turn into a message.
-    Event(Envelope<'a>),
+enum Mapped<'a, 'r> {
+    /// The event, for the draft: its envelope, which lasts as long as the
+    /// record's text, and apart from it (the envelope's own left
+    /// [`Payload::Empty`]) its payload, which may borrow the parsed record
+    /// (an item's image) and is written into the draft's body at once.
+    Event {
+        envelope: Envelope<'a>,
+        payload: Payload<'r>,
+    },
     /// Not an event for this mapping, and why (e.g. MODIFY in an event
     /// store).
     Skip(&'static str),
@@ -178,7 +237,7 @@ impl Converter {
     /// record that does not even parse as a stream record is dead-lettered
     /// as it came, with the path of the problem, instead of failing the
     /// whole batch.
-    pub fn plan_raw(&self, raw: &str, now: DateTime<Utc>) -> Planned {
+    pub fn plan_raw<'a>(&'a self, raw: &'a str, now: DateTime<Utc>) -> Planned<Draft<'a>> {
         // Path tracking costs a third of the conversion time (it allocates
         // per field), so it runs only again on the rare record that fails.
         let mut de = serde_json::Deserializer::from_str(raw);
@@ -220,10 +279,12 @@ impl Converter {
     }
 
     /// Plans a record already parsed (tests and tools): it is serialized
-    /// back to JSON and planned like one that came from the stream.
+    /// back to JSON and planned like one that came from the stream. A draft
+    /// to publish is written at once ([`Draft::into_message`]): the
+    /// record's text does not outlive the call.
     pub fn plan(&self, record: &EventRecord, now: DateTime<Utc>) -> Plan {
         match serde_json::to_string(record) {
-            Ok(raw) => self.plan_raw(&raw, now).plan,
+            Ok(raw) => self.plan_raw(&raw, now).plan.into_message(),
             // A record that was deserialized always serializes again.
             Err(_) => Plan::Skip("unserializable record"),
         }
@@ -231,21 +292,21 @@ impl Converter {
 
     /// The plan of a parsed record (`raw` is its text, for a dead letter),
     /// and what of its trace context was left out.
-    fn plan_record(
-        &self,
-        record: &Record<'_>,
-        raw: &str,
+    fn plan_record<'a>(
+        &'a self,
+        record: &Record<'a>,
+        raw: &'a str,
         now: DateTime<Utc>,
-    ) -> (Plan, Option<String>) {
-        let message = match self.draft(record, now) {
-            Ok(Draft::Event(envelope)) => self.message(&envelope),
-            Ok(Draft::Skip(reason)) => return (Plan::Skip(reason), None),
+    ) -> (Plan<Draft<'a>>, Option<String>) {
+        let draft = match self.mapped(record, now) {
+            Ok(Mapped::Event { envelope, payload }) => self.draft(envelope, &payload, raw),
+            Ok(Mapped::Skip(reason)) => return (Plan::Skip(reason), None),
             Err(e) => Err(e),
         };
-        match message {
-            Ok(mut message) => {
-                let dropped = self.trace_context(record, &mut message);
-                (Plan::Publish(message), dropped)
+        match draft {
+            Ok(mut draft) => {
+                let dropped = self.trace_context(record, &mut draft.trace);
+                (Plan::Publish(draft), dropped)
             }
             Err(e) => {
                 let reason = capped(e.to_string());
@@ -256,13 +317,13 @@ impl Converter {
         }
     }
 
-    /// The configured mapping's draft of a record: the one place that
+    /// The configured mapping's envelope of a record: the one place that
     /// names every mapping.
-    fn draft<'a>(
+    fn mapped<'a, 'r>(
         &'a self,
-        record: &'a Record<'a>,
+        record: &'r Record<'a>,
         now: DateTime<Utc>,
-    ) -> Result<Draft<'a>, MappingError> {
+    ) -> Result<Mapped<'a, 'r>, MappingError> {
         let config = &self.config;
         match config.mapping {
             MappingKind::EventStore => event_store::draft(config, record, now),
@@ -270,21 +331,30 @@ impl Converter {
         }
     }
 
-    /// The message of an event: routing key, exchange, properties and body.
-    fn message(&self, envelope: &Envelope<'_>) -> Result<Message, MappingError> {
-        let routing_key = self.config.routing_key_template.render(envelope)?;
-        let exchange = self.exchange(envelope)?;
-        let body = envelope
-            .to_body()
-            .map_err(|e| MappingError::Body(e.to_string()))?;
-        Ok(routing::to_message(&exchange, routing_key, envelope, body))
+    /// The draft of an event: its routing key and exchange decided, its
+    /// body written up to the end of its payload (transcoded to JSON text)
+    /// while the parsed record is at hand.
+    fn draft<'a>(
+        &'a self,
+        envelope: Envelope<'a>,
+        payload: &Payload<'_>,
+        raw: &'a str,
+    ) -> Result<Draft<'a>, MappingError> {
+        let routing_key = self.config.routing_key_template.render(&envelope)?;
+        let exchange = self.exchange(&envelope)?;
+        let origin = Origin {
+            raw,
+            converter: self,
+        };
+        Draft::new(envelope, payload, exchange, routing_key, origin)
+            .map_err(|e| MappingError::Body(e.to_string()))
     }
 
     /// The exchange of an event: the one of `EXCHANGE`, or the one its
     /// template makes of the event. With a template, every placeholder's
-    /// value must be a type name ([`routing::is_type_name`]): a rule about
-    /// the record alone, so the outcome is the same in every execution
-    /// environment (docs/events.md, "Exchanges per event type").
+    /// value must be a type name ([`crate::routing::is_type_name`]): a rule
+    /// about the record alone, so the outcome is the same in every
+    /// execution environment (docs/events.md, "Exchanges per event type").
     fn exchange<'e>(&'e self, envelope: &Envelope<'_>) -> Result<Cow<'e, str>, MappingError> {
         let template = match &self.config.exchange {
             Exchange::Fixed(name) => return Ok(Cow::Borrowed(name)),
@@ -419,14 +489,17 @@ mod tests {
         let original: Value = serde_json::from_str(POISON).unwrap();
         let raw = serde_json::to_string(&original["Records"][0]).unwrap();
         let parsed: EventRecord = serde_json::from_str(&raw).unwrap();
-        let planned = converter().plan_raw(&raw, now());
+        let planned = converter().plan_raw(&raw, now()).into_message();
         let (from_raw, raw_body) = publish(planned.plan.clone());
         let (from_parsed, parsed_body) = publish(converter().plan(&parsed, now()));
         assert_eq!(raw_body, parsed_body);
         assert_eq!(from_raw.routing_key, from_parsed.routing_key);
         assert_eq!(from_raw.properties, from_parsed.properties);
         // The payload keeps the record's attribute order: same record, same bytes.
-        assert_eq!(converter().plan_raw(&raw, now()).plan, planned.plan);
+        assert_eq!(
+            converter().plan_raw(&raw, now()).into_message().plan,
+            planned.plan
+        );
         let text = String::from_utf8(from_raw.body).unwrap();
         assert!(
             text.contains(r#""payload":{"price":5.00,"sku":"SKU-00077"}"#),
@@ -438,7 +511,7 @@ mod tests {
         );
 
         let raw = serde_json::to_string(&original["Records"][1]).unwrap();
-        let (m, _) = dead_letter(converter().plan_raw(&raw, now()).plan);
+        let (m, _) = dead_letter(converter().plan_raw(&raw, now()).into_message().plan);
         assert_eq!(m.body, raw.as_bytes());
     }
 }

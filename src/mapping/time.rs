@@ -94,7 +94,7 @@ mod tests {
         records[0].change.new_image.remove("occurredAt");
         let mut raw: Value = serde_json::to_value(&records[0]).unwrap();
         raw["dynamodb"]["ApproximateCreationDateTime"] = json!(1e13);
-        let planned = converter().plan_raw(&raw.to_string(), now());
+        let planned = converter().plan_raw(&raw.to_string(), now()).into_message();
         let (_, body) = publish(planned.plan);
         assert_eq!(body["timestamp"], "2026-11-23T08:00:00.000Z");
     }

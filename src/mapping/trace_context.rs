@@ -1,22 +1,21 @@
-//! The item's W3C trace context, checked, as the message's `traceparent`
-//! and `tracestate` headers (either mapping).
+//! The item's W3C trace context, checked, for the draft (either mapping):
+//! the message's `traceparent` and `tracestate` headers.
 
 use super::Converter;
 use super::attributes::attr;
 use super::dead_letter::capped;
-use crate::publisher::{HeaderValue, Message};
+use super::draft::TraceContext;
 use crate::record::{Attr, Record};
 use crate::trace;
 
 impl Converter {
-    /// The item's W3C trace context as the headers `traceparent` and
-    /// `tracestate`, from the NewImage of either mapping. An invalid value
-    /// is left out (the event is still published); the reason comes back
-    /// for a warning.
+    /// The item's W3C trace context, from the NewImage of either mapping.
+    /// An invalid value is left out (the event is still published); the
+    /// reason comes back for a warning.
     pub(super) fn trace_context(
         &self,
         record: &Record<'_>,
-        message: &mut Message,
+        context: &mut TraceContext,
     ) -> Option<String> {
         let item = record.dynamodb.new_image.as_ref()?;
         let names = &self.config.attributes;
@@ -43,12 +42,11 @@ impl Converter {
                 return dropped(&names.traceparent, &trace::TraceError::Traceparent);
             }
         };
-        let headers = &mut message.properties.headers;
-        headers.push(("traceparent", HeaderValue::String(parent.into_owned())));
+        context.traceparent = Some(parent.into_owned());
         match state {
             Ok(None) => None,
             Ok(Some(s)) if trace::check_tracestate(&s).is_ok() => {
-                headers.push(("tracestate", HeaderValue::String(s.into_owned())));
+                context.tracestate = Some(s.into_owned());
                 None
             }
             _ => dropped(&names.tracestate, &trace::TraceError::Tracestate),
@@ -61,6 +59,7 @@ mod tests {
     use super::*;
     use crate::config::MappingConfig;
     use crate::mapping::fixtures::*;
+    use crate::publisher::{HeaderValue, Message};
     use aws_lambda_events::dynamodb::EventRecord;
     use serde_dynamo::AttributeValue;
 
@@ -73,8 +72,10 @@ mod tests {
                 .new_image
                 .insert(name.into(), AttributeValue::S(v.into()));
         };
-        let planned =
-            |c: &Converter, r: &EventRecord| c.plan_raw(&serde_json::to_string(r).unwrap(), now());
+        let planned = |c: &Converter, r: &EventRecord| {
+            c.plan_raw(&serde_json::to_string(r).unwrap(), now())
+                .into_message()
+        };
         let trace = |m: &Message| {
             ["traceparent", "tracestate"].map(|n| match header(m, n) {
                 Some(HeaderValue::String(s)) => Some(s.clone()),

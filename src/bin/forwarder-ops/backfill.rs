@@ -737,7 +737,7 @@ mod tests {
             event_forwarder::convert::MappingConfig::new("product.events"),
         );
         let event_forwarder::convert::Plan::Publish(m) =
-            converter.plan_raw(p.record.get(), now).plan
+            converter.plan_raw(p.record.get(), now).into_message().plan
         else {
             panic!("not published")
         };

@@ -1137,6 +1137,7 @@ mod tests {
             assert_eq!(got, expected);
             let plan = converter
                 .plan_raw(&got.to_string(), chrono::Utc::now())
+                .into_message()
                 .plan;
             assert!(
                 matches!(plan, event_forwarder::convert::Plan::Publish(_)),
