@@ -144,19 +144,10 @@ fn write_timestamp(out: &mut Vec<u8>, t: &DateTime<Utc>) {
     out.push(b'"');
 }
 
-/// `v` in decimal, without the formatting machinery.
-pub(crate) fn write_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+/// `v` in decimal, without the formatting machinery (itoa, serde_json's
+/// own integer writer).
+pub(crate) fn write_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 impl Payload<'_> {
