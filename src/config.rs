@@ -7,7 +7,7 @@ use std::{fmt, time::Duration};
 
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 
-use crate::routing::{RoutingTemplate, TemplateError};
+use crate::routing::template::{RoutingTemplate, TemplateError};
 use crate::secrets::{SecretError, SecretSource};
 use crate::uri::AmqpUri;
 
@@ -363,7 +363,7 @@ pub struct MappingConfig {
     /// `MAX_MESSAGE_BYTES`: the largest message body the broker takes.
     pub max_message_bytes: usize,
     /// `MAPPING`.
-    pub mapping: MappingKind,
+    pub kind: MappingKind,
     /// `EVENT_SOURCE`, else the table's name.
     pub event_source: Option<String>,
     /// `ENTITY_NAME` (the change mapping), else the table's name in PascalCase.
@@ -383,7 +383,7 @@ impl MappingConfig {
             exchange: Exchange::Fixed(exchange),
             max_exchanges: DEFAULT_MAX_EXCHANGES,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            mapping: MappingKind::EventStore,
+            kind: MappingKind::EventStore,
             event_source: None,
             entity_name: None,
             routing_key_template: RoutingTemplate::default(),
@@ -605,7 +605,7 @@ impl Config {
                 dead_letter_exchange,
                 max_exchanges,
                 max_message_bytes,
-                mapping,
+                kind: mapping,
                 event_source,
                 entity_name,
                 routing_key_template,
@@ -836,7 +836,7 @@ mod tests {
         let c = config(&BASE).unwrap();
         assert!(c.declare_topology);
         assert_eq!(c.queue_type, QueueType::Quorum);
-        assert_eq!(c.mapping.mapping, MappingKind::EventStore);
+        assert_eq!(c.mapping.kind, MappingKind::EventStore);
         assert_eq!(c.mapping.routing_key_template.as_str(), "{name}.v{major}");
         assert_eq!(c.connect_timeout, Duration::from_millis(3000));
         assert_eq!(c.confirm_timeout, Duration::from_millis(5000));
@@ -867,7 +867,7 @@ mod tests {
         assert!(!c.declare_topology);
         assert_eq!(c.queue_type, QueueType::Classic);
         assert_eq!(c.mapping.event_source.as_deref(), Some("ProductService"));
-        assert_eq!(c.mapping.mapping, MappingKind::Change);
+        assert_eq!(c.mapping.kind, MappingKind::Change);
         assert_eq!(c.mapping.entity_name.as_deref(), Some("Product"));
         assert_eq!(c.mapping.attributes.aggregate_id, "streamId");
         assert_eq!(c.mapping.attributes.payload, "data");

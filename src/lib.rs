@@ -34,9 +34,10 @@
 //! - `enrich`: the extension point: an [`Enricher`] sees the draft, typed,
 //!   and adds to it, skips or dead-letters it, between mapping and
 //!   publishing.
-//! - `routing`: routing-key template, and `to_message`, the one place a
-//!   draft becomes a message: properties, headers, trace context, queue
-//!   redirect, an enricher's fields in the body (pure).
+//! - `routing/`: `to_message`, the one place a draft becomes a message:
+//!   properties, headers, trace context, queue redirect, an enricher's
+//!   fields in the body; `template.rs`, the routing-key template the
+//!   configuration parses (pure).
 //! - `trace`: W3C trace context: the item's, checked, or the invocation's
 //!   X-Ray trace as a `traceparent` (pure).
 //! - `batch/`: the checkpoint rule (`mod.rs`), the engine that publishes in

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 /// object and, for the change mapping, the item's own.
 fn converters() -> [(Converter, usize); 2] {
     let mut change = MappingConfig::new("fuzz.events");
-    change.mapping = MappingKind::Change;
+    change.kind = MappingKind::Change;
     [
         (Converter::new(MappingConfig::new("fuzz.events")), 34),
         (Converter::new(change), 35),

@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn the_change_mapping_names_created_updated_deleted_and_expired() {
         let mut config = MappingConfig::new("customer.events");
-        config.mapping = MappingKind::Change;
+        config.kind = MappingKind::Change;
         let c = Converter::new(config);
         let records = records(CHANGES);
         let planned: Vec<(Message, Value)> =
@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn a_backfilled_item_is_a_snapshot_with_an_id_of_its_state() {
         let mut config = MappingConfig::new("customer.events");
-        config.mapping = MappingKind::Change;
+        config.kind = MappingKind::Change;
         let c = Converter::new(config);
         let insert = records(CHANGES).remove(0);
         let plan = |record: &Value| c.plan_raw(&record.to_string(), now()).into_message().plan;
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn the_change_mapping_joins_composite_keys_and_uses_keys_when_no_old_image() {
         let mut config = MappingConfig::new("x");
-        config.mapping = MappingKind::Change;
+        config.kind = MappingKind::Change;
         config.entity_name = Some("Customer".into());
         let mut record = records(CHANGES).swap_remove(2);
         record.change.old_image.clear();
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn an_enriched_change_event_keeps_its_payload_bytes_and_gets_the_fields_at_its_end() {
         let mut config = MappingConfig::new("customer.events");
-        config.mapping = MappingKind::Change;
+        config.kind = MappingKind::Change;
         let c = Converter::new(config);
         let mut record = records(CHANGES).remove(0);
         let image = &mut record.change.new_image;
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn the_ids_of_the_change_mapping_follow_the_documented_formula() {
         let mut config = MappingConfig::new("x");
-        config.mapping = MappingKind::Change;
+        config.kind = MappingKind::Change;
         let mut record = records(CHANGES).swap_remove(0);
         record.event_id = "c81e728d9d4c2f636f067f89cc148620".into();
         let (_, body) = publish(Converter::new(config).plan(&record, now()));
@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn change_keys_too_long_for_a_header_are_refused() {
         let mut change = MappingConfig::new("product.events");
-        change.mapping = MappingKind::Change;
+        change.kind = MappingKind::Change;
         let converter = Converter::new(change);
         let mut records = records(CHANGES);
         // Two keys joined by `#`: 8,192 bytes in all is the most allowed.

@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn a_reason_is_cut_to_a_header_size_at_a_character_boundary() {
         let mut change = MappingConfig::new("product.events");
-        change.mapping = MappingKind::Change;
+        change.kind = MappingKind::Change;
         let mut records = records(CHANGES);
         let name = format!("k{}", "é".repeat(2000));
         records[0].change.keys = HashMap::from([(name, AttributeValue::Bool(true))]).into();

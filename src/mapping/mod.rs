@@ -325,7 +325,7 @@ impl Converter {
         now: DateTime<Utc>,
     ) -> Result<Mapped<'a, 'r>, MappingError> {
         let config = &self.config;
-        match config.mapping {
+        match config.kind {
             MappingKind::EventStore => event_store::draft(config, record, now),
             MappingKind::Change => change::draft(config, record, now),
         }
@@ -352,7 +352,7 @@ impl Converter {
 
     /// The exchange of an event: the one of `EXCHANGE`, or the one its
     /// template makes of the event. With a template, every placeholder's
-    /// value must be a type name ([`crate::routing::is_type_name`]): a rule
+    /// value must be a type name ([`crate::routing::template::is_type_name`]): a rule
     /// about the record alone, so the outcome is the same in every
     /// execution environment (docs/events.md, "Exchanges per event type").
     fn exchange<'e>(&'e self, envelope: &Envelope<'_>) -> Result<Cow<'e, str>, MappingError> {
@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn both_mappings_carry_the_sequence_number_and_refuse_records_without_one() {
         let mut config = MappingConfig::new("customer.events");
-        config.mapping = MappingKind::Change;
+        config.kind = MappingKind::Change;
         for (converter, mut record) in [
             (converter(), records(INSERTS).remove(0)),
             (Converter::new(config), records(CHANGES).remove(1)),
@@ -417,7 +417,7 @@ mod tests {
     fn a_templated_exchange_is_chosen_per_event_by_a_rule_about_the_record_alone() {
         let mut config = MappingConfig::new("unused");
         config.exchange = Exchange::PerEvent(
-            crate::routing::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
+            crate::routing::template::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
         );
         config.dead_letter_exchange = "shop.dead-letter".into();
         let c = Converter::new(config);
