@@ -7,7 +7,7 @@ use std::{fmt, time::Duration};
 
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 
-use crate::routing::template::{RoutingTemplate, TemplateError};
+use crate::routing::{RoutingTemplate, TemplateError};
 use crate::secrets::{SecretError, SecretSource};
 use crate::uri::AmqpUri;
 

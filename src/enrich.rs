@@ -4,7 +4,8 @@
 //! `payload` or headers to its message (data from a read model, say, when
 //! the integration event needs a broader context than the domain event),
 //! skip it, or dead-letter it with a reason. What it adds is checked here
-//! ([`Added`]) and written into the message in one place (`routing::to_message`).
+//! (`Added`) and written into the message in one place
+//! (`mapping::message::to_message`).
 //!
 //! It runs inside the batch loop, so the checkpoint rule holds: an error is
 //! a failure of that record (it and everything after it are retried), never
@@ -19,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::envelope::Envelope;
 use crate::mapping::Draft;
+use crate::mapping::message::Added;
 use crate::publisher::HeaderValue;
 
 /// Decides, for each event, what is added to it or whether it goes out.
@@ -194,16 +196,6 @@ const OWN_HEADERS: [&str; 7] = [
 /// and headers in one frame (16 KiB at the least `frame_max` accepted).
 const MAX_ADDED_HEADER_BYTES: usize = 4096;
 
-/// What an enrichment adds to a message, checked: payload fields as JSON
-/// text (`,"name":value…`, appended to the payload object in the
-/// enricher's order) and headers. `routing::to_message` writes
-/// them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Added {
-    pub(crate) fields: Vec<u8>,
-    pub(crate) headers: Vec<(String, HeaderValue)>,
-}
-
 /// Checks a `Publish` enrichment against the draft's `payload` (JSON
 /// text). `Err` is the reason to dead-letter the record instead: an
 /// addition that would replace a payload field or a header of the
@@ -280,7 +272,7 @@ mod tests {
     use serde_json::json;
 
     /// `check`, then the additions written into a body whose payload is
-    /// its last field, as `routing::to_message` writes them.
+    /// its last field, as `mapping::message::to_message` writes them.
     fn apply(
         m: &mut Message,
         payload: Map<String, Value>,

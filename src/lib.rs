@@ -30,14 +30,14 @@
 //!   DynamoDB-JSON to JSON transcoder.
 //! - `mapping/`: record to message draft (envelope, exchange, routing key,
 //!   the item's trace context, the body written up to the payload's end),
-//!   a file per mapping; a draft carries its dead letter (pure).
+//!   a file per mapping; a draft carries its dead letter; `message.rs`
+//!   turns a draft into the message, the one place a message is shaped
+//!   (properties, headers, trace context, queue redirect, an enricher's
+//!   fields in the body) (pure).
 //! - `enrich`: the extension point: an [`Enricher`] sees the draft, typed,
 //!   and adds to it, skips or dead-letters it, between mapping and
 //!   publishing.
-//! - `routing/`: `to_message`, the one place a draft becomes a message:
-//!   properties, headers, trace context, queue redirect, an enricher's
-//!   fields in the body; `template.rs`, the routing-key template the
-//!   configuration parses (pure).
+//! - `routing`: the routing-key template the configuration parses (pure).
 //! - `trace`: W3C trace context: the item's, checked, or the invocation's
 //!   X-Ray trace as a `traceparent` (pure).
 //! - `batch/`: the checkpoint rule (`mod.rs`), the engine that publishes in

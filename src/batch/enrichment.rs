@@ -1,6 +1,6 @@
 //! The enricher's step, between mapping and publishing: a draft goes to
 //! the [`Enricher`], bounded by the deadline margin, and comes back to be
-//! written into its message ([`routing::to_message`]), skipped or
+//! written into its message ([`mapping::message::to_message`](crate::mapping::message::to_message)), skipped or
 //! dead-lettered (the draft carries its dead letter: [`Draft::origin`]).
 
 use std::{task::Poll, time::Instant};
@@ -8,8 +8,8 @@ use std::{task::Poll, time::Instant};
 use super::run::Run;
 use crate::enrich::{self, Enricher, Enrichment, Event};
 use crate::mapping::Draft;
+use crate::mapping::message::{self, Sending};
 use crate::publisher::{Broker, Message, PublishError};
-use crate::routing::{self, Sending};
 
 /// What an enricher made of an event.
 pub(super) enum Enriched {
@@ -61,7 +61,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                             traceparent: self.invocation.traceparent,
                             to_queue: self.invocation.to_queue,
                         };
-                        Enriched::Publish(routing::to_message(draft, added, sending))
+                        Enriched::Publish(message::to_message(draft, added, sending))
                     }
                     Err(reason) => dead_letter(&draft, reason),
                 }

@@ -793,7 +793,7 @@ mod tests {
         }
         let mut config = MappingConfig::new("unused");
         config.exchange = crate::config::Exchange::PerEvent(
-            crate::routing::template::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
+            crate::routing::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
         );
         config.dead_letter_exchange = "shop.dead-letter".into();
         let mut broker = FakeBroker::new(vec![]);

@@ -274,7 +274,7 @@ mod tests {
         fields.insert("segment".into(), json!("retail"));
         fields.insert("score".into(), json!(7));
         let added = crate::enrich::check(|| draft.payload(), fields, vec![]).unwrap();
-        let enriched = crate::routing::to_message(draft, added, Default::default()).body;
+        let enriched = crate::mapping::message::to_message(draft, added, Default::default()).body;
         let mut expected = plain[..plain.len() - 2].to_vec();
         // A `Map` iterates in key order, as the splice did.
         expected.extend_from_slice(br#","score":7,"segment":"retail"}}"#);

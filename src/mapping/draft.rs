@@ -1,15 +1,15 @@
 //! The draft of a message: what the mapping made of one record, decided
 //! once (envelope, exchange, routing key, the item's trace context) and its
 //! body written up to the payload's end, before the enricher sees it and
-//! [`crate::routing::to_message`] makes it a message.
+//! [`super::message::to_message`] makes it a message.
 
 use std::borrow::Cow;
 
 use super::dead_letter::Origin;
-use crate::enrich::Added;
+
+use super::message::{self, Added, Sending};
 use crate::envelope::{Envelope, Payload};
 use crate::publisher::Message;
-use crate::routing::{self, Sending};
 
 /// A record's event, typed, its body written but for what an enricher
 /// adds. It lasts as long as the record's text, not the parsed record: its
@@ -26,7 +26,7 @@ pub struct Draft<'a> {
     pub(crate) trace: TraceContext,
     pub(super) origin: Origin<'a>,
     /// The body up to the payload's end: the envelope's fields, then its
-    /// payload from `payload_at` on. [`crate::routing::to_message`] adds
+    /// payload from `payload_at` on. [`super::message::to_message`] adds
     /// an enricher's fields and closes it, in this buffer.
     pub(crate) body: Vec<u8>,
     payload_at: usize,
@@ -105,7 +105,7 @@ impl<'a> Draft<'a> {
     /// The message as the mapping alone makes it: nothing added, sent to
     /// its exchange (tests, tools, the benchmark).
     pub fn into_message(self) -> Message {
-        routing::to_message(self, Added::default(), Sending::default())
+        message::to_message(self, Added::default(), Sending::default())
     }
 }
 

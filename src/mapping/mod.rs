@@ -3,14 +3,15 @@
 //! Pure: [`Converter::plan_raw`] decides, for one record given as the JSON
 //! text the event source mapping sent, whether it is skipped, published
 //! (as a [`Draft`]: envelope, exchange, routing key and trace context,
-//! made once; [`crate::routing::to_message`] writes it) or sent to the
+//! made once; [`message::to_message`] writes it) or sent to the
 //! dead-letter exchange with the reason it could not be converted. The
 //! record is read in place ([`crate::record`]): a payload goes from the
 //! record's DynamoDB JSON to JSON text in one pass.
 //!
 //! Each mapping is one file with a `draft` function, record to envelope:
 //! `event_store.rs` (§3a), `change.rs` (§3b). Beside them: `draft.rs` (the
-//! draft a record's envelope becomes), `attributes.rs` (typed values read
+//! draft a record's envelope becomes), `message.rs` (draft to message,
+//! the one place a message is shaped), `attributes.rs` (typed values read
 //! out of a record), `time.rs`, `trace_context.rs` and `dead_letter.rs`
 //! (which a draft carries the means of: [`Origin`]).
 //!
@@ -27,6 +28,7 @@ mod draft;
 mod event_store;
 #[cfg(test)]
 mod fixtures;
+pub(crate) mod message;
 mod time;
 mod trace_context;
 
@@ -352,7 +354,7 @@ impl Converter {
 
     /// The exchange of an event: the one of `EXCHANGE`, or the one its
     /// template makes of the event. With a template, every placeholder's
-    /// value must be a type name ([`crate::routing::template::is_type_name`]): a rule
+    /// value must be a type name ([`crate::routing::is_type_name`]): a rule
     /// about the record alone, so the outcome is the same in every
     /// execution environment (docs/events.md, "Exchanges per event type").
     fn exchange<'e>(&'e self, envelope: &Envelope<'_>) -> Result<Cow<'e, str>, MappingError> {
@@ -417,7 +419,7 @@ mod tests {
     fn a_templated_exchange_is_chosen_per_event_by_a_rule_about_the_record_alone() {
         let mut config = MappingConfig::new("unused");
         config.exchange = Exchange::PerEvent(
-            crate::routing::template::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
+            crate::routing::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
         );
         config.dead_letter_exchange = "shop.dead-letter".into();
         let c = Converter::new(config);

@@ -1,20 +1,21 @@
 //! Draft to AMQP message (CONTRACT §4): [`to_message`], the one place a
 //! message is shaped: properties, headers, trace context, exchange or
-//! queue, and an enricher's fields in the body the draft wrote. The
-//! routing-key template is `template.rs`, which the configuration parses
-//! at cold start.
-//!
-//! Pure functions: nothing here talks to the broker.
-
-pub(crate) mod template;
+//! queue, and an enricher's fields (checked by `enrich`, carried as
+//! [`Added`]) in the body the draft wrote. Pure.
 
 use std::borrow::Cow;
 
-use crate::enrich::Added;
-use crate::mapping::Draft;
+use super::Draft;
 use crate::publisher::{HeaderValue, Message, Properties};
 
-pub use template::RoutingError;
+/// What an enrichment adds to a message, checked: payload fields as JSON
+/// text (`,"name":value…`, appended to the payload object in the
+/// enricher's order) and headers. [`to_message`] writes them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Added {
+    pub(crate) fields: Vec<u8>,
+    pub(crate) headers: Vec<(String, HeaderValue)>,
+}
 
 /// How this invocation sends its events: to the backfill's queue instead
 /// of the exchange, and with its own trace context for the events whose
@@ -98,11 +99,11 @@ pub fn to_message(draft: Draft<'_>, added: Added, sending: Sending<'_>) -> Messa
 
 #[cfg(test)]
 mod tests {
-    use super::template::tests::envelope;
     use super::*;
     use crate::config::MappingConfig;
     use crate::envelope::Envelope;
     use crate::mapping::Converter;
+    use crate::routing::tests::envelope;
 
     fn draft<'a>(converter: &'a Converter, e: &Envelope<'a>) -> Draft<'a> {
         Draft::of(e.clone(), "product.events", "product.created.v1", converter)

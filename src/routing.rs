@@ -300,16 +300,13 @@ fn split_words(s: &str) -> Vec<&str> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::envelope::Payload;
     use chrono::{TimeZone, Utc};
     use std::borrow::Cow;
 
-    pub(in crate::routing) fn envelope<'a>(
-        message_type: &'a str,
-        version: &'a str,
-    ) -> Envelope<'a> {
+    pub(crate) fn envelope<'a>(message_type: &'a str, version: &'a str) -> Envelope<'a> {
         Envelope {
             message_id: "id-1".into(),
             message_type: Cow::Borrowed(message_type),
