@@ -177,6 +177,9 @@ impl Planned<Draft<'_>> {
     }
 }
 
+// The unit tests' helpers take either kind of plan; nothing else converts
+// implicitly (callers say `into_message`).
+#[cfg(test)]
 impl<'a> From<Plan<Draft<'a>>> for Plan {
     fn from(plan: Plan<Draft<'a>>) -> Self {
         plan.into_message()
