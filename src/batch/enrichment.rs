@@ -5,11 +5,11 @@
 
 use std::{task::Poll, time::Instant};
 
-use super::run::Run;
+use super::Invocation;
 use crate::enrich::{self, Enricher, Enrichment, Event};
 use crate::mapping::Draft;
 use crate::mapping::message::{self, Sending};
-use crate::publisher::{Broker, Message, PublishError};
+use crate::publisher::{Message, PublishError};
 
 /// What an enricher made of an event.
 pub(super) enum Enriched {
@@ -29,42 +29,46 @@ async fn by<F: std::future::Future>(until: Instant, future: F) -> Option<F::Outp
     }
 }
 
-impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
-    /// Passes a draft through the enricher, within the deadline margin,
-    /// and writes the message this invocation sends.
-    pub(super) async fn enrich(&mut self, draft: Draft<'_>) -> Enriched {
-        let until = self.invocation.deadlines.publish_until;
-        let decided = {
-            let event = Event::new(&draft);
-            by(until, self.enricher.enrich(&event, self.enrichment)).await
-        };
-        let decided = match decided {
-            None => {
-                return Enriched::Failed(PublishError::Enrichment(
-                    "no answer before the deadline margin".into(),
-                ));
-            }
-            Some(Err(e)) => return Enriched::Failed(PublishError::Enrichment(e.0)),
-            Some(Ok(decided)) => decided,
-        };
-        let dead_letter = |draft: &Draft<'_>, reason| {
-            let (message, reason) = draft.origin().dead_letter(reason);
-            Enriched::DeadLetter(message, reason)
-        };
-        match decided {
-            Enrichment::Skip(reason) => Enriched::Skip(crate::mapping::capped(reason)),
-            Enrichment::DeadLetter(reason) => dead_letter(&draft, reason),
-            Enrichment::Publish { payload, headers } => {
-                match enrich::check(|| draft.payload(), payload, headers) {
-                    Ok(added) => {
-                        let sending = Sending {
-                            traceparent: self.invocation.traceparent,
-                            to_queue: self.invocation.to_queue,
-                        };
-                        Enriched::Publish(message::to_message(draft, added, sending))
-                    }
-                    Err(reason) => dead_letter(&draft, reason),
+/// Passes a draft through `enricher` (its state for this invocation is
+/// `state`), within the deadline margin, and writes the message this
+/// invocation sends.
+pub(super) async fn enrich<E: Enricher>(
+    enricher: &E,
+    state: &mut E::Batch,
+    draft: Draft<'_>,
+    invocation: Invocation<'_>,
+) -> Enriched {
+    let until = invocation.deadlines.publish_until;
+    let decided = {
+        let event = Event::new(&draft);
+        by(until, enricher.enrich(&event, state)).await
+    };
+    let decided = match decided {
+        None => {
+            return Enriched::Failed(PublishError::Enrichment(
+                "no answer before the deadline margin".into(),
+            ));
+        }
+        Some(Err(e)) => return Enriched::Failed(PublishError::Enrichment(e.0)),
+        Some(Ok(decided)) => decided,
+    };
+    let dead_letter = |draft: &Draft<'_>, reason| {
+        let (message, reason) = draft.origin().dead_letter(reason);
+        Enriched::DeadLetter(message, reason)
+    };
+    match decided {
+        Enrichment::Skip(reason) => Enriched::Skip(crate::mapping::capped(reason)),
+        Enrichment::DeadLetter(reason) => dead_letter(&draft, reason),
+        Enrichment::Publish { payload, headers } => {
+            match enrich::check(|| draft.payload(), payload, headers) {
+                Ok(added) => {
+                    let sending = Sending {
+                        traceparent: invocation.traceparent,
+                        to_queue: invocation.to_queue,
+                    };
+                    Enriched::Publish(message::to_message(draft, added, sending))
                 }
+                Err(reason) => dead_letter(&draft, reason),
             }
         }
     }

@@ -5,17 +5,13 @@
 //! no record stalls its shard; after a refusal or a lost channel the batch
 //! resumes from the first record not confirmed.
 
-use std::{
-    borrow::Borrow,
-    collections::{HashMap, VecDeque},
-    time::Instant,
-};
+use std::{borrow::Borrow, collections::HashMap, time::Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use super::enrichment::Enriched;
-use super::window::{InFlight, SILENT_AFTER, Settle};
+use super::enrichment::{self, Enriched};
+use super::window::Window;
 use super::{BatchOptions, BatchReport, Failure, Invocation, Outcome, Refusal};
 use crate::enrich::Enricher;
 use crate::mapping::{Converter, Draft, Plan, Planned};
@@ -91,23 +87,20 @@ pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
         limit: converter.config().max_message_bytes,
     };
     let failure = loop {
-        let mut run = Run {
+        let run = Run {
             broker: &mut *broker,
             converter,
             enricher,
             enrichment: &mut enrichment,
             invocation,
             options,
-            in_flight: VecDeque::new(),
-            confirmed: Vec::new(),
-            returned: None,
-            last_heard: Instant::now(),
+            window: Window::new(options.confirm_timeout, deadlines.answer_by),
             refused: &mut refused,
             outcomes: &mut outcomes,
             reconnects: &mut reconnects,
             notes: &mut notes,
         };
-        let failure = run.publish_from(start, records).await;
+        let failure = run.pass(start, records).await;
         let resume = failure.as_ref().and_then(|f| {
             resume_at(
                 broker,
@@ -178,33 +171,36 @@ fn resume_at<B: Broker>(
     }
 }
 
-/// One pass over the batch on one channel, from a given record on. The
-/// window's state (`in_flight` to `last_heard`) starts empty on each pass;
-/// what the batch has learnt (`refused`, `outcomes`, `notes`) is borrowed
-/// from [`forward`] and outlives it.
-pub(super) struct Run<'b, 'o, B, E: Enricher> {
-    pub(super) broker: &'b mut B,
-    pub(super) converter: &'o Converter,
-    pub(super) enricher: &'o E,
+/// One pass over the batch on one channel, from a given record on. Its
+/// confirm window starts empty; what the batch has learnt (`refused`,
+/// `outcomes`, `notes`) is borrowed from [`forward`] and outlives it.
+struct Run<'b, 'o, B, E: Enricher> {
+    broker: &'b mut B,
+    converter: &'o Converter,
+    enricher: &'o E,
     /// The enricher's state for this invocation.
-    pub(super) enrichment: &'o mut E::Batch,
-    pub(super) invocation: Invocation<'o>,
-    pub(super) options: BatchOptions,
-    pub(super) in_flight: VecDeque<InFlight>,
-    /// Records confirmed on this channel, with their message ids, in order:
-    /// a return that arrives later may still name one of them.
-    pub(super) confirmed: Vec<(usize, String)>,
-    /// The earliest record a returned message named so far, and why.
-    pub(super) returned: Option<(usize, PublishError)>,
-    /// When the broker last confirmed something on this channel.
-    pub(super) last_heard: Instant,
+    enrichment: &'o mut E::Batch,
+    invocation: Invocation<'o>,
+    options: BatchOptions,
+    window: Window,
     refused: &'o mut Refused,
-    pub(super) outcomes: &'o mut [Outcome],
+    outcomes: &'o mut [Outcome],
     reconnects: &'o mut u32,
     notes: &'o mut Notes,
 }
 
 impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
+    /// Runs the pass: what its window confirmed is written to the batch's
+    /// outcomes, whether or not it ends in a failure (the report counts
+    /// only what lies before the failure).
+    async fn pass<R: Borrow<RawValue>>(mut self, start: usize, records: &[R]) -> Option<Failure> {
+        let failure = self.publish_from(start, records).await;
+        for confirmed in self.window.into_confirmed() {
+            self.outcomes[confirmed.index] = confirmed.outcome;
+        }
+        failure
+    }
+
     /// Publishes the records from `start` on, in order, and waits for what
     /// is in flight: the first record not handled, if any.
     async fn publish_from<R: Borrow<RawValue>>(
@@ -215,13 +211,13 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         let mut ready = false;
         let deadlines = self.invocation.deadlines;
         for (index, record) in records.iter().enumerate().skip(start) {
-            if let Err(f) = self.settle_arrived().await {
+            if let Err(f) = self.window.settle_arrived().await {
                 return Some(f);
             }
-            if self.returned.is_some() {
+            if self.window.saw_return() {
                 // A record in flight was returned: nothing more is sent, and
                 // the confirms before it decide where the batch stops.
-                return self.drain().await.err();
+                return self.window.drain(&*self.broker).await.err();
             }
             if Instant::now() >= deadlines.publish_until {
                 return Some(self.fail_at(index, PublishError::Deadline).await);
@@ -233,15 +229,17 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 return Some(f);
             }
         }
-        match self.drain().await {
+        match self.window.drain(&*self.broker).await {
             Err(f) => Some(f),
             // Unreachable: a return names a record in flight or the one that
             // carried it, and draining reaches both.
-            Ok(()) => self
-                .returned
-                .take()
-                .map(|(index, error)| Failure::new(index, error)),
+            Ok(()) => self.window.take_return(),
         }
+    }
+
+    /// A failure at `index`, unless an earlier record in flight failed first.
+    async fn fail_at(&mut self, index: usize, error: PublishError) -> Failure {
+        self.window.fail_at(&*self.broker, index, error).await
     }
 
     /// Plans one record, shapes its message and publishes it (or notes it
@@ -298,19 +296,23 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 self.outcomes[index] = Outcome::Skipped;
                 return Ok(None);
             }
-            Plan::Publish(draft) => match self.enrich(draft).await {
-                Enriched::Publish(m) => (m, Outcome::Published),
-                Enriched::Skip(reason) => {
-                    self.notes.skip_reasons.push((index, reason));
-                    self.outcomes[index] = Outcome::Skipped;
-                    return Ok(None);
+            Plan::Publish(draft) => {
+                match enrichment::enrich(self.enricher, self.enrichment, draft, self.invocation)
+                    .await
+                {
+                    Enriched::Publish(m) => (m, Outcome::Published),
+                    Enriched::Skip(reason) => {
+                        self.notes.skip_reasons.push((index, reason));
+                        self.outcomes[index] = Outcome::Skipped;
+                        return Ok(None);
+                    }
+                    Enriched::DeadLetter(message, reason) => {
+                        self.notes.dead_letter_reasons.push((index, reason));
+                        (message, Outcome::DeadLettered)
+                    }
+                    Enriched::Failed(e) => return Err(self.fail_at(index, e).await),
                 }
-                Enriched::DeadLetter(message, reason) => {
-                    self.notes.dead_letter_reasons.push((index, reason));
-                    (message, Outcome::DeadLettered)
-                }
-                Enriched::Failed(e) => return Err(self.fail_at(index, e).await),
-            },
+            }
             Plan::DeadLetter { message, reason } => {
                 self.notes.dead_letter_reasons.push((index, reason));
                 (message, Outcome::DeadLettered)
@@ -374,22 +376,17 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             }
             *ready = true;
         }
-        while self.in_flight.len() >= self.options.max_in_flight.max(1) {
-            self.settle_oldest().await?;
+        while self.window.len() >= self.options.max_in_flight.max(1) {
+            self.window.settle_oldest(&*self.broker).await?;
         }
         let cut_off = deadlines.publish_until;
         let writing = Instant::now();
         let until = (writing + self.options.confirm_timeout).min(cut_off);
         match self.broker.publish(&message, until).await {
             Ok(confirm) => {
-                self.in_flight.push_back(InFlight {
-                    index,
-                    outcome,
-                    message_id: std::mem::take(&mut message.properties.message_id),
-                    size: message.body.len(),
-                    sent_at: Instant::now(),
-                    confirm: Settle::Waiting(confirm),
-                });
+                let message_id = std::mem::take(&mut message.properties.message_id);
+                self.window
+                    .push(index, outcome, message_id, message.body.len(), confirm);
                 Ok(())
             }
             Err(e) => Err(self
@@ -415,8 +412,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             // deadline. It says nothing against the connection, unless the
             // write waited a second with nothing heard from the broker.
             PublishError::WriteTimeout if until >= cut_off => {
-                let silent =
-                    writing.elapsed() >= SILENT_AFTER && self.last_heard.elapsed() >= SILENT_AFTER;
+                let silent = self.window.silent_since(writing);
                 let mut failure = self.fail_at(index, PublishError::Deadline).await;
                 failure.silent |= silent && failure.index == index;
                 failure
@@ -456,7 +452,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         raw: &str,
         ready: &mut bool,
     ) -> Result<(), Failure> {
-        self.drain().await?;
+        self.window.drain(&*self.broker).await?;
         if !*ready {
             // The declaration needs a channel; `send` would open one anyway.
             match self
@@ -465,7 +461,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 .await
             {
                 Ok(reconnected) => *self.reconnects += u32::from(reconnected),
-                Err(e) => return Err(self.fail(index, e)),
+                Err(e) => return Err(self.window.fail(index, e)),
             }
             *ready = true;
         }
@@ -491,9 +487,9 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             }
             // A declaration cut off by the invocation's cut-off.
             Err(PublishError::ChannelLost(_)) if until >= cut_off && Instant::now() >= cut_off => {
-                Err(self.fail(index, PublishError::Deadline))
+                Err(self.window.fail(index, PublishError::Deadline))
             }
-            Err(e) => Err(self.fail(index, e)),
+            Err(e) => Err(self.window.fail(index, e)),
         }
     }
 }

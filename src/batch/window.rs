@@ -4,17 +4,17 @@
 //! one already counted as confirmed; the first failure clears what is in
 //! flight and decides where the batch stops.
 //!
-//! The window is the part of [`Run`] from `in_flight` to `last_heard`; its
-//! methods are here, the publishing that fills it is in `run`.
+//! A [`Window`] lives for one pass over the batch on one channel; what it
+//! confirmed is handed back with [`Window::into_confirmed`]. The publishing
+//! that fills it is in `run`.
 
 use std::{
+    collections::VecDeque,
     task::Poll,
     time::{Duration, Instant},
 };
 
-use super::run::Run;
 use super::{Failure, Outcome, Refusal};
-use crate::enrich::Enricher;
 use crate::publisher::{Broker, Confirm, Confirmation, PublishError, Returned};
 
 /// A confirm that has not come after this long, while nothing else came
@@ -22,39 +22,128 @@ use crate::publisher::{Broker, Confirm, Confirmation, PublishError, Returned};
 /// (quorum queues confirm in tens of milliseconds): when the deadline cuts
 /// such a wait the connection is dropped. A new one costs a handshake; a
 /// dead one kept would cost the next batch `CONNECT_TIMEOUT_MS`.
-pub(super) const SILENT_AFTER: Duration = Duration::from_secs(1);
+const SILENT_AFTER: Duration = Duration::from_secs(1);
 
 /// A published record: its outcome counts only once its confirm came.
-pub(super) struct InFlight {
-    pub(super) index: usize,
-    pub(super) outcome: Outcome,
-    pub(super) message_id: String,
+struct InFlight {
+    index: usize,
+    outcome: Outcome,
+    message_id: String,
     /// Body bytes: a channel the broker closed over a message too large
     /// names it by its size.
-    pub(super) size: usize,
-    pub(super) sent_at: Instant,
-    pub(super) confirm: Settle,
+    size: usize,
+    sent_at: Instant,
+    confirm: Settle,
 }
 
 /// A confirm still awaited, or one already seen while looking for returns.
-pub(super) enum Settle {
+enum Settle {
     Waiting(Confirm),
     Done(Confirmation),
 }
 
-impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
+/// A record whose confirm came, with the outcome it now has.
+pub(super) struct Confirmed {
+    pub(super) index: usize,
+    pub(super) outcome: Outcome,
+    message_id: String,
+}
+
+/// The records in flight on one channel, and what their confirms said.
+pub(super) struct Window {
+    in_flight: VecDeque<InFlight>,
+    /// Records confirmed on this channel, in order: a return that arrives
+    /// later may still name one of them.
+    confirmed: Vec<Confirmed>,
+    /// The earliest record a returned message named so far, and why.
+    returned: Option<(usize, PublishError)>,
+    /// When the broker last confirmed something on this channel.
+    last_heard: Instant,
+    confirm_timeout: Duration,
+    /// The invocation's answer is due then: no confirm is awaited past it.
+    answer_by: Instant,
+}
+
+impl Window {
+    /// An empty window whose confirms are awaited up to `confirm_timeout`
+    /// each, and never past `answer_by`.
+    pub(super) fn new(confirm_timeout: Duration, answer_by: Instant) -> Self {
+        Self {
+            in_flight: VecDeque::new(),
+            confirmed: Vec::new(),
+            returned: None,
+            last_heard: Instant::now(),
+            confirm_timeout,
+            answer_by,
+        }
+    }
+
+    /// Records in flight.
+    pub(super) fn len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Holds record `index`, just published, until its confirm comes:
+    /// then it has `outcome`. `size` is its body's length.
+    pub(super) fn push(
+        &mut self,
+        index: usize,
+        outcome: Outcome,
+        message_id: String,
+        size: usize,
+        confirm: Confirm,
+    ) {
+        self.in_flight.push_back(InFlight {
+            index,
+            outcome,
+            message_id,
+            size,
+            sent_at: Instant::now(),
+            confirm: Settle::Waiting(confirm),
+        });
+    }
+
+    /// A record in flight was returned: nothing more should be sent, and
+    /// the confirms before it decide where the batch stops.
+    pub(super) fn saw_return(&self) -> bool {
+        self.returned.is_some()
+    }
+
+    /// The failure a return names once everything in flight is settled.
+    pub(super) fn take_return(&mut self) -> Option<Failure> {
+        self.returned
+            .take()
+            .map(|(index, error)| Failure::new(index, error))
+    }
+
+    /// A write that began at `writing` has waited a second, and so has the
+    /// broker's last confirm: the socket may be dead.
+    pub(super) fn silent_since(&self, writing: Instant) -> bool {
+        writing.elapsed() >= SILENT_AFTER && self.last_heard.elapsed() >= SILENT_AFTER
+    }
+
+    /// What this window confirmed, in order.
+    pub(super) fn into_confirmed(self) -> Vec<Confirmed> {
+        self.confirmed
+    }
+
     /// A failure at `index`, unless an earlier record in flight failed first.
-    pub(super) async fn fail_at(&mut self, index: usize, error: PublishError) -> Failure {
-        match self.drain().await {
+    pub(super) async fn fail_at<B: Broker>(
+        &mut self,
+        broker: &B,
+        index: usize,
+        error: PublishError,
+    ) -> Failure {
+        match self.drain(broker).await {
             Err(earlier) => earlier,
             Ok(()) => self.fail(index, error),
         }
     }
 
     /// Waits for every confirm in flight, oldest first.
-    pub(super) async fn drain(&mut self) -> Result<(), Failure> {
+    pub(super) async fn drain<B: Broker>(&mut self, broker: &B) -> Result<(), Failure> {
         while !self.in_flight.is_empty() {
-            self.settle_oldest().await?;
+            self.settle_oldest(broker).await?;
         }
         Ok(())
     }
@@ -79,8 +168,8 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     /// Waits for the oldest confirm, up to the confirm timeout or the
     /// deadline, whichever comes first, or until the broker blocks
     /// publishers.
-    pub(super) async fn settle_oldest(&mut self) -> Result<(), Failure> {
-        let blocked = self.broker.blocked();
+    pub(super) async fn settle_oldest<B: Broker>(&mut self, broker: &B) -> Result<(), Failure> {
+        let blocked = broker.blocked();
         let Some(front) = self.in_flight.front_mut() else {
             return Ok(());
         };
@@ -88,8 +177,8 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         let confirmation = match &mut front.confirm {
             Settle::Done(c) => c.clone(),
             Settle::Waiting(confirm) => {
-                let answer_by = self.invocation.deadlines.answer_by;
-                let until = (front.sent_at + self.options.confirm_timeout).min(answer_by);
+                let answer_by = self.answer_by;
+                let until = (front.sent_at + self.confirm_timeout).min(answer_by);
                 let heard = self.last_heard.max(front.sent_at);
                 tokio::select! {
                     biased;
@@ -112,7 +201,6 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             f
         })
     }
-
     /// Settles the oldest record in flight with its confirm. A return that
     /// came with it is charged to the record it names, which may be the
     /// record itself, one confirmed before it or one still in flight; the
@@ -153,8 +241,11 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         if let Some((index, error)) = self.returned.take_if(|(i, _)| *i <= front.index) {
             return Err(self.fail(index, error));
         }
-        self.outcomes[front.index] = front.outcome;
-        self.confirmed.push((front.index, front.message_id));
+        self.confirmed.push(Confirmed {
+            index: front.index,
+            outcome: front.outcome,
+            message_id: front.message_id,
+        });
         Ok(())
     }
 
@@ -170,7 +261,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         let owner = self
             .confirmed
             .iter()
-            .map(|(i, id)| (*i, id.as_str()))
+            .map(|c| (c.index, c.message_id.as_str()))
             .chain(std::iter::once((carrier, carrier_id)))
             .chain(
                 self.in_flight
@@ -194,7 +285,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         }
     }
 
-    /// [`Run::look_for_returns`] when the batch fails at `index`: a return
+    /// [`Window::look_for_returns`] when the batch fails at `index`: a return
     /// naming no record is charged to it.
     fn look_for_returns_at(&mut self, index: usize) {
         for r in self.arrived_returns() {
