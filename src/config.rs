@@ -433,94 +433,24 @@ impl Config {
     /// environment. Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-
-        // Two sources of credentials would leave it unclear which one is in
-        // use after a rotation: exactly one must be set.
-        let broker = match (get("AMQP_URI"), get("AMQP_SECRET_ARN")) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    name: "AMQP_SECRET_ARN",
-                    reason: "set either AMQP_URI or AMQP_SECRET_ARN, not both".into(),
-                });
-            }
-            (Some(uri), None) => {
-                BrokerAddress::Uri(AmqpUri::parse(&uri).map_err(|e| ConfigError::Invalid {
-                    name: "AMQP_URI",
-                    reason: e.to_string(),
-                })?)
-            }
-            (None, Some(arn)) => BrokerAddress::Secret(
-                SecretSource::new(arn.trim(), get).map_err(ConfigError::Secret)?,
-            ),
-            (None, None) => return Err(ConfigError::Missing("AMQP_URI or AMQP_SECRET_ARN")),
-        };
-        let ca = get("AMQP_CA_FILE")
-            .map(|path| TrustedCa::read(path.trim()))
-            .transpose()?;
-        // A CA file says "TLS was meant": a plain amqp:// URI with it is a
-        // mistake that would send the password in clear.
-        if let (Some(_), BrokerAddress::Uri(uri)) = (&ca, &broker)
-            && !uri.is_tls()
-        {
-            return Err(ConfigError::Invalid {
-                name: "AMQP_CA_FILE",
-                reason: "is set but AMQP_URI is amqp:// (plain text); use amqps://".into(),
-            });
-        }
-        let exchange = parse_exchange(&get("EXCHANGE").ok_or(ConfigError::Missing("EXCHANGE"))?)?;
-        let dead_letter_exchange = match (get("DEAD_LETTER_EXCHANGE"), &exchange) {
-            (Some(name), _) => {
-                let name = name.trim().to_owned();
-                validate_name("DEAD_LETTER_EXCHANGE", &name, 255)?;
-                name
-            }
-            (None, Exchange::Fixed(name)) => format!("{name}.dead-letter"),
-            (None, Exchange::PerEvent(_)) => {
-                return Err(ConfigError::Invalid {
-                    name: "DEAD_LETTER_EXCHANGE",
-                    reason: "is required when EXCHANGE is a template (one dead-letter exchange for all of its exchanges)".into(),
-                });
-            }
-        };
-        let max_exchanges = match get("MAX_EXCHANGES") {
-            None => DEFAULT_MAX_EXCHANGES,
-            Some(v) => match v.trim().parse::<usize>() {
-                Ok(n) if (1..=1000).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        name: "MAX_EXCHANGES",
-                        reason: format!("expected a number from 1 to 1000, got {v:?}"),
-                    });
-                }
-            },
-        };
-
-        let max_message_bytes = match get("MAX_MESSAGE_BYTES") {
-            None => DEFAULT_MAX_MESSAGE_BYTES,
-            Some(v) => match v.trim().parse::<usize>() {
-                Ok(n) if MESSAGE_BYTES_RANGE.contains(&n) => n,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        name: "MAX_MESSAGE_BYTES",
-                        reason: format!(
-                            "expected a number of bytes from {} to {}, got {v:?}",
-                            MESSAGE_BYTES_RANGE.start(),
-                            MESSAGE_BYTES_RANGE.end()
-                        ),
-                    });
-                }
-            },
-        };
-
-        let flag = |name: &'static str| match get(name) {
-            None => Ok(true),
-            Some(v) => parse_bool(&v).ok_or_else(|| ConfigError::Invalid {
-                name,
-                reason: format!("expected true or false, got {v:?}"),
-            }),
-        };
-        let declare_topology = flag("DECLARE_TOPOLOGY")?;
-        let trace_from_xray = flag("TRACEPARENT_FROM_XRAY")?;
+        let (broker, ca) = broker(&get)?;
+        let (exchange, dead_letter_exchange) = exchanges(&get)?;
+        let max_exchanges = bounded(
+            &get,
+            "MAX_EXCHANGES",
+            DEFAULT_MAX_EXCHANGES,
+            1..=1000,
+            "a number",
+        )?;
+        let max_message_bytes = bounded(
+            &get,
+            "MAX_MESSAGE_BYTES",
+            DEFAULT_MAX_MESSAGE_BYTES,
+            MESSAGE_BYTES_RANGE,
+            "a number of bytes",
+        )?;
+        let declare_topology = flag(&get, "DECLARE_TOPOLOGY")?;
+        let trace_from_xray = flag(&get, "TRACEPARENT_FROM_XRAY")?;
         let queue_type = match get("QUEUE_TYPE").as_deref() {
             None | Some("quorum") => QueueType::Quorum,
             Some("classic") => QueueType::Classic,
@@ -531,7 +461,7 @@ impl Config {
                 });
             }
         };
-        let mapping = match get("MAPPING") {
+        let kind = match get("MAPPING") {
             None => MappingKind::EventStore,
             Some(name) => MappingKind::parse(&name).map_err(|reason| ConfigError::Invalid {
                 name: "MAPPING",
@@ -542,58 +472,10 @@ impl Config {
             None => RoutingTemplate::default(),
             Some(t) => RoutingTemplate::parse(&t)?,
         };
-
         let attributes = AttributeNames::read(get);
-
-        let event_source = get("EVENT_SOURCE");
-        let entity_name = get("ENTITY_NAME");
-        // Both end up in AMQP short strings (app_id, type), at most 255 bytes;
-        // the entity also gets a verb appended.
-        for (name, value, max) in [
-            ("EVENT_SOURCE", &event_source, 255),
-            ("ENTITY_NAME", &entity_name, 240),
-        ] {
-            if value.as_ref().is_some_and(|v| v.len() > max) {
-                return Err(ConfigError::Invalid {
-                    name,
-                    reason: format!("must be at most {max} bytes"),
-                });
-            }
-        }
-
-        let connect_timeout = millis(&get, "CONNECT_TIMEOUT_MS", 3000)?;
-        let most = (INIT_LIMIT_MS - INIT_OWN_MS) / 2;
-        if connect_timeout > Duration::from_millis(most) {
-            return Err(ConfigError::Invalid {
-                name: "CONNECT_TIMEOUT_MS",
-                reason: format!(
-                    "{} ms, spent twice at cold start against a broker that does not answer \
-                     (reading the secret, then connecting), would pass Lambda's 10 s init \
-                     limit; at most {most}",
-                    connect_timeout.as_millis()
-                ),
-            });
-        }
-        let deadline_margin = millis(&get, "DEADLINE_MARGIN_MS", 1000)?;
-        // The function's timeout, where the environment says it
-        // (`AWS_LAMBDA_FUNCTION_TIMEOUT`, seconds: the template sets it, and
-        // `sam local` does); otherwise each invocation checks its deadline.
-        if let Some(v) = get("AWS_LAMBDA_FUNCTION_TIMEOUT") {
-            let timeout = v.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
-                name: "AWS_LAMBDA_FUNCTION_TIMEOUT",
-                reason: format!("expected the function's timeout in seconds, got {v:?}"),
-            })?;
-            if deadline_margin >= Duration::from_secs(timeout) {
-                return Err(ConfigError::Invalid {
-                    name: "DEADLINE_MARGIN_MS",
-                    reason: format!(
-                        "{} ms leaves nothing of the function's {timeout} s timeout: no record \
-                         would ever be published; keep it well below the timeout",
-                        deadline_margin.as_millis()
-                    ),
-                });
-            }
-        }
+        let (event_source, entity_name) = names(&get)?;
+        let connect_timeout = connect_timeout(&get)?;
+        let deadline_margin = deadline_margin(&get)?;
 
         Ok(Self {
             broker,
@@ -605,7 +487,7 @@ impl Config {
                 dead_letter_exchange,
                 max_exchanges,
                 max_message_bytes,
-                kind: mapping,
+                kind,
                 event_source,
                 entity_name,
                 routing_key_template,
@@ -624,6 +506,169 @@ impl Config {
                 .unwrap_or_default(),
         })
     }
+}
+
+/// Where the broker is (`AMQP_URI` or `AMQP_SECRET_ARN`) and the CA it is
+/// trusted by (`AMQP_CA_FILE`).
+fn broker(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(BrokerAddress, Option<TrustedCa>), ConfigError> {
+    // Two sources of credentials would leave it unclear which one is in
+    // use after a rotation: exactly one must be set.
+    let broker = match (get("AMQP_URI"), get("AMQP_SECRET_ARN")) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid {
+                name: "AMQP_SECRET_ARN",
+                reason: "set either AMQP_URI or AMQP_SECRET_ARN, not both".into(),
+            });
+        }
+        (Some(uri), None) => {
+            BrokerAddress::Uri(AmqpUri::parse(&uri).map_err(|e| ConfigError::Invalid {
+                name: "AMQP_URI",
+                reason: e.to_string(),
+            })?)
+        }
+        (None, Some(arn)) => {
+            BrokerAddress::Secret(SecretSource::new(arn.trim(), get).map_err(ConfigError::Secret)?)
+        }
+        (None, None) => return Err(ConfigError::Missing("AMQP_URI or AMQP_SECRET_ARN")),
+    };
+    let ca = get("AMQP_CA_FILE")
+        .map(|path| TrustedCa::read(path.trim()))
+        .transpose()?;
+    // A CA file says "TLS was meant": a plain amqp:// URI with it is a
+    // mistake that would send the password in clear.
+    if let (Some(_), BrokerAddress::Uri(uri)) = (&ca, &broker)
+        && !uri.is_tls()
+    {
+        return Err(ConfigError::Invalid {
+            name: "AMQP_CA_FILE",
+            reason: "is set but AMQP_URI is amqp:// (plain text); use amqps://".into(),
+        });
+    }
+    Ok((broker, ca))
+}
+
+/// `EXCHANGE`, and the dead-letter exchange beside it.
+fn exchanges(get: &impl Fn(&str) -> Option<String>) -> Result<(Exchange, String), ConfigError> {
+    let exchange = parse_exchange(&get("EXCHANGE").ok_or(ConfigError::Missing("EXCHANGE"))?)?;
+    let dead_letter_exchange = match (get("DEAD_LETTER_EXCHANGE"), &exchange) {
+        (Some(name), _) => {
+            let name = name.trim().to_owned();
+            validate_name("DEAD_LETTER_EXCHANGE", &name, 255)?;
+            name
+        }
+        (None, Exchange::Fixed(name)) => format!("{name}.dead-letter"),
+        (None, Exchange::PerEvent(_)) => {
+            return Err(ConfigError::Invalid {
+                name: "DEAD_LETTER_EXCHANGE",
+                reason: "is required when EXCHANGE is a template (one dead-letter exchange for all of its exchanges)".into(),
+            });
+        }
+    };
+    Ok((exchange, dead_letter_exchange))
+}
+
+/// A whole number in `range`, `default` when unset; `what` says in the
+/// error what the number counts.
+fn bounded(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+    what: &str,
+) -> Result<usize, ConfigError> {
+    let Some(v) = get(name) else {
+        return Ok(default);
+    };
+    match v.trim().parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "expected {what} from {} to {}, got {v:?}",
+                range.start(),
+                range.end()
+            ),
+        }),
+    }
+}
+
+/// A switch that is on unless set to false.
+fn flag(get: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<bool, ConfigError> {
+    match get(name) {
+        None => Ok(true),
+        Some(v) => parse_bool(&v).ok_or_else(|| ConfigError::Invalid {
+            name,
+            reason: format!("expected true or false, got {v:?}"),
+        }),
+    }
+}
+
+/// `EVENT_SOURCE` and `ENTITY_NAME`.
+fn names(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let event_source = get("EVENT_SOURCE");
+    let entity_name = get("ENTITY_NAME");
+    // Both end up in AMQP short strings (app_id, type), at most 255 bytes;
+    // the entity also gets a verb appended.
+    for (name, value, max) in [
+        ("EVENT_SOURCE", &event_source, 255),
+        ("ENTITY_NAME", &entity_name, 240),
+    ] {
+        if value.as_ref().is_some_and(|v| v.len() > max) {
+            return Err(ConfigError::Invalid {
+                name,
+                reason: format!("must be at most {max} bytes"),
+            });
+        }
+    }
+    Ok((event_source, entity_name))
+}
+
+/// `CONNECT_TIMEOUT_MS`, bounded so that a cold start against a silent
+/// broker stays within Lambda's init limit.
+fn connect_timeout(get: &impl Fn(&str) -> Option<String>) -> Result<Duration, ConfigError> {
+    let connect_timeout = millis(get, "CONNECT_TIMEOUT_MS", 3000)?;
+    let most = (INIT_LIMIT_MS - INIT_OWN_MS) / 2;
+    if connect_timeout > Duration::from_millis(most) {
+        return Err(ConfigError::Invalid {
+            name: "CONNECT_TIMEOUT_MS",
+            reason: format!(
+                "{} ms, spent twice at cold start against a broker that does not answer \
+                 (reading the secret, then connecting), would pass Lambda's 10 s init \
+                 limit; at most {most}",
+                connect_timeout.as_millis()
+            ),
+        });
+    }
+    Ok(connect_timeout)
+}
+
+/// `DEADLINE_MARGIN_MS`, which must leave some of the function's timeout.
+fn deadline_margin(get: &impl Fn(&str) -> Option<String>) -> Result<Duration, ConfigError> {
+    let deadline_margin = millis(get, "DEADLINE_MARGIN_MS", 1000)?;
+    // The function's timeout, where the environment says it
+    // (`AWS_LAMBDA_FUNCTION_TIMEOUT`, seconds: the template sets it, and
+    // `sam local` does); otherwise each invocation checks its deadline.
+    if let Some(v) = get("AWS_LAMBDA_FUNCTION_TIMEOUT") {
+        let timeout = v.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
+            name: "AWS_LAMBDA_FUNCTION_TIMEOUT",
+            reason: format!("expected the function's timeout in seconds, got {v:?}"),
+        })?;
+        if deadline_margin >= Duration::from_secs(timeout) {
+            return Err(ConfigError::Invalid {
+                name: "DEADLINE_MARGIN_MS",
+                reason: format!(
+                    "{} ms leaves nothing of the function's {timeout} s timeout: no record \
+                     would ever be published; keep it well below the timeout",
+                    deadline_margin.as_millis()
+                ),
+            });
+        }
+    }
+    Ok(deadline_margin)
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
