@@ -9,7 +9,7 @@
 
 pub mod filter;
 
-use std::{future::Future, ops::Range, time::Duration};
+use std::{future::Future, ops::ControlFlow, ops::Range, time::Duration};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json, value::RawValue};
@@ -443,94 +443,139 @@ pub async fn deliver<I: Invoker>(
     rules: &Rules,
     pace: &Pace<'_>,
 ) -> Delivery {
-    let mut delivery = Delivery::default();
-    // Parts still to deliver, popped from the end: in stream order.
-    let mut parts: Vec<Part> = vec![Part::new(0..batch.len())];
-    while let Some(mut part) = parts.pop() {
-        if let Some(age) = rules.max_record_age {
-            let now = (pace.now)();
-            let expired = batch[part.range.clone()]
-                .iter()
-                .take_while(|r| {
-                    r.created
-                        .is_some_and(|c| (now - c).to_std().is_ok_and(|a| a > age))
-                })
-                .count();
-            if expired > 0 {
-                let start = part.range.start;
-                delivery
-                    .given_up
-                    .push(part.give_up(start..start + expired, Condition::RecordAgeExceeded));
-                if rules.stop_on_give_up {
-                    delivery.stopped_at = Some(start);
-                    return delivery;
-                }
-                let wait = part.wait;
-                part = Part::new(start + expired..part.range.end);
-                part.wait = wait;
-            }
+    let mut delivering = Delivering {
+        batch,
+        rules,
+        pace,
+        delivery: Delivery::default(),
+        parts: vec![Part::new(0..batch.len())],
+    };
+    while let Some(part) = delivering.parts.pop() {
+        if delivering.step(invoker, part).await.is_break() {
+            break;
         }
+    }
+    delivering.delivery
+}
+
+/// One batch being delivered by [`deliver`].
+struct Delivering<'a> {
+    batch: &'a [Pending],
+    rules: &'a Rules,
+    pace: &'a Pace<'a>,
+    delivery: Delivery,
+    /// Parts still to deliver, popped from the end: in stream order.
+    parts: Vec<Part>,
+}
+
+impl Delivering<'_> {
+    /// Delivers `part` once, and leaves in `parts` what is still to
+    /// deliver of it. `Break` when delivery stops (`stopped_at` is set).
+    async fn step<I: Invoker>(&mut self, invoker: &mut I, part: Part) -> ControlFlow<()> {
+        let mut part = self.drop_expired(part)?;
         if part.range.is_empty() {
-            fresh_budget(&mut parts);
-            continue;
+            fresh_budget(&mut self.parts);
+            return ControlFlow::Continue(());
         }
-        if (pace.stop)() {
-            delivery.stopped_at = Some(part.range.start);
-            return delivery;
+        if (self.pace.stop)() {
+            self.delivery.stopped_at = Some(part.range.start);
+            return ControlFlow::Break(());
         }
         if part.wait {
-            tokio::time::sleep(pace.retry_delay).await;
+            tokio::time::sleep(self.pace.retry_delay).await;
         }
         let answer = match invoker
-            .invoke(event(&batch[part.range.clone()], pace.target))
+            .invoke(event(&self.batch[part.range.clone()], self.pace.target))
             .await
         {
             Ok(answer) => answer,
             Err(InvokeError::Refused(reason)) => {
-                delivery.stopped_at = Some(part.range.start);
-                delivery.refused = Some(reason);
-                return delivery;
+                self.delivery.stopped_at = Some(part.range.start);
+                self.delivery.refused = Some(reason);
+                return ControlFlow::Break(());
             }
             Err(InvokeError::NotInvoked(reason)) => {
                 // Not an attempt: the same part again, after the age check.
-                delivery.not_invoked += 1;
+                self.delivery.not_invoked += 1;
                 tracing::warn!(%reason, "the function was not invoked; retrying");
                 part.wait = true;
-                parts.push(part);
-                continue;
+                self.parts.push(part);
+                return ControlFlow::Continue(());
             }
         };
-        delivery.invocations += 1;
+        self.delivery.invocations += 1;
         part.invocations += 1;
-        let failed_from = match &answer {
-            Answer::Response(_) if !rules.report_batch_item_failures => None,
+        match self.failed_from(&part, &answer) {
+            None => {
+                fresh_budget(&mut self.parts);
+                ControlFlow::Continue(())
+            }
+            Some(from) => self.after_failure(part, &answer, from),
+        }
+    }
+
+    /// Gives up on the records at the head of `part` that are older than
+    /// the age limit; the rest of it is delivered.
+    fn drop_expired(&mut self, part: Part) -> ControlFlow<(), Part> {
+        let Some(age) = self.rules.max_record_age else {
+            return ControlFlow::Continue(part);
+        };
+        let now = (self.pace.now)();
+        let expired = self.batch[part.range.clone()]
+            .iter()
+            .take_while(|r| {
+                r.created
+                    .is_some_and(|c| (now - c).to_std().is_ok_and(|a| a > age))
+            })
+            .count();
+        if expired == 0 {
+            return ControlFlow::Continue(part);
+        }
+        let start = part.range.start;
+        self.delivery
+            .given_up
+            .push(part.give_up(start..start + expired, Condition::RecordAgeExceeded));
+        if self.rules.stop_on_give_up {
+            self.delivery.stopped_at = Some(start);
+            return ControlFlow::Break(());
+        }
+        let mut rest = Part::new(start + expired..part.range.end);
+        rest.wait = part.wait;
+        ControlFlow::Continue(rest)
+    }
+
+    /// The first record of `part` that `answer` did not handle, if any.
+    fn failed_from(&mut self, part: &Part, answer: &Answer) -> Option<usize> {
+        match answer {
+            Answer::Response(_) if !self.rules.report_batch_item_failures => None,
             Answer::Response(response) => {
-                let seqs: Vec<&str> = batch[part.range.clone()]
+                let seqs: Vec<&str> = self.batch[part.range.clone()]
                     .iter()
                     .map(|r| r.sequence_number.as_str())
                     .collect();
                 match checkpoint(response, &seqs) {
                     Checkpoint::All => None,
                     Checkpoint::Before(i) => {
-                        delivery.partial += 1;
+                        self.delivery.partial += 1;
                         Some(part.range.start + i)
                     }
                     Checkpoint::Whole => {
-                        delivery.partial += 1;
+                        self.delivery.partial += 1;
                         Some(part.range.start)
                     }
                 }
             }
             Answer::FunctionError { .. } => {
-                delivery.function_errors += 1;
+                self.delivery.function_errors += 1;
                 Some(part.range.start)
             }
-        };
-        let Some(from) = failed_from else {
-            fresh_budget(&mut parts);
-            continue;
-        };
-        part.last = match &answer {
+        }
+    }
+
+    /// What follows a failure from record `from` of `part`: the rest resumes
+    /// there, or the part is split, given up on or retried.
+    fn after_failure(&mut self, mut part: Part, answer: &Answer, from: usize) -> ControlFlow<()> {
+        part.last = match answer {
             Answer::FunctionError { error, status, .. } => (*status, Some(error.clone())),
             Answer::Response(_) => (200, None),
         };
@@ -540,39 +585,43 @@ pub async fn deliver<I: Invoker>(
             let mut rest = Part::new(from..part.range.end);
             rest.last = part.last;
             rest.wait = true;
-            parts.push(rest);
-            continue;
+            self.parts.push(rest);
+            return ControlFlow::Continue(());
         }
         let bisect = matches!(answer, Answer::FunctionError { .. })
-            && rules.bisect_on_function_error
+            && self.rules.bisect_on_function_error
             && part.range.len() > 1;
         if bisect {
             // A split is not a retry: both halves keep the budget as it is.
-            delivery.bisects += 1;
+            self.delivery.bisects += 1;
             let middle = part.range.start + part.range.len() / 2;
             let mut second = part.clone();
             second.range = middle..part.range.end;
             part.range.end = middle;
-            parts.push(second);
-            parts.push(part);
-            continue;
+            self.parts.push(second);
+            self.parts.push(part);
+            return ControlFlow::Continue(());
         }
-        if rules.max_retries.is_some_and(|max| part.retries >= max) {
+        if self
+            .rules
+            .max_retries
+            .is_some_and(|max| part.retries >= max)
+        {
             let start = part.range.start;
-            delivery
+            self.delivery
                 .given_up
                 .push(part.give_up(part.range.clone(), Condition::RetryAttemptsExhausted));
-            if rules.stop_on_give_up {
-                delivery.stopped_at = Some(start);
-                return delivery;
+            if self.rules.stop_on_give_up {
+                self.delivery.stopped_at = Some(start);
+                return ControlFlow::Break(());
             }
-            fresh_budget(&mut parts);
-            continue;
+            fresh_budget(&mut self.parts);
+            return ControlFlow::Continue(());
         }
         part.retries += 1;
-        parts.push(part);
+        self.parts.push(part);
+        ControlFlow::Continue(())
     }
-    delivery
 }
 
 /// The checkpoint moved up to the next part still to deliver: it starts a
