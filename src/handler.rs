@@ -14,7 +14,7 @@ use std::{
 
 use aws_lambda_events::{dynamodb::EventRecord, streams::DynamoDbEventResponse};
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lambda_runtime::{LambdaInvocation, Service, tower::Layer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -391,6 +391,19 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
             )
             .await
         };
+        let response = self.answer(&event.records, &report, started, now)?;
+        Ok((response, report))
+    }
+
+    /// Logs what became of a forwarded batch and its figures, and makes its
+    /// response.
+    fn answer<R: Borrow<RawValue>>(
+        &self,
+        records: &[R],
+        report: &BatchReport,
+        started: Instant,
+        now: DateTime<Utc>,
+    ) -> Result<DynamoDbEventResponse, HandleError> {
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         for (notes, level, what) in [
             (
@@ -410,30 +423,29 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
             ),
         ] {
             for (index, reason) in notes {
-                log_record(&event.records, *index, reason, level, what);
+                log_record(records, *index, reason, level, what);
             }
         }
-        let response = batch::response(&event.records, &report);
+        let response = batch::response(records, report);
         let first_failed = response
             .as_ref()
             .ok()
             .and_then(|r| r.batch_item_failures.first())
             .and_then(|f| f.item_identifier.as_deref())
             .and_then(loggable);
-        telemetry::log_summary(&report, duration_ms, first_failed);
+        telemetry::log_summary(report, duration_ms, first_failed);
         let max_age_ms = report
             .oldest_record
             .map(|t| u64::try_from((now - t).num_milliseconds()).unwrap_or(0));
         telemetry::emit_emf(&telemetry::emf_document(
             &self.metrics_namespace,
             &self.function_name,
-            &report,
+            report,
             duration_ms,
             max_age_ms,
             now,
         ));
-        let response = response?;
-        Ok((response, report))
+        Ok(response?)
     }
 
     /// The Lambda entry point: `body` is the invocation's event as
