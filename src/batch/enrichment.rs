@@ -143,13 +143,8 @@ mod tests {
             (3, 1, 1)
         );
         assert_eq!(report.skip_reasons, [(1, "a test event".to_string())]);
-        let exchanges: Vec<&str> = broker
-            .published
-            .iter()
-            .map(|m| m.exchange.as_str())
-            .collect();
         assert_eq!(
-            exchanges,
+            broker.exchanges(),
             [
                 "product.events",
                 "product.events",

@@ -89,6 +89,11 @@ impl FakeBroker {
         }
     }
 
+    /// The exchange of each message published, in order.
+    pub(super) fn exchanges(&self) -> Vec<&str> {
+        self.published.iter().map(|m| m.exchange.as_str()).collect()
+    }
+
     pub(super) fn published_ids(&self) -> Vec<String> {
         self.published
             .iter()
@@ -270,13 +275,24 @@ pub(super) fn raw(records: &[EventRecord]) -> Vec<Box<RawValue>> {
 }
 
 pub(super) async fn run(broker: &mut FakeBroker, records: &[EventRecord]) -> BatchReport {
+    run_with(broker, records, &converter(), ample(), options()).await
+}
+
+/// [`run`] with another mapping, deadlines or options.
+pub(super) async fn run_with(
+    broker: &mut FakeBroker,
+    records: &[EventRecord],
+    converter: &Converter,
+    deadlines: Deadlines,
+    options: BatchOptions,
+) -> BatchReport {
     forward(
         broker,
-        &converter(),
+        converter,
         &NoEnricher,
         &raw(records),
-        Invocation::new(Utc::now(), ample()),
-        options(),
+        Invocation::new(Utc::now(), deadlines),
+        options,
     )
     .await
 }

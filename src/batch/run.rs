@@ -559,15 +559,7 @@ mod tests {
             Instant::now() + Duration::from_millis(500),
             Duration::from_secs(1),
         );
-        let report = forward(
-            &mut broker,
-            &converter(),
-            &NoEnricher,
-            &raw(&records),
-            Invocation::new(Utc::now(), tight),
-            options(),
-        )
-        .await;
+        let report = run_with(&mut broker, &records, &converter(), tight, options()).await;
         assert_eq!(reported(&records, &report), ["1"]);
         assert_eq!(report.failure.unwrap().error, PublishError::Deadline);
         assert!(broker.published.is_empty());
@@ -661,12 +653,11 @@ mod tests {
             Instant::now() + Duration::from_millis(1300),
             Duration::from_secs(1),
         );
-        let report = forward(
+        let report = run_with(
             &mut broker,
+            &records,
             &converter(),
-            &NoEnricher,
-            &raw(&records),
-            Invocation::new(Utc::now(), tight),
+            tight,
             BatchOptions::new(Duration::from_secs(5)),
         )
         .await;
@@ -697,12 +688,11 @@ mod tests {
         let mut config = MappingConfig::new("product.events");
         config.max_message_bytes = 4096;
         let mut broker = FakeBroker::new(vec![]);
-        let report = forward(
+        let report = run_with(
             &mut broker,
+            &records,
             &Converter::new(config),
-            &NoEnricher,
-            &raw(&records),
-            Invocation::new(Utc::now(), ample()),
+            ample(),
             options(),
         )
         .await;
@@ -758,13 +748,8 @@ mod tests {
         );
         // 1, 2, the refused 3, its dead letter (within the broker's own
         // limit), 4, 5: the confirmed records went out once.
-        let exchanges: Vec<&str> = broker
-            .published
-            .iter()
-            .map(|m| m.exchange.as_str())
-            .collect();
         assert_eq!(
-            exchanges,
+            broker.exchanges(),
             [
                 "product.events",
                 "product.events",
@@ -795,24 +780,18 @@ mod tests {
         let mut broker = FakeBroker::new(vec![]);
         broker.declarable = true;
         broker.refuses = vec!["order.events".into()];
-        let report = forward(
+        let report = run_with(
             &mut broker,
+            &records,
             &Converter::new(config),
-            &NoEnricher,
-            &raw(&records),
-            Invocation::new(Utc::now(), ample()),
+            ample(),
             options(),
         )
         .await;
         assert!(reported(&records, &report).is_empty(), "{report:?}");
         assert_eq!((report.published, report.dead_lettered), (2, 2));
-        let exchanges: Vec<&str> = broker
-            .published
-            .iter()
-            .map(|m| m.exchange.as_str())
-            .collect();
         assert_eq!(
-            exchanges,
+            broker.exchanges(),
             [
                 "product.events",
                 "shop.dead-letter",

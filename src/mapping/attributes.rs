@@ -264,19 +264,16 @@ mod tests {
     fn a_json_payload_must_parse_strictly_and_null_means_empty() {
         let mut records = records(INSERTS);
         for bad in [r#"{"x":"\ud800"}"#, r#"{"x":1e400}"#, "{", "secret"] {
-            records[0]
-                .change
-                .new_image
-                .insert("payload".into(), AttributeValue::S(bad.into()));
-            let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+            let reason =
+                dead_letter_with(&mut records[0], "payload", AttributeValue::S(bad.into()));
             assert_eq!(reason, "attribute `payload` is not valid JSON", "{bad}");
         }
         for not_an_object in ["42", r#""x""#, "[1]", "true", " [] "] {
-            records[0]
-                .change
-                .new_image
-                .insert("payload".into(), AttributeValue::S(not_an_object.into()));
-            let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+            let reason = dead_letter_with(
+                &mut records[0],
+                "payload",
+                AttributeValue::S(not_an_object.into()),
+            );
             assert_eq!(
                 reason, "attribute `payload` is JSON text that is not an object",
                 "{not_an_object}"
@@ -311,11 +308,7 @@ mod tests {
             inner = &inner["a"];
         }
         assert_eq!(inner, &json!({"a": "[{\""}));
-        records[0]
-            .change
-            .new_image
-            .insert("payload".into(), AttributeValue::S(nested(33)));
-        let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+        let reason = dead_letter_with(&mut records[0], "payload", AttributeValue::S(nested(33)));
         assert_eq!(
             reason,
             "attribute `payload` is JSON nested more than 32 levels deep"
@@ -342,11 +335,11 @@ mod tests {
             Some(&HeaderValue::String(format!("1.{}", "0".repeat(253))))
         );
         records[0] = base.clone();
-        records[0]
-            .change
-            .new_image
-            .insert("aggregateId".into(), AttributeValue::S("a".repeat(8193)));
-        let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+        let reason = dead_letter_with(
+            &mut records[0],
+            "aggregateId",
+            AttributeValue::S("a".repeat(8193)),
+        );
         assert_eq!(reason, "attribute `aggregateId` is longer than 8192 bytes");
         records[0] = base;
         records[0]

@@ -42,6 +42,17 @@ pub(super) fn dead_letter(plan: impl Into<Plan>) -> (Message, String) {
     }
 }
 
+/// The reason `record` is dead-lettered once its new image holds `value`
+/// in `name` (it keeps the value).
+pub(super) fn dead_letter_with(
+    record: &mut EventRecord,
+    name: &str,
+    value: serde_dynamo::AttributeValue,
+) -> String {
+    record.change.new_image.insert(name.into(), value);
+    dead_letter(converter().plan(record, now())).1
+}
+
 pub(super) fn header<'m>(m: &'m Message, name: &str) -> Option<&'m HeaderValue> {
     m.properties
         .headers

@@ -80,11 +80,8 @@ mod tests {
         let mut records = records(INSERTS);
         // 10000-01-01 and the last millisecond of year 0.
         for ms in ["253402300800000", "-62135596800001"] {
-            records[0]
-                .change
-                .new_image
-                .insert("occurredAt".into(), AttributeValue::N(ms.into()));
-            let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+            let reason =
+                dead_letter_with(&mut records[0], "occurredAt", AttributeValue::N(ms.into()));
             assert_eq!(
                 reason,
                 "attribute `occurredAt` is not epoch milliseconds of years 1 to 9999"
@@ -108,11 +105,11 @@ mod tests {
             "9999-12-31T23:30:00-01:00",
             "0000-06-01T00:00:00Z",
         ] {
-            records[0]
-                .change
-                .new_image
-                .insert("occurredAt".into(), AttributeValue::S(text.into()));
-            let (_, reason) = dead_letter(converter().plan(&records[0], now()));
+            let reason = dead_letter_with(
+                &mut records[0],
+                "occurredAt",
+                AttributeValue::S(text.into()),
+            );
             assert_eq!(
                 reason, "attribute `occurredAt` is not an RFC 3339 timestamp of years 1 to 9999",
                 "{text}"

@@ -71,25 +71,15 @@ fn size_refusal(text: &str) -> Option<(usize, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use lapin::{
-        BasicProperties,
-        message::Delivery,
-        protocol::{AMQPError, channel::Close},
-    };
+    use lapin::{BasicProperties, message::Delivery};
 
+    use super::super::closes::{self, BASIC_PUBLISH};
     use super::*;
 
-    /// What lapin makes of the broker's `channel.close`
-    /// (`on_channel_close_received`): the error every pending confirm of
-    /// the channel resolves to.
+    /// The broker's `channel.close` over a publish: the error every pending
+    /// confirm of the channel resolves to.
     fn channel_close(code: u16, text: &str) -> lapin::Error {
-        let close = Close {
-            reply_code: code,
-            reply_text: text.into(),
-            class_id: 60,
-            method_id: 40,
-        };
-        ErrorKind::ProtocolError(AMQPError::try_from(close).expect("a known reply code")).into()
+        closes::channel_close(code, text, BASIC_PUBLISH)
     }
 
     fn returned(message_id: Option<&str>) -> BasicReturnMessage {

@@ -188,21 +188,8 @@ fn describe_connect_error(e: &lapin::Error, tls: bool) -> String {
 mod tests {
     use std::io;
 
-    use lapin::protocol::{AMQPError, connection::Close};
-
+    use super::super::closes::connection_close;
     use super::*;
-
-    /// What lapin makes of the broker's `connection.close` during the
-    /// handshake (`on_connection_close_received`).
-    fn connection_close(code: u16, text: &str) -> lapin::Error {
-        let close = Close {
-            reply_code: code,
-            reply_text: text.into(),
-            class_id: 10,
-            method_id: 40,
-        };
-        ErrorKind::ProtocolError(AMQPError::try_from(close).expect("a known reply code")).into()
-    }
 
     /// What rustls reports through lapin's TLS stream.
     fn io_error(kind: io::ErrorKind, text: &str) -> lapin::Error {

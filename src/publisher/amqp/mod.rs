@@ -17,6 +17,8 @@
 //! - `confirm`: what one publish's confirm, or its failure, says.
 
 mod channel;
+#[cfg(test)]
+mod closes;
 mod confirm;
 mod connection;
 mod declared;

@@ -192,20 +192,12 @@ fn refusal(what: &str, name: &str, e: lapin::Error) -> PublishError {
 
 #[cfg(test)]
 mod tests {
-    use lapin::protocol::{AMQPError, channel::Close};
-
+    use super::super::closes::{self, QUEUE_DECLARE};
     use super::*;
 
-    /// What lapin makes of the broker's `channel.close` in answer to a
-    /// declaration (`on_channel_close_received`).
+    /// The broker's `channel.close` in answer to a declaration.
     fn channel_close(code: u16, text: &str) -> lapin::Error {
-        let close = Close {
-            reply_code: code,
-            reply_text: text.into(),
-            class_id: 50,
-            method_id: 10,
-        };
-        ErrorKind::ProtocolError(AMQPError::try_from(close).expect("a known reply code")).into()
+        closes::channel_close(code, text, QUEUE_DECLARE)
     }
 
     fn arguments(queue_type: QueueType) -> Vec<(String, AMQPValue)> {
