@@ -241,6 +241,15 @@ pub(super) fn inserts(n: usize) -> Vec<EventRecord> {
         .collect()
 }
 
+/// Gives `r` a payload with a string of `bytes` characters.
+pub(super) fn with_blob(r: &mut EventRecord, bytes: usize) {
+    let blob = [("blob".to_string(), AttributeValue::S("x".repeat(bytes)))];
+    r.change.new_image.insert(
+        "payload".into(),
+        AttributeValue::M(blob.into_iter().collect()),
+    );
+}
+
 pub(super) fn modify(mut r: EventRecord) -> EventRecord {
     r.event_name = "MODIFY".into();
     r

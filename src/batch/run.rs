@@ -677,14 +677,7 @@ mod tests {
     async fn an_event_larger_than_max_message_bytes_is_dead_lettered_within_it_and_the_batch_goes_on()
      {
         let mut records = inserts(4);
-        records[1].change.new_image.insert(
-            "payload".into(),
-            AttributeValue::M(
-                [("blob".to_string(), AttributeValue::S("x".repeat(6000)))]
-                    .into_iter()
-                    .collect(),
-            ),
-        );
+        with_blob(&mut records[1], 6000);
         let mut config = MappingConfig::new("product.events");
         config.max_message_bytes = 4096;
         let mut broker = FakeBroker::new(vec![]);
@@ -727,14 +720,7 @@ mod tests {
      {
         // Record 3 is larger than the others, and than the broker takes.
         let mut records = inserts(5);
-        records[2].change.new_image.insert(
-            "payload".into(),
-            AttributeValue::M(
-                [("blob".to_string(), AttributeValue::S("x".repeat(3000)))]
-                    .into_iter()
-                    .collect(),
-            ),
-        );
+        with_blob(&mut records[2], 3000);
         let mut broker = FakeBroker::new(vec![Reply::Ack, Reply::Ack, Reply::CloseTooLarge]);
         let report = run(&mut broker, &records).await;
         assert!(reported(&records, &report).is_empty(), "{report:?}");

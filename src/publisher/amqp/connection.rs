@@ -215,39 +215,29 @@ mod tests {
     }
 
     #[test]
-    fn an_untrusted_certificate_is_named_a_tls_handshake_failure() {
-        let e = io_error(
-            io::ErrorKind::InvalidData,
-            "invalid peer certificate: UnknownIssuer",
-        );
-        assert_eq!(
-            describe_connect_error(&e, true),
-            "TLS handshake failed: IO error: invalid peer certificate: UnknownIssuer"
-        );
-    }
-
-    #[test]
-    fn a_plain_text_port_behind_amqps_is_named_a_tls_handshake_failure() {
-        let e = io_error(
-            io::ErrorKind::InvalidData,
-            "received corrupt message of type InvalidContentType",
-        );
-        assert_eq!(
-            describe_connect_error(&e, true),
-            "TLS handshake failed: IO error: received corrupt message of type InvalidContentType"
-        );
-    }
-
-    #[test]
-    fn a_certificate_error_of_another_kind_is_still_a_tls_handshake_failure() {
-        let e = io_error(
-            io::ErrorKind::Other,
-            "invalid peer certificate: NotValidForName",
-        );
-        assert_eq!(
-            describe_connect_error(&e, true),
-            "TLS handshake failed: IO error: invalid peer certificate: NotValidForName"
-        );
+    fn certificate_and_plain_text_port_errors_are_named_a_tls_handshake_failure() {
+        for (kind, text) in [
+            // An untrusted certificate.
+            (
+                io::ErrorKind::InvalidData,
+                "invalid peer certificate: UnknownIssuer",
+            ),
+            // A plain-text port behind amqps://.
+            (
+                io::ErrorKind::InvalidData,
+                "received corrupt message of type InvalidContentType",
+            ),
+            // A certificate error of another kind.
+            (
+                io::ErrorKind::Other,
+                "invalid peer certificate: NotValidForName",
+            ),
+        ] {
+            assert_eq!(
+                describe_connect_error(&io_error(kind, text), true),
+                format!("TLS handshake failed: IO error: {text}")
+            );
+        }
     }
 
     #[test]
