@@ -152,9 +152,7 @@ mod tests {
 
     #[test]
     fn the_change_mapping_names_created_updated_deleted_and_expired() {
-        let mut config = MappingConfig::new("customer.events");
-        config.kind = MappingKind::Change;
-        let c = Converter::new(config);
+        let c = Converter::new(change_config("customer.events"));
         let records = records(CHANGES);
         let planned: Vec<(Message, Value)> =
             records.iter().map(|r| publish(c.plan(r, now()))).collect();
@@ -191,9 +189,7 @@ mod tests {
 
     #[test]
     fn a_backfilled_item_is_a_snapshot_with_an_id_of_its_state() {
-        let mut config = MappingConfig::new("customer.events");
-        config.kind = MappingKind::Change;
-        let c = Converter::new(config);
+        let c = Converter::new(change_config("customer.events"));
         let insert = records(CHANGES).remove(0);
         let plan = |record: &Value| c.plan_raw(&record.to_string(), now()).into_message().plan;
         let mut backfilled = serde_json::to_value(&insert).unwrap();
@@ -230,8 +226,7 @@ mod tests {
 
     #[test]
     fn the_change_mapping_joins_composite_keys_and_uses_keys_when_no_old_image() {
-        let mut config = MappingConfig::new("x");
-        config.kind = MappingKind::Change;
+        let mut config = change_config("x");
         config.entity_name = Some("Customer".into());
         let mut record = records(CHANGES).swap_remove(2);
         record.change.old_image.clear();
@@ -251,9 +246,7 @@ mod tests {
 
     #[test]
     fn an_enriched_change_event_keeps_its_payload_bytes_and_gets_the_fields_at_its_end() {
-        let mut config = MappingConfig::new("customer.events");
-        config.kind = MappingKind::Change;
-        let c = Converter::new(config);
+        let c = Converter::new(change_config("customer.events"));
         let mut record = records(CHANGES).remove(0);
         let image = &mut record.change.new_image;
         image.insert("price".into(), AttributeValue::N("19.990".into()));
@@ -286,8 +279,7 @@ mod tests {
 
     #[test]
     fn the_ids_of_the_change_mapping_follow_the_documented_formula() {
-        let mut config = MappingConfig::new("x");
-        config.kind = MappingKind::Change;
+        let config = change_config("x");
         let mut record = records(CHANGES).swap_remove(0);
         record.event_id = "c81e728d9d4c2f636f067f89cc148620".into();
         let (_, body) = publish(Converter::new(config).plan(&record, now()));

@@ -25,6 +25,13 @@ pub(super) fn converter() -> Converter {
     Converter::new(MappingConfig::new("product.events"))
 }
 
+/// The change mapping's settings, publishing to `exchange`.
+pub(super) fn change_config(exchange: &str) -> MappingConfig {
+    let mut config = MappingConfig::new(exchange);
+    config.kind = crate::config::MappingKind::Change;
+    config
+}
+
 pub(super) fn publish(plan: impl Into<Plan>) -> (Message, Value) {
     match plan.into() {
         Plan::Publish(m) => {

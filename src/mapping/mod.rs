@@ -390,11 +390,12 @@ mod tests {
 
     #[test]
     fn both_mappings_carry_the_sequence_number_and_refuse_records_without_one() {
-        let mut config = MappingConfig::new("customer.events");
-        config.kind = MappingKind::Change;
         for (converter, mut record) in [
             (converter(), records(INSERTS).remove(0)),
-            (Converter::new(config), records(CHANGES).remove(1)),
+            (
+                Converter::new(change_config("customer.events")),
+                records(CHANGES).remove(1),
+            ),
         ] {
             let seq = record.change.sequence_number.clone().unwrap();
             let (m, body) = publish(converter.plan(&record, now()));
