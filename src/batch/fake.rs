@@ -287,6 +287,15 @@ pub(super) async fn run(broker: &mut FakeBroker, records: &[EventRecord]) -> Bat
     run_with(broker, records, &converter(), ample(), options()).await
 }
 
+/// [`run`] with other mapping settings.
+pub(super) async fn run_mapped(
+    broker: &mut FakeBroker,
+    records: &[EventRecord],
+    config: MappingConfig,
+) -> BatchReport {
+    run_with(broker, records, &Converter::new(config), ample(), options()).await
+}
+
 /// [`run`] with another mapping, deadlines or options.
 pub(super) async fn run_with(
     broker: &mut FakeBroker,

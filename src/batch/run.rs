@@ -681,14 +681,7 @@ mod tests {
         let mut config = MappingConfig::new("product.events");
         config.max_message_bytes = 4096;
         let mut broker = FakeBroker::new(vec![]);
-        let report = run_with(
-            &mut broker,
-            &records,
-            &Converter::new(config),
-            ample(),
-            options(),
-        )
-        .await;
+        let report = run_mapped(&mut broker, &records, config).await;
         assert!(reported(&records, &report).is_empty());
         assert_eq!((report.published, report.dead_lettered), (3, 1));
         let dead = &broker.published[1];
@@ -766,14 +759,7 @@ mod tests {
         let mut broker = FakeBroker::new(vec![]);
         broker.declarable = true;
         broker.refuses = vec!["order.events".into()];
-        let report = run_with(
-            &mut broker,
-            &records,
-            &Converter::new(config),
-            ample(),
-            options(),
-        )
-        .await;
+        let report = run_mapped(&mut broker, &records, config).await;
         assert!(reported(&records, &report).is_empty(), "{report:?}");
         assert_eq!((report.published, report.dead_lettered), (2, 2));
         assert_eq!(
