@@ -452,55 +452,16 @@ async fn read_range<S: Streams>(
         records,
         gone: Some(why.to_owned()),
     };
-    let shards = match streams.shards(&range.stream_arn).await {
-        Ok(shards) => shards,
-        Err(StreamsError::NotFound(_)) => return Ok(gone(Vec::new(), "the stream is gone")),
-        Err(e) => return Err(e).with_context(|| format!("DescribeStream {}", range.stream_arn)),
-    };
-    let Some(shard) = shards.into_iter().find(|s| s.id == range.shard_id) else {
-        return Ok(gone(
-            Vec::new(),
-            "the shard is gone: older than the stream's 24 h",
-        ));
-    };
-    // Records before the shard's first are trimmed (older than 24 h).
-    let first = shard.starting.unwrap_or_else(|| range.start.clone());
-    let (from, trimmed) = if before(&range.start, &first) {
-        (first, true)
-    } else {
-        (range.start.clone(), false)
-    };
-    if before(&range.end, &from) {
-        return Ok(gone(Vec::new(), "trimmed: older than the stream's 24 h"));
-    }
-    let trimmed_now = "trimmed while it was read: older than the stream's 24 h";
-    let mut iterator = match streams
-        .iterator(
-            &range.stream_arn,
-            &range.shard_id,
-            &Position::At(from.clone()),
-        )
-        .await
-    {
-        Ok(it) => it,
-        Err(StreamsError::Trimmed(_)) => return Ok(gone(Vec::new(), trimmed_now)),
-        Err(StreamsError::NotFound(_)) => {
-            return Ok(gone(
-                Vec::new(),
-                "the shard is gone: older than the stream's 24 h",
-            ));
-        }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("GetShardIterator {} at {from}", range.shard_id));
-        }
+    let (mut iterator, trimmed) = match open_range(streams, range).await? {
+        Opening::At { iterator, trimmed } => (iterator, trimmed),
+        Opening::Gone(why) => return Ok(gone(Vec::new(), why)),
     };
     let mut records = Vec::new();
     let mut empty_reads = 0;
     'read: while let Some(it) = iterator {
         let page = match streams.records(&it, 1000).await {
             Ok(page) => page,
-            Err(StreamsError::Trimmed(_)) => return Ok(gone(records, trimmed_now)),
+            Err(StreamsError::Trimmed(_)) => return Ok(gone(records, TRIMMED_NOW)),
             Err(e) => return Err(e).with_context(|| format!("GetRecords {}", range.shard_id)),
         };
         if page.records.is_empty() {
@@ -537,6 +498,68 @@ async fn read_range<S: Streams>(
         None
     };
     Ok(Read { records, gone })
+}
+
+/// What `gone` says when the stream trims the range while it is read
+/// (after its shard was listed).
+const TRIMMED_NOW: &str = "trimmed while it was read: older than the stream's 24 h";
+
+/// Where reading a range starts.
+enum Opening {
+    /// An iterator at its start, or at the shard's first record when its
+    /// start is trimmed (`trimmed`).
+    At {
+        iterator: Option<String>,
+        trimmed: bool,
+    },
+    /// Nothing of it can be read, and why.
+    Gone(&'static str),
+}
+
+/// Finds `range`'s shard and opens an iterator at the first of its records
+/// the shard still holds.
+async fn open_range<S: Streams>(streams: &S, range: &Range) -> anyhow::Result<Opening> {
+    let shards = match streams.shards(&range.stream_arn).await {
+        Ok(shards) => shards,
+        Err(StreamsError::NotFound(_)) => return Ok(Opening::Gone("the stream is gone")),
+        Err(e) => return Err(e).with_context(|| format!("DescribeStream {}", range.stream_arn)),
+    };
+    let Some(shard) = shards.into_iter().find(|s| s.id == range.shard_id) else {
+        return Ok(Opening::Gone(
+            "the shard is gone: older than the stream's 24 h",
+        ));
+    };
+    // Records before the shard's first are trimmed (older than 24 h).
+    let first = shard.starting.unwrap_or_else(|| range.start.clone());
+    let (from, trimmed) = if before(&range.start, &first) {
+        (first, true)
+    } else {
+        (range.start.clone(), false)
+    };
+    if before(&range.end, &from) {
+        return Ok(Opening::Gone("trimmed: older than the stream's 24 h"));
+    }
+    let iterator = match streams
+        .iterator(
+            &range.stream_arn,
+            &range.shard_id,
+            &Position::At(from.clone()),
+        )
+        .await
+    {
+        Ok(it) => it,
+        Err(StreamsError::Trimmed(_)) => return Ok(Opening::Gone(TRIMMED_NOW)),
+        Err(StreamsError::NotFound(_)) => {
+            return Ok(Opening::Gone(
+                "the shard is gone: older than the stream's 24 h",
+            ));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("GetShardIterator {} at {from}", range.shard_id));
+        }
+    };
+    Ok(Opening::At { iterator, trimmed })
 }
 
 #[cfg(test)]
