@@ -16,8 +16,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use chrono::{DateTime, Utc};
 use event_forwarder::{
     convert::AttributeNames,
-    esm::{self, Answer, Invoker, MAX_EVENT_BYTES, Pace, Pending, StreamRecord},
+    esm::{self, Answer, Invoker, MAX_EVENT_BYTES, Pace, Pending, Rules, StreamRecord},
 };
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -159,102 +160,187 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
     }
 
     let from = resume.as_ref().map(|c| c.group.as_str());
-    let (events, total) = read_events(clients, &args, &source, &names, from).await?;
+    let (mut events, total) = read_events(clients, &args, &source, &names, from).await?;
     let bar = progress::bar((total > 0).then_some(total), "events");
     let rules = args.sending.rules();
-    let mut limiter = Limiter::new(args.rate);
-    let mut summary = Summary {
-        started: Some(Instant::now()),
-        ..Summary::default()
-    };
+    let limiter = Limiter::new(args.rate);
+    let started = Some(Instant::now());
     // The events up to the checkpoint are done: they keep their places
     // (their sequence numbers), and the aggregates before it are not even
     // read again.
-    let mut position = resume.as_ref().map_or(0, |c| c.position);
-    summary.skipped = position;
-    summary.records = position;
+    let position = resume.as_ref().map_or(0, |c| c.position);
     bar.set_position(position);
-    let mut last_group = None;
-    let mut chunk: Vec<(Pending, String, u64)> = Vec::new();
-    let now = Utc::now();
-    let mut events = events;
-    loop {
-        let next = events.next(clients).await?;
-        if let Some(e) = &next {
-            if last_group.as_deref() != Some(e.group.as_str()) {
-                summary.groups += 1;
-                last_group = Some(e.group.clone());
-            }
-            let done = resume
-                .as_ref()
-                .is_some_and(|c| (c.group.as_str(), c.version) >= (e.group.as_str(), e.version));
-            if !in_window(&e.item, &names.occurred_at, args.since, args.until) {
-                summary.outside_window += 1;
-                bar.inc(1);
-            } else if !done {
-                position += 1;
-                summary.records += 1;
-                let record = stream_record(e, &source, position, now, &clients.region);
-                chunk.push((record, e.group.clone(), e.version));
-            }
-        }
-        let full = chunk.len() >= rules.batch_size;
-        if !chunk.is_empty() && (full || next.is_none()) {
-            limiter.take(chunk.len()).await;
-            let records: Vec<Pending> = chunk.iter().map(|(p, _, _)| p.clone()).collect();
-            let pace = Pace {
-                retry_delay: args.sending.retry_delay(),
-                now: &Utc::now,
-                stop: &|| false,
-                target: args.to_queue.as_deref(),
-            };
-            let sending = Instant::now();
-            let d = esm::deliver_all(&mut invoker, &records, &rules, &pace, MAX_EVENT_BYTES).await;
-            summary.sending += sending.elapsed();
-            let done = d.stopped_at.unwrap_or(records.len());
-            summary.forwarded += done as u64;
-            bar.inc(done as u64);
-            if let (Some(path), Some(last)) = (&args.checkpoint, done.checked_sub(1)) {
-                let (record, group, version) = &chunk[last];
-                write_checkpoint(
-                    path,
-                    &LastConfirmed {
-                        table: args.table.clone(),
-                        target: target.clone(),
-                        group: group.clone(),
-                        version: *version,
-                        position: record.sequence_number.parse().unwrap_or(position),
-                    },
-                )?;
-            }
-            if d.stopped_at.is_some() {
-                summary.failed += (records.len() - done) as u64;
-                bar.finish_and_clear();
-                print_summary(&args.table, &target, &summary);
-                if let Some(reason) = d.refused {
-                    bail!("the function cannot be invoked: {reason}");
-                }
-                eprintln!(
-                    "the function did not confirm record {} after {} retries; the backfill stopped{}",
-                    chunk[done].0.sequence_number,
-                    args.sending.max_retries,
-                    if args.checkpoint.is_some() {
-                        " (run it again with the same --checkpoint to go on)"
-                    } else {
-                        ""
-                    }
-                );
+    let mut backfill = Backfill {
+        args: &args,
+        source: &source,
+        occurred_at: &names.occurred_at,
+        region: &clients.region,
+        target,
+        resume,
+        invoker,
+        rules,
+        limiter,
+        bar,
+        summary: Summary {
+            started,
+            skipped: position,
+            records: position,
+            ..Summary::default()
+        },
+        position,
+        last_group: None,
+        chunk: Vec::new(),
+        now: Utc::now(),
+    };
+    backfill.send_all(&mut events, clients).await
+}
+
+/// A backfill under way: where it is in the order, the chunk of records
+/// gathered for the next invocation, and what they are sent with.
+struct Backfill<'a> {
+    args: &'a Args,
+    source: &'a Source,
+    /// The `occurredAt` attribute, for the time window.
+    occurred_at: &'a str,
+    region: &'a str,
+    target: String,
+    resume: Option<LastConfirmed>,
+    invoker: LambdaInvoker,
+    rules: Rules,
+    limiter: Limiter,
+    bar: ProgressBar,
+    summary: Summary,
+    /// The last event's place in the backfill, its `SequenceNumber`.
+    position: u64,
+    /// The group of the last event taken: the groups are counted as they
+    /// change.
+    last_group: Option<String>,
+    /// Records to send, each with its group and version for the checkpoint.
+    chunk: Vec<(Pending, String, u64)>,
+    /// The records' creation time (`ApproximateCreationDateTime`), one for
+    /// the whole backfill.
+    now: DateTime<Utc>,
+}
+
+impl Backfill<'_> {
+    /// Sends the events in order, a chunk at a time, and the summary;
+    /// `Ok(false)` when the function did not confirm them all.
+    async fn send_all(&mut self, events: &mut Events, clients: &Clients) -> anyhow::Result<bool> {
+        while let Some(e) = events.next(clients).await? {
+            self.take(&e);
+            if self.chunk.len() >= self.rules.batch_size && !self.send_chunk().await? {
                 return Ok(false);
             }
-            chunk.clear();
         }
-        if next.is_none() {
-            break;
+        if !self.chunk.is_empty() && !self.send_chunk().await? {
+            return Ok(false);
+        }
+        self.finish();
+        Ok(true)
+    }
+
+    /// Counts `e`, and adds it to the chunk unless it is outside the time
+    /// window or was confirmed before the checkpoint.
+    fn take(&mut self, e: &Event) {
+        if self.last_group.as_deref() != Some(e.group.as_str()) {
+            self.summary.groups += 1;
+            self.last_group = Some(e.group.clone());
+        }
+        let done = self
+            .resume
+            .as_ref()
+            .is_some_and(|c| (c.group.as_str(), c.version) >= (e.group.as_str(), e.version));
+        if !in_window(&e.item, self.occurred_at, self.args.since, self.args.until) {
+            self.summary.outside_window += 1;
+            self.bar.inc(1);
+        } else if !done {
+            self.position += 1;
+            self.summary.records += 1;
+            let record = stream_record(e, self.source, self.position, self.now, self.region);
+            self.chunk.push((record, e.group.clone(), e.version));
         }
     }
-    bar.finish_and_clear();
-    print_summary(&args.table, &target, &summary);
-    Ok(true)
+
+    /// Sends the chunk through the function (at the rate) and moves the
+    /// checkpoint to its last record confirmed; `Ok(false)` when the
+    /// function did not confirm them all, after the summary.
+    async fn send_chunk(&mut self) -> anyhow::Result<bool> {
+        self.limiter.take(self.chunk.len()).await;
+        let records: Vec<Pending> = self.chunk.iter().map(|(p, _, _)| p.clone()).collect();
+        let pace = Pace {
+            retry_delay: self.args.sending.retry_delay(),
+            now: &Utc::now,
+            stop: &|| false,
+            target: self.args.to_queue.as_deref(),
+        };
+        let sending = Instant::now();
+        let d = esm::deliver_all(
+            &mut self.invoker,
+            &records,
+            &self.rules,
+            &pace,
+            MAX_EVENT_BYTES,
+        )
+        .await;
+        self.summary.sending += sending.elapsed();
+        let done = d.stopped_at.unwrap_or(records.len());
+        self.summary.forwarded += done as u64;
+        self.bar.inc(done as u64);
+        if let Some(last) = done.checked_sub(1) {
+            self.confirmed(last)?;
+        }
+        if d.stopped_at.is_some() {
+            self.summary.failed += (records.len() - done) as u64;
+            return self.stopped(done, d.refused);
+        }
+        self.chunk.clear();
+        Ok(true)
+    }
+
+    /// Writes the chunk's record `last` to the checkpoint as the last
+    /// confirmed, when the backfill keeps one.
+    fn confirmed(&self, last: usize) -> anyhow::Result<()> {
+        let Some(path) = &self.args.checkpoint else {
+            return Ok(());
+        };
+        let (record, group, version) = &self.chunk[last];
+        write_checkpoint(
+            path,
+            &LastConfirmed {
+                table: self.args.table.clone(),
+                target: self.target.clone(),
+                group: group.clone(),
+                version: *version,
+                position: record.sequence_number.parse().unwrap_or(self.position),
+            },
+        )
+    }
+
+    /// Ends a backfill the function stopped at the chunk's record `at`:
+    /// the summary, then why, and how to go on.
+    fn stopped(&self, at: usize, refused: Option<String>) -> anyhow::Result<bool> {
+        self.finish();
+        if let Some(reason) = refused {
+            bail!("the function cannot be invoked: {reason}");
+        }
+        eprintln!(
+            "the function did not confirm record {} after {} retries; the backfill stopped{}",
+            self.chunk[at].0.sequence_number,
+            self.args.sending.max_retries,
+            if self.args.checkpoint.is_some() {
+                " (run it again with the same --checkpoint to go on)"
+            } else {
+                ""
+            }
+        );
+        Ok(false)
+    }
+
+    /// The summary line, once the bar is gone.
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+        print_summary(&self.args.table, &self.target, &self.summary);
+    }
 }
 
 fn print_summary(table: &str, target: &str, s: &Summary) {

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use chrono::Utc;
-use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Pending, filter::Filter};
+use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Pending, Rules, filter::Filter};
+use indicatif::ProgressBar;
 use serde_json::Value;
 
 use crate::{
     aws::Clients,
-    invoker::InOrder,
+    invoker::{InOrder, LambdaInvoker},
     progress,
     reader::{POLL_EVERY, Position, Streams, StreamsError, before},
 };
@@ -161,33 +162,96 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         (None, Some(path)) => from_file(path)?,
         (None, None) => bail!("give --queue or --from-file"),
     };
-    let rules = args.sending.rules();
-    let mut invoker = args.sending.invoker(clients);
-    let bar = progress::bar(None, "records");
-    let mut summary = Summary::default();
+    let mut redrive = Redrive {
+        rules: args.sending.rules(),
+        invoker: args.sending.invoker(clients),
+        bar: progress::bar(None, "records"),
+        summary: Summary::default(),
+        args: &args,
+        clients,
+        queue_url,
+        filter,
+    };
     for message in &messages {
-        summary.messages += 1;
+        redrive.message(message).await?;
+    }
+    redrive.bar.finish_and_clear();
+    print_summary(&redrive.summary, args.dry_run);
+    Ok(redrive.summary.kept == 0)
+}
+
+/// A redrive under way: what each message's range is read, filtered and
+/// sent with, and the counts so far.
+struct Redrive<'a> {
+    args: &'a Args,
+    clients: &'a Clients,
+    /// `None` when the messages came from a file.
+    queue_url: Option<String>,
+    filter: Option<Filter>,
+    rules: Rules,
+    invoker: LambdaInvoker,
+    bar: ProgressBar,
+    summary: Summary,
+}
+
+/// A range's records that the filter lets through.
+struct Selected {
+    records: Vec<Pending>,
+    /// Records read from the stream, before the filter.
+    found: usize,
+    /// Part of the range is no longer in the stream (reported already).
+    gone: bool,
+}
+
+impl Redrive<'_> {
+    /// One OnFailure message: its range read again and forwarded, then the
+    /// message deleted, or kept when not all of it could be.
+    async fn message(&mut self, message: &Message) -> anyhow::Result<()> {
+        self.summary.messages += 1;
         let Some(range) = Range::of(&message.body) else {
             progress::say(
-                &bar,
+                &self.bar,
                 format_args!(
                     "not an OnFailure message of a DynamoDB stream (no DDBStreamBatchInfo), kept: {}",
                     message.body
                 ),
             );
-            summary.kept += 1;
-            keep(clients, queue_url.as_deref(), message).await;
-            continue;
+            self.summary.kept += 1;
+            keep(self.clients, self.queue_url.as_deref(), message).await;
+            return Ok(());
         };
-        summary.ranges += 1;
-        let read = read_range(&clients.streams, &range, args.max_empty_reads).await?;
+        self.summary.ranges += 1;
+        let selected = self.select(&range).await?;
+        if self.args.dry_run {
+            progress::say(
+                &self.bar,
+                format_args!(
+                    "would forward {} record(s) of {} {}–{} ({} filtered out)",
+                    selected.records.len(),
+                    range.shard_id,
+                    range.start,
+                    range.end,
+                    selected.found - selected.records.len()
+                ),
+            );
+            keep(self.clients, self.queue_url.as_deref(), message).await;
+            return Ok(());
+        }
+        let stopped_at = self.forward(&selected).await?;
+        self.settle(message, &range, &selected, stopped_at).await
+    }
+
+    /// Reads `range` from the stream, says what of it the stream no longer
+    /// holds, and keeps the records the filter lets through.
+    async fn select(&mut self, range: &Range) -> anyhow::Result<Selected> {
+        let read = read_range(&self.clients.streams, range, self.args.max_empty_reads).await?;
         let found = read.records.len();
-        summary.records += found as u64;
+        self.summary.records += found as u64;
         if let Some(why) = &read.gone {
             let missing = range.expected.saturating_sub(found).max(1);
-            summary.gone += missing as u64;
+            self.summary.gone += missing as u64;
             progress::say(
-                &bar,
+                &self.bar,
                 format_args!(
                     "the stream no longer holds {} {}–{} ({why}): {} record(s) expected, {found} found, \
                      written between {} and {} (arrival times, whole seconds). The table is the only \
@@ -204,7 +268,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                 ),
             );
         }
-        let records: Vec<Pending> = match &filter {
+        let records: Vec<Pending> = match &self.filter {
             Some(f) => read
                 .records
                 .into_iter()
@@ -214,40 +278,55 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                 .collect(),
             None => read.records,
         };
-        summary.filtered += (found - records.len()) as u64;
-        let sending = records.len();
-        if args.dry_run {
-            progress::say(
-                &bar,
-                format_args!(
-                    "would forward {sending} record(s) of {} {}–{} ({} filtered out)",
-                    range.shard_id,
-                    range.start,
-                    range.end,
-                    found - sending
-                ),
-            );
-            keep(clients, queue_url.as_deref(), message).await;
-            continue;
-        }
+        self.summary.filtered += (found - records.len()) as u64;
+        Ok(Selected {
+            records,
+            found,
+            gone: read.gone.is_some(),
+        })
+    }
+
+    /// Sends the selected records through the function, in order;
+    /// `Ok(Some(n))` when it stopped at the `n`th (the rest failed again).
+    /// A function that cannot be invoked ends the redrive.
+    async fn forward(&mut self, selected: &Selected) -> anyhow::Result<Option<usize>> {
+        let sending = selected.records.len();
         let pace = Pace {
-            retry_delay: args.sending.retry_delay(),
+            retry_delay: self.args.sending.retry_delay(),
             now: &Utc::now,
             stop: &|| false,
             target: None,
         };
-        let delivery =
-            esm::deliver_all(&mut invoker, &records, &rules, &pace, MAX_EVENT_BYTES).await;
+        let delivery = esm::deliver_all(
+            &mut self.invoker,
+            &selected.records,
+            &self.rules,
+            &pace,
+            MAX_EVENT_BYTES,
+        )
+        .await;
         let forwarded = delivery.stopped_at.unwrap_or(sending);
-        summary.forwarded += forwarded as u64;
-        summary.failed += (sending - forwarded) as u64;
-        bar.inc(found as u64);
+        self.summary.forwarded += forwarded as u64;
+        self.summary.failed += (sending - forwarded) as u64;
+        self.bar.inc(selected.found as u64);
         if let Some(reason) = &delivery.refused {
             bail!("the function cannot be invoked: {reason}");
         }
-        if delivery.stopped_at.is_none() && read.gone.is_none() {
-            if let (Some(url), Some(receipt)) = (&queue_url, &message.receipt) {
-                clients
+        Ok(delivery.stopped_at)
+    }
+
+    /// Deletes the message once its whole range is forwarded; otherwise
+    /// keeps it for the next redrive.
+    async fn settle(
+        &mut self,
+        message: &Message,
+        range: &Range,
+        selected: &Selected,
+        stopped_at: Option<usize>,
+    ) -> anyhow::Result<()> {
+        if stopped_at.is_none() && !selected.gone {
+            if let (Some(url), Some(receipt)) = (&self.queue_url, &message.receipt) {
+                self.clients
                     .sqs
                     .delete_message()
                     .queue_url(url)
@@ -255,23 +334,31 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                     .send()
                     .await
                     .context("DeleteMessage")?;
-                summary.deleted += 1;
+                self.summary.deleted += 1;
             }
-        } else {
-            if delivery.stopped_at.is_some() {
-                progress::say(
-                    &bar,
-                    format_args!(
-                        "{} {}–{}: {} of {sending} record(s) forwarded, the rest failed again; message kept",
-                        range.shard_id, range.start, range.end, forwarded
-                    ),
-                );
-            }
-            summary.kept += 1;
-            keep(clients, queue_url.as_deref(), message).await;
+            return Ok(());
         }
+        if let Some(forwarded) = stopped_at {
+            progress::say(
+                &self.bar,
+                format_args!(
+                    "{} {}–{}: {} of {} record(s) forwarded, the rest failed again; message kept",
+                    range.shard_id,
+                    range.start,
+                    range.end,
+                    forwarded,
+                    selected.records.len()
+                ),
+            );
+        }
+        self.summary.kept += 1;
+        keep(self.clients, self.queue_url.as_deref(), message).await;
+        Ok(())
     }
-    bar.finish_and_clear();
+}
+
+/// The summary line on stdout.
+fn print_summary(summary: &Summary, dry_run: bool) {
     let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
         ("messages", &summary.messages),
         ("ranges", &summary.ranges),
@@ -283,11 +370,10 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         ("kept", &summary.kept),
         ("deleted", &summary.deleted),
     ];
-    if args.dry_run {
+    if dry_run {
         fields.push(("dry_run", &true));
     }
     println!("{}", progress::summary("redrive", &fields));
-    Ok(summary.kept == 0)
 }
 
 /// Every message of the queue, hidden from other readers while this runs.
@@ -366,55 +452,16 @@ async fn read_range<S: Streams>(
         records,
         gone: Some(why.to_owned()),
     };
-    let shards = match streams.shards(&range.stream_arn).await {
-        Ok(shards) => shards,
-        Err(StreamsError::NotFound(_)) => return Ok(gone(Vec::new(), "the stream is gone")),
-        Err(e) => return Err(e).with_context(|| format!("DescribeStream {}", range.stream_arn)),
-    };
-    let Some(shard) = shards.into_iter().find(|s| s.id == range.shard_id) else {
-        return Ok(gone(
-            Vec::new(),
-            "the shard is gone: older than the stream's 24 h",
-        ));
-    };
-    // Records before the shard's first are trimmed (older than 24 h).
-    let first = shard.starting.unwrap_or_else(|| range.start.clone());
-    let (from, trimmed) = if before(&range.start, &first) {
-        (first, true)
-    } else {
-        (range.start.clone(), false)
-    };
-    if before(&range.end, &from) {
-        return Ok(gone(Vec::new(), "trimmed: older than the stream's 24 h"));
-    }
-    let trimmed_now = "trimmed while it was read: older than the stream's 24 h";
-    let mut iterator = match streams
-        .iterator(
-            &range.stream_arn,
-            &range.shard_id,
-            &Position::At(from.clone()),
-        )
-        .await
-    {
-        Ok(it) => it,
-        Err(StreamsError::Trimmed(_)) => return Ok(gone(Vec::new(), trimmed_now)),
-        Err(StreamsError::NotFound(_)) => {
-            return Ok(gone(
-                Vec::new(),
-                "the shard is gone: older than the stream's 24 h",
-            ));
-        }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("GetShardIterator {} at {from}", range.shard_id));
-        }
+    let (mut iterator, trimmed) = match open_range(streams, range).await? {
+        Opening::At { iterator, trimmed } => (iterator, trimmed),
+        Opening::Gone(why) => return Ok(gone(Vec::new(), why)),
     };
     let mut records = Vec::new();
     let mut empty_reads = 0;
     'read: while let Some(it) = iterator {
         let page = match streams.records(&it, 1000).await {
             Ok(page) => page,
-            Err(StreamsError::Trimmed(_)) => return Ok(gone(records, trimmed_now)),
+            Err(StreamsError::Trimmed(_)) => return Ok(gone(records, TRIMMED_NOW)),
             Err(e) => return Err(e).with_context(|| format!("GetRecords {}", range.shard_id)),
         };
         if page.records.is_empty() {
@@ -451,6 +498,68 @@ async fn read_range<S: Streams>(
         None
     };
     Ok(Read { records, gone })
+}
+
+/// What `gone` says when the stream trims the range while it is read
+/// (after its shard was listed).
+const TRIMMED_NOW: &str = "trimmed while it was read: older than the stream's 24 h";
+
+/// Where reading a range starts.
+enum Opening {
+    /// An iterator at its start, or at the shard's first record when its
+    /// start is trimmed (`trimmed`).
+    At {
+        iterator: Option<String>,
+        trimmed: bool,
+    },
+    /// Nothing of it can be read, and why.
+    Gone(&'static str),
+}
+
+/// Finds `range`'s shard and opens an iterator at the first of its records
+/// the shard still holds.
+async fn open_range<S: Streams>(streams: &S, range: &Range) -> anyhow::Result<Opening> {
+    let shards = match streams.shards(&range.stream_arn).await {
+        Ok(shards) => shards,
+        Err(StreamsError::NotFound(_)) => return Ok(Opening::Gone("the stream is gone")),
+        Err(e) => return Err(e).with_context(|| format!("DescribeStream {}", range.stream_arn)),
+    };
+    let Some(shard) = shards.into_iter().find(|s| s.id == range.shard_id) else {
+        return Ok(Opening::Gone(
+            "the shard is gone: older than the stream's 24 h",
+        ));
+    };
+    // Records before the shard's first are trimmed (older than 24 h).
+    let first = shard.starting.unwrap_or_else(|| range.start.clone());
+    let (from, trimmed) = if before(&range.start, &first) {
+        (first, true)
+    } else {
+        (range.start.clone(), false)
+    };
+    if before(&range.end, &from) {
+        return Ok(Opening::Gone("trimmed: older than the stream's 24 h"));
+    }
+    let iterator = match streams
+        .iterator(
+            &range.stream_arn,
+            &range.shard_id,
+            &Position::At(from.clone()),
+        )
+        .await
+    {
+        Ok(it) => it,
+        Err(StreamsError::Trimmed(_)) => return Ok(Opening::Gone(TRIMMED_NOW)),
+        Err(StreamsError::NotFound(_)) => {
+            return Ok(Opening::Gone(
+                "the shard is gone: older than the stream's 24 h",
+            ));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("GetShardIterator {} at {from}", range.shard_id));
+        }
+    };
+    Ok(Opening::At { iterator, trimmed })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use event_forwarder::esm::{
-    self, Invoker, MAX_EVENT_BYTES, Pace, Rules, ShardContext, filter::Filter,
+    self, Delivery, Invoker, MAX_EVENT_BYTES, Pace, Pending, Rules, ShardContext, filter::Filter,
 };
 use serde_json::Value;
 use tokio::{
@@ -516,77 +516,17 @@ async fn read_shard<S: Streams, I: Invoker>(
             checkpoint = Position::After(batch.through);
             continue;
         }
-        let should_stop = || mapping.should_stop();
-        let pace = Pace {
-            retry_delay: mapping.retry_delay,
-            now: &Utc::now,
-            stop: &should_stop,
-            target: None,
-        };
-        mapping.delivering.set(mapping.delivering.get() + 1);
-        let delivery = esm::deliver(&mut invoker, &batch.records, rules, &pace).await;
-        mapping.delivering.set(mapping.delivering.get() - 1);
-        mapping.last_activity.set(Instant::now());
+        let delivery = mapping.deliver(&mut invoker, &batch.records).await;
         let handled = delivery.stopped_at.unwrap_or(batch.records.len());
         let given_up = delivery.given_up_records();
+        mapping.count_batch(&delivery, handled, given_up);
+        if let Err((at, e)) = mapping
+            .send_given_up(&id, &delivery, &batch.records, &invoker)
+            .await
         {
-            let mut s = mapping.summary.borrow_mut();
-            s.batches += 1;
-            s.invocations += u64::from(delivery.invocations);
-            s.partial += u64::from(delivery.partial);
-            s.function_errors += u64::from(delivery.function_errors);
-            s.bisects += u64::from(delivery.bisects);
-            s.not_invoked += u64::from(delivery.not_invoked);
-            s.records += handled as u64;
-            s.given_up += given_up as u64;
-            s.delivered += (handled - given_up) as u64;
-        }
-        let mut unsent = None;
-        for g in &delivery.given_up {
-            let first = &batch.records[g.range.start].sequence_number;
-            let last = &batch.records[g.range.end - 1].sequence_number;
-            tracing::warn!(
-                shard = %id, first = %first, last = %last, records = g.range.len(),
-                condition = g.condition.as_str(), "records given up on"
-            );
-            let (request_id, executed_version) = invoker.last_request();
-            let context = ShardContext {
-                shard_id: &id,
-                stream_arn: &mapping.stream_arn,
-                function_arn: &mapping.function_arn,
-                request_id,
-                executed_version,
-            };
-            let message = esm::on_failure_message(g, &batch.records, &context, Utc::now());
-            match mapping.destination.send(message).await {
-                Ok(sent) => mapping.summary.borrow_mut().on_failure_messages += u64::from(sent),
-                Err(e) => {
-                    // The shard must not move past records whose range is
-                    // not recorded anywhere.
-                    unsent = Some((Position::At(first.clone()), e));
-                    break;
-                }
-            }
-        }
-        if let Some((at, e)) = unsent {
             break End::Failed(at, e);
         }
-        mapping.progress.inc(handled as u64);
-        {
-            let s = mapping.summary.borrow();
-            mapping.progress.set_message(format!(
-                "{} delivered, {} given up, {} invocations",
-                s.delivered, s.given_up, s.invocations
-            ));
-        }
-        tracing::info!(
-            shard = %id,
-            records = batch.records.len(),
-            first = %batch.records[0].sequence_number,
-            invocations = delivery.invocations,
-            given_up,
-            "batch"
-        );
+        mapping.show_batch(&id, &batch.records, &delivery, handled, given_up);
         match delivery.stopped_at {
             Some(k) => {
                 let at = Position::At(batch.records[k].sequence_number.clone());
@@ -599,6 +539,104 @@ async fn read_shard<S: Streams, I: Invoker>(
         }
     };
     (id, end)
+}
+
+/// The steps of [`read_shard`] that touch what the shards share.
+impl Mapping {
+    /// Delivers one shard's batch by the mapping's rules, counted among the
+    /// shards delivering meanwhile (a run is idle only without any).
+    async fn deliver<I: Invoker>(&self, invoker: &mut I, records: &[Pending]) -> Delivery {
+        let should_stop = || self.should_stop();
+        let pace = Pace {
+            retry_delay: self.retry_delay,
+            now: &Utc::now,
+            stop: &should_stop,
+            target: None,
+        };
+        self.delivering.set(self.delivering.get() + 1);
+        let delivery = esm::deliver(invoker, records, &self.rules, &pace).await;
+        self.delivering.set(self.delivering.get() - 1);
+        self.last_activity.set(Instant::now());
+        delivery
+    }
+
+    /// Adds a delivered batch to the summary: `handled` of its records were
+    /// delivered or given up on, `given_up` of them given up on.
+    fn count_batch(&self, delivery: &Delivery, handled: usize, given_up: usize) {
+        let mut s = self.summary.borrow_mut();
+        s.batches += 1;
+        s.invocations += u64::from(delivery.invocations);
+        s.partial += u64::from(delivery.partial);
+        s.function_errors += u64::from(delivery.function_errors);
+        s.bisects += u64::from(delivery.bisects);
+        s.not_invoked += u64::from(delivery.not_invoked);
+        s.records += handled as u64;
+        s.given_up += given_up as u64;
+        s.delivered += (handled - given_up) as u64;
+    }
+
+    /// Sends one OnFailure message per range of `records` given up on. On
+    /// an error, the position the shard must resume from: the first record
+    /// of the range not sent.
+    async fn send_given_up<I: Invoker>(
+        &self,
+        shard_id: &str,
+        delivery: &Delivery,
+        records: &[Pending],
+        invoker: &I,
+    ) -> Result<(), (Position, anyhow::Error)> {
+        for g in &delivery.given_up {
+            let first = &records[g.range.start].sequence_number;
+            let last = &records[g.range.end - 1].sequence_number;
+            tracing::warn!(
+                shard = %shard_id, first = %first, last = %last, records = g.range.len(),
+                condition = g.condition.as_str(), "records given up on"
+            );
+            let (request_id, executed_version) = invoker.last_request();
+            let context = ShardContext {
+                shard_id,
+                stream_arn: &self.stream_arn,
+                function_arn: &self.function_arn,
+                request_id,
+                executed_version,
+            };
+            let message = esm::on_failure_message(g, records, &context, Utc::now());
+            match self.destination.send(message).await {
+                Ok(sent) => self.summary.borrow_mut().on_failure_messages += u64::from(sent),
+                // The shard must not move past records whose range is not
+                // recorded anywhere.
+                Err(e) => return Err((Position::At(first.clone()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The progress bar and the log line after a batch (never an empty one).
+    fn show_batch(
+        &self,
+        shard_id: &str,
+        records: &[Pending],
+        delivery: &Delivery,
+        handled: usize,
+        given_up: usize,
+    ) {
+        self.progress.inc(handled as u64);
+        {
+            let s = self.summary.borrow();
+            self.progress.set_message(format!(
+                "{} delivered, {} given up, {} invocations",
+                s.delivered, s.given_up, s.invocations
+            ));
+        }
+        tracing::info!(
+            shard = %shard_id,
+            records = records.len(),
+            first = %records[0].sequence_number,
+            invocations = delivery.invocations,
+            given_up,
+            "batch"
+        );
+    }
 }
 
 /// The table's current stream.
