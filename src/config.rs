@@ -143,12 +143,17 @@ named_kinds! {
 }
 
 impl MappingKind {
+    /// The `MAPPING` name of every kind.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Self::NAMES.iter().map(|&(n, _)| n)
+    }
+
     /// The kind `MAPPING` names; else the reason, listing the names.
-    fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, String> {
         if let Some(&(_, kind)) = Self::NAMES.iter().find(|(n, _)| *n == name) {
             return Ok(kind);
         }
-        let names: Vec<&str> = Self::NAMES.iter().map(|&(n, _)| n).collect();
+        let names: Vec<&str> = Self::names().collect();
         let expected = match names.split_last() {
             Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
             _ => names.concat(),

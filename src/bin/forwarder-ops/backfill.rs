@@ -14,8 +14,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use chrono::{DateTime, Utc};
+use clap::builder::TypedValueParser as _;
 use event_forwarder::{
-    convert::AttributeNames,
+    convert::{AttributeNames, MappingKind},
     esm::{self, Answer, Invoker, MAX_EVENT_BYTES, Pace, Pending, Rules, StreamRecord},
 };
 use indicatif::ProgressBar;
@@ -88,17 +89,17 @@ pub struct Args {
     rate: u32,
 
     /// Which mapping the function uses (default: MAPPING, else event-store).
-    #[arg(long, value_enum, env = "MAPPING", default_value = "event-store")]
-    mapping: Mapping,
+    #[arg(
+        long,
+        env = "MAPPING",
+        default_value = "event-store",
+        value_parser = clap::builder::PossibleValuesParser::new(MappingKind::names())
+            .try_map(|name: String| MappingKind::parse(&name)),
+    )]
+    mapping: MappingKind,
 
     #[command(flatten)]
     sending: InOrder,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Mapping {
-    EventStore,
-    Change,
 }
 
 /// The last event confirmed, in the backfill's order.
@@ -463,7 +464,7 @@ async fn read_events(
     from: Option<&str>,
 ) -> anyhow::Result<(Events, u64)> {
     let (key, version) = (&names.aggregate_id, &names.version);
-    if args.mapping == Mapping::EventStore && source.event_store_keys {
+    if args.mapping == MappingKind::EventStore && source.event_store_keys {
         // The table's key is (aggregate, version): only the aggregates are
         // read first, then each one's events in version order.
         let (aggregates, total) = match &args.aggregate {
@@ -490,7 +491,7 @@ async fn read_events(
     }
     // Otherwise every item is read and sorted here: by aggregate and
     // version, or by the item's key for a change table (one snapshot each).
-    if args.mapping == Mapping::EventStore {
+    if args.mapping == MappingKind::EventStore {
         tracing::warn!(
             "the table's key is not ({key}, {version}): reading it whole into memory to sort it"
         );
@@ -500,8 +501,8 @@ async fn read_events(
         .into_iter()
         .filter_map(|item| {
             let (group, v) = match args.mapping {
-                Mapping::EventStore => (text(item.get(key)?)?, number(item.get(version)?)?),
-                Mapping::Change => (
+                MappingKind::EventStore => (text(item.get(key)?)?, number(item.get(version)?)?),
+                MappingKind::Change => (
                     source
                         .keys
                         .iter()
