@@ -411,20 +411,7 @@ async fn map_stream<S: Streams, I: Invoker + 'static>(
                 mapping.summary.borrow_mut().shards += 1;
                 shards.spawn_local(read_shard(shard, invoker(), mapping.clone()));
             }
-            let idle = idle_exit.is_some_and(|idle| {
-                mapping.delivering.get() == 0 && mapping.last_activity.get().elapsed() >= idle
-            });
-            stopped_by = if mapping.stop.load(Ordering::SeqCst) {
-                Some("ctrl-c")
-            } else if mapping.should_stop() {
-                Some("max-records")
-            } else if shards.is_empty() && reader.finished() {
-                Some("stream-closed")
-            } else if idle {
-                Some("idle")
-            } else {
-                None
-            };
+            stopped_by = stop_reason(&mapping, &reader, shards.is_empty(), idle_exit);
             if stopped_by.is_some() {
                 mapping.stop.store(true, Ordering::SeqCst);
             }
@@ -434,36 +421,9 @@ async fn map_stream<S: Streams, I: Invoker + 'static>(
         }
         tokio::select! {
             Some(ended) = shards.join_next() => {
-                let mut failed = |why: &'static str| {
+                if let Some(why) = shard_ended(ended, &mut reader, &mapping, &mut outcome).await {
                     mapping.stop.store(true, Ordering::SeqCst);
                     stopped_by.get_or_insert(why);
-                };
-                match ended {
-                    Ok((id, End::Finished)) => {
-                        reader.finish(&id);
-                        // Its children may not be listed yet.
-                        if let Err(e) = reader.describe().await {
-                            outcome.error.get_or_insert(e);
-                            failed("error");
-                        }
-                    }
-                    Ok((id, End::Stopped(at))) => {
-                        mapping.summary.borrow_mut().resume_at.0.insert(id, at);
-                    }
-                    Ok((id, End::Refused(at, reason))) => {
-                        mapping.summary.borrow_mut().resume_at.0.insert(id, at);
-                        outcome.refused.get_or_insert(reason);
-                        failed("invoke-refused");
-                    }
-                    Ok((id, End::Failed(at, e))) => {
-                        mapping.summary.borrow_mut().resume_at.0.insert(id, at);
-                        outcome.error.get_or_insert(e);
-                        failed("error");
-                    }
-                    Err(e) => {
-                        outcome.error.get_or_insert(anyhow::anyhow!("a shard's task failed: {e}"));
-                        failed("error");
-                    }
                 }
             }
             () = tokio::time::sleep(POLL_EVERY) => {
@@ -479,6 +439,69 @@ async fn map_stream<S: Streams, I: Invoker + 'static>(
     }
     mapping.summary.borrow_mut().stopped_by = stopped_by.unwrap_or("error");
     outcome
+}
+
+/// Why the run stops now, if it does (the first reason that holds):
+/// `shards_idle` when no shard is being read.
+fn stop_reason<S: Streams>(
+    mapping: &Mapping,
+    reader: &StreamReader<S>,
+    shards_idle: bool,
+    idle_exit: Option<Duration>,
+) -> Option<&'static str> {
+    let idle = idle_exit.is_some_and(|idle| {
+        mapping.delivering.get() == 0 && mapping.last_activity.get().elapsed() >= idle
+    });
+    if mapping.stop.load(Ordering::SeqCst) {
+        Some("ctrl-c")
+    } else if mapping.should_stop() {
+        Some("max-records")
+    } else if shards_idle && reader.finished() {
+        Some("stream-closed")
+    } else if idle {
+        Some("idle")
+    } else {
+        None
+    }
+}
+
+/// Notes how a shard's task `ended`: where the shard resumes, and what
+/// failed. `Some(why)` when that stops the run.
+async fn shard_ended<S: Streams>(
+    ended: Result<(String, End), tokio::task::JoinError>,
+    reader: &mut StreamReader<S>,
+    mapping: &Mapping,
+    outcome: &mut Outcome,
+) -> Option<&'static str> {
+    let (id, end) = match ended {
+        Ok(ended) => ended,
+        Err(e) => {
+            outcome
+                .error
+                .get_or_insert(anyhow::anyhow!("a shard's task failed: {e}"));
+            return Some("error");
+        }
+    };
+    let (at, why) = match end {
+        End::Finished => {
+            reader.finish(&id);
+            // Its children may not be listed yet.
+            let e = reader.describe().await.err()?;
+            outcome.error.get_or_insert(e);
+            return Some("error");
+        }
+        End::Stopped(at) => (at, None),
+        End::Refused(at, reason) => {
+            outcome.refused.get_or_insert(reason);
+            (at, Some("invoke-refused"))
+        }
+        End::Failed(at, e) => {
+            outcome.error.get_or_insert(e);
+            (at, Some("error"))
+        }
+    };
+    mapping.summary.borrow_mut().resume_at.0.insert(id, at);
+    why
 }
 
 /// One shard, on its own: batches read, delivered by the mapping's rules,
