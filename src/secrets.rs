@@ -306,12 +306,6 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// never values.
 pub fn parse_secret(text: &str) -> Result<AmqpUri, String> {
     #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Port {
-        Number(u64),
-        Text(String),
-    }
-    #[derive(Deserialize)]
     struct Fields {
         uri: Option<String>,
         username: Option<String>,
@@ -333,6 +327,28 @@ pub fn parse_secret(text: &str) -> Result<AmqpUri, String> {
     let username = required(fields.username, "username")?;
     let password = required(fields.password, "password")?;
     let host = required(fields.host, "host")?;
+    let (host, host_port) = host_and_port(host)?;
+    let port = port(fields.port, host_port)?;
+    let vhost = fields.vhost.unwrap_or_else(|| "/".into());
+    let uri = format!(
+        "amqps://{}:{}@{host}:{port}/{}",
+        utf8_percent_encode(&username, COMPONENT),
+        utf8_percent_encode(&password, COMPONENT),
+        utf8_percent_encode(&vhost, COMPONENT),
+    );
+    AmqpUri::parse(&uri).map_err(|_| "the parts do not make a valid AMQP URI".to_string())
+}
+
+/// A secret's `"port"`: a number, or a number written as text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Port {
+    Number(u64),
+    Text(String),
+}
+
+/// The host name of a secret's `"host"`, and the port it names, if any.
+fn host_and_port(host: String) -> Result<(String, Option<u64>), String> {
     // The Amazon MQ console shows the endpoint as
     // `amqps://b-....mq.<region>.amazonaws.com:5671`, and that is what gets
     // pasted into "host": take the host name and port out of it.
@@ -359,7 +375,12 @@ pub fn parse_secret(text: &str) -> Result<AmqpUri, String> {
     {
         return Err("\"host\" must be a host name, an IPv4 address or an amqps:// endpoint".into());
     }
-    let port = match fields.port {
+    Ok((host, host_port))
+}
+
+/// The port to use: `"port"`, else the one in `"host"`, else 5671.
+fn port(field: Option<Port>, host_port: Option<u64>) -> Result<u64, String> {
+    let port = match field {
         None => host_port.unwrap_or(5671),
         Some(Port::Number(n)) => n,
         Some(Port::Text(t)) => t
@@ -373,14 +394,7 @@ pub fn parse_secret(text: &str) -> Result<AmqpUri, String> {
     if !(1..=65535).contains(&port) {
         return Err("\"port\" must be from 1 to 65535".into());
     }
-    let vhost = fields.vhost.unwrap_or_else(|| "/".into());
-    let uri = format!(
-        "amqps://{}:{}@{host}:{port}/{}",
-        utf8_percent_encode(&username, COMPONENT),
-        utf8_percent_encode(&password, COMPONENT),
-        utf8_percent_encode(&vhost, COMPONENT),
-    );
-    AmqpUri::parse(&uri).map_err(|_| "the parts do not make a valid AMQP URI".to_string())
+    Ok(port)
 }
 
 /// The domain of the AWS partition a region belongs to, from the regions'
