@@ -42,7 +42,7 @@
 //!   X-Ray trace as a `traceparent` (pure).
 //! - `batch/`: the checkpoint rule (`mod.rs`), the engine that publishes in
 //!   order (`run.rs`), each draft through the enricher (`enrichment.rs`),
-//!   the confirm window (`window.rs`).
+//!   the confirm window (`window.rs`, a `Window` per pass on a channel).
 //! - `publisher/`: the broker port; `amqp/`, its lapin adapter cut by
 //!   concern (connection, channel, topology, properties, confirms); the TLS
 //!   trust roots added to the bundled ones (system store, `AMQP_CA_FILE`).
