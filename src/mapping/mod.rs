@@ -18,8 +18,9 @@
 //! A new mapping is one file, one variant, one arm: `<name>.rs` here with
 //! its `draft`, a [`MappingKind`] variant with its `MAPPING` name, and its
 //! arm in `Converter::mapped`, the only match that names every mapping.
-//! (`forwarder-ops backfill` orders a table's items per mapping, by its own
-//! `--mapping`: one it should backfill needs an arm there too.)
+//! (`forwarder-ops backfill --mapping` takes the same names; it orders a
+//! table's items per mapping, in a `match` on `MappingKind` that the
+//! compiler points at when a variant is added.)
 
 mod attributes;
 mod change;
