@@ -263,22 +263,18 @@ mod tests {
     #[test]
     fn a_json_payload_must_parse_strictly_and_null_means_empty() {
         let mut records = records(INSERTS);
-        for bad in [r#"{"x":"\ud800"}"#, r#"{"x":1e400}"#, "{", "secret"] {
-            let reason =
-                dead_letter_with(&mut records[0], "payload", AttributeValue::S(bad.into()));
-            assert_eq!(reason, "attribute `payload` is not valid JSON", "{bad}");
-        }
-        for not_an_object in ["42", r#""x""#, "[1]", "true", " [] "] {
-            let reason = dead_letter_with(
-                &mut records[0],
-                "payload",
-                AttributeValue::S(not_an_object.into()),
-            );
-            assert_eq!(
-                reason, "attribute `payload` is JSON text that is not an object",
-                "{not_an_object}"
-            );
-        }
+        assert_dead_lettered(
+            &mut records[0],
+            "payload",
+            &[r#"{"x":"\ud800"}"#, r#"{"x":1e400}"#, "{", "secret"],
+            "attribute `payload` is not valid JSON",
+        );
+        assert_dead_lettered(
+            &mut records[0],
+            "payload",
+            &["42", r#""x""#, "[1]", "true", " [] "],
+            "attribute `payload` is JSON text that is not an object",
+        );
         records[0]
             .change
             .new_image

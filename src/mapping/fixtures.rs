@@ -60,6 +60,20 @@ pub(super) fn dead_letter_with(
     dead_letter(converter().plan(record, now())).1
 }
 
+/// Each of `texts`, as the string attribute `name` of `record`, has it
+/// dead-lettered with `reason`.
+pub(super) fn assert_dead_lettered(
+    record: &mut EventRecord,
+    name: &str,
+    texts: &[&str],
+    reason: &str,
+) {
+    for text in texts {
+        let value = serde_dynamo::AttributeValue::S((*text).into());
+        assert_eq!(dead_letter_with(record, name, value), reason, "{text}");
+    }
+}
+
 pub(super) fn header<'m>(m: &'m Message, name: &str) -> Option<&'m HeaderValue> {
     m.properties
         .headers

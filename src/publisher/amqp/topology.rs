@@ -195,6 +195,15 @@ mod tests {
     use super::super::closes::{self, QUEUE_DECLARE};
     use super::*;
 
+    /// The reason of the topology clash a broker's `channel.close` over
+    /// declaring `kind` `name` is.
+    fn clash_reason(kind: &str, name: &str, code: u16, text: &str) -> String {
+        match clash(kind, name, channel_close(code, text)) {
+            PublishError::Topology(reason) => reason,
+            other => panic!("a {code} is a topology clash, not {other:?}"),
+        }
+    }
+
     /// The broker's `channel.close` in answer to a declaration.
     fn channel_close(code: u16, text: &str) -> lapin::Error {
         closes::channel_close(code, text, QUEUE_DECLARE)
@@ -238,14 +247,13 @@ mod tests {
 
     #[test]
     fn a_queue_that_exists_with_other_arguments_stops_the_cold_start_with_the_way_out() {
-        let e = channel_close(
+        let reason = clash_reason(
+            "queue",
+            "orders.dead-letter",
             406,
             "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'orders.dead-letter' \
              in vhost '/': received the value 'quorum' of type 'longstr' but current is none",
         );
-        let PublishError::Topology(reason) = clash("queue", "orders.dead-letter", e) else {
-            panic!("a 406 is a topology clash");
-        };
         assert!(
             reason.starts_with("queue 'orders.dead-letter' could not be declared ("),
             "{reason}"
@@ -265,15 +273,14 @@ mod tests {
 
     #[test]
     fn a_queue_without_the_delivery_limit_gets_its_own_way_out() {
-        let e = channel_close(
+        let reason = clash_reason(
+            "queue",
+            "orders.unrouted",
             406,
             "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue \
              'orders.unrouted' in vhost '/': received the value '2147483647' of type 'signedint' \
              but current is none",
         );
-        let PublishError::Topology(reason) = clash("queue", "orders.unrouted", e) else {
-            panic!("a 406 is a topology clash");
-        };
         assert!(
             reason.contains("it was declared without the delivery limit that keeps its messages"),
             "{reason}"
@@ -289,13 +296,12 @@ mod tests {
 
     #[test]
     fn missing_permissions_at_cold_start_are_a_topology_clash_too() {
-        let e = channel_close(
+        let reason = clash_reason(
+            "exchange",
+            "orders",
             403,
             "ACCESS_REFUSED - access to exchange 'orders' in vhost '/' refused for user 'forwarder'",
         );
-        let PublishError::Topology(reason) = clash("exchange", "orders", e) else {
-            panic!("a 403 is a topology clash");
-        };
         assert!(
             reason.starts_with("exchange 'orders' could not be declared ("),
             "{reason}"
