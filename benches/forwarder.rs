@@ -27,8 +27,8 @@ use event_forwarder::{
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{
-        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+        BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+        QueuePurgeOptions,
     },
     types::FieldTable,
 };
@@ -180,7 +180,7 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         &mut rows,
     )
     .await?;
-    cleanup(&admin4, &exchange, &queue4).await;
+    testkit::delete_topology(&admin4, &exchange, &[&queue4]).await;
     broker4.close().await;
 
     let (Some(ceiling), Some(forwarder)) = (ceiling_1000, forwarder_1000) else {
@@ -281,28 +281,9 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         ),
     }
 
-    cleanup(&admin, &exchange, &queue).await;
+    testkit::delete_topology(&admin, &exchange, &[&queue]).await;
     broker.close().await;
     Ok(())
-}
-
-/// Deletes the bench's queue and the forwarder's topology.
-async fn cleanup(admin: &Channel, exchange: &str, queue: &str) {
-    let _ = admin
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
-        .await;
-    for name in [
-        exchange.to_string(),
-        format!("{exchange}.unrouted"),
-        format!("{exchange}.dead-letter"),
-    ] {
-        let _ = admin
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = admin
-            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
 }
 
 /// The type of the bench's own queue.

@@ -296,24 +296,30 @@ impl TestBroker {
 
     /// Removes the forwarder's topology for `exchange` and the given queues.
     pub async fn cleanup(&self, exchange: &str, queues: &[&str]) {
-        let ch = self.channel().await;
-        for q in queues.iter().map(|q| q.to_string()).chain([
-            format!("{exchange}.unrouted"),
-            format!("{exchange}.dead-letter"),
-        ]) {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [
-            exchange.to_string(),
-            format!("{exchange}.unrouted"),
-            format!("{exchange}.dead-letter"),
-        ] {
-            let _ = ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        delete_topology(&self.channel().await, exchange, queues).await;
+    }
+}
+
+/// Deletes `queues`, and the forwarder's topology for `exchange` (its
+/// `.unrouted` and `.dead-letter` queues and exchanges), on `ch`; what is
+/// not there is passed over.
+pub async fn delete_topology(ch: &Channel, exchange: &str, queues: &[&str]) {
+    for q in queues.iter().map(|q| q.to_string()).chain([
+        format!("{exchange}.unrouted"),
+        format!("{exchange}.dead-letter"),
+    ]) {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [
+        exchange.to_string(),
+        format!("{exchange}.unrouted"),
+        format!("{exchange}.dead-letter"),
+    ] {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }
 
