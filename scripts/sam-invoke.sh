@@ -86,6 +86,7 @@ prepare() {
   mkdir -p "$RUN_DIR"
   scripts/broker.sh
   scripts/docker.sh
+  command -v ip >/dev/null 2>&1 || apt_install iproute2
   scripts/deploy-tools.sh build
   scripts/deploy-tools.sh sam
   broker_user
@@ -107,6 +108,25 @@ prepare() {
   sam_cli build --no-cached
 }
 
+# The Docker host's address on the default bridge. A dockerd that just
+# started on a fresh machine leaves the network's IPAM Gateway unset (only a
+# Subnet), so the bridge interface's own address comes first: it exists
+# whenever the bridge does. One clear line, never an empty flag, when
+# neither can be found.
+bridge_address() {
+  local name address
+  name=$(docker network inspect bridge -f '{{index .Options "com.docker.network.bridge.name"}}' 2>/dev/null) || name=
+  address=$(ip -4 -o addr show dev "${name:-docker0}" 2>/dev/null | awk '{ split($4, a, "/"); print a[1]; exit }')
+  if [ -z "$address" ]; then
+    address=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}' 2>/dev/null | awk '{ print $1 }')
+  fi
+  if [ -z "$address" ]; then
+    echo "sam-invoke: no address for Docker's default bridge (no IPv4 address on ${name:-docker0}, no Gateway in 'docker network inspect bridge'); is dockerd running with its bridge enabled?" >&2
+    return 1
+  fi
+  echo "$address"
+}
+
 # invoke EVENT ENV_FILE
 invoke() {
   local event=$1 env_file=$2 arch image
@@ -126,7 +146,7 @@ invoke() {
   # bridge address the kernel forwards to the container, which refuses the
   # probe until the emulator listens, so the SAM CLI waits for it.
   local bridge
-  bridge=$(docker network inspect bridge -f '{{(index .IPAM.Config 0).Gateway}}')
+  bridge=$(bridge_address) || return 1
   sam_cli local invoke "$FUNCTION" -e "$event" --env-vars "$env_file" \
     --add-host host.docker.internal:host-gateway \
     --container-host "$bridge" --container-host-interface "$bridge" "${flags[@]}"
