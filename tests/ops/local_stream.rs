@@ -103,6 +103,17 @@ async fn items_written_through_the_api_arrive_in_order_per_aggregate_with_the_en
         })
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // Nothing but the batches reached the function: the tool's own Lambda
+    // calls (GetFunctionConfiguration) go to the control plane, never to
+    // the emulator, which runs the function with an HTTP event for any
+    // path it has no route for (#30).
+    let log = function.log();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(function.summaries().len(), 3, "one invocation per batch");
     broker.cleanup(&exchange, &[&queue]).await;
 }
 

@@ -13,8 +13,11 @@ pub struct Args {
     #[arg(long, global = true, value_name = "URL", help_heading = "AWS")]
     pub endpoint_url: Option<String>,
 
-    /// Endpoint of the Lambda Invoke API (e.g. `cargo lambda watch`,
-    /// http://127.0.0.1:9000). Default: --endpoint-url, else AWS.
+    /// Endpoint of the Lambda Invoke API only (e.g. `cargo lambda watch`,
+    /// http://127.0.0.1:9000). Lambda's other calls (the function's
+    /// configuration, event source mappings) go to --endpoint-url: the
+    /// emulator answers any other path by invoking the function with it.
+    /// Default: --endpoint-url, else AWS.
     #[arg(long, global = true, value_name = "URL", help_heading = "AWS")]
     pub lambda_endpoint_url: Option<String>,
 
@@ -40,7 +43,14 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub sqs: aws_sdk_sqs::Client,
+    /// The Invoke API (--lambda-endpoint-url): invocations only.
     pub lambda: aws_sdk_lambda::Client,
+    /// Lambda's control plane (--endpoint-url): configurations and event
+    /// source mappings. Never the Invoke endpoint: `cargo lambda watch`
+    /// turns any request it has no route for into a function URL
+    /// invocation, so a GetFunctionConfiguration sent there ran the
+    /// function with an HTTP event.
+    pub lambda_api: aws_sdk_lambda::Client,
     pub function_name: String,
     pub region: String,
 }
@@ -72,6 +82,7 @@ impl Clients {
             streams: aws_sdk_dynamodbstreams::Client::new(&shared),
             sqs: aws_sdk_sqs::Client::new(&shared),
             lambda: aws_sdk_lambda::Client::from_conf(lambda.build()),
+            lambda_api: aws_sdk_lambda::Client::new(&shared),
             function_name: args.function_name.clone(),
             region: shared
                 .region()
@@ -90,7 +101,7 @@ impl Clients {
             return name.clone();
         }
         let ask = self
-            .lambda
+            .lambda_api
             .get_function_configuration()
             .function_name(name)
             .send();

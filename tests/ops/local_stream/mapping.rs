@@ -183,12 +183,14 @@ async fn a_record_reported_in_every_batch_gets_a_fresh_budget_as_aws_recorded() 
     let table = table_with("fresh-budget", "prod-f", 6).await;
     let arn = "arn:aws:lambda:eu-west-1:123456789012:function:scripted";
     let f = ScriptedFunction::start(Some(arn), |c| c.report_version(6)).await;
+    // By its ARN: GetFunctionConfiguration goes to Lambda's control plane
+    // (--endpoint-url, moto here), not to the Invoke endpoint.
     let run = run_with(
         &moto_url(),
         &f.endpoint(),
         &[
             "--function-name",
-            "scripted",
+            arn,
             "stream",
             "--table",
             &table.name,
@@ -215,7 +217,7 @@ async fn a_record_reported_in_every_batch_gets_a_fresh_budget_as_aws_recorded() 
     let m = &messages[0];
     assert_eq!(m["requestContext"]["condition"], "RetryAttemptsExhausted");
     assert_eq!(m["requestContext"]["approximateInvokeCount"], 4);
-    // The function's own ARN, as Lambda gives it.
+    // The function's own ARN.
     assert_eq!(m["requestContext"]["functionArn"], arn);
     assert!(
         m["requestContext"]["requestId"]
