@@ -3,11 +3,12 @@
 # apt, RabbitMQ 4 under Docker built from Debian's packages, cargo-lambda,
 # cfn-lint and moto from pip) on a Debian/Ubuntu machine.
 
-.PHONY: run dev test test-faults test-cluster test-artefact lint fuzz broker broker4 tools bench clean build validate invoke measure deploy sam-invoke test-sam
+.PHONY: run dev test test-faults test-cluster test-artefact lint fuzz broker broker4 tools bench clean build validate invoke measure deploy deploy-cargo-lambda sam-invoke test-sam
 
 # Event file for `make invoke` and `make sam-invoke`.
 EVENT ?=
-# samconfig.toml environment for `make deploy`.
+# samconfig.toml environment for `make deploy`, CargoLambda.toml context for
+# `make deploy-cargo-lambda`.
 ENV ?= dev
 # The SAM CLI sends no usage data from these commands.
 export SAM_CLI_TELEMETRY ?= 0
@@ -30,15 +31,16 @@ dev: broker tools
 # overlap (a test binary runs its tests on parallel threads); all run, and
 # the target fails if any did. A filter `<module>::` selects that module's
 # tests only (tests/integration/main.rs, tests/ops/main.rs).
-SUITES = integration:artefact integration:broker integration:cluster ops:enrich \
+SUITES = integration:artefact integration:broker integration:cluster ops:deploy ops:enrich \
 	integration:faults integration:hostile integration:lambda_runtime \
 	ops:local_stream ops:recovery integration:sam_event integration:sam_local \
 	integration:security integration:template
 
 ## Every test: the template lint, unit, broker-backed integration, the
 ## binary under the Lambda runtime API emulator, the local stream loop
-## (moto's DynamoDB stream, forwarder-ops stream, cargo lambda watch), the
-## fault-injection suite with the replay driver, the security tests (TLS,
+## (moto's DynamoDB stream, forwarder-ops stream, cargo lambda watch), both
+## deploy paths against moto (cargo lambda deploy + deploy-mapping, and the
+## SAM template as a CloudFormation stack), the fault-injection suite with the replay driver, the security tests (TLS,
 ## moto's Secrets Manager) and hostile input, all on RabbitMQ 4 configured
 ## as Amazon MQ 4.2 is (nodes under Docker, started as the tests need them:
 ## one for most suites, one for destructive faults, one with TLS, and a
@@ -128,6 +130,15 @@ deploy:
 	scripts/deploy-tools.sh sam
 	sam build
 	sam deploy --config-env $(ENV)
+
+## Without CloudFormation: cargo lambda build --release --arm64, cargo lambda
+## deploy --context $(ENV) (the function) and forwarder-ops deploy-mapping
+## (its event source mapping, created or updated: a second run changes
+## nothing), with CargoLambda.toml's [default.*] and [$(ENV).*]. Needs AWS
+## credentials, and the role and OnFailure queue that context names
+## (docs/operations.md, "Deploy with cargo-lambda").
+deploy-cargo-lambda:
+	scripts/deploy-cargo-lambda.sh $(ENV)
 
 ## sam build, then sam local invoke of the template's function (arm64, under
 ## qemu) with $(EVENT) (default: sam local generate-event dynamodb update) on

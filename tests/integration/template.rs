@@ -3,6 +3,8 @@
 //! cfn-lint's decoder (its short forms such as `!Equals` become
 //! `Fn::Equals`), which `make validate` installs.
 
+mod cargo_lambda;
+
 use std::{collections::HashMap, process::Command};
 
 use serde_json::Value;

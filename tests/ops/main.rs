@@ -13,7 +13,8 @@
 //!   OnFailure, filters, iterators), against a scripted function:
 //!   `local_stream::mapping`;
 //! - redrive and backfill: `recovery`;
-//! - the library's extension point (an enricher over a read model): `enrich`.
+//! - the library's extension point (an enricher over a read model): `enrich`;
+//! - the deploy paths (cargo-lambda, SAM) against moto: `deploy`.
 //!
 //! Something that needs only the function goes in `tests/integration`.
 //! Helpers only these suites use are in `support`; a helper both binaries
@@ -21,6 +22,7 @@
 
 mod support;
 
+mod deploy;
 mod enrich;
 mod local_stream;
 mod recovery;

@@ -1,9 +1,11 @@
 //! `forwarder-ops`: what happens around the function, through the function.
 //!
 //! A local event source mapping over a real (local) DynamoDB stream
-//! (`stream`), redrive of the ranges Lambda gave up on (`redrive`), and
-//! backfill from the event store (`backfill`). Each reaches the broker only
-//! by invoking the function with the Lambda Invoke API, so one code path,
+//! (`stream`), redrive of the ranges Lambda gave up on (`redrive`),
+//! backfill from the event store (`backfill`), and the deployed function's
+//! event source mapping for deploys without CloudFormation
+//! (`deploy-mapping`). Each command that moves records reaches the broker
+//! only by invoking the function with the Lambda Invoke API, so one code path,
 //! one checkpoint rule and one set of message ids serve every way an event
 //! reaches RabbitMQ.
 //!
@@ -14,6 +16,8 @@
 
 mod aws;
 mod backfill;
+mod deploy_mapping;
+mod deployed;
 mod invoker;
 mod progress;
 mod reader;
@@ -57,6 +61,7 @@ enum Command {
     Stream(stream::Args),
     Redrive(redrive::Args),
     Backfill(backfill::Args),
+    DeployMapping(deploy_mapping::Args),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -68,6 +73,7 @@ async fn main() -> ExitCode {
         Command::Stream(args) => stream::run(args, &clients).await,
         Command::Redrive(args) => redrive::run(args, &clients).await,
         Command::Backfill(args) => backfill::run(args, &clients).await,
+        Command::DeployMapping(args) => deploy_mapping::run(args, &clients).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
