@@ -13,11 +13,18 @@
     local_aws.py put-one TABLE       one more event (PutItem); prints the
                                      time just before the write (ms)
     local_aws.py on-failure QUEUE    prints the OnFailure messages
+    local_aws.py deployed TABLE ROLE a table for the deployed mapping and
+                                     the role CargoLambda.toml's local
+                                     context names, when missing; prints
+                                     the table's stream ARN
+    local_aws.py stand-in PATH       writes an arm64 ELF header, the code
+                                     deployed to moto (which never runs it)
 
 The endpoint is AWS_ENDPOINT_URL (default http://127.0.0.1:5677).
 """
 import json
 import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -37,11 +44,8 @@ def client(service):
     )
 
 
-def setup(table, queue):
-    ddb = client("dynamodb")
-    if table in ddb.list_tables()["TableNames"]:
-        ddb.delete_table(TableName=table)
-    ddb.create_table(
+def create_table(ddb, table):
+    return ddb.create_table(
         TableName=table,
         KeySchema=[
             {"AttributeName": "aggregateId", "KeyType": "HASH"},
@@ -53,11 +57,52 @@ def setup(table, queue):
         ],
         BillingMode="PAY_PER_REQUEST",
         StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-    )
+    )["TableDescription"]
+
+
+def setup(table, queue):
+    ddb = client("dynamodb")
+    if table in ddb.list_tables()["TableNames"]:
+        ddb.delete_table(TableName=table)
+    create_table(ddb, table)
     sqs = client("sqs")
     url = sqs.create_queue(QueueName=queue)["QueueUrl"]
     sqs.purge_queue(QueueUrl=url)
     print(f"table {table} (stream NEW_AND_OLD_IMAGES) and OnFailure queue {url}")
+
+
+def deployed(table, role):
+    # Never written: moto runs a mapping itself (through Docker) on every
+    # write to its table, and then clears that table's stream.
+    ddb = client("dynamodb")
+    if table in ddb.list_tables()["TableNames"]:
+        described = ddb.describe_table(TableName=table)["Table"]
+    else:
+        described = create_table(ddb, table)
+    iam = client("iam")
+    try:
+        iam.get_role(RoleName=role)
+    except iam.exceptions.NoSuchEntityException:
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "lambda.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
+    print(described["LatestStreamArn"])
+
+
+def stand_in(path):
+    # What `cargo lambda deploy` reads the architecture from; the real
+    # artefact is `make build`'s, run by `make test-artefact`.
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+    header += struct.pack("<HHIQQQIHHHHHH", 2, 183, 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+    Path(path).write_bytes(header)
 
 
 def sample_items():
@@ -121,6 +166,11 @@ def on_failure(queue):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:] or ["help"]
-    {"setup": setup, "put-samples": put_samples, "put-one": put_one, "on-failure": on_failure}.get(
-        command, lambda *_: sys.exit(__doc__)
-    )(*args)
+    {
+        "setup": setup,
+        "put-samples": put_samples,
+        "put-one": put_one,
+        "on-failure": on_failure,
+        "deployed": deployed,
+        "stand-in": stand_in,
+    }.get(command, lambda *_: sys.exit(__doc__))(*args)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: the real loop on one machine, without Docker. A local RabbitMQ,
 # moto's server (DynamoDB, its stream and SQS) with an event-store table and
-# an OnFailure queue, the function under `cargo lambda watch`, and
-# `forwarder-ops stream` as the event source mapping. The sample domain
+# an OnFailure queue, the function and its event source mapping deployed to
+# moto's Lambda (make deploy-cargo-lambda's path), the function run under
+# `cargo lambda watch`, and `forwarder-ops stream` as the event source
+# mapping, with the deployed mapping's settings. The sample domain
 # events are written as items through the DynamoDB API; it shows what
 # arrived in a queue bound to the exchange and in the dead-letter queue, the
 # mapping's summary and the function's summary and metrics.
@@ -31,9 +33,25 @@ ops() {
     --lambda-endpoint-url "http://127.0.0.1:$PORT" "$@"
 }
 
-echo "==> moto's server on 127.0.0.1:$MOTO_PORT (DynamoDB, DynamoDB Streams, SQS)"
+echo "==> moto's server on 127.0.0.1:$MOTO_PORT (DynamoDB, DynamoDB Streams, SQS, Lambda, IAM)"
 MOTO_PORT=$MOTO_PORT scripts/moto.sh start
 python3 scripts/local_aws.py setup "$TABLE" "$ON_FAILURE"
+
+# The function and its event source mapping deployed to moto as `make
+# deploy-cargo-lambda` deploys them (CargoLambda.toml's local context; the
+# code is a stand-in, which moto stores and never runs). moto runs a
+# mapping itself, through Docker, on every write to its table and then
+# clears that table's stream: the deployed mapping is on a table of its own
+# that nothing writes, and `stream --mapping` reads $TABLE with its settings.
+echo "==> the function and its mapping deployed to moto (make deploy-cargo-lambda's path, context local)"
+deployed_stream=$(python3 scripts/local_aws.py deployed "$TABLE-deployed" event-forwarder-local)
+python3 scripts/local_aws.py stand-in "$RUN_DIR/bootstrap"
+ENDPOINT_URL=$AWS_ENDPOINT_URL BINARY_PATH=$RUN_DIR/bootstrap STREAM_ARN=$deployed_stream \
+  ON_FAILURE=arn:aws:sqs:$AWS_REGION:123456789012:$ON_FAILURE \
+  FORWARDER_OPS=target/debug/forwarder-ops scripts/deploy-cargo-lambda.sh local >"$RUN_DIR/deploy.log" 2>&1 \
+  || { cat "$RUN_DIR/deploy.log" >&2; exit 1; }
+grep '^deploy-mapping:' "$RUN_DIR/deploy.log"
+MAPPING_ID=$(sed -n 's/^deploy-mapping: uuid=\([^ ]*\).*/\1/p' "$RUN_DIR/deploy.log")
 
 # The demo topology is made anew each run: one an older forwarder declared
 # (its queues without today's delivery limit) would fail the cold start.
@@ -60,12 +78,12 @@ if [ -n "${DEV:-}" ]; then
   put_your_own
   echo
   echo "==> forwarder-ops stream (Ctrl-C stops it); the function logs to $RUN_DIR/function.log"
-  ops stream --table "$TABLE" --on-failure "$ON_FAILURE"
+  ops stream --mapping "$MAPPING_ID" --table "$TABLE"
   exit 0
 fi
 
-echo "==> forwarder-ops stream --table $TABLE (the local event source mapping)"
-ops stream --table "$TABLE" --on-failure "$ON_FAILURE" --idle-exit 4 \
+echo "==> forwarder-ops stream --mapping $MAPPING_ID --table $TABLE (the local event source mapping, with the deployed one's settings)"
+ops stream --mapping "$MAPPING_ID" --table "$TABLE" --idle-exit 4 \
   >"$RUN_DIR/stream.out" 2>"$RUN_DIR/stream.log" &
 stream_pid=$!
 pids+=("$stream_pid")

@@ -558,3 +558,101 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
     }
     assert_eq!(alarms.len(), 5, "{alarms:?}");
 }
+
+#[tokio::test]
+async fn stream_runs_with_the_deployed_mappings_settings_and_refuses_a_flag_that_contradicts_them()
+{
+    // The deployed mapping, with BatchSize 2, on a table of its own.
+    let (deployed, stream_arn, queue_arn) = own_table("deploy-as").await;
+    local_role();
+    let dir = std::env::temp_dir().join(unique("deploy-as"));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let binary = arm64_stand_in(&dir);
+    let config = dir.join("CargoLambda.toml");
+    let text = std::fs::read_to_string(root().join("CargoLambda.toml")).expect("CargoLambda.toml");
+    std::fs::write(
+        &config,
+        text.replace("[local.mapping]\n", "[local.mapping]\nBatchSize = 2\n"),
+    )
+    .expect("a config");
+    let summary = deploy_cargo_lambda(&config, &deployed.name, &binary, &stream_arn, &queue_arn);
+    let uuid = summary["uuid"].clone();
+
+    // The local loop reads another table with those settings: the function
+    // runs under cargo lambda watch, the mapping lives in moto.
+    let testkit::local::Loop {
+        table,
+        exchange,
+        function,
+        broker,
+        queue,
+    } = testkit::local::Loop::start(
+        Table::event_store(&table_name("deploy-as-src")).await,
+        "deploy-as",
+        &[],
+    )
+    .await;
+    for version in 1..=5 {
+        table
+            .put(Table::event("prod-a", version, "ProductPriceChanged"))
+            .await;
+    }
+    let run = testkit::local::run(
+        &function,
+        &[
+            "stream",
+            "--mapping",
+            &uuid,
+            "--table",
+            &table.name,
+            "--idle-exit",
+            "2",
+        ],
+    )
+    .await;
+    assert!(run.success, "{run:?}");
+    assert_eq!(run.count("delivered"), 5, "{run:?}");
+    assert_eq!(
+        run.count("batches"),
+        3,
+        "BatchSize 2, the mapping's: {run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("running as the deployed mapping {uuid}")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("BatchSize=2"), "{}", run.stderr);
+    assert_eq!(
+        testkit::local::versions(&broker, &queue, 5).await,
+        [1, 2, 3, 4, 5]
+    );
+
+    // A flag that says otherwise is refused before anything is read.
+    let refused = testkit::local::run(
+        &function,
+        &[
+            "stream",
+            "--mapping",
+            &uuid,
+            "--table",
+            &table.name,
+            "--batch-size",
+            "10",
+            "--idle-exit",
+            "1",
+        ],
+    )
+    .await;
+    assert!(!refused.success);
+    assert!(
+        refused
+            .stderr
+            .contains("--batch-size (10) contradicts its BatchSize 2"),
+        "{}",
+        refused.stderr
+    );
+    broker.cleanup(&exchange, &[&queue]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

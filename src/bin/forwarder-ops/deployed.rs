@@ -1,7 +1,8 @@
 //! An event source mapping's settings as Lambda's API holds them: read
 //! (GetEventSourceMapping / ListEventSourceMappings), compared, and
 //! written (Create / UpdateEventSourceMapping). `deploy-mapping` writes
-//! them for the cargo-lambda deploy path.
+//! them for the cargo-lambda deploy path; `stream --mapping` runs the local
+//! mapping with them.
 
 use anyhow::{Context as _, bail};
 use aws_sdk_lambda::types::{
@@ -200,6 +201,77 @@ pub async fn find(
                 .join(", ")
         ),
     }
+}
+
+/// The mapping `what` names: a UUID, or a function with exactly one
+/// DynamoDB stream mapping.
+pub async fn resolve(
+    lambda: &aws_sdk_lambda::Client,
+    what: &str,
+) -> anyhow::Result<EventSourceMappingConfiguration> {
+    let is_uuid = what.len() == 36 && what.chars().filter(|c| *c == '-').count() == 4;
+    if is_uuid {
+        return get(lambda, what).await;
+    }
+    let all = lambda
+        .list_event_source_mappings()
+        .function_name(what)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .map_err(|e| anyhow::anyhow!(aws_sdk_lambda::error::DisplayErrorContext(e)))
+        .with_context(|| format!("ListEventSourceMappings of {what}"))?;
+    let streams: Vec<_> = all
+        .into_iter()
+        .filter(|m| {
+            m.event_source_arn()
+                .is_some_and(|a| a.contains(":dynamodb:") && a.contains("/stream/"))
+        })
+        .collect();
+    match streams.len() {
+        1 => Ok(streams.into_iter().next().expect("one")),
+        0 => bail!("{what} has no DynamoDB stream event source mapping"),
+        n => bail!(
+            "{what} has {n} DynamoDB stream mappings ({}): give one's UUID",
+            streams
+                .iter()
+                .filter_map(|m| m.uuid())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A mapping by its UUID.
+pub async fn get(
+    lambda: &aws_sdk_lambda::Client,
+    uuid: &str,
+) -> anyhow::Result<EventSourceMappingConfiguration> {
+    let out = lambda
+        .get_event_source_mapping()
+        .uuid(uuid)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!(aws_sdk_lambda::error::DisplayErrorContext(e)))
+        .with_context(|| format!("GetEventSourceMapping {uuid}"))?;
+    Ok(EventSourceMappingConfiguration::builder()
+        .set_uuid(out.uuid().map(str::to_owned))
+        .set_batch_size(out.batch_size())
+        .set_maximum_batching_window_in_seconds(out.maximum_batching_window_in_seconds())
+        .set_parallelization_factor(out.parallelization_factor())
+        .set_event_source_arn(out.event_source_arn().map(str::to_owned))
+        .set_function_arn(out.function_arn().map(str::to_owned))
+        .set_function_response_types(Some(out.function_response_types().to_vec()))
+        .set_bisect_batch_on_function_error(out.bisect_batch_on_function_error())
+        .set_maximum_retry_attempts(out.maximum_retry_attempts())
+        .set_maximum_record_age_in_seconds(out.maximum_record_age_in_seconds())
+        .set_filter_criteria(out.filter_criteria().cloned())
+        .set_destination_config(out.destination_config().cloned())
+        .set_starting_position(out.starting_position().cloned())
+        .set_state(out.state().map(str::to_owned))
+        .build())
 }
 
 /// What `apply` did.

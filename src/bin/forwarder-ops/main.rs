@@ -28,7 +28,7 @@ mod stream;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, parser::ValueSource};
 
 /// Operations around event-forwarder, through the function: a local event
 /// source mapping, redrive of what Lambda gave up on, backfill from the
@@ -67,7 +67,19 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `stream --mapping` refuses a flag given on the command line that
+    // contradicts the deployed mapping: it needs to know which were.
+    if let (Command::Stream(args), Some(sub)) =
+        (&mut cli.command, matches.subcommand_matches("stream"))
+    {
+        args.given = sub
+            .ids()
+            .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(ToString::to_string)
+            .collect();
+    }
     let clients = aws::Clients::new(&cli.aws).await;
     let result = match cli.command {
         Command::Stream(args) => stream::run(args, &clients).await,

@@ -5,6 +5,8 @@
 //! retries, bisects and sends what it gives up on to an OnFailure queue in
 //! AWS's format.
 
+mod as_deployed;
+
 use std::{
     cell::{Cell, RefCell},
     rc::Rc,
@@ -28,6 +30,7 @@ use tokio::{
 
 use crate::{
     aws::Clients,
+    deployed,
     invoker::LambdaInvoker,
     progress,
     reader::{POLL_EVERY, Position, Resume, ShardReader, Start, StreamReader, Streams},
@@ -60,7 +63,7 @@ summary and the OnFailure queue), 1 when the Invoke API refused the calls,
 2 on an error (after the summary, with the point to resume from).")]
 pub struct Args {
     /// The table whose stream to read (its latest stream).
-    #[arg(long, required_unless_present = "stream_arn")]
+    #[arg(long, required_unless_present_any = ["stream_arn", "mapping"])]
     table: Option<String>,
 
     /// The stream to read, instead of --table.
@@ -135,6 +138,24 @@ pub struct Args {
     /// unanswered then, it counts as a timed-out function error.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     function_timeout: u64,
+
+    /// Run as a deployed event source mapping does: its settings read
+    /// through Lambda's API (--endpoint-url): its UUID, or the function
+    /// whose one DynamoDB stream mapping it is. Its stream, BatchSize,
+    /// window, response types, bisect, retries, record age, filter,
+    /// OnFailure queue and starting position replace the defaults above; a
+    /// flag that contradicts one is refused unless --override-mapping.
+    /// With --table or --stream-arn, another stream is read with them.
+    #[arg(long, value_name = "UUID|FUNCTION")]
+    mapping: Option<String>,
+
+    /// With --mapping: run with the flags given where they contradict it.
+    #[arg(long, requires = "mapping")]
+    override_mapping: bool,
+
+    /// The flags given on the command line (filled in by `main`).
+    #[arg(skip)]
+    pub given: Vec<String>,
 
     /// Stop once this many records were delivered or given up on (default:
     /// no limit).
@@ -289,7 +310,17 @@ enum End {
 
 /// Runs the mapping; `Ok(true)` when it stopped as asked with nothing left
 /// half-done.
-pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
+pub async fn run(mut args: Args, clients: &Clients) -> anyhow::Result<bool> {
+    // OnFailure messages name the deployed mapping's function, whatever
+    // endpoint runs it here.
+    let mut function_arn = None;
+    if let Some(wanted) = args.mapping.clone() {
+        let deployed = deployed::resolve(&clients.lambda_api, &wanted).await?;
+        for line in as_deployed::adopt(&mut args, &deployed)? {
+            tracing::info!("{line}");
+        }
+        function_arn = deployed.function_arn().map(str::to_owned);
+    }
     let rules = rules(&args);
     let filter = if args.filter_pattern.is_empty() {
         None
@@ -324,7 +355,10 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         rules,
         retry_delay: Duration::from_millis(args.retry_delay),
         stream_arn: stream_arn.clone(),
-        function_arn: clients.function_arn().await,
+        function_arn: match function_arn {
+            Some(arn) => arn,
+            None => clients.function_arn().await,
+        },
         destination,
         stop,
         max_records: args.max_records,
