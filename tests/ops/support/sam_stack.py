@@ -5,9 +5,12 @@ CloudFormation do.
 
   sam_stack.py TEMPLATE ENDPOINT STACK PARAMETERS_JSON
 
-Uploads a stand-in code zip to moto's S3 (the translator needs an
-s3://bucket/key CodeUri, which `sam build` + `sam deploy` give the function
-after uploading the artefact), transforms, creates the stack in moto's
+The template as `sam build` leaves it: .aws-sam/build/template.yaml differs
+from template.yaml only in the function's CodeUri (the build directory)
+and a `SamResourceId` in its Metadata (compared on 2026-12-07, SAM CLI
+1.170), and `sam deploy` replaces that CodeUri with the artefact's
+s3://bucket/key, which the translator needs. So this uploads a stand-in
+zip to moto's S3, sets CodeUri to it, transforms, creates the stack in moto's
 CloudFormation, waits for it, and prints JSON: the rendered template, the
 stack's status and reason, its resources and the failed resources' reasons.
 """
