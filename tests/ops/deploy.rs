@@ -624,6 +624,11 @@ async fn stream_runs_with_the_deployed_mappings_settings_and_refuses_a_flag_that
         run.stderr
     );
     assert!(run.stderr.contains("BatchSize=2"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("its function's Timeout: 30 s"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         testkit::local::versions(&broker, &queue, 5).await,
         [1, 2, 3, 4, 5]

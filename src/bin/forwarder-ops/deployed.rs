@@ -244,6 +244,18 @@ pub async fn resolve(
     }
 }
 
+/// The Timeout of the function a mapping invokes, in seconds, when Lambda's
+/// API gives it.
+pub async fn function_timeout(lambda: &aws_sdk_lambda::Client, function: &str) -> Option<u64> {
+    let out = lambda
+        .get_function_configuration()
+        .function_name(function)
+        .send()
+        .await
+        .ok()?;
+    u64::try_from(out.timeout()?).ok()
+}
+
 /// A mapping by its UUID.
 pub async fn get(
     lambda: &aws_sdk_lambda::Client,

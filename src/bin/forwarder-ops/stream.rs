@@ -54,6 +54,11 @@ Examples:
   forwarder-ops ... stream --table product-events \\
       --resume-at shardId-00000001700000000000-0000abcd=after:1100000000000000000017
 
+  # As the deployed mapping runs (its settings read through Lambda's API),
+  # over the stream of a copy of its table
+  forwarder-ops ... stream --mapping 5f8f1a2e-0000-4000-8000-000000000001 \\
+      --table product-events-copy
+
   # Only the events the template's FilterPattern lets through
   forwarder-ops ... stream --table product-events \\
       --filter-pattern '{\"eventName\": [\"INSERT\"]}'
@@ -320,6 +325,14 @@ pub async fn run(mut args: Args, clients: &Clients) -> anyhow::Result<bool> {
             tracing::info!("{line}");
         }
         function_arn = deployed.function_arn().map(str::to_owned);
+        // Invocations are awaited as long as the deployed function may run.
+        let given = args.given.iter().any(|g| g == "function_timeout");
+        if let (false, Some(arn)) = (given, &function_arn) {
+            if let Some(seconds) = deployed::function_timeout(&clients.lambda_api, arn).await {
+                tracing::info!("its function's Timeout: {seconds} s");
+                args.function_timeout = seconds;
+            }
+        }
     }
     let rules = rules(&args);
     let filter = if args.filter_pattern.is_empty() {
