@@ -29,7 +29,7 @@ mod draft;
 mod event_store;
 #[cfg(test)]
 mod fixtures;
-pub(crate) mod message;
+pub mod message;
 mod time;
 mod trace_context;
 

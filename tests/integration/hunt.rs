@@ -13,7 +13,8 @@
 //! record" in the log: a declaration the broker refuses closes its channel
 //! by AMQP's rules, and the record is dead-lettered); every published
 //! message parses as an envelope and its headers keep their budget; every
-//! dead letter is within `MAX_MESSAGE_BYTES`.
+//! dead letter is within `MAX_MESSAGE_BYTES` (4096, the smallest, with the
+//! fixed exchange; the broker's own 512 KiB with the templated one).
 //!
 //! A failure prints its seed and set-up and the smallest record that still
 //! fails alone (shrunk). `make test` runs [`DEFAULT_RECORDS`] records with
@@ -36,9 +37,12 @@ const DEFAULT_RECORDS: usize = 3000;
 /// Records per invocation: large enough for confirms in flight behind a
 /// hostile record, small enough to shrink quickly.
 const BATCH: usize = 60;
-/// The broker's `max_message_size` (Amazon MQ 4.2) and the function's
+/// The broker's `max_message_size` (Amazon MQ 4.2): the templated set-up's
 /// `MAX_MESSAGE_BYTES`, so a record too large is the function's to find.
-const MAX_MESSAGE_BYTES: usize = 524_288;
+const BROKER_MAX_MESSAGE_BYTES: usize = 524_288;
+/// The fixed set-up's `MAX_MESSAGE_BYTES`: the smallest the function takes,
+/// so most large records become dead letters that must keep it.
+const SMALLEST_MAX_MESSAGE_BYTES: usize = 4096;
 /// The headers' budget (`mapping::message::HEADER_BUDGET`).
 const HEADER_BUDGET: usize = 12 * 1024;
 
@@ -291,7 +295,11 @@ impl Gen {
             let p = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
             match g.rng.u32(0..5) {
                 0 => json!({"S": format!("00-{p}")}),
-                1 => json!({"S": format!("01-{p}-{}", g.text())}),
+                // A later version's tail, up to past the broker's frame.
+                1 => {
+                    let tail = [1, 200, 70_000, 140_000][g.rng.usize(0..4)];
+                    json!({"S": format!("01-{p}-{}", "v".repeat(tail))})
+                }
                 2 => json!({"S": format!("cc-{p}{}", g.text())}),
                 3 => json!({"S": format!("ff-{p}")}),
                 _ => g.attr(0),
@@ -455,6 +463,8 @@ struct Setup {
     /// The queues that receive what is published.
     queues: Vec<String>,
     dead_letter: String,
+    /// `MAX_MESSAGE_BYTES`.
+    limit: usize,
     broker: TestBroker,
     _vhost: Vhost,
     /// Summaries seen so far: the next invocation's is the next one.
@@ -470,7 +480,7 @@ async fn fixed() -> Setup {
         ("AMQP_URI", &vhost.uri()),
         ("EXCHANGE", "hunt.fixed"),
         ("QUEUE_TYPE", "quorum"),
-        ("MAX_MESSAGE_BYTES", &MAX_MESSAGE_BYTES.to_string()),
+        ("MAX_MESSAGE_BYTES", &SMALLEST_MAX_MESSAGE_BYTES.to_string()),
     ])
     .await;
     let broker = TestBroker::connect_to(&vhost.guest_uri()).await;
@@ -479,10 +489,11 @@ async fn fixed() -> Setup {
         .bind_queue("hunt.fixed", "#", FieldTable::default())
         .await;
     Setup {
-        name: "fixed exchange",
+        name: "fixed exchange, MAX_MESSAGE_BYTES 4096",
         function,
         queues: vec![queue, "hunt.fixed.unrouted".into()],
         dead_letter: "hunt.fixed.dead-letter".into(),
+        limit: SMALLEST_MAX_MESSAGE_BYTES,
         broker,
         _vhost: vhost,
         summaries: 0,
@@ -508,7 +519,7 @@ async fn templated() -> Setup {
         ("EXCHANGE", "hunt.{aggregateType}.events"),
         ("DEAD_LETTER_EXCHANGE", "hunt.dead-letter"),
         ("QUEUE_TYPE", "quorum"),
-        ("MAX_MESSAGE_BYTES", &MAX_MESSAGE_BYTES.to_string()),
+        ("MAX_MESSAGE_BYTES", &BROKER_MAX_MESSAGE_BYTES.to_string()),
     ])
     .await;
     let broker = TestBroker::connect_to(&vhost.guest_uri()).await;
@@ -521,6 +532,7 @@ async fn templated() -> Setup {
             "hunt.product.events.unrouted".into(),
         ],
         dead_letter: "hunt.dead-letter".into(),
+        limit: BROKER_MAX_MESSAGE_BYTES,
         broker,
         _vhost: vhost,
         summaries: 0,
@@ -596,6 +608,9 @@ impl Setup {
 
     /// Invokes the function once with `records` and checks the oracle.
     async fn run(&mut self, records: &[Value]) -> Result<(), String> {
+        // Only what this invocation logs is checked: each run stands alone,
+        // so the shrinker can run a record again after a failure.
+        let log_before = self.function.log().len();
         let texts: Vec<String> = records.iter().map(text_of).collect();
         let body = format!("{{\"Records\":[{}]}}", texts.join(","));
         let outcome = self
@@ -613,14 +628,15 @@ impl Setup {
             published.extend(self.take_all(q).await);
         }
         let dead = self.take_all(&self.dead_letter).await;
+        let summaries = self.function.summaries();
+        let summary = summaries.get(self.summaries).cloned();
+        self.summaries = summaries.len();
         if response != json!({"batchItemFailures": []}) {
             return Err(format!("the first invocation answered {response}"));
         }
-        let summaries = self.function.summaries();
-        let Some(summary) = summaries.get(self.summaries).cloned() else {
+        let Some(summary) = summary else {
             return Err("no summary line".into());
         };
-        self.summaries = summaries.len();
         // 2. Published once, dead-lettered once, or skipped.
         // Sequence numbers name records; one several records share (a
         // forged "") names none.
@@ -664,8 +680,12 @@ impl Setup {
         }
         for d in &dead {
             // 4. Every dead letter within the limit.
-            if d.data.len() > MAX_MESSAGE_BYTES {
-                return Err(format!("a dead letter of {} bytes", d.data.len()));
+            if d.data.len() > self.limit {
+                return Err(format!(
+                    "a dead letter of {} bytes, over MAX_MESSAGE_BYTES {}",
+                    d.data.len(),
+                    self.limit
+                ));
             }
             let seq = testkit::header_str(d, "x-sequence-number");
             if let Some(seq) = seq.filter(|s| seqs.contains(&Some(s.clone())))
@@ -696,6 +716,7 @@ impl Setup {
         self.totals[2] += count("skipped");
         // 5. No connection or channel lost for a record's reason.
         let log = self.function.log();
+        let log = log.get(log_before..).unwrap_or_default();
         for line in [
             "channel lost mid-batch",
             "the broker refused a record",
@@ -705,9 +726,8 @@ impl Setup {
                 return Err(format!("the log says {line:?}"));
             }
         }
-        let connected = log.matches("connected to the broker").count();
-        if connected != 1 {
-            return Err(format!("{connected} connections opened"));
+        if log.contains("connected to the broker") {
+            return Err("the connection was replaced".into());
         }
         Ok(())
     }
