@@ -627,7 +627,7 @@ impl Setup {
         for q in &self.queues {
             published.extend(self.take_all(q).await);
         }
-        let dead = self.take_all(&self.dead_letter).await;
+        let mut dead = self.take_all(&self.dead_letter).await;
         let summaries = self.function.summaries();
         let summary = summaries.get(self.summaries).cloned();
         self.summaries = summaries.len();
@@ -637,6 +637,16 @@ impl Setup {
         let Some(summary) = summary else {
             return Err("no summary line".into());
         };
+        // Confirmed means enqueued; a queue's count read at once may still
+        // trail it by a moment, so what the summary says is waited for once.
+        let said = |name: &str| summary[name].as_u64().unwrap_or(0) as usize;
+        if published.len() < said("published") || dead.len() < said("dead_lettered") {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for q in &self.queues {
+                published.extend(self.take_all(q).await);
+            }
+            dead.extend(self.take_all(&self.dead_letter).await);
+        }
         // 2. Published once, dead-lettered once, or skipped.
         // Sequence numbers name records; one several records share (a
         // forged "") names none.
