@@ -558,3 +558,26 @@ async fn a_type_whose_queue_would_pass_the_queue_limit_is_dead_lettered() {
         "{reason}"
     );
 }
+
+/// Found by the stall hunter on the old main (seed 28, fixed exchange,
+/// records 180..240: a 140 KB tail failed the batch), shrunk to the
+/// smallest that still broke the oracle: a later-version `traceparent` with
+/// a tail of 17,451 bytes, over the header budget (published as one 17,507
+/// byte header; a few times that is past any frame_max).
+#[tokio::test]
+async fn the_hunters_find_a_17_kb_later_version_traceparent() {
+    let tail = "v".repeat(17_451);
+    let mut found = record(1, json!({"N": "2"}), json!({"M": {}}));
+    found["dynamodb"]["NewImage"]["aggregateId"] = json!({"S": ""});
+    found["dynamodb"]["NewImage"]["eventType"] = json!({"S": "O"});
+    found["dynamodb"]["NewImage"]["traceparent"] = json!({
+        "S": format!("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-{tail}")
+    });
+    let run = forward(vec![found, record(2, json!({"N": "1"}), json!({"M": {}}))]).await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.delivered.len(), 2);
+    assert_eq!(
+        header_str(&run.delivered[0], "traceparent").map(|t| t.len()),
+        Some(55)
+    );
+}
