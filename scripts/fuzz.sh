@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make fuzz`: libFuzzer on the two fuzz targets in fuzz/, FUZZ_SECONDS each
-# (default 60). cargo-fuzz wants nightly flags (-Zsanitizer=address);
+# `make fuzz`: libFuzzer on every fuzz target in fuzz/ (record_to_envelope,
+# event, stall), FUZZ_SECONDS each (default 60). cargo-fuzz wants nightly flags (-Zsanitizer=address);
 # RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. A crash fails the
 # run and leaves the input in fuzz/artifacts/<target>/.
 set -euo pipefail
@@ -14,7 +14,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 cd fuzz
 cargo fuzz build -O
-for target in record_to_envelope event; do
+for target in $(cargo fuzz list); do
   mkdir -p "corpus/$target" "seeds/$target"
   echo "==> fuzzing $target for ${seconds}s"
   # New inputs go to corpus/ (not committed); seeds/ holds the regressions

@@ -284,6 +284,49 @@ impl ReplayQueues {
     }
 }
 
+/// `EXCHANGE_ALLOW`: with a templated `EXCHANGE`, the values its
+/// placeholders may take, by name or `*` pattern, compared with the value
+/// as the exchange name holds it (`{aggregateType}` in lower case). Empty
+/// allows every type name. A rule about the record alone, so an operator
+/// who limits the broker user's permissions can make the forwarder agree
+/// with them: a record whose value is not allowed is dead-lettered, never
+/// declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExchangeAllow(Vec<String>);
+
+impl ExchangeAllow {
+    /// Comma-separated names or patterns (`*` stands for any run of
+    /// characters), e.g. `order,invoice,product-*`.
+    pub fn parse(list: &str) -> Result<Self, ConfigError> {
+        let mut patterns = Vec::new();
+        for pattern in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let valid = pattern.len() <= crate::routing::MAX_TYPE_NAME
+                && pattern
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*'));
+            if !valid {
+                return Err(ConfigError::Invalid {
+                    name: "EXCHANGE_ALLOW",
+                    reason: format!(
+                        "{pattern:?} is not a type name or pattern (letters, digits, '.', '_', '-', '*'; at most 64 bytes)"
+                    ),
+                });
+            }
+            patterns.push(pattern.to_owned());
+        }
+        Ok(Self(patterns))
+    }
+
+    /// Whether a placeholder of the exchange template may take `value`.
+    pub fn allows(&self, value: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|p| glob(p, value))
+    }
+
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
+}
+
 fn queue_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '*')
 }
@@ -365,6 +408,8 @@ pub struct MappingConfig {
     /// `MAX_EXCHANGES`, for a templated `EXCHANGE`: how many declared
     /// exchanges one environment remembers.
     pub max_exchanges: usize,
+    /// `EXCHANGE_ALLOW`, for a templated `EXCHANGE`.
+    pub exchange_allow: ExchangeAllow,
     /// `MAX_MESSAGE_BYTES`: the largest message body the broker takes.
     pub max_message_bytes: usize,
     /// `MAPPING`.
@@ -387,6 +432,7 @@ impl MappingConfig {
             dead_letter_exchange: format!("{exchange}.dead-letter"),
             exchange: Exchange::Fixed(exchange),
             max_exchanges: DEFAULT_MAX_EXCHANGES,
+            exchange_allow: ExchangeAllow::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             kind: MappingKind::EventStore,
             event_source: None,
@@ -447,6 +493,16 @@ impl Config {
             1..=1000,
             "a number",
         )?;
+        let exchange_allow = match get("EXCHANGE_ALLOW") {
+            None => ExchangeAllow::default(),
+            Some(_) if exchange.fixed().is_some() => {
+                return Err(ConfigError::Invalid {
+                    name: "EXCHANGE_ALLOW",
+                    reason: "applies only when EXCHANGE is a template".into(),
+                });
+            }
+            Some(list) => ExchangeAllow::parse(&list)?,
+        };
         let max_message_bytes = bounded(
             &get,
             "MAX_MESSAGE_BYTES",
@@ -491,6 +547,7 @@ impl Config {
                 exchange,
                 dead_letter_exchange,
                 max_exchanges,
+                exchange_allow,
                 max_message_bytes,
                 kind,
                 event_source,
@@ -839,6 +896,41 @@ mod tests {
         assert!(
             e.to_string().starts_with("DEAD_LETTER_EXCHANGE is invalid"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn exchange_allow_takes_type_names_and_patterns_for_a_template_only() {
+        let with = |vars: &[(&str, &str)]| {
+            let mut all = vec![("AMQP_URI", "amqp://localhost")];
+            all.extend_from_slice(vars);
+            config(&all)
+        };
+        let template = [
+            ("EXCHANGE", "{aggregateType}.events"),
+            ("DEAD_LETTER_EXCHANGE", "d"),
+        ];
+        let mut vars = template.to_vec();
+        vars.push(("EXCHANGE_ALLOW", " order , invoice-* "));
+        let allow = with(&vars).unwrap().mapping.exchange_allow;
+        for yes in ["order", "invoice-", "invoice-eu"] {
+            assert!(allow.allows(yes), "{yes}");
+        }
+        for no in ["orders", "Order", "invoice", "x"] {
+            assert!(!allow.allows(no), "{no}");
+        }
+        let any = with(&template).unwrap().mapping.exchange_allow;
+        assert!(any.allows("whatever"));
+        for bad in ["a b", "order/1", "é", &"x".repeat(65)] {
+            let mut vars = template.to_vec();
+            vars.push(("EXCHANGE_ALLOW", bad));
+            let e = with(&vars).unwrap_err().to_string();
+            assert!(e.starts_with("EXCHANGE_ALLOW is invalid"), "{e}");
+        }
+        let e = with(&[("EXCHANGE", "x"), ("EXCHANGE_ALLOW", "order")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "EXCHANGE_ALLOW is invalid: applies only when EXCHANGE is a template"
         );
     }
 

@@ -194,6 +194,8 @@ const OWN_HEADERS: [&str; 7] = [
 
 /// The most header bytes an enricher may add: the broker takes properties
 /// and headers in one frame (16 KiB at the least `frame_max` accepted).
+/// With the record's own they keep `mapping::message::HEADER_BUDGET` too,
+/// checked once the message is made.
 const MAX_ADDED_HEADER_BYTES: usize = 4096;
 
 /// Checks a `Publish` enrichment against the draft's `payload` (JSON

@@ -206,6 +206,45 @@ pub enum HandleError {
     QueueNotAllowed(String),
 }
 
+/// Why an invocation failed, as Lambda is told: a name that says what
+/// happened (`errorType`, what the console and an OnFailure destination's
+/// `functionError` context show) and the message. Never a value of the
+/// event.
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    /// The event is not a DynamoDB stream batch.
+    #[error(transparent)]
+    NotABatch(#[from] NotABatch),
+    /// The runtime layer did not keep the body (a wiring bug).
+    #[error("the invocation's body was not kept")]
+    BodyNotKept,
+    /// The batch cannot be answered with a partial response, or asks for
+    /// what the function does not allow.
+    #[error(transparent)]
+    Handle(#[from] HandleError),
+}
+
+impl InvocationError {
+    /// The `errorType` Lambda reports.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            InvocationError::NotABatch(_) => "NotAStreamBatch",
+            InvocationError::BodyNotKept => "BodyNotKept",
+            InvocationError::Handle(HandleError::NoSequenceNumber(_)) => "NoSequenceNumber",
+            InvocationError::Handle(HandleError::QueueNotAllowed(_)) => "QueueNotAllowed",
+        }
+    }
+}
+
+impl From<InvocationError> for lambda_runtime::Diagnostic {
+    fn from(e: InvocationError) -> Self {
+        lambda_runtime::Diagnostic {
+            error_type: e.error_type().to_owned(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
 /// A cold start that cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -454,14 +493,14 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
         &self,
         body: Option<Bytes>,
         context: &lambda_runtime::Context,
-    ) -> Result<DynamoDbEventResponse, lambda_runtime::Error> {
+    ) -> Result<DynamoDbEventResponse, InvocationError> {
         // First of all: the clock runs from here, not from when the body
         // has been parsed (a large batch takes a good part of a second at
         // 128 MB) or the broker lock taken.
         let remaining = remaining_time(context.deadline, SystemTime::now());
         let deadline = Instant::now() + remaining;
         tracing::debug!(remaining_ms = remaining.as_millis() as u64, "invocation");
-        let body = body.ok_or("the invocation's body was not kept")?;
+        let body = body.ok_or(InvocationError::BodyNotKept)?;
         let batch = parse_batch(&body)?;
         let (response, _) = self
             .handle_traced(&batch, deadline, context.xray_trace_id.as_deref())
@@ -528,6 +567,29 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(remaining_time(1_795_446_990_000, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn every_invocation_error_has_a_name_that_says_what_happened() {
+        // A bare record, as one of aws_lambda_events' own fixtures is.
+        let bare = br#"{"eventID":"1","eventName":"INSERT","dynamodb":{}}"#;
+        let Err(e) = parse_batch(bare) else {
+            panic!("a record is not a batch");
+        };
+        let d = lambda_runtime::Diagnostic::from(InvocationError::from(e));
+        assert_eq!(d.error_type, "NotAStreamBatch");
+        assert!(
+            d.error_message
+                .starts_with("the event is not a DynamoDB stream batch"),
+            "{}",
+            d.error_message
+        );
+        let d = lambda_runtime::Diagnostic::from(InvocationError::from(
+            HandleError::QueueNotAllowed("q".into()),
+        ));
+        assert_eq!(d.error_type, "QueueNotAllowed");
+        let d = lambda_runtime::Diagnostic::from(InvocationError::BodyNotKept);
+        assert_eq!(d.error_type, "BodyNotKept");
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub use runtime::{run, run_with};
 /// broker: for the operations tool, benchmarks and fuzzing (pure).
 pub mod convert {
     pub use crate::config::{AttributeNames, MappingConfig, MappingKind};
+    pub use crate::mapping::message::{HEADER_BUDGET, header_bytes, within_budget};
     pub use crate::mapping::{Converter, Draft, MESSAGE_ID_NAMESPACE, MappingError, Plan, Planned};
     pub use crate::publisher::{HeaderValue, Message, Properties};
     pub use crate::record::BACKFILL_SOURCE;

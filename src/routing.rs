@@ -39,6 +39,8 @@ pub enum RoutingError {
         "{{{0}}} gives a value that is not a type name (1 to 64 letters, digits, '.', '_', '-'), so it names no exchange"
     )]
     NotATypeName(&'static str),
+    #[error("{{{0}}} gives {1:?}, which EXCHANGE_ALLOW does not allow")]
+    NotAllowed(&'static str, String),
 }
 
 /// The longest value a placeholder may give an exchange name.
@@ -164,19 +166,24 @@ impl RoutingTemplate {
 
     /// Renders the routing key of one envelope.
     pub fn render(&self, envelope: &Envelope<'_>) -> Result<String, RoutingError> {
-        self.render_checked(envelope, false)
+        self.render_checked(envelope, None)
     }
 
     /// Renders the exchange name of one envelope (`EXCHANGE` as a template):
-    /// every placeholder's value must be a type name ([`is_type_name`]).
-    pub fn render_exchange(&self, envelope: &Envelope<'_>) -> Result<String, RoutingError> {
-        self.render_checked(envelope, true)
+    /// every placeholder's value must be a type name ([`is_type_name`]) that
+    /// `allowed` accepts (`EXCHANGE_ALLOW`).
+    pub fn render_exchange(
+        &self,
+        envelope: &Envelope<'_>,
+        allowed: &dyn Fn(&str) -> bool,
+    ) -> Result<String, RoutingError> {
+        self.render_checked(envelope, Some(allowed))
     }
 
     fn render_checked(
         &self,
         envelope: &Envelope<'_>,
-        type_names: bool,
+        type_names: Option<&dyn Fn(&str) -> bool>,
     ) -> Result<String, RoutingError> {
         let mut key = String::with_capacity(64);
         for part in &self.parts {
@@ -209,10 +216,17 @@ impl RoutingTemplate {
                 }
             }
             if let Part::Placeholder(p) = part
-                && type_names
-                && !is_type_name(&key[before..])
+                && let Some(allowed) = type_names
             {
-                return Err(RoutingError::NotATypeName(p.name()));
+                let value = &key[before..];
+                if !is_type_name(value) {
+                    return Err(RoutingError::NotATypeName(p.name()));
+                }
+                if !allowed(value) {
+                    // A type name: safe to quote, and what the operator
+                    // needs to decide whether to allow it.
+                    return Err(RoutingError::NotAllowed(p.name(), value.to_owned()));
+                }
             }
         }
         if key.len() > MAX_ROUTING_KEY {

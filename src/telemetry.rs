@@ -98,7 +98,16 @@ pub fn emf_document(
         json!({"Name": "RecordsFailed", "Unit": "Count"}),
         json!({"Name": "BatchDurationMs", "Unit": "Milliseconds"}),
         json!({"Name": "Reconnects", "Unit": "Count"}),
+        json!({"Name": "TopologyErrors", "Unit": "Count"}),
     ];
+    // The one failure that is neither the broker's trouble nor passes by
+    // itself: a queue that exists with other arguments than ours holds
+    // every record of its exchange until an operator fixes it (CONTRACT
+    // §6.9); the template alarms on it.
+    let topology_errors = report
+        .failure
+        .as_ref()
+        .is_some_and(|f| matches!(f.error, crate::publisher::PublishError::Topology(_)));
     let mut doc = json!({
         "_aws": {
             "Timestamp": now.timestamp_millis(),
@@ -112,6 +121,7 @@ pub fn emf_document(
         "RecordsFailed": report.failed,
         "BatchDurationMs": duration_ms,
         "Reconnects": report.reconnects,
+        "TopologyErrors": u32::from(topology_errors),
     });
     // Not a metric but a property of the document, so that a failed
     // invocation's kind (`blocked`, `unreachable`, ...) can be queried with
@@ -187,6 +197,7 @@ mod tests {
             ("BatchDurationMs", 42),
             ("MaxRecordAgeMs", 1500),
             ("Reconnects", 1),
+            ("TopologyErrors", 0),
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
             assert_eq!(doc[name], value, "{name}");
@@ -195,5 +206,30 @@ mod tests {
         assert_eq!(doc["FailureKind"], "nack");
         assert!(!names.contains(&"FailureKind"), "a property, not a metric");
         assert_eq!(doc["_aws"]["Timestamp"], now.timestamp_millis());
+    }
+
+    #[test]
+    fn a_topology_failure_raises_the_metric_the_template_alarms_on() {
+        let report = |error| BatchReport {
+            records: 3,
+            published: 1,
+            skipped: 0,
+            dead_lettered: 0,
+            failed: 2,
+            failure: Some(Failure::new(1, error)),
+            reconnects: 0,
+            dead_letter_reasons: vec![],
+            skip_reasons: vec![],
+            dropped: vec![],
+            oldest_record: None,
+        };
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+        let doc = |error| -> serde_json::Value {
+            serde_json::from_str(&emf_document("Shop", "fwd", &report(error), 1, None, now))
+                .unwrap()
+        };
+        let clash = PublishError::Topology("queue 'orders.unrouted' could not be declared".into());
+        assert_eq!(doc(clash)["TopologyErrors"], 1);
+        assert_eq!(doc(PublishError::Blocked)["TopologyErrors"], 0);
     }
 }

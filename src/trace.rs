@@ -14,10 +14,13 @@ pub enum TraceError {
     Orphan,
 }
 
-/// Checks a `traceparent` header value (W3C Trace Context, level 1):
-/// `00-<32 hex>-<16 hex>-<2 hex>`, neither id all zeros. A later version
-/// may append fields after a `-`; version `ff` is invalid.
-pub fn check_traceparent(value: &str) -> Result<(), TraceError> {
+/// Reads a `traceparent` header value (W3C Trace Context, level 1) as the
+/// version-00 value the forwarder sends on: `00-<32 hex>-<16 hex>-<2 hex>`,
+/// neither id all zeros. A later version is read as W3C says a receiver
+/// reads one: its first 55 characters as version 00, the rest ignored
+/// (they must start with `-`); version `ff` is invalid. So the header is
+/// always exactly 55 bytes, whatever the item holds.
+pub fn parse_traceparent(value: &str) -> Result<String, TraceError> {
     let b = value.as_bytes();
     let hex = |s: &[u8]| !s.is_empty() && s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
     let zeros = |s: &[u8]| s.iter().all(|c| *c == b'0');
@@ -36,11 +39,20 @@ pub fn check_traceparent(value: &str) -> Result<(), TraceError> {
             b"00" => b.len() == 55,
             _ => b.len() == 55 || b[55] == b'-',
         };
-    if ok {
-        Ok(())
-    } else {
-        Err(TraceError::Traceparent)
+    if !ok {
+        return Err(TraceError::Traceparent);
     }
+    // Checked above: the first 55 bytes are ASCII.
+    let mut parsed = String::with_capacity(55);
+    parsed.push_str("00");
+    parsed.push_str(&value[2..55]);
+    Ok(parsed)
+}
+
+/// Checks a `traceparent` header value: `Ok` when [`parse_traceparent`]
+/// reads it.
+pub fn check_traceparent(value: &str) -> Result<(), TraceError> {
+    parse_traceparent(value).map(drop)
 }
 
 /// Checks a `tracestate` header value: comma-separated `key=value` list
@@ -137,6 +149,7 @@ mod tests {
             check_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"),
             Ok(())
         );
+        assert_eq!(parse_traceparent(GOOD).as_deref(), Ok(GOOD));
         for bad in [
             "",
             "garbage",
@@ -185,6 +198,40 @@ mod tests {
                 check_tracestate(&bad),
                 Err(TraceError::Tracestate),
                 "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_later_version_is_read_as_its_first_55_characters_as_version_00() {
+        // Found by an outside review: version 01 followed by 150 KB became
+        // one header, larger than any frame the broker takes (#28).
+        let long = format!(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-{}",
+            "x".repeat(150 * 1024)
+        );
+        assert_eq!(
+            parse_traceparent(&long).as_deref(),
+            Ok("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(
+            parse_traceparent("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").as_deref(),
+            Ok("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+        );
+        // Still invalid after the first 55: no dash after them, a short
+        // value, a multi-byte character where a dash belongs.
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x".to_string(),
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1".to_string(),
+            format!(
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01é{}",
+                "-"
+            ),
+        ] {
+            assert_eq!(
+                parse_traceparent(&bad),
+                Err(TraceError::Traceparent),
+                "{bad}"
             );
         }
     }

@@ -241,3 +241,73 @@ pub fn record(u: &mut Unstructured<'_>) -> Result<EventRecord> {
     }
     Ok(record)
 }
+
+/// The stall oracle of #28 (CONTRACT §6.9) on one raw stream record as the
+/// batch loop gets it, through draft to message, with a fixed and a
+/// templated exchange and `MAX_MESSAGE_BYTES` at its smallest and its
+/// default: no panic; a message keeps every property within 255 bytes and
+/// all its headers within the budget (so no record can make a header frame
+/// the broker refuses); and whatever the record, its dead letter for any
+/// reason is within the limit, escaping included, with every header within
+/// 1 KiB.
+pub fn check_stall(raw: &str) {
+    use event_forwarder::convert::{HEADER_BUDGET, header_bytes, within_budget};
+    for limit in [4096, 524_288] {
+        for template in [false, true] {
+            let mut config = MappingConfig::new("fuzz.events");
+            config.max_message_bytes = limit;
+            if template {
+                config = templated(config);
+            }
+            let converter = Converter::new(config);
+            match converter.plan_raw(raw, now()).into_message().plan {
+                Plan::Publish(m) => {
+                    assert_eq!(within_budget(&m), Ok(()));
+                    assert!(header_bytes(&m.properties) <= HEADER_BUDGET);
+                }
+                Plan::DeadLetter { message, .. } => dead_letter_within(&message, raw, limit),
+                Plan::Skip(_) => {}
+            }
+            // The dead letter the batch makes when the broker refuses the
+            // event (too large, its exchange refused).
+            let reason = "the broker refused the message";
+            let message = converter.dead_letter_within(raw, reason, limit);
+            dead_letter_within(&message, raw, limit);
+        }
+    }
+}
+
+fn templated(mut config: MappingConfig) -> MappingConfig {
+    use event_forwarder::Config;
+    let vars = [
+        ("AMQP_URI", "amqp://localhost"),
+        ("EXCHANGE", "{aggregateType}.events"),
+        ("DEAD_LETTER_EXCHANGE", "fuzz.dead-letter"),
+    ];
+    if let Ok(c) = Config::from_lookup(|k| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    }) {
+        config.exchange = c.mapping.exchange;
+        config.dead_letter_exchange = c.mapping.dead_letter_exchange;
+    }
+    config
+}
+
+/// A dead letter of `raw`: the record as it came (JSON or not) or its
+/// bounded reference (JSON), within `limit` either way.
+fn dead_letter_within(m: &Message, raw: &str, limit: usize) {
+    use event_forwarder::convert::{HEADER_BUDGET, header_bytes};
+    assert!(m.body.len() <= limit, "{} > {limit}", m.body.len());
+    if m.body != raw.as_bytes() {
+        assert!(serde_json::from_slice::<serde_json::Value>(&m.body).is_ok());
+    }
+    for (name, value) in &m.properties.headers {
+        if let HeaderValue::String(s) = value {
+            assert!(s.len() <= 1024, "{name}: {}", s.len());
+        }
+    }
+    assert!(header_bytes(&m.properties) <= HEADER_BUDGET);
+    assert!(m.properties.app_id.len() <= 255);
+}

@@ -66,7 +66,18 @@ pub(super) async fn enrich<E: Enricher>(
                         traceparent: invocation.traceparent,
                         to_queue: invocation.to_queue,
                     };
-                    Enriched::Publish(message::to_message(draft, added, sending))
+                    let origin = draft.origin();
+                    let message = message::to_message(draft, added, sending);
+                    // A header frame over frame_max closes the connection
+                    // at every retry: the record's headers keep the budget
+                    // or it is dead-lettered (CONTRACT §4).
+                    match message::within_budget(&message) {
+                        Ok(()) => Enriched::Publish(message),
+                        Err(reason) => {
+                            let (message, reason) = origin.dead_letter(reason);
+                            Enriched::DeadLetter(message, reason)
+                        }
+                    }
                 }
                 Err(reason) => dead_letter(&draft, reason),
             }

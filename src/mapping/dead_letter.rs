@@ -71,7 +71,9 @@ impl Converter {
     }
 
     fn dead_letter_of(&self, id: DeadLetterIdentity, raw: &str, reason: &str) -> Message {
-        let mut headers = vec![("x-error", HeaderValue::String(reason.to_owned()))];
+        // Every header bounded where the message is made, whoever gave
+        // the reason.
+        let mut headers = vec![("x-error", HeaderValue::String(capped(reason.to_owned())))];
         if let Some(seq) = id.sequence_number {
             headers.push(("x-sequence-number", HeaderValue::String(seq)));
         }
@@ -112,8 +114,12 @@ impl Converter {
 
 /// The bounded reference to a record too large to carry: `eventID`,
 /// `eventName`, `eventSourceARN` and the stream's `Keys`, `SequenceNumber`
-/// and `SizeBytes` (CONTRACT §5), never the images. Keys are left out when
-/// even they would not fit (only a forged record has such keys).
+/// and `SizeBytes` (CONTRACT §5), never the images. Within `limit` bytes as
+/// written, escapes included: when it would not fit (only a forged record
+/// has such keys or ids; a control character takes six bytes escaped),
+/// fields are left out, the least useful first, down to
+/// `{"dynamodb":{},"truncated":true}`, which fits any limit the forwarder
+/// accepts (4096 at the least).
 fn reference_body(raw: &str, headers: &[(&'static str, HeaderValue)], limit: usize) -> Vec<u8> {
     use serde_json::{Map, Value};
     let header = |name: &str| {
@@ -140,14 +146,43 @@ fn reference_body(raw: &str, headers: &[(&'static str, HeaderValue)], limit: usi
     reference.extend(header("x-event-source-arn").map(|a| ("eventSourceARN".to_string(), a)));
     reference.insert("dynamodb".into(), Value::Object(stream));
     reference.insert("truncated".into(), Value::Bool(true));
-    let body = serde_json::to_vec(&reference).unwrap_or_default();
-    if body.len() <= limit {
-        return body;
+    // Left out while the body is over the limit: the keys first (only a
+    // forged record has keys that large), then the largest field left, so
+    // that a forged id does not take the others with it.
+    let mut body = serde_json::to_vec(&reference).unwrap_or_default();
+    let mut dropped_keys = false;
+    while body.len() > limit {
+        let stream = match reference.get_mut("dynamodb") {
+            Some(Value::Object(stream)) => stream,
+            _ => break,
+        };
+        if !dropped_keys {
+            dropped_keys = true;
+            stream.remove("Keys");
+        } else {
+            let size = |v: &Value| serde_json::to_vec(v).map_or(0, |b| b.len());
+            let in_stream = stream.iter().map(|(k, v)| (size(v), true, k.clone())).max();
+            let top = reference
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "dynamodb" | "truncated"))
+                .map(|(k, v)| (size(v), false, k.clone()))
+                .max();
+            match in_stream.max(top) {
+                // Only `{"dynamodb":{},"truncated":true}` is left: 32 bytes.
+                None => break,
+                Some((_, true, name)) => {
+                    if let Some(Value::Object(stream)) = reference.get_mut("dynamodb") {
+                        stream.remove(&name);
+                    }
+                }
+                Some((_, false, name)) => {
+                    reference.remove(&name);
+                }
+            }
+        }
+        body = serde_json::to_vec(&reference).unwrap_or_default();
     }
-    if let Some(Value::Object(stream)) = reference.get_mut("dynamodb") {
-        stream.remove("Keys");
-    }
-    serde_json::to_vec(&reference).unwrap_or_default()
+    body
 }
 
 /// The reason an event too large for the broker is dead-lettered; the
@@ -282,6 +317,114 @@ mod tests {
         let body: Value = serde_json::from_slice(&cut.body).unwrap();
         assert!(body["dynamodb"].get("Keys").is_none());
         assert!(body["dynamodb"]["SequenceNumber"].is_string());
+    }
+
+    /// A record over `size` bytes whose identity is `event_id`, `arn` and
+    /// `seq` (JSON values), its keys `keys`.
+    fn oversize(event_id: &Value, arn: &Value, seq: &Value, keys: &Value, size: usize) -> String {
+        json!({
+            "eventID": event_id,
+            "eventName": "INSERT",
+            "eventSourceARN": arn,
+            "dynamodb": {
+                "Keys": keys,
+                "NewImage": {"blob": {"S": "x".repeat(size)}},
+                "SequenceNumber": seq,
+                "SizeBytes": size,
+            }
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn an_event_id_of_control_characters_keeps_the_reference_within_the_smallest_limit() {
+        // Found by an outside review (#28): ids were cut at 1,024 bytes
+        // before escaping, so 1,000 control characters (six bytes each,
+        // escaped) made a 6,238-byte "bounded" body at MAX_MESSAGE_BYTES
+        // 4096, which the broker refused: the record stalled its shard.
+        let id = Value::String("\u{1}".repeat(1000));
+        let arn = json!("arn:aws:dynamodb:eu-west-1:1:table/t/stream/x");
+        let raw = oversize(
+            &id,
+            &arn,
+            &json!("4100000000012345680601"),
+            &json!({}),
+            5000,
+        );
+        let m = converter().dead_letter_within(&raw, "too large", 4096);
+        assert!(m.body.len() <= 4096, "{}", m.body.len());
+        let body: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(body["truncated"], true);
+        // What names the record in its stream is kept.
+        assert_eq!(body["dynamodb"]["SequenceNumber"], "4100000000012345680601");
+        assert_eq!(body["eventSourceARN"], arn);
+    }
+
+    /// One of the shapes a hostile producer (or a forged record) gives a
+    /// string: control characters, quotes and backslashes (escaped on the
+    /// way out), right-to-left marks, multi-byte characters, at and past
+    /// the 1,024 bytes a header takes.
+    fn hostile_text(rng: &mut fastrand::Rng) -> String {
+        let len = match rng.u8(0..4) {
+            0 => rng.usize(0..16),
+            1 => rng.usize(1000..1030),
+            2 => rng.usize(0..2000),
+            _ => 1024,
+        };
+        let alphabet = [
+            '\u{0}', '\u{1f}', '"', '\\', '\u{200f}', '\u{202e}', 'é', '😀', 'a', '1',
+        ];
+        let pick = rng.usize(0..alphabet.len());
+        (0..len)
+            .map(|_| {
+                if rng.bool() {
+                    alphabet[pick]
+                } else {
+                    alphabet[rng.usize(0..alphabet.len())]
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_dead_letter_is_within_its_limit_whatever_the_ids() {
+        // Seeded: a failure names its case, the same on every run.
+        let mut rng = fastrand::Rng::with_seed(28);
+        let c = converter();
+        for case in 0..2000 {
+            let limit = match rng.u8(0..20) {
+                0..=7 => 4096,
+                8..=18 => rng.usize(4096..16_384),
+                _ => rng.usize(4096..600_000),
+            };
+            let text = |rng: &mut fastrand::Rng| Value::String(hostile_text(rng));
+            let (id, arn) = (text(&mut rng), text(&mut rng));
+            let seq = if rng.bool() {
+                Value::String("9".repeat(rng.usize(1..2000)))
+            } else {
+                text(&mut rng)
+            };
+            let keys = json!({"aggregateId": {"S": hostile_text(&mut rng)}});
+            let size = limit + rng.usize(0..3) * rng.usize(1..5000);
+            let raw = oversize(&id, &arn, &seq, &keys, size);
+            let reason = hostile_text(&mut rng);
+            let m = c.dead_letter_within(&raw, &reason, limit);
+            assert!(
+                m.body.len() <= limit,
+                "case {case}: a dead letter of {} bytes over its limit {limit}",
+                m.body.len()
+            );
+            let body: Value = serde_json::from_slice(&m.body)
+                .unwrap_or_else(|e| panic!("case {case}: the body is not JSON: {e}"));
+            if raw.len() > limit {
+                assert_eq!(body["truncated"], true, "case {case}");
+            }
+            for (name, value) in &m.properties.headers {
+                if let HeaderValue::String(v) = value {
+                    assert!(v.len() <= MAX_HEADER, "case {case}: header {name}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Draft to AMQP message (CONTRACT §4): [`to_message`], the one place a
 //! message is shaped: properties, headers, trace context, exchange or
 //! queue, and an enricher's fields (checked by `enrich`, carried as
-//! [`Added`]) in the body the draft wrote. Pure.
+//! [`Added`]) in the body the draft wrote; and the budget every message's
+//! properties and headers keep ([`HEADER_BUDGET`], [`within_budget`]).
+//! Pure.
 
 use std::borrow::Cow;
 
@@ -15,6 +17,80 @@ use crate::publisher::{HeaderValue, Message, Properties};
 pub struct Added {
     pub(crate) fields: Vec<u8>,
     pub(crate) headers: Vec<(String, HeaderValue)>,
+}
+
+/// The most bytes a message's properties and headers take as AMQP writes
+/// them (its content header frame): three quarters of the smallest
+/// `frame_max` the forwarder accepts (16,384). A content header cannot be
+/// split over frames; one over `frame_max` makes the broker close the whole
+/// connection, every confirm in flight lost, at every retry. The
+/// forwarder's own properties and headers fit by construction (each has its
+/// bound: short strings 255 bytes, `partitionKey` 8,192, `tracestate` 512,
+/// `traceparent` 55); an enricher's headers take what the record leaves, and
+/// a record they would take over it is dead-lettered ([`within_budget`]).
+pub const HEADER_BUDGET: usize = 12 * 1024;
+
+// Room below the smallest frame_max (16,384, less the frame's 8 bytes).
+const _: () = assert!(HEADER_BUDGET + 8 <= 16_384);
+
+/// The bytes of `properties` as a content header frame's payload: class,
+/// weight, body size and property flags, then each property set (short
+/// strings with their length byte, the header table with its entries).
+pub fn header_bytes(properties: &Properties) -> usize {
+    let short = |s: &str| 1 + s.len();
+    let value = |v: &HeaderValue| match v {
+        HeaderValue::String(s) => 1 + 4 + s.len(),
+        // Beyond i64 it goes as its decimal text (publisher::amqp).
+        HeaderValue::Int(i) if i64::try_from(*i).is_err() => 1 + 4 + i.to_string().len(),
+        HeaderValue::Int(_) => 1 + 8,
+    };
+    let table: usize = properties
+        .headers
+        .iter()
+        .map(|(n, v)| short(n) + value(v))
+        .chain(
+            properties
+                .extra_headers
+                .iter()
+                .map(|(n, v)| short(n) + value(v)),
+        )
+        .sum();
+    // class id, weight, body size, property flags
+    2 + 2 + 8 + 2
+        + short("application/json")
+        + 4
+        + table
+        + 1 // delivery mode
+        + properties.correlation_id.as_deref().map_or(0, short)
+        + short(&properties.message_id)
+        + properties.timestamp.map_or(0, |_| 8)
+        + properties.kind.as_deref().map_or(0, short)
+        + short(&properties.app_id)
+}
+
+/// `Err` with the reason to dead-letter the record when `message`'s
+/// properties and headers are over [`HEADER_BUDGET`] (only an enricher's
+/// headers can take them there) or a property over an AMQP short string's
+/// 255 bytes (the mapping keeps its own within it).
+pub fn within_budget(message: &Message) -> Result<(), String> {
+    let p = &message.properties;
+    let names = p.extra_headers.iter().map(|(n, _)| n.as_str());
+    let shorts = [Some(p.message_id.as_str()), Some(p.app_id.as_str())]
+        .into_iter()
+        .chain([p.correlation_id.as_deref(), p.kind.as_deref()])
+        .flatten()
+        .chain(names);
+    if shorts.into_iter().any(|s| s.len() > 255) {
+        return Err("a property or header name is longer than the 255 bytes AMQP allows".into());
+    }
+    let size = header_bytes(p);
+    if size > HEADER_BUDGET {
+        return Err(format!(
+            "the event's properties and headers take {size} bytes with the enrichment's, over \
+             the {HEADER_BUDGET} a message's headers may take"
+        ));
+    }
+    Ok(())
 }
 
 /// How this invocation sends its events: to the backfill's queue instead
@@ -179,6 +255,52 @@ mod tests {
             (m.exchange.as_str(), m.routing_key.as_str()),
             ("", "projection-orders")
         );
+    }
+
+    #[test]
+    fn the_forwarders_own_headers_at_their_bounds_keep_the_budget() {
+        let converter = Converter::new(MappingConfig::new("product.events"));
+        let long = |n: usize| "é".repeat(n / 2);
+        let mut e = envelope("ProductCreated", "1.0");
+        e.partition_key = long(8192).into();
+        e.message_version = long(254).into();
+        e.sequence_number = "9".repeat(255).into();
+        e.message_id = long(254);
+        e.correlation_id = Some(long(254).into());
+        e.source = long(254).into();
+        e.message_type = long(254).into();
+        let mut d = draft(&converter, &e);
+        d.routing_key = "k".repeat(255);
+        d.trace.traceparent = Some("0".repeat(55));
+        d.trace.tracestate = Some("s".repeat(512));
+        let sending = Sending {
+            traceparent: None,
+            to_queue: Some("q"),
+        };
+        let m = to_message(d, Added::default(), sending);
+        let size = header_bytes(&m.properties);
+        assert!(size <= HEADER_BUDGET, "{size}");
+        assert_eq!(within_budget(&m), Ok(()));
+    }
+
+    #[test]
+    fn an_enrichers_headers_over_what_the_record_leaves_dead_letter_it() {
+        let converter = Converter::new(MappingConfig::new("product.events"));
+        let mut e = envelope("ProductCreated", "1.0");
+        e.partition_key = "p".repeat(8192).into();
+        let added = |n: usize| Added {
+            fields: Vec::new(),
+            headers: vec![("tenant".into(), HeaderValue::String("t".repeat(n)))],
+        };
+        let fits = to_message(draft(&converter, &e), added(1000), Sending::default());
+        assert_eq!(within_budget(&fits), Ok(()));
+        let over = to_message(draft(&converter, &e), added(4000), Sending::default());
+        let why = within_budget(&over).unwrap_err();
+        assert!(
+            why.starts_with("the event's properties and headers take"),
+            "{why}"
+        );
+        assert!(!why.contains("ttt"), "never the value: {why}");
     }
 
     #[test]

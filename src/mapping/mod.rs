@@ -29,7 +29,7 @@ mod draft;
 mod event_store;
 #[cfg(test)]
 mod fixtures;
-pub(crate) mod message;
+pub mod message;
 mod time;
 mod trace_context;
 
@@ -367,7 +367,7 @@ impl Converter {
             Exchange::PerEvent(template) => template,
         };
         let name = template
-            .render_exchange(envelope)
+            .render_exchange(envelope, &|value| self.config.exchange_allow.allows(value))
             .map_err(MappingError::ExchangeTemplate)?;
         // `.unrouted` is appended for its alternate exchange.
         let valid = name.len() <= 255 - ".unrouted".len()
@@ -418,6 +418,38 @@ mod tests {
                 assert_eq!(got, reason, "{bad:?}");
             }
         }
+    }
+
+    #[test]
+    fn exchange_allow_dead_letters_a_type_it_does_not_name_with_the_reason() {
+        let mut config = MappingConfig::new("unused");
+        config.exchange = Exchange::PerEvent(
+            crate::routing::RoutingTemplate::parse("{aggregateType}.events").unwrap(),
+        );
+        config.dead_letter_exchange = "shop.dead-letter".into();
+        config.exchange_allow = crate::config::ExchangeAllow::parse("prod*,user").unwrap();
+        let c = Converter::new(config);
+        // Product, Product, (MODIFY), Order, User, Order.
+        let outcomes: Vec<String> = records(INSERTS)
+            .iter()
+            .filter_map(|r| match c.plan(r, now()) {
+                Plan::Publish(m) => Some(m.exchange),
+                Plan::DeadLetter { reason, .. } => Some(reason),
+                Plan::Skip(_) => None,
+            })
+            .collect();
+        let refused = "exchange (EXCHANGE is a template): {aggregateType} gives \"order\", which \
+                       EXCHANGE_ALLOW does not allow";
+        assert_eq!(
+            outcomes,
+            [
+                "product.events",
+                "product.events",
+                refused,
+                "user.events",
+                refused
+            ]
+        );
     }
 
     #[test]

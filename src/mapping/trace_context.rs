@@ -30,6 +30,8 @@ impl Converter {
                 "attribute `{name}` is {why}; left out of the headers"
             )))
         };
+        // A later version is read as its first 55 characters (W3C), so the
+        // header is 55 bytes whatever the item holds.
         let parent = match parent {
             Ok(None) => {
                 return match state {
@@ -37,12 +39,15 @@ impl Converter {
                     _ => dropped(&names.tracestate, &trace::TraceError::Orphan),
                 };
             }
-            Ok(Some(p)) if trace::check_traceparent(&p).is_ok() => p,
-            _ => {
+            Ok(Some(p)) => match trace::parse_traceparent(&p) {
+                Ok(parsed) => parsed,
+                Err(e) => return dropped(&names.traceparent, &e),
+            },
+            Err(()) => {
                 return dropped(&names.traceparent, &trace::TraceError::Traceparent);
             }
         };
-        context.traceparent = Some(parent.into_owned());
+        context.traceparent = Some(parent);
         match state {
             Ok(None) => None,
             Ok(Some(s)) if trace::check_tracestate(&s).is_ok() => {
@@ -115,6 +120,18 @@ mod tests {
         );
         assert!(!why.contains("garbage"));
         assert_eq!(trace(&publish(p.plan).0), [None, None]);
+
+        // A later version becomes its first 55 characters as version 00,
+        // however long the rest (#28: 150 KB of it closed the connection).
+        let later = format!("01{}-{}", &PARENT[2..], "v".repeat(150 * 1024));
+        set(&mut record, "traceparent", &later);
+        set(&mut record, "tracestate", "rojo=1");
+        let p = planned(&converter(), &record);
+        assert_eq!(p.dropped, None);
+        assert_eq!(
+            trace(&publish(p.plan).0),
+            [Some(PARENT.into()), Some("rojo=1".into())]
+        );
 
         // Names are configurable.
         let mut config = MappingConfig::new("product.events");

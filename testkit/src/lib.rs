@@ -11,6 +11,8 @@
 //!   tests run in parallel, a plain lapin client to look at what arrived
 //!   ([`TestBroker`]), `rabbitmqctl`, and child processes.
 //! - [`proxy`]: a TCP proxy that injects network faults.
+//! - [`vhost`]: a vhost of a test's own, with a user limited to given names
+//!   and limits such as `max-queues`.
 //! - `local` (feature `ops`): moto's DynamoDB, its stream and SQS, the
 //!   local loop and `forwarder-ops` runs.
 
@@ -19,6 +21,7 @@ pub mod function;
 pub mod local;
 pub mod proxy;
 pub mod runtime_api;
+pub mod vhost;
 
 pub use function::{Function, Launch, lambda_env};
 

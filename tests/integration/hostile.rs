@@ -422,3 +422,162 @@ async fn a_reason_naming_a_huge_attribute_is_cut_to_fit_a_header() {
     );
     assert_eq!(header_str(&run.dead[0], "x-event-id").unwrap(), "ev-1");
 }
+
+/// Found by an outside review (#28): a `traceparent` of a later version
+/// followed by 150 KB became one header, larger than the frame the broker
+/// takes: it closed the connection at every retry. W3C reads a later
+/// version as its first 55 characters (version 00), and so does the
+/// forwarder.
+#[tokio::test]
+async fn a_later_version_traceparent_is_read_as_its_first_55_characters() {
+    const PARENT: &str = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut later = record(1, json!({"N": "1"}), json!({"M": {}}));
+    later["dynamodb"]["NewImage"]["traceparent"] =
+        json!({"S": format!("01-{PARENT}-{}", "x".repeat(150 * 1024))});
+    let good = record(2, json!({"N": "1"}), json!({"M": {}}));
+    let run = forward(vec![later, good]).await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.delivered.len(), 2, "both published");
+    assert_eq!(
+        header_str(&run.delivered[0], "traceparent").as_deref(),
+        Some(format!("00-{PARENT}").as_str())
+    );
+}
+
+/// Found by an outside review (#28): the bounded reference of an oversize
+/// record capped its ids before JSON escaping; 1,000 control characters in
+/// `eventID` made a 6,238-byte dead letter at `MAX_MESSAGE_BYTES=4096`, which
+/// a broker at that limit refuses.
+#[tokio::test]
+async fn a_dead_letter_of_control_character_ids_keeps_the_smallest_limit() {
+    let mut oversize = record(
+        1,
+        json!({"N": "1"}),
+        json!({"M": {"blob": {"S": "x".repeat(5000)}}}),
+    );
+    oversize["eventID"] = json!("\u{1}".repeat(1000));
+    let good = record(2, json!({"N": "1"}), json!({"M": {}}));
+    let run = forward_with(&[("MAX_MESSAGE_BYTES", "4096")], vec![oversize, good]).await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.delivered.len(), 1);
+    assert_eq!(run.dead.len(), 1);
+    let dead = &run.dead[0];
+    assert!(dead.data.len() <= 4096, "{} bytes", dead.data.len());
+    let body: Value = serde_json::from_slice(&dead.data).unwrap();
+    assert_eq!(body["truncated"], true);
+    assert_eq!(body["dynamodb"]["SequenceNumber"], "000000000000000000001");
+}
+
+/// An event-store INSERT of aggregate type `kind`.
+fn typed(seq: u64, kind: &str) -> Value {
+    let mut r = record(seq, json!({"N": "1"}), json!({"M": {}}));
+    r["dynamodb"]["NewImage"]["aggregateType"] = json!({ "S": kind });
+    r
+}
+
+/// Forwards `records` with `EXCHANGE={prefix}.{aggregateType}.events` on
+/// `vhost` as its limited user; what each `.unrouted` queue of `kinds` and
+/// the dead-letter queue hold.
+async fn forward_typed(
+    vhost: &testkit::vhost::Vhost,
+    prefix: &str,
+    records: Vec<Value>,
+    kinds: &[&str],
+) -> (Value, Vec<usize>, Vec<Delivery>) {
+    let exchange = format!("{prefix}.{{aggregateType}}.events");
+    let dead_letter = format!("{prefix}.dead-letter");
+    let forwarder = Forwarder::start(testkit::config_on(
+        &vhost.uri(),
+        &exchange,
+        &[("DEAD_LETTER_EXCHANGE", &dead_letter)],
+    ))
+    .await
+    .unwrap();
+    let event: StreamBatch = serde_json::from_value(json!({ "Records": records })).unwrap();
+    let (response, _) = forwarder
+        .handle(&event, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let broker = TestBroker::connect_to(&vhost.guest_uri()).await;
+    let mut unrouted = Vec::new();
+    for kind in kinds {
+        let queue = format!("{prefix}.{kind}.events.unrouted");
+        unrouted.push(broker.drain(&queue).await.len());
+    }
+    let dead = broker.drain(&dead_letter).await;
+    forwarder.shutdown().await;
+    (
+        json!({ "batchItemFailures": reported(&response) }),
+        unrouted,
+        dead,
+    )
+}
+
+/// Found by an outside review (#28): with a templated `EXCHANGE` and a
+/// broker user limited to the forwarder's names (as docs/operations.md
+/// advises), a new aggregate type's `.unrouted` exchange got a 403 that
+/// failed the batch at that record on every retry, as a "topology" fault.
+/// It is the record's, as a refused exchange is: dead-lettered with the
+/// broker's reply.
+#[tokio::test]
+async fn a_type_the_brokers_user_may_not_declare_is_dead_lettered() {
+    let prefix = "fwd";
+    let vhost =
+        testkit::vhost::Vhost::create(r"^fwd\.(order\.events(\.unrouted)?|dead-letter)$", None);
+    let records = vec![typed(1, "Order"), typed(2, "Invoice"), typed(3, "Order")];
+    let (response, unrouted, dead) = forward_typed(&vhost, prefix, records, &["order"]).await;
+    assert_eq!(response["batchItemFailures"], json!([]));
+    assert_eq!(unrouted, [2], "both orders kept by their .unrouted queue");
+    assert_eq!(dead.len(), 1);
+    let reason = header_str(&dead[0], "x-error").unwrap();
+    assert!(
+        reason.contains("fwd.invoice.events.unrouted") && reason.contains("403 ACCESS_REFUSED"),
+        "{reason}"
+    );
+    assert_eq!(header_str(&dead[0], "x-event-id").unwrap(), "ev-2");
+}
+
+/// The same for a vhost at its queue limit (Amazon MQ has a per-broker
+/// one): a new type's `.unrouted` queue gets a 406 and the record is
+/// dead-lettered with it.
+#[tokio::test]
+async fn a_type_whose_queue_would_pass_the_queue_limit_is_dead_lettered() {
+    let prefix = "fwd";
+    // The dead-letter queue and the first type's `.unrouted` queue.
+    let vhost = testkit::vhost::Vhost::create(".*", Some(2));
+    let records = vec![typed(1, "Order"), typed(2, "Invoice"), typed(3, "Order")];
+    let (response, unrouted, dead) = forward_typed(&vhost, prefix, records, &["order"]).await;
+    assert_eq!(response["batchItemFailures"], json!([]));
+    assert_eq!(unrouted, [2]);
+    assert_eq!(dead.len(), 1);
+    let reason = header_str(&dead[0], "x-error").unwrap();
+    assert!(
+        reason.contains("fwd.invoice.events.unrouted")
+            && reason.contains("406 PRECONDITION_FAILED")
+            && reason.contains("queue limit"),
+        "{reason}"
+    );
+}
+
+/// Found by the stall hunter on the old main (seed 28, fixed exchange,
+/// records 180..240: a 140 KB tail failed the batch), shrunk to the
+/// smallest that still broke the oracle: a later-version `traceparent` with
+/// a tail of 17,451 bytes, over the header budget (published as one 17,507
+/// byte header; a few times that is past any frame_max).
+#[tokio::test]
+async fn the_hunters_find_a_17_kb_later_version_traceparent() {
+    let tail = "v".repeat(17_451);
+    let mut found = record(1, json!({"N": "2"}), json!({"M": {}}));
+    found["dynamodb"]["NewImage"]["aggregateId"] = json!({"S": ""});
+    found["dynamodb"]["NewImage"]["eventType"] = json!({"S": "O"});
+    found["dynamodb"]["NewImage"]["traceparent"] = json!({
+        "S": format!("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-{tail}")
+    });
+    let run = forward(vec![found, record(2, json!({"N": "1"}), json!({"M": {}}))]).await;
+    assert_eq!(run.response["batchItemFailures"], json!([]));
+    assert_eq!(run.delivered.len(), 2);
+    assert_eq!(
+        header_str(&run.delivered[0], "traceparent").map(|t| t.len()),
+        Some(55)
+    );
+}

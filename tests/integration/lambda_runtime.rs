@@ -209,3 +209,30 @@ async fn consumers_continue_the_trace_of_the_item_or_of_the_invocation() {
         broker.cleanup(&exchange, &[&queue]).await;
     }
 }
+
+/// What Lambda is told of an invocation error is what the console and an
+/// OnFailure destination's `functionError` context show: a name that says
+/// what happened, not the Rust type of a boxed error (#28, item 6).
+#[tokio::test]
+async fn an_invocation_error_has_a_name_that_says_what_happened() {
+    let exchange = unique("runtime-errors");
+    let f = Function::start(&[("AMQP_URI", &amqp_uri()), ("EXCHANGE", &exchange)]).await;
+    // One of aws_lambda_events' own fixtures is a bare record, not a batch.
+    let bare = serde_json::json!({
+        "eventID": "f07f8ca4b0b26cb9c4e5e77e69f274ee",
+        "eventName": "INSERT",
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": {"Id": {"N": "101"}}, "SequenceNumber": "111"}
+    });
+    let error = match f.api().invoke(&bare, Duration::from_secs(10)).await {
+        Some(testkit::runtime_api::Outcome::Error(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(error["errorType"], "NotAStreamBatch", "{error}");
+    let message = error["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("the event is not a DynamoDB stream batch"),
+        "{message}"
+    );
+    TestBroker::connect().await.cleanup(&exchange, &[]).await;
+}

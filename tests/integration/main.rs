@@ -13,7 +13,8 @@
 //! - a fault (broker restarts, alarms, the network), against the fault
 //!   node: `faults`; a cluster maintenance: `cluster`;
 //! - TLS, secrets, what must never be logged: `security`;
-//! - hostile or extreme input: `hostile`; events of AWS's tooling:
+//! - hostile or extreme input: `hostile` (each case named), and `hunt`,
+//!   the stall hunter that generates them (seeded); events of AWS's tooling:
 //!   `sam_event`; template.yaml's rules: `template`;
 //! - the shipped artefact (ignored by a plain run): `artefact` (under
 //!   qemu), `sam_local` (under `sam local invoke`).
@@ -29,6 +30,7 @@ mod broker;
 mod cluster;
 mod faults;
 mod hostile;
+mod hunt;
 mod lambda_runtime;
 mod sam_event;
 mod sam_local;

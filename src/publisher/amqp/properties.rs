@@ -203,4 +203,34 @@ mod tests {
             assert_eq!(properties(&message(case.clone())), too_long, "{case:?}");
         }
     }
+
+    /// The bytes lapin writes for `props` after a content header's class,
+    /// weight and body size.
+    fn written(props: &BasicProperties) -> usize {
+        let write = lapin::protocol::basic::gen_properties(props);
+        write(Vec::new().into()).map_or(0, |w| w.write.len())
+    }
+
+    #[test]
+    fn the_header_budget_counts_what_lapin_writes() {
+        use crate::mapping::message::header_bytes;
+        for p in [
+            minimal(),
+            Properties {
+                correlation_id: Some("order-42".into()),
+                kind: Some("OrderPlaced".into()),
+                timestamp: Some(1_796_537_257),
+                headers: vec![
+                    ("partitionKey", HeaderValue::String("é".repeat(3000))),
+                    ("aggregateVersion", HeaderValue::Int(7)),
+                    ("x-beyond-signed", HeaderValue::Int(u64::MAX)),
+                ],
+                extra_headers: vec![("tenant".into(), HeaderValue::String("acme".into()))],
+                ..minimal()
+            },
+        ] {
+            let props = properties(&message(p.clone())).expect("fits");
+            assert_eq!(header_bytes(&p), 2 + 2 + 8 + written(&props), "{p:?}");
+        }
+    }
 }

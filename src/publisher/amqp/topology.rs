@@ -1,8 +1,9 @@
 //! The exchanges and queues of CONTRACT §5, their arguments, and what a
 //! declaration the broker refuses means: at cold start a topology that
-//! differs from the broker's (fatal, with the way out), for a template's
-//! exchange a refusal of that event's exchange (the record is
-//! dead-lettered).
+//! differs from the broker's (fatal, with the way out); for a template's
+//! exchange a refusal of that event's exchange or of its `.unrouted`
+//! exchange, queue or binding (the record is dead-lettered), but for a
+//! queue that exists with other arguments (the operator's fix).
 
 use lapin::{
     Channel, ErrorKind, ExchangeKind,
@@ -59,7 +60,9 @@ pub(super) async fn declare(channel: &Channel, topology: &Topology) -> Result<()
 
 /// Declares the topology of a template's exchange, on its first use on a
 /// channel: [`PublishError::Refused`] when the broker refuses the exchange
-/// itself, which dead-letters the event.
+/// or its `.unrouted` exchange, queue or binding (permissions, a queue
+/// limit, an exchange with other settings), which dead-letters the event:
+/// the refusal is the record's, as its type is (CONTRACT §6.9).
 pub(super) async fn declare_event_exchange(
     channel: &Channel,
     exchange: &str,
@@ -80,12 +83,12 @@ async fn declare_exchange(
     queue_type: QueueType,
     on_error: OnError,
 ) -> Result<(), PublishError> {
-    // A refusal of the alternate exchange, its queue or their binding is
-    // the topology's (an old queue, missing permissions), not the event's:
-    // it fails the batch with the way out, whatever `on_error` says of the
-    // event's own exchange.
+    // The alternate exchange, its queue and their binding follow the same
+    // rule as the exchange: a per-event refusal is the record's (its type
+    // is new to a user limited to the forwarder's names, or would pass a
+    // queue limit), but for a queue with other arguments (see `refusal`).
     let unrouted = format!("{exchange}.unrouted");
-    fanout_with_queue(channel, &unrouted, queue_type, clash).await?;
+    fanout_with_queue(channel, &unrouted, queue_type, on_error).await?;
     let mut args = FieldTable::default();
     args.insert(
         "alternate-exchange".into(),
@@ -180,14 +183,29 @@ fn clash(what: &str, name: &str, e: lapin::Error) -> PublishError {
 
 /// A per-event exchange's declaration that failed: a refusal (403, 406)
 /// is for good and dead-letters the record, with the broker's reply; any
-/// other error is the connection's.
+/// other error is the connection's. The one exception is a queue that
+/// exists with other arguments than ours (an older forwarder declared
+/// it): every later record of its type would need the same fix, which is
+/// the operator's, so it is a topology clash that names the queue and the
+/// way out (failure kind `topology`, the `TopologyErrors` metric).
 fn refusal(what: &str, name: &str, e: lapin::Error) -> PublishError {
     match e.kind() {
+        ErrorKind::ProtocolError(p)
+            if what == "queue" && is_inequivalent(p.get_message().as_str()) =>
+        {
+            clash(what, name, e)
+        }
         ErrorKind::ProtocolError(p) if matches!(p.get_id(), 403 | 406) => PublishError::Refused(
             format!("{what} '{name}': {} {}", p.get_id(), p.get_message()),
         ),
         _ => PublishError::ChannelLost(format!("declaring {what} '{name}': {e}")),
     }
+}
+
+/// The broker's reply to a declaration of an object that exists with
+/// other arguments (`406 PRECONDITION_FAILED - inequivalent arg …`).
+fn is_inequivalent(reply: &str) -> bool {
+    reply.contains("inequivalent arg")
 }
 
 #[cfg(test)]
@@ -356,6 +374,59 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    #[test]
+    fn a_refused_unrouted_queue_of_an_event_exchange_is_the_records_refusal() {
+        // Found by an outside review (#28): a user limited to the
+        // forwarder's names, or a vhost at its queue limit, refused the
+        // `.unrouted` queue of a new type, and the batch failed there for
+        // good as a "topology" clash.
+        for (code, text) in [
+            (
+                403,
+                "ACCESS_REFUSED - configure access to queue 'invoice.events.unrouted' in vhost \
+                 '/' refused for user 'forwarder'",
+            ),
+            (
+                406,
+                "PRECONDITION_FAILED - cannot declare queue 'order.events.unrouted': queue limit \
+                 in vhost '/' (6) is reached",
+            ),
+        ] {
+            let e = channel_close(code, text);
+            assert_eq!(
+                refusal("queue", "x.unrouted", e),
+                PublishError::Refused(format!("queue 'x.unrouted': {code} {text}"))
+            );
+        }
+    }
+
+    #[test]
+    fn an_unrouted_queue_with_other_arguments_is_the_operators_fix() {
+        let e = channel_close(
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'orders.unrouted' \
+             in vhost '/': received the value 'quorum' of type 'longstr' but current is none",
+        );
+        let PublishError::Topology(reason) = refusal("queue", "orders.unrouted", e) else {
+            panic!("a queue with other arguments holds its type's records until it is fixed");
+        };
+        assert!(
+            reason.starts_with("queue 'orders.unrouted' could not be declared ("),
+            "{reason}"
+        );
+        assert!(reason.contains("DECLARE_TOPOLOGY=false"), "{reason}");
+        // An exchange with other arguments is the record's, as before.
+        let e = channel_close(
+            406,
+            "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'orders.unrouted' in \
+             vhost '/': received 'fanout' but current is 'topic'",
+        );
+        assert!(matches!(
+            refusal("exchange", "orders.unrouted", e),
+            PublishError::Refused(_)
+        ));
     }
 
     #[test]
