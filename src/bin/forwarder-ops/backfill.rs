@@ -273,6 +273,7 @@ impl Backfill<'_> {
             now: &Utc::now,
             stop: &|| false,
             target: self.args.to_queue.as_deref(),
+            not_invoked_limit: self.args.sending.not_invoked_limit(),
         };
         let sending = Instant::now();
         let d = esm::deliver_all(
@@ -292,7 +293,7 @@ impl Backfill<'_> {
         }
         if d.stopped_at.is_some() {
             self.summary.failed += (records.len() - done) as u64;
-            return self.stopped(done, d.refused);
+            return self.stopped(done, d.refused, d.not_invoked_for);
         }
         self.chunk.clear();
         Ok(true)
@@ -319,21 +320,33 @@ impl Backfill<'_> {
 
     /// Ends a backfill the function stopped at the chunk's record `at`:
     /// the summary, then why, and how to go on.
-    fn stopped(&self, at: usize, refused: Option<String>) -> anyhow::Result<bool> {
+    fn stopped(
+        &self,
+        at: usize,
+        refused: Option<String>,
+        not_invoked_for: Option<String>,
+    ) -> anyhow::Result<bool> {
         self.finish();
         if let Some(reason) = refused {
             bail!("the function cannot be invoked: {reason}");
         }
-        eprintln!(
-            "the function did not confirm record {} after {} retries; the backfill stopped{}",
-            self.chunk[at].0.sequence_number,
-            self.args.sending.max_retries,
-            if self.args.checkpoint.is_some() {
-                " (run it again with the same --checkpoint to go on)"
-            } else {
-                ""
-            }
-        );
+        let again = if self.args.checkpoint.is_some() {
+            " (run it again with the same --checkpoint to go on)"
+        } else {
+            ""
+        };
+        let seq = &self.chunk[at].0.sequence_number;
+        match not_invoked_for {
+            Some(why) => eprintln!(
+                "the function could not be invoked with record {seq}: {why}; the backfill \
+                 stopped{again}"
+            ),
+            None => eprintln!(
+                "the function did not confirm record {seq} after {} retries; the backfill \
+                 stopped{again}",
+                self.args.sending.max_retries,
+            ),
+        }
         Ok(false)
     }
 

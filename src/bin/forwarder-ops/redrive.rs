@@ -171,12 +171,26 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         clients,
         queue_url,
         filter,
+        halted: None,
     };
     for message in &messages {
-        redrive.message(message).await?;
+        if redrive.halted.is_some() {
+            // Left for the next redrive, visible again now.
+            redrive.summary.kept += 1;
+            keep(clients, redrive.queue_url.as_deref(), message).await;
+            continue;
+        }
+        if let Err(e) = redrive.message(message).await {
+            redrive.bar.finish_and_clear();
+            print_summary(&redrive.summary, args.dry_run);
+            return Err(e);
+        }
     }
     redrive.bar.finish_and_clear();
     print_summary(&redrive.summary, args.dry_run);
+    if let Some(why) = redrive.halted {
+        bail!("the function cannot be invoked: {why}");
+    }
     Ok(redrive.summary.kept == 0)
 }
 
@@ -192,6 +206,9 @@ struct Redrive<'a> {
     invoker: LambdaInvoker,
     bar: ProgressBar,
     summary: Summary,
+    /// Why the function cannot be invoked, once that stopped the redrive:
+    /// the messages not reached yet are kept.
+    halted: Option<String>,
 }
 
 /// A range's records that the filter lets through.
@@ -296,6 +313,7 @@ impl Redrive<'_> {
             now: &Utc::now,
             stop: &|| false,
             target: None,
+            not_invoked_limit: self.args.sending.not_invoked_limit(),
         };
         let delivery = esm::deliver_all(
             &mut self.invoker,
@@ -309,9 +327,7 @@ impl Redrive<'_> {
         self.summary.forwarded += forwarded as u64;
         self.summary.failed += (sending - forwarded) as u64;
         self.bar.inc(selected.found as u64);
-        if let Some(reason) = &delivery.refused {
-            bail!("the function cannot be invoked: {reason}");
-        }
+        self.halted = delivery.refused.or(delivery.not_invoked_for);
         Ok(delivery.stopped_at)
     }
 
@@ -339,10 +355,15 @@ impl Redrive<'_> {
             return Ok(());
         }
         if let Some(forwarded) = stopped_at {
+            let rest = if self.halted.is_some() {
+                "the function cannot be invoked"
+            } else {
+                "the rest failed again"
+            };
             progress::say(
                 &self.bar,
                 format_args!(
-                    "{} {}–{}: {} of {} record(s) forwarded, the rest failed again; message kept",
+                    "{} {}–{}: {} of {} record(s) forwarded, {rest}; message kept",
                     range.shard_id,
                     range.start,
                     range.end,
