@@ -596,10 +596,12 @@ impl<S: Streams> ShardReader<S> {
     /// held expired, which happens when no read came for 15 minutes (a
     /// batch being retried all that time).
     async fn renew(&mut self) -> anyhow::Result<()> {
+        // Never LATEST again: that would skip what was written since the
+        // first iterator (see `resume_point`).
         let from = self
             .last_read
             .clone()
-            .map_or_else(|| self.start.clone(), Position::After);
+            .map_or_else(|| self.resume_point(self.start.clone()), Position::After);
         tracing::info!(shard = %self.id, from = %from, "the shard iterator expired; renewed");
         self.renewals += 1;
         self.iterator = self
@@ -929,6 +931,27 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(seqs(&third), ["104"]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_latest_iterator_with_nothing_read_is_renewed_without_skipping() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 2));
+        let mut shard = reader(&streams, Start::Latest).await.take_ready().remove(0);
+        // Written after the start; no read for 15 minutes.
+        streams.write("a", records(102, 1));
+        streams.expire_issued();
+        let batch = shard
+            .next_batch(10, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            seqs(&batch).contains(&"102"),
+            "renewed at LATEST, 102 would be skipped: {:?}",
+            seqs(&batch)
+        );
     }
 
     #[tokio::test]
