@@ -351,12 +351,15 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
         "2500",
     ];
     // Killed half way through, then run again with the same checkpoint.
-    let first = local::ops(&function, &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let first_pid = first.id();
+    // Killed when the test ends, whatever happens.
+    let first = testkit::Process(
+        local::ops(&function, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let first_pid = first.0.id();
     let mut first_peak = 0;
     let until = Instant::now() + Duration::from_secs(60 + events as u64 / 100);
     let confirmed_at_kill = loop {
@@ -373,7 +376,8 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
         assert!(Instant::now() < until, "the backfill made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    testkit::Process(first).signal("-KILL");
+    first.signal("-KILL");
+    drop(first);
     let (resumed, resumed_peak) = run_measured(&function, &args).await;
 
     assert!(resumed.success, "{resumed:?}");

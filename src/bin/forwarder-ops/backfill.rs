@@ -136,8 +136,9 @@ pub struct Args {
     #[arg(long, value_name = "QUEUE")]
     to_queue: Option<String>,
 
-    /// Keep the position here, and resume from it: a killed backfill goes on
-    /// where it stopped.
+    /// Keep each segment's place here, and resume from it: a backfill killed
+    /// or stopped goes on where it was, nothing confirmed sent again, nothing
+    /// skipped (only the batches in flight at a kill arrive twice).
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
 
@@ -247,8 +248,9 @@ enum Scope {
     /// One aggregate.
     Aggregate(String),
     /// An event-store table not keyed (aggregateId, version): read whole
-    /// and sorted in memory (the one case that holds the table).
-    Sorted,
+    /// and sorted in memory (the one case that holds the table); only one
+    /// aggregate's events when one is given.
+    Sorted(Option<String>),
 }
 
 impl Scope {
@@ -257,7 +259,8 @@ impl Scope {
             Scope::EventStore => "event-store".into(),
             Scope::Change => "change".into(),
             Scope::Aggregate(id) => format!("aggregate:{id}"),
-            Scope::Sorted => "sorted".into(),
+            Scope::Sorted(None) => "sorted".into(),
+            Scope::Sorted(Some(id)) => format!("sorted:{id}"),
         }
     }
 
@@ -275,7 +278,10 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         .as_deref()
         .map_or_else(|| "exchange".to_owned(), |q| format!("queue:{q}"));
     let scope = match (&args.aggregate, args.mapping) {
-        (_, MappingKind::Change) => Scope::Change,
+        (Some(_), MappingKind::Change) => {
+            bail!("--aggregate names an aggregate of an event-store table; a change table has none")
+        }
+        (None, MappingKind::Change) => Scope::Change,
         (Some(id), _) if source.event_store_keys => Scope::Aggregate(id.clone()),
         (_, _) if source.event_store_keys => Scope::EventStore,
         (_, _) => {
@@ -284,7 +290,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
                 names.aggregate_id,
                 names.version
             );
-            Scope::Sorted
+            Scope::Sorted(args.aggregate.clone())
         }
     };
     let kept = match &args.checkpoint {
@@ -560,7 +566,7 @@ impl Shared {
                 None,
                 place.version,
             ))),
-            Scope::Sorted => Unit::Sorted {
+            Scope::Sorted(_) => Unit::Sorted {
                 events: None,
                 after: place.aggregate.zip(place.version),
             },
@@ -835,6 +841,11 @@ async fn sorted(shared: &Shared, after: Option<&(String, u64)>) -> anyhow::Resul
             continue;
         };
         if after.is_some_and(|(g, v)| (g.as_str(), *v) >= (group.as_str(), version)) {
+            continue;
+        }
+        if let Scope::Sorted(Some(only)) = &shared.scope
+            && *only != group
+        {
             continue;
         }
         events.push(Event {

@@ -900,8 +900,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_shard_started_at_latest_and_refused_before_its_first_batch_resumes_at_its_first_record()
-     {
+    async fn a_shard_started_at_latest_whose_first_read_fails_resumes_without_skipping() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 2));
+        streams.fail_reads(true);
+        let function = Function::default();
+        let first = mapping(Rules::default(), None);
+        let outcome = run_mapping_then(&streams, Start::Latest, &function, first.clone(), || {
+            streams.write("a", records(102, 2));
+        })
+        .await;
+        assert!(outcome.error.is_some(), "the read failed");
+        let printed = first.summary.borrow().resume_at.to_string();
+        streams.fail_reads(false);
+        let resume: Resume = printed.parse().unwrap();
+        run_mapping(
+            &streams,
+            Start::Resume(resume),
+            &function,
+            mapping(Rules::default(), None),
+        )
+        .await;
+        let seen = sent(&function);
+        assert!(
+            seen.contains(&"102".to_owned()) && seen.contains(&"103".to_owned()),
+            "resume_at={printed} sent {seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shard_refused_before_its_first_batch_is_done_resumes_at_its_first_record() {
         let streams = ScriptedStreams::default();
         streams.shard("a", None, "100");
         streams.write("a", records(100, 2));
