@@ -95,7 +95,8 @@ fuzz:
 
 ## The benchmarks: forwarder vs the broker ceiling, conversion, cold start,
 ## memory, size; then a backfill of 10,000 events through the function (moto,
-## cargo lambda watch) against the ceiling in the same run.
+## cargo lambda watch) against the ceiling in the same run, and by 4 and 16
+## workers.
 bench: broker broker4 tools
 	cargo bench --features ops
 

@@ -7,6 +7,8 @@
 //! bodies published straight to that queue with confirms, pipelined: the
 //! most a client gets through this broker on this machine. Reported as
 //! records/s and as a ratio, since these machines are small and noisy.
+//! Then the same backfill with `--workers 4` and `--workers 16`: events per
+//! second of the whole run, each worker with its own invocations.
 
 use std::time::Instant;
 
@@ -57,17 +59,30 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     write_history(&table).await?;
-    let started = Instant::now();
-    let run = local::run(
-        &function,
-        &["backfill", "--table", &table.name, "--to-queue", &queue],
-    )
-    .await;
-    let backfill = started.elapsed();
-    ensure!(
-        run.success && run.count("forwarded") == EVENTS as u64,
-        "{run:?}"
-    );
+    let backfill_with = |workers: u32| {
+        let (function, table, queue) = (&function, &table.name, &queue);
+        async move {
+            let workers = workers.to_string();
+            let args = [
+                "backfill",
+                "--table",
+                table,
+                "--to-queue",
+                queue,
+                "--workers",
+                &workers,
+            ];
+            let started = Instant::now();
+            let run = local::run(function, &args).await;
+            let took = started.elapsed();
+            ensure!(
+                run.success && run.count("forwarded") == EVENTS as u64,
+                "{run:?}"
+            );
+            Ok::<_, anyhow::Error>((run, took))
+        }
+    };
+    let (run, backfill) = backfill_with(1).await?;
 
     // The bodies that arrived, for the ceiling.
     let mut bodies = Vec::with_capacity(EVENTS);
@@ -116,6 +131,15 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
     rounds.sort();
+    // The same backfill by more workers (the queue emptied between runs).
+    let mut scaled = Vec::new();
+    for workers in [4, 16] {
+        let (_, took) = backfill_with(workers).await?;
+        scaled.push((workers, EVENTS as f64 / took.as_secs_f64()));
+        channel
+            .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+            .await?;
+    }
     let ceiling = EVENTS as f64 / rounds[rounds.len() / 2].as_secs_f64();
     let whole = EVENTS as f64 / backfill.as_secs_f64();
     // moto's Query reads its whole table for each aggregate: the time spent
@@ -140,6 +164,14 @@ async fn main() -> anyhow::Result<()> {
         whole,
         whole / ceiling
     );
+    for (workers, rate) in &scaled {
+        println!(
+            "{:<46} {:>12.0} {:>12.2}",
+            format!("backfill --workers {workers}, whole run"),
+            rate,
+            rate / ceiling
+        );
+    }
     println!(
         "{:<46} {:>12.0} {:>12}",
         format!("ceiling: raw confirms (median of {CEILING_ROUNDS})"),

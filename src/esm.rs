@@ -365,6 +365,10 @@ pub struct Delivery {
     pub stopped_at: Option<usize>,
     /// Why the Invoke API refused the call, when it did (delivery stopped).
     pub refused: Option<String>,
+    /// Set when delivery stopped because the function could not be invoked
+    /// for longer than [`Pace::not_invoked_limit`]: for how long, and the
+    /// last reason.
+    pub not_invoked_for: Option<String>,
 }
 
 impl Delivery {
@@ -384,6 +388,12 @@ pub struct Pace<'a> {
     pub stop: &'a dyn Fn() -> bool,
     /// The queue a backfill sends to, instead of the exchange.
     pub target: Option<&'a str>,
+    /// How long the function may go without being invoked (throttled, a
+    /// service error, the endpoint out of reach) before delivery stops
+    /// there, measured by `now`; `None`: until the records are too old, as
+    /// Lambda's mapping does. An invocation not made uses no retry attempt,
+    /// so without an age limit this is the only bound.
+    pub not_invoked_limit: Option<Duration>,
 }
 
 /// A part of the batch still to deliver.
@@ -449,6 +459,7 @@ pub async fn deliver<I: Invoker>(
         pace,
         delivery: Delivery::default(),
         parts: vec![Part::new(0..batch.len())],
+        not_invoked_since: None,
     };
     while let Some(part) = delivering.parts.pop() {
         if delivering.step(invoker, part).await.is_break() {
@@ -466,6 +477,8 @@ struct Delivering<'a> {
     delivery: Delivery,
     /// Parts still to deliver, popped from the end: in stream order.
     parts: Vec<Part>,
+    /// When the invocations not made in a row began.
+    not_invoked_since: Option<DateTime<Utc>>,
 }
 
 impl Delivering<'_> {
@@ -495,14 +508,21 @@ impl Delivering<'_> {
                 return ControlFlow::Break(());
             }
             Err(InvokeError::NotInvoked(reason)) => {
-                // Not an attempt: the same part again, after the age check.
+                // Not an attempt: the same part again, after the age check,
+                // unless the function has been out of reach too long.
                 self.delivery.not_invoked += 1;
+                if let Some(why) = self.out_of_reach_too_long(&reason) {
+                    self.delivery.stopped_at = Some(part.range.start);
+                    self.delivery.not_invoked_for = Some(why);
+                    return ControlFlow::Break(());
+                }
                 tracing::warn!(%reason, "the function was not invoked; retrying");
                 part.wait = true;
                 self.parts.push(part);
                 return ControlFlow::Continue(());
             }
         };
+        self.not_invoked_since = None;
         self.delivery.invocations += 1;
         part.invocations += 1;
         match self.failed_from(&part, &answer) {
@@ -512,6 +532,23 @@ impl Delivering<'_> {
             }
             Some(from) => self.after_failure(part, &answer, from),
         }
+    }
+
+    /// After a call that did not reach the function: why delivery stops,
+    /// when the calls in a row have failed for longer than the limit.
+    fn out_of_reach_too_long(&mut self, reason: &str) -> Option<String> {
+        let limit = self.pace.not_invoked_limit?;
+        let now = (self.pace.now)();
+        let since = *self.not_invoked_since.get_or_insert(now);
+        let out_of_reach = (now - since).to_std().unwrap_or_default();
+        (out_of_reach >= limit).then(|| {
+            format!(
+                "not invoked for {} s (the limit is {} s), {} attempt(s): {reason}",
+                out_of_reach.as_secs(),
+                limit.as_secs(),
+                self.delivery.not_invoked
+            )
+        })
     }
 
     /// Gives up on the records at the head of `part` that are older than
@@ -662,6 +699,7 @@ pub async fn deliver_all<I: Invoker>(
         if let Some(at) = d.stopped_at {
             total.stopped_at = Some(start + at);
             total.refused = d.refused;
+            total.not_invoked_for = d.not_invoked_for;
             return total;
         }
         start += n;
@@ -834,6 +872,7 @@ mod tests {
             now: &now,
             stop: &|| false,
             target: None,
+            not_invoked_limit: None,
         };
         deliver(invoker, batch, rules, &pace).await
     }
@@ -975,6 +1014,7 @@ mod tests {
             now: &now,
             stop: &|| false,
             target: None,
+            not_invoked_limit: None,
         };
         let d = deliver_all(&mut invoker, &records, &rules, &pace, MAX_EVENT_BYTES).await;
         assert_eq!(invoker.carrying("105"), 5, "{:?}", invoker.sent.borrow());
@@ -1094,6 +1134,7 @@ mod tests {
             now: &clock,
             stop: &|| false,
             target: None,
+            not_invoked_limit: None,
         };
         let d = tokio::time::timeout(
             Duration::from_secs(5),
@@ -1106,6 +1147,86 @@ mod tests {
         assert_eq!(d.given_up.len(), 1, "{d:?}");
         assert_eq!(d.given_up[0].range, 0..3);
         assert_eq!(d.given_up[0].condition, Condition::RecordAgeExceeded);
+    }
+
+    #[tokio::test]
+    async fn a_function_out_of_reach_longer_than_the_limit_stops_the_delivery() {
+        // Records with no age limit (redrive, backfill), every call
+        // throttled: without a bound this retried for ever. The clock moves
+        // 20 s per look: the 60 s limit is reached at the 4th attempt.
+        let batch = pending(3);
+        let rules = Rules {
+            max_retries: Some(0),
+            max_record_age: None,
+            stop_on_give_up: true,
+            ..Rules::default()
+        };
+        let throttled: Script = Box::new(|_| Err(InvokeError::NotInvoked("429".into())));
+        let mut invoker = Scripted::always(throttled);
+        let looks = std::cell::Cell::new(0);
+        let clock = || {
+            looks.set(looks.get() + 1);
+            now() + chrono::TimeDelta::seconds(20 * i64::from(looks.get() - 1))
+        };
+        let pace = Pace {
+            retry_delay: Duration::ZERO,
+            now: &clock,
+            stop: &|| false,
+            target: None,
+            not_invoked_limit: Some(Duration::from_secs(60)),
+        };
+        let d = tokio::time::timeout(
+            Duration::from_secs(5),
+            deliver_all(&mut invoker, &batch, &rules, &pace, MAX_EVENT_BYTES),
+        )
+        .await
+        .expect("stops instead of retrying for ever");
+        assert_eq!(
+            (d.stopped_at, d.not_invoked, d.invocations),
+            (Some(0), 4, 0)
+        );
+        let why = d.not_invoked_for.expect("says why");
+        assert!(
+            why.starts_with("not invoked for 60 s (the limit is 60 s)"),
+            "{why}"
+        );
+        assert!(
+            d.given_up.is_empty(),
+            "nothing is given up: it was never tried"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_successful_invocation_restarts_the_out_of_reach_clock() {
+        // Throttled, answered (a partial response), throttled again: 60 s
+        // out of reach in all, never 30 s in a row.
+        let batch = pending(4);
+        let rules = Rules {
+            max_record_age: None,
+            stop_on_give_up: true,
+            ..Rules::default()
+        };
+        let down = || -> Script { Box::new(|_| Err(InvokeError::NotInvoked("429".into()))) };
+        let mut invoker = Scripted::new(vec![down(), down(), fails_at(1), down(), down(), ok()]);
+        let looks = std::cell::Cell::new(0);
+        let clock = || {
+            looks.set(looks.get() + 1);
+            now() + chrono::TimeDelta::seconds(20 * i64::from(looks.get() - 1))
+        };
+        let pace = Pace {
+            retry_delay: Duration::ZERO,
+            now: &clock,
+            stop: &|| false,
+            target: None,
+            not_invoked_limit: Some(Duration::from_secs(30)),
+        };
+        let d = deliver(&mut invoker, &batch, &rules, &pace).await;
+        assert_eq!(
+            (d.stopped_at, d.invocations, d.not_invoked),
+            (None, 2, 4),
+            "{d:?}"
+        );
+        assert_eq!(invoker.sent.borrow()[5], ["101", "102", "103"]);
     }
 
     #[tokio::test]
@@ -1126,6 +1247,7 @@ mod tests {
             now: &now,
             stop: &|| false,
             target: Some("projection"),
+            not_invoked_limit: None,
         };
         let d = deliver_all(&mut invoker, &records, &rules, &pace, MAX_EVENT_BYTES).await;
         assert_eq!(d.stopped_at, Some(4));
@@ -1153,6 +1275,7 @@ mod tests {
             now: &now,
             stop: &|| true,
             target: None,
+            not_invoked_limit: None,
         };
         let d = deliver(&mut invoker, &batch, &Rules::default(), &pace).await;
         assert_eq!(d.stopped_at, Some(0));

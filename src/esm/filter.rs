@@ -191,9 +191,10 @@ impl Rule {
     fn matches(&self, leaves: &[&Value]) -> bool {
         match self {
             Rule::Exists(wanted) => leaves.is_empty() != *wanted,
-            Rule::AnythingBut(values) => {
-                !leaves.is_empty() && leaves.iter().all(|l| !values.iter().any(|v| same(v, l)))
-            }
+            // Every other rule, anything-but included, holds when one of the
+            // field's values matches (Event Ruler matches each value of an
+            // array on its own: README "JSON Array Matching", its
+            // correctness case "primarray: anything-but in array").
             _ => leaves.iter().any(|leaf| self.matches_leaf(leaf)),
         }
     }
@@ -217,7 +218,8 @@ impl Rule {
                     })
                 })
             }
-            Rule::AnythingBut(_) | Rule::Exists(_) => false,
+            Rule::AnythingBut(values) => !values.iter().any(|v| same(v, leaf)),
+            Rule::Exists(_) => false,
         }
     }
 }
@@ -409,6 +411,22 @@ mod tests {
             &r
         ));
         assert!(!passes(json!({"missing": [{"anything-but": "x"}]}), &r));
+    }
+
+    #[test]
+    fn anything_but_on_a_list_matches_when_one_value_is_outside_it() {
+        // As Event Ruler matches an array: each value on its own, the field
+        // matches when any does (aws/event-ruler, correctness-cases.json
+        // "primarray: anything-but in array": tags ["banned", "ok"]).
+        let tags = |values: Value| record("INSERT", json!({"tags": {"SS": values}}));
+        let pattern =
+            json!({"dynamodb": {"NewImage": {"tags": {"SS": [{"anything-but": "banned"}]}}}});
+        assert!(passes(pattern.clone(), &tags(json!(["banned", "ok"]))));
+        assert!(passes(pattern.clone(), &tags(json!(["ok", "fine"]))));
+        assert!(!passes(pattern.clone(), &tags(json!(["banned"]))));
+        let list = json!({"dynamodb": {"NewImage": {"tags": {"SS": [{"anything-but": ["banned", "spam"]}]}}}});
+        assert!(passes(list.clone(), &tags(json!(["spam", "ok"]))));
+        assert!(!passes(list, &tags(json!(["spam", "banned"]))));
     }
 
     #[test]

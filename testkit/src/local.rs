@@ -150,6 +150,11 @@ impl Table {
         Self::create(name, &[(key, KeyType::Hash, ScalarAttributeType::S)]).await
     }
 
+    /// A table with the key `keys` (attribute, HASH or RANGE, type).
+    pub async fn keyed(name: &str, keys: &[(&str, KeyType, ScalarAttributeType)]) -> Self {
+        Self::create(name, keys).await
+    }
+
     async fn create(name: &str, keys: &[(&str, KeyType, ScalarAttributeType)]) -> Self {
         moto();
         let config = sdk_config().await;

@@ -18,10 +18,12 @@ use lapin::{
 use serde_json::{Value, json};
 use testkit::{
     body, header_str,
-    local::{self, Loop, Table, key_version, table_name},
+    local::{self, Loop, Table, key_version, moto_url, run_with, table_name},
     proxy::{Mode, Proxy},
     unique,
 };
+
+use crate::support::scripted::{Reply, ScriptedFunction};
 
 #[tokio::test]
 async fn redrive_forwards_every_stranded_record_and_keeps_what_the_stream_lost() {
@@ -221,9 +223,67 @@ async fn write_history(table: &Table, n: usize, aggregates: usize) {
     }
 }
 
+/// The peak resident memory of a running process, in KiB (Linux).
+fn peak_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs the tool to its end, with its peak memory in KiB (the last look
+/// before it ended).
+async fn run_measured(function: &testkit::Function, args: &[&str]) -> (local::Run, u64) {
+    let mut child = local::ops(function, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    // Drained on threads of their own so that the tool never blocks on a
+    // full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut b).map(|_| b)
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut b).map(|_| b)
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        peak = peak.max(peak_kib(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let output = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap().unwrap(),
+        stderr: stderr.join().unwrap().unwrap(),
+    };
+    (local::run_result(output), peak)
+}
+
+/// Events for the acceptance run of a backfill by 8 workers: 10,000 in
+/// `make test`; `BACKFILL_EVENTS=100000` by hand (docs/operations.md).
+fn backfill_events() -> usize {
+    std::env::var("BACKFILL_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000)
+}
+
 #[tokio::test]
 async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_live_ids() {
-    const EVENTS: usize = 10_000;
+    const WORKERS: usize = 8;
+    const BATCH: usize = 100;
+    // moto's Query reads its whole table, so more aggregates cost minutes.
+    const AGGREGATES: usize = 200;
+    let events = backfill_events();
+    let started = Instant::now();
     let table = Table::event_store(&table_name("backfill")).await;
     let allowed = format!("backfill-{}", unique("q").replace('.', "-"));
     let Loop {
@@ -233,7 +293,7 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
         broker,
         queue: live,
     } = Loop::start(table, "backfill", &[("REPLAY_QUEUES", "backfill-*")]).await;
-    write_history(&table, EVENTS, 200).await;
+    write_history(&table, events, AGGREGATES).await;
 
     // What the live stream gave every event.
     let run = local::run(
@@ -249,7 +309,7 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
         ],
     )
     .await;
-    assert_eq!(run.count("delivered"), EVENTS as u64, "{run:?}");
+    assert_eq!(run.count("delivered"), events as u64, "{run:?}");
     let live_ids: HashMap<(String, u64), (String, String)> = broker
         .drain(&live)
         .await
@@ -259,7 +319,7 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
             (key_version(d), (id, d.routing_key.to_string()))
         })
         .collect();
-    assert_eq!(live_ids.len(), EVENTS);
+    assert_eq!(live_ids.len(), events);
 
     // A new consumer's queue, not bound to the exchange.
     broker
@@ -281,35 +341,48 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
         &table.name,
         "--to-queue",
         &allowed,
-        "--segments",
-        "3",
+        "--workers",
+        &WORKERS.to_string(),
+        "--batch-size",
+        &BATCH.to_string(),
         "--checkpoint",
         checkpoint.to_str().unwrap(),
         "--rate",
         "2500",
     ];
     // Killed half way through, then run again with the same checkpoint.
-    let first = local::ops(&function, &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
+    // Killed when the test ends, whatever happens.
+    let first = testkit::Process(
+        local::ops(&function, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let first_pid = first.0.id();
+    let mut first_peak = 0;
+    let until = Instant::now() + Duration::from_secs(60 + events as u64 / 100);
+    let confirmed_at_kill = loop {
+        first_peak = first_peak.max(peak_kib(first_pid).unwrap_or(0));
         let saved: Option<Value> = std::fs::read_to_string(&checkpoint)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
-        if saved.is_some_and(|c| c["position"].as_u64() >= Some(EVENTS as u64 / 2)) {
-            break;
+        if let Some(n) = saved
+            .and_then(|c| c["confirmed"].as_u64())
+            .filter(|n| *n >= events as u64 / 2)
+        {
+            break n;
         }
         assert!(Instant::now() < until, "the backfill made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    testkit::Process(first).signal("-KILL");
-    let resumed = local::run(&function, &args).await;
+    };
+    first.signal("-KILL");
+    drop(first);
+    let (resumed, resumed_peak) = run_measured(&function, &args).await;
 
     assert!(resumed.success, "{resumed:?}");
-    assert!(resumed.count("skipped") >= EVENTS as u64 / 2, "{resumed:?}");
+    assert!(resumed.count("skipped") >= events as u64 / 2, "{resumed:?}");
+    assert_eq!(resumed.count("workers"), WORKERS as u64, "{resumed:?}");
     let got = broker.drain(&allowed).await;
     let mut seen = HashSet::new();
     let mut last: HashMap<String, u64> = HashMap::new();
@@ -325,7 +398,23 @@ async fn a_backfill_into_a_new_queue_brings_the_whole_history_in_order_with_the_
             assert_eq!(version, previous + 1, "{key}");
         }
     }
-    assert_eq!(seen.len(), EVENTS, "every event arrived");
+    assert_eq!(seen.len(), events, "every event arrived");
+    // Sent again: only what was in flight when the first run was killed,
+    // at most a batch per worker (the checkpoint may trail the kill by one
+    // write per worker).
+    let duplicates = got.len() - events;
+    assert!(duplicates <= WORKERS * BATCH, "{duplicates} sent twice");
+    eprintln!(
+        "backfill acceptance: {events} events, {} aggregates, {WORKERS} workers, killed at \
+         {confirmed_at_kill} confirmed; resumed: skipped={} forwarded={} in {} s; \
+         {duplicates} duplicates; peak RSS {first_peak} KiB (killed run), {resumed_peak} KiB \
+         (resumed run); whole test {:.0} s",
+        AGGREGATES,
+        resumed.count("skipped"),
+        resumed.count("forwarded"),
+        resumed.summary["seconds"],
+        started.elapsed().as_secs_f64()
+    );
     assert!(
         broker.drain(&live).await.is_empty(),
         "nothing went to the exchange"
@@ -400,18 +489,24 @@ async fn a_change_table_is_backfilled_as_snapshots_with_ids_of_their_state() {
     assert!(first.success, "{first:?}");
     let got = broker.take(&queue, 3, Duration::from_secs(10)).await;
     let bodies: Vec<Value> = got.iter().map(body).collect();
-    let keys: Vec<&str> = bodies
+    let mut keys: Vec<&str> = bodies
         .iter()
         .map(|b| b["partitionKey"].as_str().unwrap())
         .collect();
-    assert_eq!(keys, ["cust-1", "cust-2", "cust-3"], "in key order");
+    // One snapshot per item, in no order across items (Scan order).
+    keys.sort_unstable();
+    assert_eq!(keys, ["cust-1", "cust-2", "cust-3"]);
     assert!(
         bodies
             .iter()
             .all(|b| b["messageType"] == "CustomerSnapshot")
     );
     assert_eq!(got[0].routing_key.as_str(), "customer.snapshot.v1");
-    assert_eq!(bodies[1]["payload"]["tier"], "silver");
+    let cust_2 = bodies
+        .iter()
+        .find(|b| b["partitionKey"] == "cust-2")
+        .unwrap();
+    assert_eq!(cust_2["payload"]["tier"], "silver");
 
     // The same state again: the same ids; a changed item: a new one.
     table
@@ -422,14 +517,152 @@ async fn a_change_table_is_backfilled_as_snapshots_with_ids_of_their_state() {
         .await;
     let again = backfill().await;
     assert!(again.success, "{again:?}");
-    let ids = |ds: &[Delivery]| -> Vec<String> {
+    let ids = |ds: &[Delivery]| -> HashMap<String, String> {
         ds.iter()
-            .map(|d| d.properties.message_id().as_ref().unwrap().to_string())
+            .map(|d| {
+                let key = body(d)["partitionKey"].as_str().unwrap().to_owned();
+                (key, d.properties.message_id().as_ref().unwrap().to_string())
+            })
             .collect()
     };
     let second = broker.take(&queue, 3, Duration::from_secs(10)).await;
     let (before, after) = (ids(&got), ids(&second));
-    assert_eq!((&before[0], &before[2]), (&after[0], &after[2]));
-    assert_ne!(before[1], after[1]);
+    assert_eq!(before["cust-1"], after["cust-1"]);
+    assert_eq!(before["cust-3"], after["cust-3"]);
+    assert_ne!(before["cust-2"], after["cust-2"]);
     broker.cleanup(&exchange, &[&queue]).await;
+}
+
+/// Long enough for any run against the scripted function; one still going
+/// then is a hang.
+const LIMIT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn a_stopped_change_backfill_resumes_at_the_next_item_whatever_the_keys() {
+    use aws_sdk_dynamodb::{
+        primitives::Blob,
+        types::{AttributeValue as A, KeyType, ScalarAttributeType as T},
+    };
+    // Keys that an item's text once merged: ("a", "b#c") and ("a#b", "c")
+    // joined with '#', and two binaries (both ""), so that resume took the
+    // second item for the first and skipped it.
+    let composite = Table::keyed(
+        &table_name("keys-text"),
+        &[("pk", KeyType::Hash, T::S), ("sk", KeyType::Range, T::S)],
+    )
+    .await;
+    for (pk, sk) in [("a", "b#c"), ("a#b", "c")] {
+        composite
+            .put(local::Item::from([
+                ("pk".to_string(), A::S(pk.into())),
+                ("sk".to_string(), A::S(sk.into())),
+            ]))
+            .await;
+    }
+    let binary = Table::keyed(&table_name("keys-binary"), &[("pk", KeyType::Hash, T::B)]).await;
+    for b in [vec![0u8, 1], vec![2u8]] {
+        binary
+            .put(local::Item::from([("pk".to_string(), A::B(Blob::new(b)))]))
+            .await;
+    }
+    for table in [&composite, &binary] {
+        let checkpoint = std::env::temp_dir().join(format!("{}.json", table.name));
+        let args = [
+            "backfill",
+            "--table",
+            &table.name,
+            "--mapping",
+            "change",
+            // One Scan segment: moto cannot segment a binary partition key.
+            "--segments",
+            "1",
+            "--batch-size",
+            "1",
+            "--max-retries",
+            "0",
+            "--retry-delay",
+            "10",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ];
+        // The first item goes through, the second is reported failed: the
+        // backfill stops there, its checkpoint after the first.
+        let first_seen = std::sync::Arc::new(std::sync::Mutex::new(None::<Value>));
+        let seen = first_seen.clone();
+        let f = ScriptedFunction::start(None, move |call| {
+            let record = &call.records()[0];
+            let key = record["dynamodb"]["Keys"].clone();
+            let mut first = seen.lock().unwrap();
+            if *first.get_or_insert_with(|| key.clone()) == key {
+                Reply::Json(json!([]))
+            } else {
+                let seq = record["dynamodb"]["SequenceNumber"].clone();
+                Reply::Json(json!({"batchItemFailures": [{"itemIdentifier": seq}]}))
+            }
+        })
+        .await;
+        let stopped = run_with(&moto_url(), &f.endpoint(), &args, LIMIT).await;
+        assert!(!stopped.success, "{stopped:?}");
+        assert_eq!(stopped.count("forwarded"), 1, "{stopped:?}");
+        let first = first_seen.lock().unwrap().clone().unwrap();
+
+        let rest = ScriptedFunction::start(None, |_| Reply::Json(json!([]))).await;
+        let resumed = run_with(&moto_url(), &rest.endpoint(), &args, LIMIT).await;
+        assert!(resumed.success, "{resumed:?}");
+        let sent: Vec<Value> = rest
+            .calls()
+            .iter()
+            .flat_map(|c| c.records().to_vec())
+            .map(|r| r["dynamodb"]["Keys"].clone())
+            .collect();
+        assert_eq!(
+            sent.len(),
+            1,
+            "{}: the second item, once: {sent:?}",
+            table.name
+        );
+        assert_ne!(sent[0], first, "the confirmed item is not sent again");
+        let _ = std::fs::remove_file(&checkpoint);
+    }
+}
+
+#[tokio::test]
+async fn a_backfill_whose_function_stays_out_of_reach_ends_with_its_summary() {
+    // Every call throttled: no retry attempt is used (Lambda's rule), so
+    // only --not-invoked-limit ends it.
+    let table = Table::event_store(&table_name("throttled")).await;
+    for v in 1..=3 {
+        table
+            .put(Table::event("prod-t", v, "ProductPriceChanged"))
+            .await;
+    }
+    let f =
+        ScriptedFunction::start(None, |_| Reply::ApiError(429, "TooManyRequestsException")).await;
+    let run = run_with(
+        &moto_url(),
+        &f.endpoint(),
+        &[
+            "backfill",
+            "--table",
+            &table.name,
+            "--retry-delay",
+            "200",
+            "--not-invoked-limit",
+            "2",
+        ],
+        LIMIT,
+    )
+    .await;
+    assert!(!run.success, "{run:?}");
+    assert_eq!(
+        (run.count("forwarded"), run.count("failed")),
+        (0, 3),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("the function could not be invoked: not invoked for"),
+        "{}",
+        run.stderr
+    );
 }

@@ -4,10 +4,33 @@
 //! item as NewImage, the table's stream ARN), so every event gets the
 //! messageId the live stream gave it, and sent in version order per
 //! aggregate: to the exchange, or to one queue the function allows.
+//!
+//! How it scales. The table is read in `--segments` parallel Scan segments:
+//! the units of work, which `--workers` share (and `--segment I --of N`
+//! splits across machines). A worker takes a segment and sends each of its
+//! aggregates whole, in version order (a Query per aggregate), through its
+//! own invocations, so N workers keep N invocations in flight. An
+//! aggregate is found by a key-only Scan and sent when the Scan meets its
+//! lowest version (the Query that reads it says so), so each aggregate is
+//! sent once whatever order the Scan gives; a worker holds a page of keys,
+//! a page of events and one batch, never the table. Order across
+//! aggregates is given up: only each aggregate's own order holds, as on
+//! the live stream.
+//!
+//! The checkpoint keeps each segment's place: done, or the aggregate in
+//! progress (its first key, where the Scan goes on) and its last version
+//! confirmed. Every worker resumes from it without skipping or resending a
+//! confirmed event; what was in flight when a run was killed is sent again.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, HashMap, VecDeque},
     path::{Path, PathBuf},
+    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -21,6 +44,8 @@ use event_forwarder::{
 };
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::task::{JoinSet, LocalSet};
 
 use crate::{
     aws::Clients,
@@ -36,7 +61,13 @@ use crate::{
 Examples:
   # A new consumer's queue gets the whole history (REPLAY_QUEUES must allow it)
   forwarder-ops backfill --table product-events --to-queue projection-orders \\
-      --checkpoint backfill.json --rate 2000
+      --checkpoint backfill.json --workers 8
+
+  # The same, split across two machines (each keeps its own checkpoint)
+  forwarder-ops backfill --table product-events --to-queue projection-orders \\
+      --checkpoint backfill-0.json --workers 8 --segment 0 --of 2
+  forwarder-ops backfill --table product-events --to-queue projection-orders \\
+      --checkpoint backfill-1.json --workers 8 --segment 1 --of 2
 
   # One aggregate, to every consumer (they deduplicate on messageId)
   forwarder-ops backfill --table product-events --aggregate prod-00042
@@ -47,16 +78,26 @@ Examples:
   forwarder-ops backfill --table product-events \\
       --since 2026-11-30T10:00:00Z --until 2026-11-30T11:00:00Z
 
+Each aggregate goes whole and in version order through one worker's
+invocations; aggregates are not ordered among themselves. A run killed or
+stopped resumes from --checkpoint: nothing confirmed is sent again, nothing
+is skipped; the batches in flight when it was killed are sent again.
+
 Attribute names come from the same ATTR_* variables as the function's (and
 MAPPING the mapping). A change-mapping table is sent as snapshots
-({Entity}Snapshot), one per item.")]
+({Entity}Snapshot), one per item.
+
+Exit status: 0 when every event was confirmed, 1 when the backfill stopped
+before (a batch that kept failing, the function out of reach longer than
+--not-invoked-limit, Ctrl-C: run it again with the same --checkpoint), 2 on
+an error (the Invoke API refused the call, a read failed).")]
 pub struct Args {
     /// The event-store table.
     #[arg(long)]
     table: String,
 
     /// Only this aggregate (Query on its key), in version order.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with_all = ["segment", "of"])]
     aggregate: Option<String>,
 
     /// Only events whose occurredAt is at or after this time (RFC 3339).
@@ -70,21 +111,39 @@ pub struct Args {
     #[arg(long, value_name = "TIME")]
     until: Option<DateTime<Utc>>,
 
-    /// Parallel Scan segments for reading the whole table.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    segments: u32,
+    /// Parallel Scan segments the table is read in: the units of work the
+    /// workers (and machines) share. Fixed for a backfill: a checkpoint
+    /// keeps it. Default: the checkpoint's, else 64.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    segments: Option<u32>,
+
+    /// Workers, each sending its segments' aggregates through its own
+    /// invocations: up to N invocations of the function at once.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    workers: u32,
+
+    /// With --of: this machine's share of the segments, I, I+N, I+2N, ...
+    /// (from 0). Each machine keeps its own --checkpoint.
+    #[arg(long, value_name = "I", requires = "of")]
+    segment: Option<u32>,
+
+    /// With --segment: the number of machines the backfill is split across.
+    #[arg(long, value_name = "N", requires = "segment", value_parser = clap::value_parser!(u32).range(1..))]
+    of: Option<u32>,
 
     /// Send to this queue only (through the default exchange), not to the
     /// exchange. The function's REPLAY_QUEUES must allow it.
     #[arg(long, value_name = "QUEUE")]
     to_queue: Option<String>,
 
-    /// Keep the position here, and resume from it: a killed backfill goes on
-    /// where it stopped.
+    /// Keep each segment's place here, and resume from it: a backfill killed
+    /// or stopped goes on where it was, nothing confirmed sent again, nothing
+    /// skipped (only the batches in flight at a kill arrive twice).
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
 
-    /// At most this many records per second (0: as fast as the function).
+    /// At most this many records per second, all workers together (0: as
+    /// fast as the function).
     #[arg(long, default_value_t = 0, value_name = "N")]
     rate: u32,
 
@@ -102,35 +161,70 @@ pub struct Args {
     sending: InOrder,
 }
 
-/// The last event confirmed, in the backfill's order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LastConfirmed {
+/// The segments of the whole backfill when none is given or kept.
+const DEFAULT_SEGMENTS: u32 = 64;
+
+/// Where a backfill stands: each unit's place, for every worker to resume
+/// from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Checkpoint {
     table: String,
     target: String,
-    /// The aggregate (event store) or item key (change).
-    group: String,
-    version: u64,
-    /// The event's place in the backfill, its `SequenceNumber`.
-    position: u64,
+    /// What is read: `event-store`, `change`, `aggregate:<id>` or `sorted`.
+    scope: String,
+    /// `--segments`.
+    segments: u32,
+    /// `--segment` and `--of` (0 and 1 without them).
+    share: (u32, u32),
+    /// Events confirmed by every run so far.
+    confirmed: u64,
+    /// The units begun, by number (the Scan segment; 0 for one aggregate
+    /// or a sorted read).
+    units: BTreeMap<u32, Place>,
 }
 
-/// One event to send, with its place in the order.
+/// The place of one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Place {
+    /// Every event of the unit is confirmed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    done: bool,
+    /// The Scan goes on after this key (DynamoDB JSON): the first item of
+    /// the aggregate in progress, or, on a change table, the item last
+    /// confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scan_from: Option<Value>,
+    /// The aggregate in progress (its id as text: one aggregate, a sorted
+    /// read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aggregate: Option<String>,
+    /// Its last version confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+}
+
+/// One event to send, and the place of its unit once it is confirmed.
 struct Event {
+    /// The aggregate (or, on a change table, the item's key), as text.
     group: String,
     version: u64,
     item: HashMap<String, AttributeValue>,
+    place: Place,
 }
 
 #[derive(Debug, Default)]
 struct Summary {
+    workers: u32,
+    units: u64,
     groups: u64,
     records: u64,
     forwarded: u64,
     skipped: u64,
     outside_window: u64,
     failed: u64,
-    /// The whole run, and the part of it spent invoking the function (the
-    /// rest is reading the table, and the rate limit).
+    /// The whole run, and the time workers spent invoking the function
+    /// (summed over the workers; the rest is reading the table, and the
+    /// rate limit).
     started: Option<Instant>,
     sending: Duration,
 }
@@ -144,6 +238,38 @@ struct Source {
     event_store_keys: bool,
 }
 
+/// What is read, in units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// Aggregates found by a key-only Scan of each segment.
+    EventStore,
+    /// Items in Scan order, one snapshot each.
+    Change,
+    /// One aggregate.
+    Aggregate(String),
+    /// An event-store table not keyed (aggregateId, version): read whole
+    /// and sorted in memory (the one case that holds the table); only one
+    /// aggregate's events when one is given.
+    Sorted(Option<String>),
+}
+
+impl Scope {
+    fn name(&self) -> String {
+        match self {
+            Scope::EventStore => "event-store".into(),
+            Scope::Change => "change".into(),
+            Scope::Aggregate(id) => format!("aggregate:{id}"),
+            Scope::Sorted(None) => "sorted".into(),
+            Scope::Sorted(Some(id)) => format!("sorted:{id}"),
+        }
+    }
+
+    /// Whether its units are Scan segments.
+    fn segmented(&self) -> bool {
+        matches!(self, Scope::EventStore | Scope::Change)
+    }
+}
+
 pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
     let names = AttributeNames::from_env();
     let source = describe(clients, &args.table, &names).await?;
@@ -151,196 +277,723 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         .to_queue
         .as_deref()
         .map_or_else(|| "exchange".to_owned(), |q| format!("queue:{q}"));
-    let resume = match &args.checkpoint {
-        Some(path) => read_checkpoint(path, &args.table, &target)?,
+    let scope = match (&args.aggregate, args.mapping) {
+        (Some(_), MappingKind::Change) => {
+            bail!("--aggregate names an aggregate of an event-store table; a change table has none")
+        }
+        (None, MappingKind::Change) => Scope::Change,
+        (Some(id), _) if source.event_store_keys => Scope::Aggregate(id.clone()),
+        (_, _) if source.event_store_keys => Scope::EventStore,
+        (_, _) => {
+            tracing::warn!(
+                "the table's key is not ({}, {}): reading it whole into memory to sort it",
+                names.aggregate_id,
+                names.version
+            );
+            Scope::Sorted(args.aggregate.clone())
+        }
+    };
+    let kept = match &args.checkpoint {
+        Some(path) => read_checkpoint(path)?,
         None => None,
+    };
+    let share = match (args.segment, args.of) {
+        (Some(i), Some(n)) => (i, n),
+        _ => (0, 1),
+    };
+    let segments = match (args.segments, &kept) {
+        (Some(s), _) => s,
+        (None, Some(c)) => c.segments,
+        (None, None) => DEFAULT_SEGMENTS,
+    };
+    if share.0 >= share.1 {
+        bail!("--segment {} --of {}: I is from 0 to N-1", share.0, share.1);
+    }
+    if share.1 > segments {
+        bail!(
+            "--of {} is more machines than --segments {segments}: each needs a segment",
+            share.1
+        );
+    }
+    let fresh = Checkpoint {
+        table: args.table.clone(),
+        target: target.clone(),
+        scope: scope.name(),
+        segments,
+        share,
+        confirmed: 0,
+        units: BTreeMap::new(),
+    };
+    let checkpoint = match kept {
+        Some(kept) => {
+            same_backfill(&kept, &fresh, args.checkpoint.as_deref())?;
+            tracing::info!(
+                confirmed = kept.confirmed,
+                units = kept.units.len(),
+                "resuming after the checkpoint"
+            );
+            kept
+        }
+        None => fresh,
     };
     let mut invoker = args.sending.invoker(clients);
     if let Some(queue) = &args.to_queue {
         allowed(&mut invoker, queue).await?;
     }
-
-    let from = resume.as_ref().map(|c| c.group.as_str());
-    let (mut events, total) = read_events(clients, &args, &source, &names, from).await?;
-    let bar = progress::bar((total > 0).then_some(total), "events");
-    let rules = args.sending.rules();
-    let limiter = Limiter::new(args.rate);
-    let started = Some(Instant::now());
-    // The events up to the checkpoint are done: they keep their places
-    // (their sequence numbers), and the aggregates before it are not even
-    // read again.
-    let position = resume.as_ref().map_or(0, |c| c.position);
-    bar.set_position(position);
-    let mut backfill = Backfill {
-        args: &args,
-        source: &source,
-        occurred_at: &names.occurred_at,
-        region: &clients.region,
-        target,
-        resume,
-        invoker,
-        rules,
-        limiter,
-        bar,
-        summary: Summary {
-            started,
-            skipped: position,
-            records: position,
-            ..Summary::default()
-        },
-        position,
-        last_group: None,
-        chunk: Vec::new(),
-        now: Utc::now(),
+    let units: VecDeque<u32> = if scope.segmented() {
+        (0..segments)
+            .filter(|s| s % share.1 == share.0)
+            .filter(|s| !checkpoint.units.get(s).is_some_and(|p| p.done))
+            .collect()
+    } else if checkpoint.units.get(&0).is_some_and(|p| p.done) {
+        VecDeque::new()
+    } else {
+        VecDeque::from([0])
     };
-    backfill.send_all(&mut events, clients).await
+    let workers = args
+        .workers
+        .min(u32::try_from(units.len()).unwrap_or(u32::MAX).max(1));
+    if workers < args.workers {
+        tracing::warn!(
+            workers,
+            "only {} unit(s) of work left: --workers {} would leave some idle",
+            units.len(),
+            args.workers
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.store(true, Ordering::SeqCst);
+        }
+    });
+    let shared = Rc::new(Shared {
+        rules: args.sending.rules(),
+        retry_delay: args.sending.retry_delay(),
+        not_invoked_limit: args.sending.not_invoked_limit(),
+        max_retries: args.sending.max_retries,
+        occurred_at: names.occurred_at.clone(),
+        aggregate_id: names.aggregate_id.clone(),
+        version: names.version.clone(),
+        since: args.since,
+        until: args.until,
+        to_queue: args.to_queue.clone(),
+        path: args.checkpoint.clone(),
+        region: clients.region.clone(),
+        dynamodb: clients.dynamodb.clone(),
+        source,
+        scope,
+        segments,
+        summary: RefCell::new(Summary {
+            workers,
+            started: Some(Instant::now()),
+            skipped: checkpoint.confirmed,
+            ..Summary::default()
+        }),
+        checkpoint: RefCell::new(checkpoint),
+        limiter: RefCell::new(Limiter::new(args.rate)),
+        units: RefCell::new(units),
+        interrupt: stop,
+        halted: RefCell::new(None),
+        sequence: Cell::new(0),
+        now: Utc::now(),
+        bar: progress::bar(None, "events"),
+    });
+    let errors = LocalSet::new()
+        .run_until(async {
+            let mut tasks = JoinSet::new();
+            for _ in 0..workers {
+                tasks.spawn_local(worker(shared.clone(), invoker.clone()));
+            }
+            let mut errors = Vec::new();
+            while let Some(ended) = tasks.join_next().await {
+                match ended {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        shared.halt(Halt::Error(format!("{e:#}")));
+                        errors.push(e);
+                    }
+                    Err(e) => errors.push(anyhow::anyhow!("a worker failed: {e}")),
+                }
+            }
+            errors
+        })
+        .await;
+    shared.bar.finish_and_clear();
+    print_summary(&args.table, &target, &shared.summary.borrow());
+    let again = if args.checkpoint.is_some() {
+        " (run it again with the same --checkpoint to go on)"
+    } else {
+        ""
+    };
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    let halted = shared.halted.borrow().clone();
+    match halted {
+        None => Ok(true),
+        Some(Halt::Refused(reason)) => bail!("the function cannot be invoked: {reason}"),
+        Some(Halt::Error(e)) => bail!("{e}"),
+        Some(Halt::NotInvoked(why)) => {
+            eprintln!("the function could not be invoked: {why}; the backfill stopped{again}");
+            Ok(false)
+        }
+        Some(Halt::GaveUp(seq)) => {
+            eprintln!(
+                "the function did not confirm record {seq} after {} retries; the backfill \
+                 stopped{again}",
+                shared.max_retries
+            );
+            Ok(false)
+        }
+        Some(Halt::Interrupted) => {
+            eprintln!("interrupted; the batches in flight were finished{again}");
+            Ok(false)
+        }
+    }
 }
 
-/// A backfill under way: where it is in the order, the chunk of records
-/// gathered for the next invocation, and what they are sent with.
-struct Backfill<'a> {
-    args: &'a Args,
-    source: &'a Source,
-    /// The `occurredAt` attribute, for the time window.
-    occurred_at: &'a str,
-    region: &'a str,
-    target: String,
-    resume: Option<LastConfirmed>,
-    invoker: LambdaInvoker,
+/// Why the workers stopped before the end.
+#[derive(Debug, Clone)]
+enum Halt {
+    /// A record kept failing: its sequence number.
+    GaveUp(String),
+    /// The function was out of reach longer than the limit.
+    NotInvoked(String),
+    /// The Invoke API refused the call.
+    Refused(String),
+    /// Ctrl-C.
+    Interrupted,
+    /// A read failed.
+    Error(String),
+}
+
+/// What the workers of one run share.
+struct Shared {
     rules: Rules,
-    limiter: Limiter,
-    bar: ProgressBar,
-    summary: Summary,
-    /// The last event's place in the backfill, its `SequenceNumber`.
-    position: u64,
-    /// The group of the last event taken: the groups are counted as they
-    /// change.
-    last_group: Option<String>,
-    /// Records to send, each with its group and version for the checkpoint.
-    chunk: Vec<(Pending, String, u64)>,
+    retry_delay: Duration,
+    not_invoked_limit: Option<Duration>,
+    max_retries: u32,
+    occurred_at: String,
+    aggregate_id: String,
+    version: String,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    to_queue: Option<String>,
+    path: Option<PathBuf>,
+    region: String,
+    dynamodb: aws_sdk_dynamodb::Client,
+    source: Source,
+    scope: Scope,
+    segments: u32,
+    summary: RefCell<Summary>,
+    checkpoint: RefCell<Checkpoint>,
+    limiter: RefCell<Limiter>,
+    /// The units no worker has taken yet.
+    units: RefCell<VecDeque<u32>>,
+    /// Set by Ctrl-C.
+    interrupt: Arc<AtomicBool>,
+    /// Set once a worker stopped: the others stop after their batch.
+    halted: RefCell<Option<Halt>>,
+    /// The last `SequenceNumber` given: unique within the run.
+    sequence: Cell<u64>,
     /// The records' creation time (`ApproximateCreationDateTime`), one for
     /// the whole backfill.
     now: DateTime<Utc>,
+    bar: ProgressBar,
 }
 
-impl Backfill<'_> {
-    /// Sends the events in order, a chunk at a time, and the summary;
-    /// `Ok(false)` when the function did not confirm them all.
-    async fn send_all(&mut self, events: &mut Events, clients: &Clients) -> anyhow::Result<bool> {
-        while let Some(e) = events.next(clients).await? {
-            self.take(&e);
-            if self.chunk.len() >= self.rules.batch_size && !self.send_chunk().await? {
-                return Ok(false);
+impl Shared {
+    fn halt(&self, why: Halt) {
+        self.halted.borrow_mut().get_or_insert(why);
+    }
+
+    /// Whether the workers are to stop (before their next batch).
+    fn stopping(&self) -> bool {
+        if self.interrupt.load(Ordering::SeqCst) {
+            self.halt(Halt::Interrupted);
+        }
+        self.halted.borrow().is_some()
+    }
+
+    /// The events of `unit`, from its place in the checkpoint.
+    fn open(&self, unit: u32) -> anyhow::Result<Unit> {
+        let place = self
+            .checkpoint
+            .borrow()
+            .units
+            .get(&unit)
+            .cloned()
+            .unwrap_or_default();
+        let client = self.dynamodb.clone();
+        let table = self.checkpoint.borrow().table.clone();
+        let scan = |only_keys: bool| -> anyhow::Result<Scan> {
+            Ok(Scan {
+                client: client.clone(),
+                table: table.clone(),
+                segment: unit,
+                total: self.segments,
+                only: only_keys.then(|| self.source.keys.clone()),
+                next: place.scan_from.as_ref().map(key_from_json).transpose()?,
+                ended: false,
+                page: VecDeque::new(),
+            })
+        };
+        Ok(match &self.scope {
+            Scope::EventStore => {
+                let current = match (&place.scan_from, place.version) {
+                    (Some(first), Some(version)) => {
+                        let key = key_from_json(first)?;
+                        let id = key
+                            .get(&self.aggregate_id)
+                            .cloned()
+                            .context("the checkpoint's key has no aggregate id")?;
+                        Some(Box::new(self.query(id, Some(first.clone()), Some(version))))
+                    }
+                    _ => None,
+                };
+                let last = current.as_ref().map(|q| q.id.clone());
+                Unit::Aggregates {
+                    scan: scan(true)?,
+                    current,
+                    last,
+                }
             }
-        }
-        if !self.chunk.is_empty() && !self.send_chunk().await? {
-            return Ok(false);
-        }
-        self.finish();
-        Ok(true)
+            Scope::Change => Unit::Items(scan(false)?),
+            Scope::Aggregate(id) => Unit::One(Box::new(self.query(
+                AttributeValue::S(id.clone()),
+                None,
+                place.version,
+            ))),
+            Scope::Sorted(_) => Unit::Sorted {
+                events: None,
+                after: place.aggregate.zip(place.version),
+            },
+        })
     }
 
-    /// Counts `e`, and adds it to the chunk unless it is outside the time
-    /// window or was confirmed before the checkpoint.
-    fn take(&mut self, e: &Event) {
-        if self.last_group.as_deref() != Some(e.group.as_str()) {
-            self.summary.groups += 1;
-            self.last_group = Some(e.group.clone());
-        }
-        let done = self
-            .resume
-            .as_ref()
-            .is_some_and(|c| (c.group.as_str(), c.version) >= (e.group.as_str(), e.version));
-        if !in_window(&e.item, self.occurred_at, self.args.since, self.args.until) {
-            self.summary.outside_window += 1;
-            self.bar.inc(1);
-        } else if !done {
-            self.position += 1;
-            self.summary.records += 1;
-            let record = stream_record(e, self.source, self.position, self.now, self.region);
-            self.chunk.push((record, e.group.clone(), e.version));
+    fn query(&self, id: AttributeValue, first: Option<Value>, after: Option<u64>) -> Query {
+        Query {
+            client: self.dynamodb.clone(),
+            table: self.checkpoint.borrow().table.clone(),
+            key: self.aggregate_id.clone(),
+            version: self.version.clone(),
+            group: text(&id),
+            id,
+            first,
+            after,
+            next: None,
+            ended: false,
+            page: VecDeque::new(),
         }
     }
 
-    /// Sends the chunk through the function (at the rate) and moves the
-    /// checkpoint to its last record confirmed; `Ok(false)` when the
-    /// function did not confirm them all, after the summary.
-    async fn send_chunk(&mut self) -> anyhow::Result<bool> {
-        self.limiter.take(self.chunk.len()).await;
-        let records: Vec<Pending> = self.chunk.iter().map(|(p, _, _)| p.clone()).collect();
+    /// The next unit no worker has taken.
+    fn take_unit(&self) -> Option<u32> {
+        let unit = self.units.borrow_mut().pop_front()?;
+        self.summary.borrow_mut().units += 1;
+        Some(unit)
+    }
+
+    /// Sends `chunk` through the function (at the rate) and moves the
+    /// unit's place to its last record confirmed; `Ok(false)` when the
+    /// function did not confirm them all (the workers stop).
+    async fn send(
+        &self,
+        invoker: &mut LambdaInvoker,
+        unit: u32,
+        chunk: &mut Vec<(Pending, Place)>,
+    ) -> anyhow::Result<bool> {
+        let due = self.limiter.borrow_mut().take(chunk.len());
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let records: Vec<Pending> = chunk.iter().map(|(p, _)| p.clone()).collect();
         let pace = Pace {
-            retry_delay: self.args.sending.retry_delay(),
+            retry_delay: self.retry_delay,
             now: &Utc::now,
             stop: &|| false,
-            target: self.args.to_queue.as_deref(),
+            target: self.to_queue.as_deref(),
+            not_invoked_limit: self.not_invoked_limit,
         };
         let sending = Instant::now();
-        let d = esm::deliver_all(
-            &mut self.invoker,
-            &records,
-            &self.rules,
-            &pace,
-            MAX_EVENT_BYTES,
-        )
-        .await;
-        self.summary.sending += sending.elapsed();
+        let d = esm::deliver_all(invoker, &records, &self.rules, &pace, MAX_EVENT_BYTES).await;
         let done = d.stopped_at.unwrap_or(records.len());
-        self.summary.forwarded += done as u64;
+        {
+            let mut s = self.summary.borrow_mut();
+            s.sending += sending.elapsed();
+            s.forwarded += done as u64;
+            s.failed += (records.len() - done) as u64;
+        }
         self.bar.inc(done as u64);
         if let Some(last) = done.checked_sub(1) {
-            self.confirmed(last)?;
+            self.confirmed(unit, chunk[last].1.clone(), done as u64)?;
         }
-        if d.stopped_at.is_some() {
-            self.summary.failed += (records.len() - done) as u64;
-            return self.stopped(done, d.refused);
+        if let Some(at) = d.stopped_at {
+            let why = match (d.refused, d.not_invoked_for) {
+                (Some(reason), _) => Halt::Refused(reason),
+                (None, Some(why)) => Halt::NotInvoked(why),
+                (None, None) => Halt::GaveUp(records[at].sequence_number.clone()),
+            };
+            self.halt(why);
+            return Ok(false);
         }
-        self.chunk.clear();
+        chunk.clear();
         Ok(true)
     }
 
-    /// Writes the chunk's record `last` to the checkpoint as the last
-    /// confirmed, when the backfill keeps one.
-    fn confirmed(&self, last: usize) -> anyhow::Result<()> {
-        let Some(path) = &self.args.checkpoint else {
+    /// `n` more events confirmed: the unit is at `place`.
+    fn confirmed(&self, unit: u32, place: Place, n: u64) -> anyhow::Result<()> {
+        let mut c = self.checkpoint.borrow_mut();
+        c.confirmed += n;
+        c.units.insert(unit, place);
+        self.save(&c)
+    }
+
+    /// Every event of `unit` is confirmed.
+    fn unit_done(&self, unit: u32) -> anyhow::Result<()> {
+        let mut c = self.checkpoint.borrow_mut();
+        c.units.insert(
+            unit,
+            Place {
+                done: true,
+                ..Place::default()
+            },
+        );
+        self.save(&c)
+    }
+
+    fn save(&self, c: &Checkpoint) -> anyhow::Result<()> {
+        match &self.path {
+            Some(path) => write_checkpoint(path, c),
+            None => Ok(()),
+        }
+    }
+
+    /// The stream record of `e`, with the next sequence number.
+    fn record(&self, e: &Event) -> Pending {
+        let n = self.sequence.get() + 1;
+        self.sequence.set(n);
+        stream_record(e, &self.source, n, self.now, &self.region)
+    }
+}
+
+/// One worker: takes units until none is left (or the run stops), and
+/// sends each unit's events in order through its own invocations, a batch
+/// at a time: at most `--batch-size` records and the Invoke API's 6 MB.
+async fn worker(shared: Rc<Shared>, mut invoker: LambdaInvoker) -> anyhow::Result<()> {
+    while !shared.stopping() {
+        let Some(unit) = shared.take_unit() else {
             return Ok(());
         };
-        let (record, group, version) = &self.chunk[last];
-        write_checkpoint(
-            path,
-            &LastConfirmed {
-                table: self.args.table.clone(),
-                target: self.target.clone(),
-                group: group.clone(),
-                version: *version,
-                position: record.sequence_number.parse().unwrap_or(self.position),
-            },
-        )
-    }
-
-    /// Ends a backfill the function stopped at the chunk's record `at`:
-    /// the summary, then why, and how to go on.
-    fn stopped(&self, at: usize, refused: Option<String>) -> anyhow::Result<bool> {
-        self.finish();
-        if let Some(reason) = refused {
-            bail!("the function cannot be invoked: {reason}");
-        }
-        eprintln!(
-            "the function did not confirm record {} after {} retries; the backfill stopped{}",
-            self.chunk[at].0.sequence_number,
-            self.args.sending.max_retries,
-            if self.args.checkpoint.is_some() {
-                " (run it again with the same --checkpoint to go on)"
-            } else {
-                ""
+        let mut events = shared.open(unit)?;
+        let mut chunk: Vec<(Pending, Place)> = Vec::new();
+        let mut size = 14;
+        let mut last_group: Option<String> = None;
+        loop {
+            let Some(e) = events.next(&shared).await? else {
+                break;
+            };
+            if last_group.as_deref() != Some(e.group.as_str()) {
+                shared.summary.borrow_mut().groups += 1;
+                last_group = Some(e.group.clone());
             }
-        );
-        Ok(false)
+            if !in_window(&e.item, &shared.occurred_at, shared.since, shared.until) {
+                shared.summary.borrow_mut().outside_window += 1;
+                shared.bar.inc(1);
+                continue;
+            }
+            let record = shared.record(&e);
+            let len = record.record.get().len() + 1;
+            let full = chunk.len() >= shared.rules.batch_size || size + len > MAX_EVENT_BYTES;
+            if !chunk.is_empty() && full {
+                if shared.stopping() || !shared.send(&mut invoker, unit, &mut chunk).await? {
+                    return Ok(());
+                }
+                size = 14;
+            }
+            shared.summary.borrow_mut().records += 1;
+            size += len;
+            chunk.push((record, e.place));
+        }
+        if !chunk.is_empty()
+            && (shared.stopping() || !shared.send(&mut invoker, unit, &mut chunk).await?)
+        {
+            return Ok(());
+        }
+        shared.unit_done(unit)?;
+    }
+    Ok(())
+}
+
+/// The events of one unit, in the order they are sent, read a page at a
+/// time.
+enum Unit {
+    /// A segment of an event-store table: aggregates found by a key-only
+    /// Scan, each read whole by a Query.
+    Aggregates {
+        scan: Scan,
+        /// The aggregate being read.
+        current: Option<Box<Query>>,
+        /// The last aggregate the Scan met: its next keys are skipped.
+        last: Option<AttributeValue>,
+    },
+    /// A segment of a change table: its items in Scan order.
+    Items(Scan),
+    /// One aggregate.
+    One(Box<Query>),
+    /// The whole table, sorted by aggregate and version; events up to
+    /// `after` were confirmed.
+    Sorted {
+        events: Option<std::vec::IntoIter<Event>>,
+        after: Option<(String, u64)>,
+    },
+}
+
+impl Unit {
+    async fn next(&mut self, shared: &Shared) -> anyhow::Result<Option<Event>> {
+        match self {
+            Unit::Aggregates {
+                scan,
+                current,
+                last,
+            } => loop {
+                if let Some(q) = current {
+                    if let Some(e) = q.next().await? {
+                        return Ok(Some(e));
+                    }
+                    *current = None;
+                }
+                let Some(key) = scan.next().await? else {
+                    return Ok(None);
+                };
+                let (Some(id), Some(version)) = (
+                    key.get(&shared.aggregate_id),
+                    key.get(&shared.version).and_then(number),
+                ) else {
+                    continue;
+                };
+                if last.as_ref() == Some(id) {
+                    continue;
+                }
+                *last = Some(id.clone());
+                // Sent when the Scan meets its lowest version, so once
+                // whatever order the Scan gives.
+                let mut q = shared.query(id.clone(), Some(item_json(&key)), None);
+                q.read().await?;
+                if q.lowest().is_some_and(|lowest| lowest < version) {
+                    continue;
+                }
+                *current = Some(Box::new(q));
+            },
+            Unit::Items(scan) => {
+                let Some(item) = scan.next().await? else {
+                    return Ok(None);
+                };
+                let key: HashMap<String, AttributeValue> = shared
+                    .source
+                    .keys
+                    .iter()
+                    .filter_map(|k| Some((k.clone(), item.get(k)?.clone())))
+                    .collect();
+                let key = item_json(&key);
+                Ok(Some(Event {
+                    group: key.to_string(),
+                    version: 0,
+                    item,
+                    place: Place {
+                        scan_from: Some(key),
+                        ..Place::default()
+                    },
+                }))
+            }
+            Unit::One(q) => q.next().await,
+            Unit::Sorted { events, after } => {
+                if events.is_none() {
+                    *events = Some(sorted(shared, after.as_ref()).await?.into_iter());
+                }
+                Ok(events.as_mut().and_then(Iterator::next))
+            }
+        }
+    }
+}
+
+/// The table read whole and sorted by aggregate and version, without the
+/// events up to `after`.
+async fn sorted(shared: &Shared, after: Option<&(String, u64)>) -> anyhow::Result<Vec<Event>> {
+    let mut scan = Scan {
+        client: shared.dynamodb.clone(),
+        table: shared.checkpoint.borrow().table.clone(),
+        segment: 0,
+        total: 1,
+        only: None,
+        next: None,
+        ended: false,
+        page: VecDeque::new(),
+    };
+    let mut events = Vec::new();
+    while let Some(item) = scan.next().await? {
+        let (Some(group), Some(version)) = (
+            item.get(&shared.aggregate_id).map(text),
+            item.get(&shared.version).and_then(number),
+        ) else {
+            continue;
+        };
+        if after.is_some_and(|(g, v)| (g.as_str(), *v) >= (group.as_str(), version)) {
+            continue;
+        }
+        if let Scope::Sorted(Some(only)) = &shared.scope
+            && *only != group
+        {
+            continue;
+        }
+        events.push(Event {
+            place: Place {
+                aggregate: Some(group.clone()),
+                version: Some(version),
+                ..Place::default()
+            },
+            group,
+            version,
+            item,
+        });
+    }
+    events.sort_by(|a, b| (&a.group, a.version).cmp(&(&b.group, b.version)));
+    Ok(events)
+}
+
+/// One Scan segment, a page at a time.
+struct Scan {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    segment: u32,
+    total: u32,
+    /// Only these attributes (the key), when set.
+    only: Option<Vec<String>>,
+    /// The next page starts after this key.
+    next: Option<HashMap<String, AttributeValue>>,
+    ended: bool,
+    page: VecDeque<HashMap<String, AttributeValue>>,
+}
+
+impl Scan {
+    async fn next(&mut self) -> anyhow::Result<Option<HashMap<String, AttributeValue>>> {
+        loop {
+            if let Some(item) = self.page.pop_front() {
+                return Ok(Some(item));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let mut scan = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(self.next.take());
+            // One segment is the whole table: a plain Scan (moto cannot
+            // segment a table whose partition key is binary).
+            if self.total > 1 {
+                scan = scan
+                    .segment(i32::try_from(self.segment).unwrap_or(0))
+                    .total_segments(i32::try_from(self.total).unwrap_or(1));
+            }
+            if let Some(only) = &self.only {
+                let names: Vec<String> = (0..only.len()).map(|i| format!("#k{i}")).collect();
+                scan = scan.projection_expression(names.join(", "));
+                for (name, attribute) in names.iter().zip(only) {
+                    scan = scan.expression_attribute_names(name, attribute);
+                }
+            }
+            let out = scan
+                .send()
+                .await
+                .with_context(|| format!("Scan {} segment {}", self.table, self.segment))?;
+            self.page.extend(out.items().iter().cloned());
+            self.next = out.last_evaluated_key().cloned();
+            self.ended = self.next.is_none();
+        }
+    }
+}
+
+/// One aggregate's events in version order, a Query page at a time.
+struct Query {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    key: String,
+    version: String,
+    id: AttributeValue,
+    group: String,
+    /// The key at which the Scan met it (the checkpoint's `scan_from`).
+    first: Option<Value>,
+    /// Only the versions after this one.
+    after: Option<u64>,
+    next: Option<HashMap<String, AttributeValue>>,
+    ended: bool,
+    page: VecDeque<HashMap<String, AttributeValue>>,
+}
+
+impl Query {
+    /// The lowest version of the page read.
+    fn lowest(&self) -> Option<u64> {
+        self.page
+            .front()
+            .and_then(|item| item.get(&self.version))
+            .and_then(number)
     }
 
-    /// The summary line, once the bar is gone.
-    fn finish(&self) {
-        self.bar.finish_and_clear();
-        print_summary(&self.args.table, &self.target, &self.summary);
+    /// Reads the next page.
+    async fn read(&mut self) -> anyhow::Result<()> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_names("#a", &self.key)
+            .expression_attribute_values(":id", self.id.clone())
+            .scan_index_forward(true)
+            .consistent_read(true)
+            .set_exclusive_start_key(self.next.take());
+        query = match self.after {
+            Some(v) => query
+                .key_condition_expression("#a = :id AND #v > :v")
+                .expression_attribute_names("#v", &self.version)
+                .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
+            None => query.key_condition_expression("#a = :id"),
+        };
+        let out = query
+            .send()
+            .await
+            .with_context(|| format!("Query {} {} = {}", self.table, self.key, self.group))?;
+        self.page.extend(out.items().iter().cloned());
+        self.next = out.last_evaluated_key().cloned();
+        self.ended = self.next.is_none();
+        Ok(())
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Option<Event>> {
+        loop {
+            if let Some(item) = self.page.pop_front() {
+                let Some(version) = item.get(&self.version).and_then(number) else {
+                    continue;
+                };
+                return Ok(Some(Event {
+                    group: self.group.clone(),
+                    version,
+                    item,
+                    place: Place {
+                        scan_from: self.first.clone(),
+                        aggregate: Some(self.group.clone()),
+                        version: Some(version),
+                        done: false,
+                    },
+                }));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            self.read().await?;
+        }
     }
 }
 
@@ -357,6 +1010,8 @@ fn print_summary(table: &str, target: &str, s: &Summary) {
             &[
                 ("table", &table),
                 ("target", &target),
+                ("workers", &s.workers),
+                ("units", &s.units),
                 ("aggregates", &s.groups),
                 ("records", &s.records),
                 ("forwarded", &s.forwarded),
@@ -416,209 +1071,16 @@ async fn allowed(invoker: &mut LambdaInvoker, queue: &str) -> anyhow::Result<()>
     }
 }
 
-/// The events in the backfill's order: aggregates (or item keys) in key
-/// order, each aggregate's versions in order.
-enum Events {
-    /// Read up front and sorted.
-    Sorted(std::vec::IntoIter<Event>),
-    /// Aggregates queried one after the other.
-    Queried {
-        table: String,
-        key: String,
-        version: String,
-        aggregates: std::vec::IntoIter<String>,
-        current: std::vec::IntoIter<Event>,
-    },
-}
-
-impl Events {
-    async fn next(&mut self, clients: &Clients) -> anyhow::Result<Option<Event>> {
-        match self {
-            Events::Sorted(items) => Ok(items.next()),
-            Events::Queried {
-                table,
-                key,
-                version,
-                aggregates,
-                current,
-            } => loop {
-                if let Some(e) = current.next() {
-                    return Ok(Some(e));
-                }
-                let Some(id) = aggregates.next() else {
-                    return Ok(None);
-                };
-                *current = query(clients, table, key, version, &id).await?.into_iter();
-            },
-        }
-    }
-}
-
-/// Opens the events to send, and how many there are (for the progress).
-/// Aggregates before `from` (a checkpoint's) are done and not read again.
-async fn read_events(
-    clients: &Clients,
-    args: &Args,
-    source: &Source,
-    names: &AttributeNames,
-    from: Option<&str>,
-) -> anyhow::Result<(Events, u64)> {
-    let (key, version) = (&names.aggregate_id, &names.version);
-    if args.mapping == MappingKind::EventStore && source.event_store_keys {
-        // The table's key is (aggregate, version): only the aggregates are
-        // read first, then each one's events in version order.
-        let (aggregates, total) = match &args.aggregate {
-            Some(id) => (vec![id.clone()], 0),
-            None => {
-                let items = scan(clients, &args.table, args.segments, Some(key)).await?;
-                let total = items.len() as u64;
-                let ids: BTreeSet<String> = items
-                    .iter()
-                    .filter_map(|i| text(i.get(key)?))
-                    .filter(|id| from.is_none_or(|f| id.as_str() >= f))
-                    .collect();
-                (ids.into_iter().collect(), total)
-            }
-        };
-        let events = Events::Queried {
-            table: args.table.clone(),
-            key: key.clone(),
-            version: version.clone(),
-            aggregates: aggregates.into_iter(),
-            current: Vec::new().into_iter(),
-        };
-        return Ok((events, total));
-    }
-    // Otherwise every item is read and sorted here: by aggregate and
-    // version, or by the item's key for a change table (one snapshot each).
-    if args.mapping == MappingKind::EventStore {
-        tracing::warn!(
-            "the table's key is not ({key}, {version}): reading it whole into memory to sort it"
-        );
-    }
-    let mut events: Vec<Event> = scan(clients, &args.table, args.segments, None)
-        .await?
-        .into_iter()
-        .filter_map(|item| {
-            let (group, v) = match args.mapping {
-                MappingKind::EventStore => (text(item.get(key)?)?, number(item.get(version)?)?),
-                MappingKind::Change => (
-                    source
-                        .keys
-                        .iter()
-                        .map(|k| item.get(k).and_then(text).unwrap_or_default())
-                        .collect::<Vec<_>>()
-                        .join("#"),
-                    0,
-                ),
-            };
-            Some(Event {
-                group,
-                version: v,
-                item,
-            })
-        })
-        .filter(|e| args.aggregate.as_ref().is_none_or(|a| *a == e.group))
-        .collect();
-    events.sort_by(|a, b| (&a.group, a.version).cmp(&(&b.group, b.version)));
-    let total = events.len() as u64;
-    Ok((Events::Sorted(events.into_iter()), total))
-}
-
-/// Every item of the table, in `segments` parallel Scans; only the
-/// attribute `only` when given.
-async fn scan(
-    clients: &Clients,
-    table: &str,
-    segments: u32,
-    only: Option<&str>,
-) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for segment in 0..segments {
-        let client = clients.dynamodb.clone();
-        let table = table.to_owned();
-        let only = only.map(str::to_owned);
-        tasks.spawn(async move {
-            let mut items = Vec::new();
-            let mut start = None;
-            loop {
-                let mut scan = client
-                    .scan()
-                    .table_name(&table)
-                    .segment(segment as i32)
-                    .total_segments(segments as i32)
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start);
-                if let Some(a) = &only {
-                    scan = scan
-                        .projection_expression("#a")
-                        .expression_attribute_names("#a", a);
-                }
-                let out = scan
-                    .send()
-                    .await
-                    .with_context(|| format!("Scan {table} segment {segment}"))?;
-                items.extend(out.items().iter().cloned());
-                start = out.last_evaluated_key().cloned();
-                if start.is_none() {
-                    return Ok::<_, anyhow::Error>(items);
-                }
-            }
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        all.extend(done.context("a Scan segment")??);
-    }
-    Ok(all)
-}
-
-/// One aggregate's events, in version order.
-async fn query(
-    clients: &Clients,
-    table: &str,
-    key: &str,
-    version: &str,
-    id: &str,
-) -> anyhow::Result<Vec<Event>> {
-    let mut events = Vec::new();
-    let mut start = None;
-    loop {
-        let out = clients
-            .dynamodb
-            .query()
-            .table_name(table)
-            .key_condition_expression("#a = :id")
-            .expression_attribute_names("#a", key)
-            .expression_attribute_values(":id", AttributeValue::S(id.to_owned()))
-            .scan_index_forward(true)
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .with_context(|| format!("Query {table} {key} = {id}"))?;
-        for item in out.items() {
-            let Some(v) = item.get(version).and_then(number) else {
-                continue;
-            };
-            events.push(Event {
-                group: id.to_owned(),
-                version: v,
-                item: item.clone(),
-            });
-        }
-        start = out.last_evaluated_key().cloned();
-        if start.is_none() {
-            return Ok(events);
-        }
-    }
-}
-
-fn text(v: &AttributeValue) -> Option<String> {
+/// An attribute as text: a string or a number as it is, anything else
+/// (a binary) as its DynamoDB JSON.
+fn text(v: &AttributeValue) -> String {
     match v {
-        AttributeValue::S(s) => Some(s.clone()),
-        AttributeValue::N(n) => Some(n.clone()),
-        _ => None,
+        AttributeValue::S(s) => s.clone(),
+        AttributeValue::N(n) => n.clone(),
+        other => item_json(&HashMap::from([(String::new(), other.clone())]))
+            .get("")
+            .map(Value::to_string)
+            .unwrap_or_default(),
     }
 }
 
@@ -627,6 +1089,13 @@ fn number(v: &AttributeValue) -> Option<u64> {
         AttributeValue::N(n) => n.parse().ok(),
         _ => None,
     }
+}
+
+/// A key as the checkpoint keeps it (DynamoDB JSON) back as the SDK's.
+fn key_from_json(v: &Value) -> anyhow::Result<HashMap<String, AttributeValue>> {
+    let item: serde_dynamo::Item =
+        serde_json::from_value(v.clone()).context("a key in the checkpoint")?;
+    Ok(item.into())
 }
 
 /// Whether the event's `occurredAt` (RFC 3339 text or epoch milliseconds)
@@ -684,39 +1153,66 @@ fn stream_record(
     .to_lambda(&source.stream_arn)
 }
 
-fn read_checkpoint(
-    path: &Path,
-    table: &str,
-    target: &str,
-) -> anyhow::Result<Option<LastConfirmed>> {
+fn read_checkpoint(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let c: LastConfirmed = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a backfill checkpoint", path.display()))?;
-    if c.table != table || c.target != target {
+    parse_checkpoint(&text).with_context(|| format!("{}", path.display()))
+}
+
+fn parse_checkpoint(text: &str) -> anyhow::Result<Option<Checkpoint>> {
+    let value: Value = serde_json::from_str(text).context("not a backfill checkpoint")?;
+    if value.get("position").is_some() && value.get("units").is_none() {
         bail!(
-            "{} is the checkpoint of a backfill of {} to {}, not of {table} to {target}",
-            path.display(),
-            c.table,
-            c.target
+            "the checkpoint of an earlier forwarder-ops (one worker, aggregates in id order): \
+             this one cannot resume it. Finish it with that version, or delete it to start \
+             over (consumers drop what they have by messageId)"
         );
     }
-    tracing::info!(group = %c.group, version = c.version, "resuming after the checkpoint");
-    Ok(Some(c))
+    serde_json::from_value(value)
+        .map(Some)
+        .context("not a backfill checkpoint")
+}
+
+/// Refuses a checkpoint of another backfill: another table, target, scope
+/// or split into segments.
+fn same_backfill(kept: &Checkpoint, now: &Checkpoint, path: Option<&Path>) -> anyhow::Result<()> {
+    let shown = |c: &Checkpoint| {
+        format!(
+            "{} to {} ({}, --segments {}, --segment {} --of {})",
+            c.table, c.target, c.scope, c.segments, c.share.0, c.share.1
+        )
+    };
+    if (
+        &kept.table,
+        &kept.target,
+        &kept.scope,
+        kept.segments,
+        kept.share,
+    ) != (&now.table, &now.target, &now.scope, now.segments, now.share)
+    {
+        bail!(
+            "{} is the checkpoint of a backfill of {}, not of {}",
+            path.map_or_else(|| "the checkpoint".into(), |p| p.display().to_string()),
+            shown(kept),
+            shown(now)
+        );
+    }
+    Ok(())
 }
 
 /// Writes the checkpoint whole or not at all (a new file, then renamed).
-fn write_checkpoint(path: &Path, c: &LastConfirmed) -> anyhow::Result<()> {
+fn write_checkpoint(path: &Path, c: &Checkpoint) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(c)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// `--rate`: records per second, averaged from the start.
+/// `--rate`: records per second, averaged from the start, over every
+/// worker.
 struct Limiter {
     rate: u32,
     started: Instant,
@@ -732,20 +1228,20 @@ impl Limiter {
         }
     }
 
-    /// Waits until `n` more records keep the average at or under the rate.
-    async fn take(&mut self, n: usize) {
+    /// Counts `n` more records; when to send them so that the average
+    /// stays at or under the rate (`None`: no limit).
+    fn take(&mut self, n: usize) -> Option<Instant> {
         self.sent += n as u64;
-        if self.rate == 0 {
-            return;
-        }
-        let due = self.started + Duration::from_secs_f64(self.sent as f64 / f64::from(self.rate));
-        tokio::time::sleep_until(due.into()).await;
+        (self.rate > 0).then(|| {
+            self.started + Duration::from_secs_f64(self.sent as f64 / f64::from(self.rate))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_dynamodb::primitives::Blob;
 
     fn item(attrs: &[(&str, AttributeValue)]) -> HashMap<String, AttributeValue> {
         attrs
@@ -803,6 +1299,7 @@ mod tests {
                 ("version", AttributeValue::N("3".into())),
                 ("eventType", AttributeValue::S("ProductRenamed".into())),
             ]),
+            place: Place::default(),
         };
         let now = DateTime::from_timestamp(1_796_000_000, 0).unwrap();
         let p = stream_record(&e, &source, 42, now, "eu-west-1");
@@ -835,13 +1332,79 @@ mod tests {
         assert_eq!(m.properties.message_id, id.to_string());
     }
 
-    #[tokio::test]
-    async fn the_rate_limit_holds_the_average() {
+    #[test]
+    fn the_rate_limit_holds_the_average() {
         let mut limiter = Limiter::new(1000);
-        let started = Instant::now();
+        let started = limiter.started;
         for _ in 0..3 {
-            limiter.take(50).await;
+            limiter.take(50);
         }
-        assert!(started.elapsed() >= Duration::from_millis(140));
+        assert_eq!(limiter.take(50), Some(started + Duration::from_millis(200)));
+        assert_eq!(Limiter::new(0).take(50), None, "no limit");
+    }
+
+    #[test]
+    fn a_key_is_kept_in_the_checkpoint_exactly_binaries_included() {
+        // Keys that text joined with '#' made one ("a#b", "c") and ("a",
+        // "b#c"), and binaries that text made "": each is its own place.
+        let keys = [
+            item(&[
+                ("pk", AttributeValue::S("a#b".into())),
+                ("sk", AttributeValue::S("c".into())),
+            ]),
+            item(&[
+                ("pk", AttributeValue::S("a".into())),
+                ("sk", AttributeValue::S("b#c".into())),
+            ]),
+            item(&[("pk", AttributeValue::B(Blob::new(vec![0, 1, 255])))]),
+            item(&[("pk", AttributeValue::B(Blob::new(vec![7])))]),
+            item(&[("pk", AttributeValue::N("12.50".into()))]),
+        ];
+        let kept: Vec<Value> = keys.iter().map(item_json).collect();
+        for (i, k) in kept.iter().enumerate() {
+            for other in &kept[i + 1..] {
+                assert_ne!(k, other);
+            }
+            let c = Checkpoint {
+                units: BTreeMap::from([(
+                    3,
+                    Place {
+                        scan_from: Some(k.clone()),
+                        ..Place::default()
+                    },
+                )]),
+                ..Checkpoint::default()
+            };
+            let text = serde_json::to_string(&c).unwrap();
+            let back = parse_checkpoint(&text).unwrap().unwrap();
+            assert_eq!(back, c);
+            assert_eq!(key_from_json(k).unwrap(), keys[i], "{text}");
+        }
+        assert_eq!(
+            text(&AttributeValue::B(Blob::new(vec![0, 1, 255]))),
+            r#"{"B":"AAH/"}"#
+        );
+    }
+
+    #[test]
+    fn an_earlier_checkpoint_or_another_backfills_is_refused_saying_why() {
+        let old = r#"{"table":"t","target":"exchange","group":"a","version":3,"position":9}"#;
+        let err = parse_checkpoint(old).unwrap_err().to_string();
+        assert!(err.contains("an earlier forwarder-ops"), "{err}");
+        let c = Checkpoint {
+            table: "t".into(),
+            target: "exchange".into(),
+            scope: "event-store".into(),
+            segments: 64,
+            share: (0, 1),
+            ..Checkpoint::default()
+        };
+        assert!(same_backfill(&c, &c.clone(), None).is_ok());
+        let other = Checkpoint {
+            segments: 16,
+            ..c.clone()
+        };
+        let err = same_backfill(&c, &other, None).unwrap_err().to_string();
+        assert!(err.contains("--segments 64"), "{err}");
     }
 }

@@ -37,11 +37,21 @@ pub struct InOrder {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
 
-    /// Retries of a failed batch before the command stops there (the
-    /// records after it are not sent, so no aggregate skips an event).
-    /// Splitting a batch after a function error is not a retry.
+    /// Retries of a batch the function ran and failed (a function error,
+    /// a reported record) before the command stops there, with its summary
+    /// (the records after it are not sent, so no aggregate skips an event).
+    /// Splitting a batch after a function error is not a retry; neither is
+    /// a call that never reached the function: --not-invoked-limit bounds
+    /// those.
     #[arg(long, default_value_t = 10)]
     pub max_retries: u32,
+
+    /// How long the function may stay out of reach (throttled, the Invoke
+    /// API's 5xx, the endpoint unreachable: calls Lambda does not count as
+    /// attempts) before the command stops there, with its summary, in
+    /// seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub not_invoked_limit: u64,
 
     /// Pause before a retry, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
@@ -68,6 +78,11 @@ impl InOrder {
 
     pub fn retry_delay(&self) -> Duration {
         Duration::from_millis(self.retry_delay)
+    }
+
+    /// `--not-invoked-limit`, for [`event_forwarder::esm::Pace`].
+    pub fn not_invoked_limit(&self) -> Option<Duration> {
+        Some(Duration::from_secs(self.not_invoked_limit))
     }
 
     /// The invoker of the clients' function, with the function's timeout.

@@ -11,6 +11,10 @@ use std::{
     future::Future,
     rc::Rc,
     str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -253,7 +257,18 @@ impl FromStr for Resume {
                      (as a run's summary prints resume_at)"
                 ));
             };
-            shards.insert(shard.to_owned(), at.parse()?);
+            let at: Position = at.parse()?;
+            if at == Position::Latest {
+                // LATEST is wherever the shard is when the new run starts:
+                // what was written since the last run would be skipped.
+                return Err(format!(
+                    "{shard}=latest is not a resume point: records written since the \
+                     run stopped would be skipped; give after:SEQ or at:SEQ (as a run's \
+                     summary prints them) or trim-horizon (sends the shard's records \
+                     again: duplicates, nothing lost)"
+                ));
+            }
+            shards.insert(shard.to_owned(), at);
         }
         if shards.is_empty() {
             return Err("no SHARD=POSITION given".to_owned());
@@ -521,10 +536,15 @@ pub struct ShardReader<S> {
     closed: bool,
     /// The last record read: an expired iterator is renewed after it.
     last_read: Option<String>,
+    /// The first record read: where a shard started at LATEST resumes
+    /// until a batch is done.
+    first_read: Option<String>,
     buffer: VecDeque<Slot>,
     filter: Option<Rc<Filter>>,
     /// Iterators renewed after they expired.
     pub renewals: u32,
+    /// Set when the run is to stop (Ctrl-C): a batching window ends there.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl<S: Streams> ShardReader<S> {
@@ -544,9 +564,11 @@ impl<S: Streams> ShardReader<S> {
             started: false,
             closed: false,
             last_read: None,
+            first_read: None,
             buffer: VecDeque::new(),
             filter,
             renewals: 0,
+            interrupt: None,
         }
     }
 
@@ -555,14 +577,31 @@ impl<S: Streams> ShardReader<S> {
         self.closed && self.buffer.is_empty()
     }
 
+    /// Where the shard resumes, given its `checkpoint`: never LATEST, which
+    /// names no place in the shard (a run resumed there would skip what was
+    /// written meanwhile). A shard started at LATEST resumes at the first
+    /// record it read, or, when it read none, at its trim horizon: the
+    /// records written before the run are sent again (duplicates), none is
+    /// skipped. DynamoDB Streams has no iterator "at a time" that would
+    /// name the run's start.
+    pub fn resume_point(&self, checkpoint: Position) -> Position {
+        match (checkpoint, &self.first_read) {
+            (Position::Latest, Some(first)) => Position::At(first.clone()),
+            (Position::Latest, None) => Position::TrimHorizon,
+            (at, _) => at,
+        }
+    }
+
     /// A new iterator from the last record read (or the start): the one
     /// held expired, which happens when no read came for 15 minutes (a
     /// batch being retried all that time).
     async fn renew(&mut self) -> anyhow::Result<()> {
+        // Never LATEST again: that would skip what was written since the
+        // first iterator (see `resume_point`).
         let from = self
             .last_read
             .clone()
-            .map_or_else(|| self.start.clone(), Position::After);
+            .map_or_else(|| self.resume_point(self.start.clone()), Position::After);
         tracing::info!(shard = %self.id, from = %from, "the shard iterator expired; renewed");
         self.renewals += 1;
         self.iterator = self
@@ -603,6 +642,8 @@ impl<S: Streams> ShardReader<S> {
         for r in page.records {
             let record = r.to_lambda_value(&self.stream_arn);
             self.last_read = Some(r.sequence_number.clone());
+            self.first_read
+                .get_or_insert_with(|| r.sequence_number.clone());
             let slot = if self.filter.as_ref().is_none_or(|f| f.matches(&record)) {
                 Slot::Record(r.pending(&record))
             } else {
@@ -615,15 +656,22 @@ impl<S: Streams> ShardReader<S> {
         Ok(n)
     }
 
-    fn buffered(&self) -> usize {
+    /// The records buffered, and the size of the event they would make.
+    fn buffered(&self) -> (usize, usize) {
         self.buffer
             .iter()
-            .filter(|s| matches!(s, Slot::Record(_)))
-            .count()
+            .filter_map(|s| match s {
+                Slot::Record(r) => Some(r.record.get().len() + 1),
+                Slot::Filtered(_) => None,
+            })
+            .fold((0, 14), |(n, size), len| (n + 1, size + len))
     }
 
     /// The next batch: at most `max_records` records and `max_bytes` of
     /// event, gathered for at most `window` (none: what one read gives).
+    /// As Lambda's window does, gathering ends as soon as either limit is
+    /// reached, so a batch of large records is not held for the window and
+    /// the buffer never holds much more than one invocation's payload.
     /// `None` when nothing new came.
     pub async fn next_batch(
         &mut self,
@@ -633,8 +681,16 @@ impl<S: Streams> ShardReader<S> {
     ) -> anyhow::Result<Option<Batch>> {
         let until = Instant::now() + window;
         loop {
-            let buffered = self.buffered();
-            if buffered >= max_records || (self.started && self.closed) {
+            let (buffered, size) = self.buffered();
+            let interrupted = self
+                .interrupt
+                .as_ref()
+                .is_some_and(|stop| stop.load(Ordering::SeqCst));
+            if buffered >= max_records
+                || size >= max_bytes
+                || (self.started && self.closed)
+                || interrupted
+            {
                 break;
             }
             let got = self.read(max_records - buffered).await?;
@@ -878,6 +934,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_expired_latest_iterator_with_nothing_read_is_renewed_without_skipping() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 2));
+        let mut shard = reader(&streams, Start::Latest).await.take_ready().remove(0);
+        // Written after the start; no read for 15 minutes.
+        streams.write("a", records(102, 1));
+        streams.expire_issued();
+        let batch = shard
+            .next_batch(10, 1 << 20, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            seqs(&batch).contains(&"102"),
+            "renewed at LATEST, 102 would be skipped: {:?}",
+            seqs(&batch)
+        );
+    }
+
+    #[tokio::test]
     async fn an_expired_iterator_with_records_still_buffered_renews_after_them() {
         let streams = ScriptedStreams::default();
         streams.shard("a", None, "100");
@@ -910,13 +987,12 @@ mod tests {
                 Position::At("2200000000000000000001".into()),
             ),
             ("shardId-c".to_owned(), Position::TrimHorizon),
-            ("shardId-d".to_owned(), Position::Latest),
         ]));
         let text = resume.to_string();
         assert_eq!(
             text,
             "shardId-a=after:1100000000000000000005,shardId-b=at:2200000000000000000001,\
-             shardId-c=trim-horizon,shardId-d=latest"
+             shardId-c=trim-horizon"
         );
         assert_eq!(text.parse::<Resume>(), Ok(resume));
     }
@@ -927,6 +1003,14 @@ mod tests {
         assert!(err.contains("names no shard: give SHARD=POSITION"), "{err}");
         let err = "shardId-a=after:12x".parse::<Resume>().unwrap_err();
         assert!(err.contains("not a sequence number"), "{err}");
+        // LATEST names no place: the records written since would be skipped.
+        let err = "shardId-a=after:5,shardId-b=latest"
+            .parse::<Resume>()
+            .unwrap_err();
+        assert!(
+            err.contains("shardId-b=latest is not a resume point"),
+            "{err}"
+        );
         let err = "shardId-a=12".parse::<Resume>().unwrap_err();
         assert!(
             err.contains("trim-horizon, latest, at:SEQ or after:SEQ"),
@@ -986,6 +1070,63 @@ mod tests {
             .unwrap();
         assert!(batch.records.is_empty());
         assert_eq!((batch.filtered, batch.through.as_str()), (1, "104"));
+    }
+
+    /// A record of about `bytes` bytes.
+    fn large(seq: u64, bytes: usize) -> StreamRecord {
+        let mut r = record(&seq.to_string(), "agg", seq, 1_795_348_800.0);
+        if let Some(Value::Object(image)) = &mut r.new_image {
+            image.insert("payload".into(), json!({"S": "x".repeat(bytes)}));
+        }
+        r
+    }
+
+    #[tokio::test]
+    async fn the_batching_window_closes_once_the_payload_limit_is_reached() {
+        // Lambda invokes as soon as a batch reaches 6 MB, whatever the
+        // window; here the limit is 1 MB and three records make 1.2 MB.
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", (100..103).map(|s| large(s, 400_000)));
+        let mut shard = reader(&streams, Start::TrimHorizon)
+            .await
+            .take_ready()
+            .remove(0);
+        let batch = tokio::time::timeout(
+            Duration::from_secs(5),
+            shard.next_batch(10_000, 1 << 20, Duration::from_secs(300)),
+        )
+        .await
+        .expect("invoked at the payload limit, not at the end of the 300 s window")
+        .unwrap()
+        .unwrap();
+        assert_eq!(seqs(&batch), ["100", "101"]);
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_ends_the_batching_window() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 2));
+        let mut shard = reader(&streams, Start::TrimHorizon)
+            .await
+            .take_ready()
+            .remove(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        shard.interrupt = Some(stop.clone());
+        let ctrl_c = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.store(true, Ordering::SeqCst);
+        };
+        let (_, batch) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(
+                ctrl_c,
+                shard.next_batch(500, 1 << 20, Duration::from_secs(300))
+            )
+        })
+        .await
+        .expect("Ctrl-C ends the window, not its 300 s");
+        assert_eq!(seqs(&batch.unwrap().unwrap()), ["100", "101"]);
     }
 
     #[tokio::test]

@@ -5,9 +5,15 @@
 //! deleted only once all of them are confirmed. What the stream no longer
 //! holds is reported, never skipped, with a backfill that covers it.
 
-use std::path::PathBuf;
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
+use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use chrono::Utc;
 use event_forwarder::esm::{self, MAX_EVENT_BYTES, Pace, Pending, Rules, filter::Filter};
 use indicatif::ProgressBar;
@@ -66,6 +72,13 @@ pub struct Args {
     /// calls may be needed to reach records. Reads are 250 ms apart.
     #[arg(long, default_value_t = 100, value_name = "N")]
     max_empty_reads: u32,
+
+    /// How long a message received from --queue stays hidden from other
+    /// readers, in seconds; renewed every third of it while this run holds
+    /// the message (until it is deleted, or the run ends and makes the
+    /// messages it kept visible again). Messages are received 10 at a time.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    visibility_timeout: u64,
 
     #[command(flatten)]
     sending: InOrder,
@@ -157,11 +170,10 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         Some(q) => Some(clients.queue_url(q).await?),
         None => None,
     };
-    let messages = match (&queue_url, &args.from_file) {
-        (Some(url), _) => receive_all(clients, url).await?,
-        (None, Some(path)) => from_file(path)?,
-        (None, None) => bail!("give --queue or --from-file"),
-    };
+    let hidden_for = Duration::from_secs(args.visibility_timeout);
+    let held = queue_url
+        .as_ref()
+        .map(|url| Held::start(clients.sqs.clone(), url.clone(), hidden_for));
     let mut redrive = Redrive {
         rules: args.sending.rules(),
         invoker: args.sending.invoker(clients),
@@ -169,14 +181,26 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         summary: Summary::default(),
         args: &args,
         clients,
-        queue_url,
+        queue_url: queue_url.clone(),
         filter,
+        halted: None,
+        held,
     };
-    for message in &messages {
-        redrive.message(message).await?;
+    let result = match (&queue_url, &args.from_file) {
+        (Some(url), _) => redrive.each_of_queue(url).await,
+        (None, Some(path)) => redrive.each_of_file(path).await,
+        (None, None) => Err(anyhow::anyhow!("give --queue or --from-file")),
+    };
+    // Every message kept is visible again now, for the next redrive.
+    if let Some(held) = redrive.held.take() {
+        held.release().await;
     }
     redrive.bar.finish_and_clear();
     print_summary(&redrive.summary, args.dry_run);
+    result?;
+    if let Some(why) = redrive.halted {
+        bail!("the function cannot be invoked: {why}");
+    }
     Ok(redrive.summary.kept == 0)
 }
 
@@ -192,6 +216,12 @@ struct Redrive<'a> {
     invoker: LambdaInvoker,
     bar: ProgressBar,
     summary: Summary,
+    /// Why the function cannot be invoked, once that stopped the redrive:
+    /// the messages not reached yet are kept.
+    halted: Option<String>,
+    /// The messages received and not deleted, hidden from other readers
+    /// until the run ends (`None` from a file).
+    held: Option<Held>,
 }
 
 /// A range's records that the filter lets through.
@@ -204,6 +234,45 @@ struct Selected {
 }
 
 impl Redrive<'_> {
+    /// The queue's messages, a page at a time: each kept hidden (its
+    /// visibility extended) while it is held, deleted once its range is
+    /// forwarded, otherwise held until the run ends, so that no message is
+    /// received twice in one run and none reappears for another run while
+    /// this one goes on, however long it takes.
+    async fn each_of_queue(&mut self, url: &str) -> anyhow::Result<()> {
+        while self.halted.is_none() {
+            let hidden_for = Duration::from_secs(self.args.visibility_timeout);
+            let page = receive_page(self.clients, url, hidden_for).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            if let Some(held) = &self.held {
+                held.add(page.iter().filter_map(|m| m.receipt.clone()));
+            }
+            for message in &page {
+                if self.halted.is_some() {
+                    // Not reached: left for the next redrive.
+                    self.summary.kept += 1;
+                    continue;
+                }
+                self.message(message).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The messages of a file, one after the other (nothing is deleted).
+    async fn each_of_file(&mut self, path: &PathBuf) -> anyhow::Result<()> {
+        for message in from_file(path)? {
+            if self.halted.is_some() {
+                self.summary.kept += 1;
+                continue;
+            }
+            self.message(&message).await?;
+        }
+        Ok(())
+    }
+
     /// One OnFailure message: its range read again and forwarded, then the
     /// message deleted, or kept when not all of it could be.
     async fn message(&mut self, message: &Message) -> anyhow::Result<()> {
@@ -217,7 +286,6 @@ impl Redrive<'_> {
                 ),
             );
             self.summary.kept += 1;
-            keep(self.clients, self.queue_url.as_deref(), message).await;
             return Ok(());
         };
         self.summary.ranges += 1;
@@ -234,7 +302,6 @@ impl Redrive<'_> {
                     selected.found - selected.records.len()
                 ),
             );
-            keep(self.clients, self.queue_url.as_deref(), message).await;
             return Ok(());
         }
         let stopped_at = self.forward(&selected).await?;
@@ -296,6 +363,7 @@ impl Redrive<'_> {
             now: &Utc::now,
             stop: &|| false,
             target: None,
+            not_invoked_limit: self.args.sending.not_invoked_limit(),
         };
         let delivery = esm::deliver_all(
             &mut self.invoker,
@@ -309,9 +377,7 @@ impl Redrive<'_> {
         self.summary.forwarded += forwarded as u64;
         self.summary.failed += (sending - forwarded) as u64;
         self.bar.inc(selected.found as u64);
-        if let Some(reason) = &delivery.refused {
-            bail!("the function cannot be invoked: {reason}");
-        }
+        self.halted = delivery.refused.or(delivery.not_invoked_for);
         Ok(delivery.stopped_at)
     }
 
@@ -335,14 +401,22 @@ impl Redrive<'_> {
                     .await
                     .context("DeleteMessage")?;
                 self.summary.deleted += 1;
+                if let Some(held) = &self.held {
+                    held.remove(receipt);
+                }
             }
             return Ok(());
         }
         if let Some(forwarded) = stopped_at {
+            let rest = if self.halted.is_some() {
+                "the function cannot be invoked"
+            } else {
+                "the rest failed again"
+            };
             progress::say(
                 &self.bar,
                 format_args!(
-                    "{} {}–{}: {} of {} record(s) forwarded, the rest failed again; message kept",
+                    "{} {}–{}: {} of {} record(s) forwarded, {rest}; message kept",
                     range.shard_id,
                     range.start,
                     range.end,
@@ -352,7 +426,6 @@ impl Redrive<'_> {
             );
         }
         self.summary.kept += 1;
-        keep(self.clients, self.queue_url.as_deref(), message).await;
         Ok(())
     }
 }
@@ -376,31 +449,118 @@ fn print_summary(summary: &Summary, dry_run: bool) {
     println!("{}", progress::summary("redrive", &fields));
 }
 
-/// Every message of the queue, hidden from other readers while this runs.
-async fn receive_all(clients: &Clients, url: &str) -> anyhow::Result<Vec<Message>> {
-    let mut out = Vec::new();
-    loop {
-        let got = clients
-            .sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .visibility_timeout(900)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .context("ReceiveMessage")?;
-        if got.messages().is_empty() {
-            return Ok(out);
-        }
-        for m in got.messages() {
+/// One page of the queue's messages (up to 10), hidden for `hidden_for`.
+async fn receive_page(
+    clients: &Clients,
+    url: &str,
+    hidden_for: Duration,
+) -> anyhow::Result<Vec<Message>> {
+    let got = clients
+        .sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .visibility_timeout(i32::try_from(hidden_for.as_secs()).unwrap_or(i32::MAX))
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .context("ReceiveMessage")?;
+    Ok(got
+        .messages()
+        .iter()
+        .map(|m| {
             let body = m.body().unwrap_or_default();
-            out.push(Message {
+            Message {
                 receipt: m.receipt_handle().map(str::to_owned),
                 body: serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
-            });
+            }
+        })
+        .collect())
+}
+
+/// The messages a run holds: their visibility extended in the background
+/// until they are deleted or the run ends.
+struct Held {
+    sqs: aws_sdk_sqs::Client,
+    url: String,
+    receipts: Arc<Mutex<BTreeSet<String>>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    fn start(sqs: aws_sdk_sqs::Client, url: String, hidden_for: Duration) -> Self {
+        let receipts: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let renewer = tokio::spawn({
+            let (sqs, url, receipts) = (sqs.clone(), url.clone(), receipts.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(hidden_for / 3).await;
+                    let held: Vec<String> = receipts
+                        .lock()
+                        .map(|r| r.iter().cloned().collect())
+                        .unwrap_or_default();
+                    if let Err(e) = set_visibility(&sqs, &url, &held, hidden_for).await {
+                        tracing::warn!("extending the held messages' visibility: {e:#}");
+                    }
+                }
+            }
+        });
+        Self {
+            sqs,
+            url,
+            receipts,
+            renewer,
         }
     }
+
+    fn add(&self, receipts: impl IntoIterator<Item = String>) {
+        if let Ok(mut held) = self.receipts.lock() {
+            held.extend(receipts);
+        }
+    }
+
+    fn remove(&self, receipt: &str) {
+        if let Ok(mut held) = self.receipts.lock() {
+            held.remove(receipt);
+        }
+    }
+
+    /// Makes every message still held visible again at once.
+    async fn release(self) {
+        self.renewer.abort();
+        let held: Vec<String> = self
+            .receipts
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default();
+        if let Err(e) = set_visibility(&self.sqs, &self.url, &held, Duration::ZERO).await {
+            tracing::warn!("making the kept messages visible again: {e:#}");
+        }
+    }
+}
+
+/// ChangeMessageVisibility for `receipts`, ten at a time.
+async fn set_visibility(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    receipts: &[String],
+    visible_in: Duration,
+) -> anyhow::Result<()> {
+    for chunk in receipts.chunks(10) {
+        let mut batch = sqs.change_message_visibility_batch().queue_url(url);
+        for (i, receipt) in chunk.iter().enumerate() {
+            batch = batch.entries(
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(i32::try_from(visible_in.as_secs()).unwrap_or(i32::MAX))
+                    .build()
+                    .context("a visibility entry")?,
+            );
+        }
+        batch.send().await.context("ChangeMessageVisibilityBatch")?;
+    }
+    Ok(())
 }
 
 fn from_file(path: &PathBuf) -> anyhow::Result<Vec<Message>> {
@@ -423,20 +583,6 @@ fn from_file(path: &PathBuf) -> anyhow::Result<Vec<Message>> {
             body,
         })
         .collect())
-}
-
-/// Makes a kept message visible again at once, for the next redrive.
-async fn keep(clients: &Clients, url: Option<&str>, message: &Message) {
-    if let (Some(url), Some(receipt)) = (url, &message.receipt) {
-        let _ = clients
-            .sqs
-            .change_message_visibility()
-            .queue_url(url)
-            .receipt_handle(receipt)
-            .visibility_timeout(0)
-            .send()
-            .await;
-    }
 }
 
 /// Reads `range` from its shard: from its start sequence number through its

@@ -25,6 +25,8 @@ struct State {
     expired_through: u64,
     /// Empty pages still to give before records.
     empty_pages: usize,
+    /// Every GetRecords fails (a network error).
+    failing: bool,
     /// Every call, for the tests to look at.
     calls: Vec<String>,
 }
@@ -102,6 +104,11 @@ impl ScriptedStreams {
         self.0.borrow_mut().empty_pages = n;
     }
 
+    /// Every GetRecords fails (`true`) or works again.
+    pub fn fail_reads(&self, failing: bool) {
+        self.0.borrow_mut().failing = failing;
+    }
+
     /// The calls made so far, e.g. `GetRecords shardId-a` or
     /// `GetShardIterator shardId-a after:102`.
     pub fn calls(&self) -> Vec<String> {
@@ -162,6 +169,9 @@ impl Streams for ScriptedStreams {
         state.calls.push(format!("GetRecords {shard}"));
         if n <= state.expired_through {
             return Err(StreamsError::ExpiredIterator);
+        }
+        if state.failing {
+            return Err(anyhow::anyhow!("GetRecords: connection reset").into());
         }
         if state.empty_pages > 0 {
             state.empty_pages -= 1;

@@ -76,13 +76,16 @@ pub struct Args {
     stream_arn: Option<String>,
 
     /// Where to start: trim-horizon (every shard from its oldest record) or
-    /// latest (the shards open now, from now on).
+    /// latest (the shards open now, from now on). A shard that gave no
+    /// record before the run stopped resumes at trim-horizon: no position
+    /// names "now", so its older records are sent again rather than newer
+    /// ones skipped.
     #[arg(long, value_enum, default_value = "trim-horizon")]
     starting_position: StartingPosition,
 
     /// Where each shard resumes, as a run's summary prints it (resume_at):
-    /// SHARD=after:SEQ, SHARD=at:SEQ, SHARD=trim-horizon or SHARD=latest,
-    /// comma-separated. The shards' ancestors are skipped (done), other
+    /// SHARD=after:SEQ, SHARD=at:SEQ or SHARD=trim-horizon, comma-separated
+    /// (latest is refused: it would skip what was written meanwhile). The shards' ancestors are skipped (done), other
     /// shards read from their beginning.
     #[arg(
         long,
@@ -192,6 +195,9 @@ fn record_age(s: &str) -> Result<i64, String> {
         )),
     }
 }
+
+/// How long a DynamoDB stream keeps a record.
+const STREAM_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// What a run did, printed as one `key=value` line on stdout.
 #[derive(Debug, Default)]
@@ -560,6 +566,7 @@ async fn read_shard<S: Streams, I: Invoker>(
     mapping: Rc<Mapping>,
 ) -> (String, End) {
     let id = shard.id.clone();
+    shard.interrupt = Some(mapping.stop.clone());
     let rules = &mapping.rules;
     let mut checkpoint = shard.start.clone();
     let end = loop {
@@ -600,13 +607,21 @@ async fn read_shard<S: Streams, I: Invoker>(
         match delivery.stopped_at {
             Some(k) => {
                 let at = Position::At(batch.records[k].sequence_number.clone());
-                break match delivery.refused {
+                break match delivery.refused.or(delivery.not_invoked_for) {
                     Some(reason) => End::Refused(at, reason),
                     None => End::Stopped(at),
                 };
             }
             None => checkpoint = Position::After(batch.through),
         }
+    };
+    // A shard that started at LATEST and stopped before its first batch was
+    // done still names a place in the shard.
+    let end = match end {
+        End::Finished => End::Finished,
+        End::Stopped(at) => End::Stopped(shard.resume_point(at)),
+        End::Refused(at, reason) => End::Refused(shard.resume_point(at), reason),
+        End::Failed(at, e) => End::Failed(shard.resume_point(at), e),
     };
     (id, end)
 }
@@ -622,6 +637,12 @@ impl Mapping {
             now: &Utc::now,
             stop: &should_stop,
             target: None,
+            // Without an age limit nothing else ends retries of calls that
+            // never reach the function: the stream's 24 h retention does.
+            not_invoked_limit: match self.rules.max_record_age {
+                Some(_) => None,
+                None => Some(STREAM_RETENTION),
+            },
         };
         self.delivering.set(self.delivering.get() + 1);
         let delivery = esm::deliver(invoker, records, &self.rules, &pace).await;
@@ -735,6 +756,8 @@ mod tests {
     struct Function {
         poison: Rc<Vec<String>>,
         calls: Rc<RefCell<Vec<Vec<String>>>>,
+        /// The Invoke API refuses every call (no such function).
+        refused: bool,
     }
 
     impl Invoker for Function {
@@ -746,6 +769,9 @@ mod tests {
                 .iter()
                 .map(|r| r["dynamodb"]["SequenceNumber"].as_str().unwrap().to_owned())
                 .collect();
+            if self.refused {
+                return Err(InvokeError::Refused("no such function".into()));
+            }
             self.calls.borrow_mut().push(seqs.clone());
             // A call over the network lets the other shards go on meanwhile.
             tokio::task::yield_now().await;
@@ -787,11 +813,24 @@ mod tests {
         function: &Function,
         mapping: Rc<Mapping>,
     ) -> Outcome {
+        run_mapping_then(streams, start, function, mapping, || ()).await
+    }
+
+    /// [`run_mapping`], with `started` called once the run's starting point
+    /// is fixed (LATEST iterators issued), before any shard is read.
+    async fn run_mapping_then(
+        streams: &ScriptedStreams,
+        start: Start,
+        function: &Function,
+        mapping: Rc<Mapping>,
+        started: impl FnOnce(),
+    ) -> Outcome {
         LocalSet::new()
             .run_until(async {
                 let reader = StreamReader::new(streams.clone(), ARN.into(), start, None)
                     .await
                     .unwrap();
+                started();
                 map_stream(
                     reader,
                     || function.clone(),
@@ -871,6 +910,99 @@ mod tests {
             seen,
             ["100", "101", "102", "103", "500", "501", "502", "503"]
         );
+    }
+
+    /// Every sequence number the function was sent, sorted.
+    fn sent(function: &Function) -> Vec<String> {
+        let mut seen = function.calls.borrow().concat();
+        seen.sort();
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_quiet_shard_started_at_latest_resumes_without_skipping_what_came_since() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 2));
+        let function = Function::default();
+        let first = mapping(Rules::default(), None);
+        run_mapping(&streams, Start::Latest, &function, first.clone()).await;
+        assert!(function.calls.borrow().is_empty(), "nothing new came");
+        let printed = first.summary.borrow().resume_at.to_string();
+        // Written after the run stopped: the resumed run must send them.
+        streams.write("a", records(102, 2));
+        let resume: Resume = printed.parse().unwrap();
+        run_mapping(
+            &streams,
+            Start::Resume(resume),
+            &function,
+            mapping(Rules::default(), None),
+        )
+        .await;
+        let seen = sent(&function);
+        assert!(
+            seen.contains(&"102".to_owned()) && seen.contains(&"103".to_owned()),
+            "resume_at={printed} sent {seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shard_started_at_latest_whose_first_read_fails_resumes_without_skipping() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 2));
+        streams.fail_reads(true);
+        let function = Function::default();
+        let first = mapping(Rules::default(), None);
+        let outcome = run_mapping_then(&streams, Start::Latest, &function, first.clone(), || {
+            streams.write("a", records(102, 2));
+        })
+        .await;
+        assert!(outcome.error.is_some(), "the read failed");
+        let printed = first.summary.borrow().resume_at.to_string();
+        streams.fail_reads(false);
+        let resume: Resume = printed.parse().unwrap();
+        run_mapping(
+            &streams,
+            Start::Resume(resume),
+            &function,
+            mapping(Rules::default(), None),
+        )
+        .await;
+        let seen = sent(&function);
+        assert!(
+            seen.contains(&"102".to_owned()) && seen.contains(&"103".to_owned()),
+            "resume_at={printed} sent {seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shard_refused_before_its_first_batch_is_done_resumes_at_its_first_record() {
+        let streams = ScriptedStreams::default();
+        streams.shard("a", None, "100");
+        streams.write("a", records(100, 2));
+        let refusing = Function {
+            refused: true,
+            ..Function::default()
+        };
+        let first = mapping(Rules::default(), None);
+        let outcome = run_mapping_then(&streams, Start::Latest, &refusing, first.clone(), || {
+            streams.write("a", records(102, 2));
+        })
+        .await;
+        assert!(outcome.refused.is_some());
+        let printed = first.summary.borrow().resume_at.to_string();
+        assert_eq!(printed, "a=at:102", "exactly where the run started");
+        let function = Function::default();
+        let resume: Resume = printed.parse().unwrap();
+        run_mapping(
+            &streams,
+            Start::Resume(resume),
+            &function,
+            mapping(Rules::default(), None),
+        )
+        .await;
+        assert_eq!(sent(&function), ["102", "103"]);
     }
 
     #[tokio::test]

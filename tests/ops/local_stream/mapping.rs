@@ -614,3 +614,57 @@ async fn the_backfill_redrive_suggests_for_a_lost_range_covers_every_event_of_it
     versions.sort_unstable();
     assert_eq!(versions, [1, 2, 3], "{suggestion}");
 }
+
+#[tokio::test]
+async fn a_redrive_longer_than_the_visibility_timeout_keeps_its_messages_hidden() {
+    // Received a page at a time and kept hidden while held: a run longer
+    // than the timeout lets no message reappear for another reader (the
+    // whole queue received up front with a fixed timeout did).
+    let table = table_with("redrive-hidden", "prod-h", 4).await;
+    let records = stream_of(&table).await;
+    let arn = local::stream_arn(&table).await;
+    let (shard, _) = local::shard(&arn).await;
+    let url = table.on_failure.clone();
+    for r in &records {
+        table
+            .sqs
+            .send_message()
+            .queue_url(&url)
+            .message_body(on_failure(&arn, &shard, r, r, 1).to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    // Each range takes 1.5 s: the run lasts about 6 s, the timeout is 2 s.
+    let f = ScriptedFunction::start(None, |_| {
+        Reply::Late(Duration::from_millis(1500), Box::new(success()))
+    })
+    .await;
+    let (moto, endpoint) = (moto_url(), f.endpoint());
+    let args = ["redrive", "--queue", &url, "--visibility-timeout", "2"];
+    let redrive = run_with(&moto, &endpoint, &args, LIMIT);
+    let other_reader = async {
+        // Once the redrive has received them (it starts in well under 1.5 s).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut seen = 0;
+        let until = tokio::time::Instant::now() + Duration::from_secs(4);
+        while tokio::time::Instant::now() < until {
+            let got = table
+                .sqs
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .unwrap();
+            seen += got.messages().len();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    };
+    let (redrive, seen) = tokio::join!(redrive, other_reader);
+    assert!(redrive.success, "{redrive:?}");
+    assert_eq!(redrive.count("deleted"), 4, "{redrive:?}");
+    assert_eq!(seen, 0, "no message reappeared while the redrive held it");
+}
