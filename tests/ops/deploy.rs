@@ -526,7 +526,7 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
         outputs["OnFailureQueueArn"]
     );
 
-    // moto 5.2 accepts the five alarms but keeps none (DescribeAlarms
+    // moto 5.2 accepts the alarms but keeps none (DescribeAlarms
     // finds none, the stack lists them without ids): their metrics and
     // dimensions are checked in the rendered template.
     let alarms: Vec<(String, Value)> = out["rendered"]["Resources"]
@@ -546,6 +546,7 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
         ("RecordsFailed", json!({"Ref": "ForwarderFunction"})),
         ("RecordsDeadLettered", json!({"Ref": "ForwarderFunction"})),
         ("Errors", json!({"Ref": "ForwarderFunction"})),
+        ("TopologyErrors", json!({"Ref": "ForwarderFunction"})),
         (
             "ApproximateNumberOfMessagesVisible",
             json!({"Fn::GetAtt": ["OnFailureQueue", "QueueName"]}),
@@ -556,7 +557,7 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
             "{metric} on {dimension} in {alarms:?}"
         );
     }
-    assert_eq!(alarms.len(), 5, "{alarms:?}");
+    assert_eq!(alarms.len(), 6, "{alarms:?}");
 }
 
 #[tokio::test]
