@@ -30,7 +30,7 @@ dev: broker tools
 # overlap (a test binary runs its tests on parallel threads); all run, and
 # the target fails if any did. A filter `<module>::` selects that module's
 # tests only (tests/integration/main.rs, tests/ops/main.rs).
-SUITES = integration:artefact integration:broker integration:cluster ops:enrich \
+SUITES = integration:artefact integration:broker integration:cluster integration:concurrency ops:enrich \
 	integration:faults integration:hostile integration:lambda_runtime \
 	ops:local_stream ops:recovery integration:sam_event integration:sam_local \
 	integration:security integration:template

@@ -98,6 +98,7 @@ pub fn emf_document(
         json!({"Name": "RecordsFailed", "Unit": "Count"}),
         json!({"Name": "BatchDurationMs", "Unit": "Milliseconds"}),
         json!({"Name": "Reconnects", "Unit": "Count"}),
+        json!({"Name": "ConnectionLimitReached", "Unit": "Count"}),
     ];
     let mut doc = json!({
         "_aws": {
@@ -112,6 +113,12 @@ pub fn emf_document(
         "RecordsFailed": report.failed,
         "BatchDurationMs": duration_ms,
         "Reconnects": report.reconnects,
+        // 1 when the broker refused this invocation's connection for a
+        // connection limit (the template alarms on it), else 0: a metric
+        // always present reads as "no refusals", not as missing data.
+        "ConnectionLimitReached": u32::from(
+            report.failure.as_ref().is_some_and(|f| f.error.kind() == "connection_limit"),
+        ),
     });
     // Not a metric but a property of the document, so that a failed
     // invocation's kind (`blocked`, `unreachable`, ...) can be queried with
@@ -187,6 +194,7 @@ mod tests {
             ("BatchDurationMs", 42),
             ("MaxRecordAgeMs", 1500),
             ("Reconnects", 1),
+            ("ConnectionLimitReached", 0),
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
             assert_eq!(doc[name], value, "{name}");
@@ -195,5 +203,31 @@ mod tests {
         assert_eq!(doc["FailureKind"], "nack");
         assert!(!names.contains(&"FailureKind"), "a property, not a metric");
         assert_eq!(doc["_aws"]["Timestamp"], now.timestamp_millis());
+    }
+
+    #[test]
+    fn a_connection_refused_at_the_brokers_limit_is_counted() {
+        let refused = PublishError::ConnectionLimit(
+            "NOT_ALLOWED - connection refused: node connection limit (100) is reached".into(),
+        );
+        for (error, counted) in [(refused, 1), (PublishError::Unreachable("down".into()), 0)] {
+            let report = BatchReport {
+                records: 3,
+                published: 0,
+                skipped: 0,
+                dead_lettered: 0,
+                failed: 3,
+                failure: Some(Failure::new(0, error)),
+                reconnects: 0,
+                dead_letter_reasons: vec![],
+                skip_reasons: vec![],
+                dropped: vec![],
+                oldest_record: None,
+            };
+            let doc: serde_json::Value =
+                serde_json::from_str(&emf_document("Shop", "fwd", &report, 1, None, Utc::now()))
+                    .unwrap();
+            assert_eq!(doc["ConnectionLimitReached"], counted, "{doc}");
+        }
     }
 }

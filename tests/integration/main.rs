@@ -12,6 +12,8 @@
 //!   trace context): `lambda_runtime`;
 //! - a fault (broker restarts, alarms, the network), against the fault
 //!   node: `faults`; a cluster maintenance: `cluster`;
+//! - the broker's connection limit, invocations served concurrently over
+//!   one connection: `concurrency`;
 //! - TLS, secrets, what must never be logged: `security`;
 //! - hostile or extreme input: `hostile`; events of AWS's tooling:
 //!   `sam_event`; template.yaml's rules: `template`;
@@ -27,6 +29,7 @@ mod support;
 mod artefact;
 mod broker;
 mod cluster;
+mod concurrency;
 mod faults;
 mod hostile;
 mod lambda_runtime;
