@@ -677,17 +677,56 @@ async fn environments(
 ) -> anyhow::Result<Environments> {
     const BATCHES: usize = 8;
     let records = if plan.smoke { 100 } else { 1_000 };
-    let rounds = plan.rounds.clamp(1, 5);
+    let rounds = plan.rounds.clamp(1, 7);
     let events: Vec<Value> = (0..BATCHES).map(|_| event_json(records)).collect();
     let mut rows = Vec::new();
-    for (name, processes, concurrency) in [
-        ("one environment, 1 invocation at a time", 1, 1),
-        ("one environment, 8 invocations in flight", 1, BATCHES),
-        ("8 environments, 1 invocation at a time each", BATCHES, 1),
-    ] {
+    // EF_BASELINE_BIN: another build of the function (e.g. an older
+    // commit's) measured one invocation at a time in the same run, for an
+    // A/B of the sequential path.
+    let baseline = std::env::var("EF_BASELINE_BIN").ok();
+    let mut settings = vec![
+        (
+            "one environment, 1 invocation at a time".to_owned(),
+            None,
+            1,
+            1,
+        ),
+        (
+            "one environment, 8 invocations in flight".to_owned(),
+            None,
+            1,
+            BATCHES,
+        ),
+        (
+            "8 environments, 1 invocation at a time each".to_owned(),
+            None,
+            BATCHES,
+            1,
+        ),
+    ];
+    if let Some(bin) = &baseline {
+        settings.insert(
+            0,
+            (
+                "EF_BASELINE_BIN, one environment, 1 at a time".to_owned(),
+                Some(bin.clone()),
+                1,
+                1,
+            ),
+        );
+    }
+    // Every setting's functions run from the start, and each round runs
+    // every setting in turn: drift of this shared machine between rounds
+    // touches all of them alike.
+    let mut started_settings = Vec::new();
+    for (name, program, processes, concurrency) in settings {
         let mut functions = Vec::new();
         for _ in 0..processes {
-            let function = Launch::forwarder()
+            let launch = match &program {
+                Some(bin) => Launch::program(&[bin.as_str()]),
+                None => Launch::forwarder(),
+            };
+            let function = launch
                 .env_remove("QUEUE_TYPE")
                 .envs(&[
                     ("AMQP_URI", uri),
@@ -703,16 +742,17 @@ async fn environments(
             }
             functions.push(function);
         }
-        let mut times = Vec::new();
-        let mut connections = 0;
-        for _ in 0..rounds {
+        started_settings.push((name, functions, Vec::new(), 0));
+    }
+    for _ in 0..rounds {
+        for (name, functions, times, connections) in &mut started_settings {
             let started = Instant::now();
             let answers = testkit::join_all(
                 events
                     .iter()
                     .enumerate()
                     .map(|(i, event)| {
-                        functions[i % processes]
+                        functions[i % functions.len()]
                             .api()
                             .invoke(event, Duration::from_secs(120))
                     })
@@ -726,17 +766,15 @@ async fn environments(
                     "{name}: {answer:?}"
                 );
             }
-            connections = functions
+            *connections = functions
                 .iter()
                 .map(|f| connections_named(&f.connection_name()))
                 .sum::<anyhow::Result<usize>>()?;
             purge(admin, queue, BATCHES * records).await?;
         }
-        rows.push((
-            name.to_owned(),
-            rate(BATCHES * records, &mut times),
-            connections,
-        ));
+    }
+    for (name, _, mut times, connections) in started_settings {
+        rows.push((name, rate(BATCHES * records, &mut times), connections));
     }
     Ok(Environments {
         records,
