@@ -344,3 +344,51 @@ async fn a_connection_cut_under_four_invocations_is_reopened_once_and_loses_noth
     }
     broker.cleanup(&exchange, &[&queue]).await;
 }
+
+/// SIGTERM with an invocation in flight: the connection is closed only once
+/// it has answered (here at its confirm timeout, the broker having gone
+/// silent), never under it.
+#[tokio::test]
+async fn shutdown_waits_for_the_invocations_in_flight_before_closing() {
+    let exchange = unique("shutdown");
+    let proxy = testkit::proxy::Proxy::start(amqp_port()).await;
+    let forwarder = std::sync::Arc::new(
+        Forwarder::start(config_on(
+            &proxy.uri(""),
+            &exchange,
+            &[
+                ("AWS_LAMBDA_MAX_CONCURRENCY", "2"),
+                ("CONFIRM_TIMEOUT_MS", "1500"),
+            ],
+        ))
+        .await
+        .expect("cold start"),
+    );
+    let (records, event) = batch_of(5, 17);
+    // Bytes stop both ways: no confirm will come.
+    proxy.set(testkit::proxy::Mode::Blackhole);
+    let in_flight = std::sync::Arc::clone(&forwarder);
+    let invocation = tokio::spawn(async move {
+        let answer = in_flight.handle(&event, Duration::from_secs(10)).await;
+        (answer, Instant::now())
+    });
+    // The invocation has taken its broker and waits for its confirms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    forwarder.shutdown_within(Duration::from_secs(5)).await;
+    let closed = Instant::now();
+
+    let (answer, answered) = invocation.await.expect("the invocation");
+    let (response, report) = answer.expect("a response");
+    assert!(
+        answered <= closed,
+        "the connection was closed before the invocation in flight answered"
+    );
+    assert_eq!(reported(&response), [records[0].sequence_number()]);
+    assert_eq!(
+        report.failure.map(|f| f.error.kind()),
+        Some("confirm_timeout")
+    );
+    proxy.set(testkit::proxy::Mode::Forward);
+    TestBroker::connect().await.cleanup(&exchange, &[]).await;
+}
