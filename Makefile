@@ -53,7 +53,7 @@ test: validate broker broker4 tools
 	done; \
 	cargo test --features ops --doc || failed=1; \
 	exit $$failed
-	@cat target/replay-report.txt target/cluster-report.txt
+	@cat target/replay-report.txt target/replay-report-4-in-flight.txt target/cluster-report.txt
 
 ## The fault-injection suite alone, with the replay driver's figures.
 ## REPLAY_SEED=<n> plays another random fault schedule.
