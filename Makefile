@@ -31,7 +31,7 @@ dev: broker tools
 # overlap (a test binary runs its tests on parallel threads); all run, and
 # the target fails if any did. A filter `<module>::` selects that module's
 # tests only (tests/integration/main.rs, tests/ops/main.rs).
-SUITES = integration:artefact integration:broker integration:cluster ops:deploy ops:enrich \
+SUITES = integration:artefact integration:broker integration:cluster integration:concurrency ops:deploy ops:enrich \
 	integration:faults integration:hostile integration:hunt integration:lambda_runtime \
 	ops:local_stream ops:recovery integration:sam_event integration:sam_local \
 	integration:security integration:template
@@ -55,7 +55,7 @@ test: validate broker broker4 tools
 	done; \
 	cargo test --features ops --doc || failed=1; \
 	exit $$failed
-	@cat target/replay-report.txt target/cluster-report.txt
+	@cat target/replay-report.txt target/replay-report-4-in-flight.txt target/cluster-report.txt
 
 ## The fault-injection suite alone, with the replay driver's figures.
 ## REPLAY_SEED=<n> plays another random fault schedule.

@@ -92,6 +92,15 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         "EXCHANGE" => Some(exchange.clone()),
         _ => None,
     })?;
+    if std::env::args().any(|a| a == "--environments-only") {
+        // Only the one-environment-or-eight rows (issue 31), for a quick A/B.
+        let (_broker, _client, admin, queue) =
+            setup(&config, &uri, &exchange, QueueKind::Default).await?;
+        let many = environments(&uri, &exchange, &queue, &admin, plan).await?;
+        print_environments(&many);
+        testkit::delete_topology(&admin, &exchange, &[&queue]).await;
+        return Ok(());
+    }
     if plan.memory_only {
         let (_broker, _client, admin, queue) =
             setup(&config, &uri, &exchange, QueueKind::Default).await?;
@@ -227,6 +236,7 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
     ));
 
     let cold = cold_start(&uri, &exchange, &queue, &admin, plan.smoke, false).await?;
+    let many = environments(&uri, &exchange, &queue, &admin, plan).await?;
 
     println!(
         "\nevent-forwarder benchmark: persistent messages, mean body {mean_body} B, to a \
@@ -259,6 +269,15 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         cold.first.as_secs_f64() * 1e3
     );
     print_peaks(&cold);
+    println!();
+    println!(
+        "8 batches of {} records at once, through the binary (medians of {} rounds):",
+        many.records, many.rounds
+    );
+    println!("{:<60} {:>12} {:>12}", "", "records/s", "connections");
+    for (name, rate, connections) in &many.rows {
+        println!("{name:<60} {rate:>12.0} {connections:>12}");
+    }
     let binary = std::fs::metadata(env!("CARGO_BIN_EXE_event-forwarder"))?.len();
     println!(
         "{:<46} {:>9.1} MB",
@@ -621,6 +640,169 @@ async fn cold_start(
     .await;
     drop(function);
     result
+}
+
+fn print_environments(many: &Environments) {
+    println!();
+    println!(
+        "8 batches of {} records at once, through the binary (medians of {} rounds):",
+        many.records, many.rounds
+    );
+    println!("{:<60} {:>12} {:>12}", "", "records/s", "connections");
+    for (name, rate, connections) in &many.rows {
+        println!("{name:<60} {rate:>12.0} {connections:>12}");
+    }
+}
+
+/// What [`environments`] measured.
+struct Environments {
+    records: usize,
+    rounds: usize,
+    /// (setting, records/s, connections the broker saw while it ran).
+    rows: Vec<(String, f64, usize)>,
+}
+
+/// Eight batches (eight shards) forwarded at once: through one execution
+/// environment serving one invocation at a time (standard Lambda), through
+/// one serving eight at once (`AWS_LAMBDA_MAX_CONCURRENCY=8`, Lambda
+/// Managed Instances), and through eight environments of one each (standard
+/// Lambda with eight shards); the connections each holds, counted on the
+/// broker.
+async fn environments(
+    uri: &str,
+    exchange: &str,
+    queue: &str,
+    admin: &Channel,
+    plan: &Settings,
+) -> anyhow::Result<Environments> {
+    const BATCHES: usize = 8;
+    let records = if plan.smoke { 100 } else { 1_000 };
+    let rounds = plan.rounds.clamp(1, 7);
+    let events: Vec<Value> = (0..BATCHES).map(|_| event_json(records)).collect();
+    let mut rows = Vec::new();
+    // EF_BASELINE_BIN: another build of the function (e.g. an older
+    // commit's) measured one invocation at a time in the same run, for an
+    // A/B of the sequential path.
+    let baseline = std::env::var("EF_BASELINE_BIN").ok();
+    let mut settings = vec![
+        (
+            "one environment, 1 invocation at a time".to_owned(),
+            None,
+            1,
+            1,
+        ),
+        (
+            "one environment, 8 invocations in flight".to_owned(),
+            None,
+            1,
+            BATCHES,
+        ),
+        (
+            "8 environments, 1 invocation at a time each".to_owned(),
+            None,
+            BATCHES,
+            1,
+        ),
+    ];
+    if let Some(bin) = &baseline {
+        settings.insert(
+            0,
+            (
+                "EF_BASELINE_BIN, one environment, 1 at a time".to_owned(),
+                Some(bin.clone()),
+                1,
+                1,
+            ),
+        );
+    }
+    // Every setting's functions run from the start, and each round runs
+    // every setting in turn: drift of this shared machine between rounds
+    // touches all of them alike.
+    let mut started_settings = Vec::new();
+    for (name, program, processes, concurrency) in settings {
+        let mut functions = Vec::new();
+        for _ in 0..processes {
+            let launch = match &program {
+                Some(bin) => Launch::program(&[bin.as_str()]),
+                None => Launch::forwarder(),
+            };
+            let function = launch
+                .env_remove("QUEUE_TYPE")
+                .envs(&[
+                    ("AMQP_URI", uri),
+                    ("EXCHANGE", exchange),
+                    ("AWS_LAMBDA_MAX_CONCURRENCY", &concurrency.to_string()),
+                ])
+                .start()
+                .await;
+            let until = Instant::now() + Duration::from_secs(10);
+            while function.api().first_poll().is_none() {
+                ensure!(Instant::now() < until, "the function never polled");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            functions.push(function);
+        }
+        started_settings.push((name, functions, Vec::new(), 0));
+    }
+    for _ in 0..rounds {
+        for (name, functions, times, connections) in &mut started_settings {
+            let started = Instant::now();
+            let answers = testkit::join_all(
+                events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, event)| {
+                        functions[i % functions.len()]
+                            .api()
+                            .invoke(event, Duration::from_secs(120))
+                    })
+                    .collect(),
+            )
+            .await;
+            times.push(started.elapsed());
+            for answer in &answers {
+                ensure!(
+                    matches!(answer, Some(Outcome::Response(r)) if r == &json!({"batchItemFailures": []})),
+                    "{name}: {answer:?}"
+                );
+            }
+            *connections = functions
+                .iter()
+                .map(|f| connections_named(&f.connection_name()))
+                .sum::<anyhow::Result<usize>>()?;
+            purge(admin, queue, BATCHES * records).await?;
+        }
+    }
+    for (name, _, mut times, connections) in started_settings {
+        rows.push((name, rate(BATCHES * records, &mut times), connections));
+    }
+    Ok(Environments {
+        records,
+        rounds,
+        rows,
+    })
+}
+
+/// The connections named `name` on the bench's broker (Debian's RabbitMQ on
+/// this host, `make broker`).
+fn connections_named(name: &str) -> anyhow::Result<usize> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "client_properties",
+        ])
+        .output()
+        .context("rabbitmqctl (make broker)")?;
+    ensure!(
+        out.status.success(),
+        "rabbitmqctl list_connections: {out:?}"
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("\"{name}\"")))
+        .count())
 }
 
 fn event_json(n: usize) -> Value {

@@ -467,6 +467,10 @@ pub struct Config {
     pub metrics_namespace: String,
     /// `AWS_LAMBDA_FUNCTION_NAME`, used in the connection name and metrics.
     pub function_name: String,
+    /// `AWS_LAMBDA_MAX_CONCURRENCY`, set by Lambda Managed Instances: how
+    /// many invocations the runtime serves at once (1 when unset or not a
+    /// positive number, as lambda_runtime reads it).
+    pub max_concurrency: usize,
     /// `REPLAY_QUEUES`.
     pub replay_queues: ReplayQueues,
     /// `TRACEPARENT_FROM_XRAY`: give events without a trace context of
@@ -562,6 +566,10 @@ impl Config {
             function_name: get("AWS_LAMBDA_FUNCTION_NAME")
                 .unwrap_or_else(|| "event-forwarder".into()),
             trace_from_xray,
+            max_concurrency: get("AWS_LAMBDA_MAX_CONCURRENCY")
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|&n| n > 0)
+                .map_or(1, |n| n as usize),
             replay_queues: get("REPLAY_QUEUES")
                 .map(|v| ReplayQueues::parse(&v))
                 .transpose()?

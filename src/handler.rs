@@ -1,12 +1,14 @@
 //! One invocation: a DynamoDB stream batch in, a partial batch response out,
 //! with the summary log and the metrics document on the way.
 //!
-//! The broker is built once per execution environment and borrowed by every
-//! invocation; invocations never run concurrently, the mutex only satisfies
-//! the runtime's `Fn` handler.
+//! The broker connection is made once per execution environment. Each
+//! invocation in flight borrows a broker of its own (its channel, confirm
+//! window and returned messages) over that one connection: one on standard
+//! Lambda, up to `AWS_LAMBDA_MAX_CONCURRENCY` on Lambda Managed Instances.
 
 use std::{
     borrow::Borrow,
+    collections::HashMap,
     sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
@@ -149,14 +151,15 @@ pub fn parse_batch(body: &[u8]) -> Result<StreamBatch<&RawValue>, NotABatch> {
 /// then reads the records in place instead of lambda_runtime deserializing
 /// a copy of each: for a large batch that copy was the function's peak
 /// memory. The handler's own event is left as `null` (`LambdaEvent<()>`).
-/// Invocations run one at a time, so one slot holds the body.
+/// Bodies are kept by request id: on Managed Instances several invocations
+/// are in flight at once.
 #[derive(Debug, Clone, Default)]
-pub struct KeepBody(Arc<std::sync::Mutex<Option<Bytes>>>);
+pub struct KeepBody(Arc<std::sync::Mutex<HashMap<String, Bytes>>>);
 
 impl KeepBody {
-    /// The body of the current invocation (once).
-    pub fn take(&self) -> Option<Bytes> {
-        self.0.lock().ok()?.take()
+    /// The body of the invocation `request_id` (once).
+    pub fn take(&self, request_id: &str) -> Option<Bytes> {
+        self.0.lock().ok()?.remove(request_id)
     }
 }
 
@@ -171,6 +174,7 @@ impl<S> Layer<S> for KeepBody {
 }
 
 /// The service of [`KeepBody`].
+#[derive(Clone)]
 pub struct KeepBodyService<S> {
     inner: S,
     slot: KeepBody,
@@ -188,7 +192,7 @@ impl<S: Service<LambdaInvocation>> Service<LambdaInvocation> for KeepBodyService
     fn call(&mut self, mut invocation: LambdaInvocation) -> S::Future {
         let body = std::mem::replace(&mut invocation.body, Bytes::from_static(b"null"));
         if let Ok(mut slot) = self.slot.0.lock() {
-            *slot = Some(body);
+            slot.insert(invocation.context.request_id.clone(), body);
         }
         self.inner.call(invocation)
     }
@@ -289,7 +293,9 @@ pub struct Forwarder<B = AmqpBroker, E = NoEnricher> {
     deadline_margin: Duration,
     metrics_namespace: String,
     function_name: String,
-    broker: Mutex<B>,
+    /// One broker per invocation that may be in flight at once, all over one
+    /// connection; an invocation takes a free one.
+    brokers: Vec<Mutex<B>>,
     enricher: E,
 }
 
@@ -320,12 +326,45 @@ impl<E: Enricher> Forwarder<AmqpBroker, E> {
                 tracing::warn!(error = %e, "broker not reachable at cold start; the first batch will retry")
             }
         }
-        Ok(Self::with_parts(config, broker, enricher))
+        // The others open their channels on first use, on this connection.
+        let more: Vec<_> = (1..config.max_concurrency)
+            .map(|_| broker.sibling())
+            .collect();
+        Ok(Self::with_brokers(config, broker, more, enricher))
     }
 
-    /// Closes the broker connection cleanly (on SIGTERM).
+    /// Closes the broker connection cleanly (on SIGTERM), once every
+    /// invocation in flight has answered (each holds its broker until
+    /// then), waiting for them 300 ms at most: Lambda gives the runtime
+    /// about 500 ms after SIGTERM.
     pub async fn shutdown(&self) {
-        self.broker.lock().await.close().await;
+        self.shutdown_within(Duration::from_millis(300)).await;
+    }
+
+    /// [`Forwarder::shutdown`], waiting `within` for the invocations in
+    /// flight.
+    pub async fn shutdown_within(&self, within: Duration) {
+        let until = Instant::now() + within;
+        let mut held = Vec::with_capacity(self.brokers.len());
+        for broker in &self.brokers {
+            match tokio::time::timeout_at(until.into(), broker.lock()).await {
+                Ok(guard) => held.push(guard),
+                Err(_) => {
+                    tracing::warn!("an invocation was still in flight at shutdown");
+                    break;
+                }
+            }
+        }
+        // Past the wait, any broker free still closes the connection (the
+        // invocations left then fail on it, as they would at the exit).
+        if held.is_empty()
+            && let Some(free) = self.brokers.iter().find_map(|b| b.try_lock().ok())
+        {
+            held.push(free);
+        }
+        if let Some(first) = held.first_mut() {
+            first.close().await;
+        }
     }
 }
 
@@ -339,6 +378,18 @@ impl<B: Broker> Forwarder<B> {
 impl<B: Broker, E: Enricher> Forwarder<B, E> {
     /// A forwarder over any broker, with an enricher.
     pub fn with_parts(config: Config, broker: B, enricher: E) -> Self {
+        Self::with_brokers(config, broker, [], enricher)
+    }
+
+    /// A forwarder that serves as many invocations at once as it has
+    /// brokers (`first` and `more`, each over the same connection for the
+    /// real one); more invocations than that wait for `first`.
+    pub fn with_brokers(
+        config: Config,
+        first: B,
+        more: impl IntoIterator<Item = B>,
+        enricher: E,
+    ) -> Self {
         Self {
             converter: Converter::new(config.mapping),
             replay_queues: config.replay_queues,
@@ -347,7 +398,7 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
             deadline_margin: config.deadline_margin,
             metrics_namespace: config.metrics_namespace,
             function_name: config.function_name,
-            broker: Mutex::new(broker),
+            brokers: std::iter::once(first).chain(more).map(Mutex::new).collect(),
             enricher,
         }
     }
@@ -419,7 +470,7 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
             traceparent: traceparent.as_deref(),
         };
         let report = {
-            let mut broker = self.broker.lock().await;
+            let mut broker = self.broker().await;
             batch::forward(
                 &mut *broker,
                 &self.converter,
@@ -432,6 +483,17 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
         };
         let response = self.answer(&event.records, &report, started, now)?;
         Ok((response, report))
+    }
+
+    /// A broker no invocation is using. The runtime runs at most as many
+    /// invocations at once as there are brokers, so one is free; a caller
+    /// that runs more waits for the first.
+    async fn broker(&self) -> tokio::sync::MutexGuard<'_, B> {
+        match self.brokers.iter().find_map(|b| b.try_lock().ok()) {
+            Some(free) => free,
+            // `with_brokers` makes at least one.
+            None => self.brokers[0].lock().await,
+        }
     }
 
     /// Logs what became of a forwarded batch and its figures, and makes its

@@ -40,14 +40,17 @@ pub async fn run_with<E: Enricher>(enricher: E) -> Result<(), lambda_runtime::Er
     // than deserialized by the runtime into a copy of every record.
     let body = KeepBody::default();
     let handler_body = body.clone();
+    // With AWS_LAMBDA_MAX_CONCURRENCY above 1 (Lambda Managed Instances)
+    // the runtime serves that many invocations at once, each on a broker of
+    // its own over the one connection; otherwise one at a time, as before.
     Runtime::new(service_fn(move |event: LambdaEvent<()>| {
         let forwarder = Arc::clone(&forwarder);
-        let body = handler_body.take();
+        let body = handler_body.take(&event.context.request_id);
         async move { forwarder.handle_lambda(body, &event.context).await }
     }))
     .layer(TracingLayer::new())
     .layer(body)
-    .run()
+    .run_concurrent()
     .await
 }
 

@@ -99,6 +99,7 @@ pub fn emf_document(
         json!({"Name": "BatchDurationMs", "Unit": "Milliseconds"}),
         json!({"Name": "Reconnects", "Unit": "Count"}),
         json!({"Name": "TopologyErrors", "Unit": "Count"}),
+        json!({"Name": "ConnectionLimitReached", "Unit": "Count"}),
     ];
     // The one failure that is neither the broker's trouble nor passes by
     // itself: a queue that exists with other arguments than ours holds
@@ -122,6 +123,12 @@ pub fn emf_document(
         "BatchDurationMs": duration_ms,
         "Reconnects": report.reconnects,
         "TopologyErrors": u32::from(topology_errors),
+        // 1 when the broker refused this invocation's connection for a
+        // connection limit (the template alarms on it), else 0: a metric
+        // always present reads as "no refusals", not as missing data.
+        "ConnectionLimitReached": u32::from(
+            report.failure.as_ref().is_some_and(|f| f.error.kind() == "connection_limit"),
+        ),
     });
     // Not a metric but a property of the document, so that a failed
     // invocation's kind (`blocked`, `unreachable`, ...) can be queried with
@@ -198,6 +205,7 @@ mod tests {
             ("MaxRecordAgeMs", 1500),
             ("Reconnects", 1),
             ("TopologyErrors", 0),
+            ("ConnectionLimitReached", 0),
         ] {
             assert!(names.contains(&name), "{name} missing from {names:?}");
             assert_eq!(doc[name], value, "{name}");
@@ -231,5 +239,31 @@ mod tests {
         let clash = PublishError::Topology("queue 'orders.unrouted' could not be declared".into());
         assert_eq!(doc(clash)["TopologyErrors"], 1);
         assert_eq!(doc(PublishError::Blocked)["TopologyErrors"], 0);
+    }
+
+    #[test]
+    fn a_connection_refused_at_the_brokers_limit_is_counted() {
+        let refused = PublishError::ConnectionLimit(
+            "NOT_ALLOWED - connection refused: node connection limit (100) is reached".into(),
+        );
+        for (error, counted) in [(refused, 1), (PublishError::Unreachable("down".into()), 0)] {
+            let report = BatchReport {
+                records: 3,
+                published: 0,
+                skipped: 0,
+                dead_lettered: 0,
+                failed: 3,
+                failure: Some(Failure::new(0, error)),
+                reconnects: 0,
+                dead_letter_reasons: vec![],
+                skip_reasons: vec![],
+                dropped: vec![],
+                oldest_record: None,
+            };
+            let doc: serde_json::Value =
+                serde_json::from_str(&emf_document("Shop", "fwd", &report, 1, None, Utc::now()))
+                    .unwrap();
+            assert_eq!(doc["ConnectionLimitReached"], counted, "{doc}");
+        }
     }
 }

@@ -60,6 +60,11 @@ pub enum PublishError {
     /// No connection or channel could be opened.
     #[error("broker unreachable: {0}")]
     Unreachable(String),
+    /// The broker refused the connection for one of its connection limits
+    /// (530 NOT_ALLOWED at `connection.open`: the node's `connection_max`,
+    /// a vhost's or a user's `max-connections`). Its reply names the limit.
+    #[error("the broker refused the connection: its connection limit is reached ({0})")]
+    ConnectionLimit(String),
     /// The topology cannot be declared as configured.
     #[error("topology declaration failed: {0}")]
     Topology(String),
@@ -123,6 +128,7 @@ impl PublishError {
     pub fn kind(&self) -> &'static str {
         match self {
             PublishError::Unreachable(_) => "unreachable",
+            PublishError::ConnectionLimit(_) => "connection_limit",
             PublishError::Topology(_) => "topology",
             PublishError::Nacked => "nack",
             PublishError::Returned { .. } => "returned",

@@ -1,6 +1,8 @@
 //! A minimal Lambda Runtime API (and the Extensions API registration the
 //! graceful-shutdown helper needs), so tests can run the real binary with
-//! deadlines they choose and invoke it without a process per call.
+//! deadlines they choose and invoke it without a process per call. Like
+//! Lambda Managed Instances, it answers several `next` requests at once,
+//! each with its own invocation, and counts how many were in flight.
 
 use std::{
     collections::HashMap,
@@ -46,6 +48,11 @@ struct Inner {
     extensions: bool,
     /// The X-Ray trace header of the invocations.
     trace_id: Mutex<String>,
+    /// Invocations handed out and not answered yet, and the most at once:
+    /// on Lambda Managed Instances the runtime polls `next` again while
+    /// invocations are in flight, and gets the next event at once.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 /// The emulator; dropped with the test.
@@ -78,6 +85,8 @@ impl RuntimeApi {
             first_poll: Mutex::new(None),
             extensions,
             trace_id: Mutex::new("Root=1-0-0;Sampled=0".into()),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
         let server = inner.clone();
         tokio::spawn(async move {
@@ -142,6 +151,11 @@ impl RuntimeApi {
         *self.inner.first_poll.lock().unwrap()
     }
 
+    /// The most invocations the function had in flight at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.inner.max_in_flight.load(Ordering::SeqCst)
+    }
+
     pub fn init_error(&self) -> Option<Value> {
         self.inner.init_error.lock().unwrap().clone()
     }
@@ -177,6 +191,8 @@ async fn route(
             let next = inner.queue_rx.lock().await.recv().await;
             match next {
                 Some(p) => {
+                    let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    inner.max_in_flight.fetch_max(now, Ordering::SeqCst);
                     let mut r = reply(StatusCode::OK, p.event.clone());
                     let h = r.headers_mut();
                     h.insert("lambda-runtime-aws-request-id", p.id.parse().unwrap());
@@ -204,6 +220,7 @@ async fn route(
                 Outcome::Error(json())
             };
             if let Some(tx) = inner.waiting.lock().unwrap().remove(*id) {
+                inner.in_flight.fetch_sub(1, Ordering::SeqCst);
                 let _ = tx.send(outcome);
             }
             reply(StatusCode::ACCEPTED, "")

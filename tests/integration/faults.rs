@@ -18,7 +18,7 @@ use testkit::{
 
 use crate::support::{
     fault_node::{FAULT_PORT, fault_broker, fault_ctl, fault_log, fault_uri},
-    stream::{Delivered, StreamRecord, batch, reported_index, stream},
+    stream::{Delivered, StreamRecord, batch, reported_index, shards, stream},
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -445,6 +445,66 @@ impl Drop for MemoryAlarm {
     fn drop(&mut self) {
         fault_ctl(&["set_vm_memory_high_watermark", "0.4"]);
     }
+}
+
+/// Managed Instances: a memory alarm with four invocations in flight on the
+/// one connection fails all four fast, each at its first record, and opens
+/// no other connection; once it clears every shard goes through.
+#[tokio::test]
+async fn a_blocked_broker_fails_four_invocations_in_flight_fast_on_one_connection() {
+    let _serial = SERIAL.lock().await;
+    let s = Setup::new(&fault_uri(""), &[("AWS_LAMBDA_MAX_CONCURRENCY", "4")]).await;
+    let name = s.function.connection_name();
+    let shards = shards(4, 200, 10, 4100);
+    let timeout = Duration::from_secs(4);
+
+    let alarm = MemoryAlarm::raise();
+    let mut most = 0;
+    let mut durations = Vec::new();
+    for round in 0..2 {
+        let events: Vec<_> = shards.iter().map(|records| batch(records)).collect();
+        let responses = testkit::join_all(
+            events
+                .iter()
+                .map(|event| s.function.invoke(event, timeout))
+                .collect(),
+        )
+        .await;
+        for (shard, (response, took)) in responses.iter().enumerate() {
+            assert_eq!(
+                reported_index(response, &shards[shard]),
+                Some(0),
+                "round {round}, shard {shard}"
+            );
+            if round == 1 {
+                durations.push(*took);
+            }
+        }
+        most = most.max(open_connections(&name));
+    }
+    drop(alarm);
+
+    let summaries = s.function.summaries();
+    let kinds: Vec<&str> = summaries[4..]
+        .iter()
+        .map(|l| l["failure_kind"].as_str().unwrap_or(""))
+        .collect();
+    assert!(most <= 1, "{most} connections named {name} while blocked");
+    assert_eq!(s.function.api().max_in_flight(), 4);
+    assert!(kinds.iter().all(|k| *k == "blocked"), "{kinds:?}");
+    assert!(
+        durations.iter().all(|d| *d < Duration::from_secs(1)),
+        "{durations:?}"
+    );
+    for records in &shards {
+        until_through(&s.function, records, Duration::from_secs(10), 10).await;
+    }
+    assert_eq!(open_connections(&name), 1);
+    let delivered = s.delivered(800).await;
+    for records in &shards {
+        assert_eq!(delivered.lost(records), 0);
+    }
+    s.cleanup().await;
 }
 
 /// The connections the broker has open with the function's name.
@@ -912,6 +972,21 @@ const FAULTS: [Fault; 6] = [
 /// nothing was lost. Writes its figures to target/replay-report.txt.
 #[tokio::test]
 async fn the_replay_driver_loses_nothing_under_random_faults() {
+    replay(1).await;
+}
+
+/// The same on Lambda Managed Instances: four shards of 2,500 records in
+/// batches of 250 (a fault in 80% of the rounds), a
+/// batch of each in flight at once through one function
+/// (`AWS_LAMBDA_MAX_CONCURRENCY=4`), every fault hitting all four.
+#[tokio::test]
+async fn the_replay_driver_loses_nothing_with_four_invocations_in_flight() {
+    replay(4).await;
+}
+
+/// The replay driver with `in_flight` shards, one batch of each in flight
+/// at once.
+async fn replay(in_flight: usize) {
     let _serial = SERIAL.lock().await;
     // CI uses the fixed seed; REPLAY_SEED explores others.
     let seed: u64 = std::env::var("REPLAY_SEED")
@@ -919,25 +994,52 @@ async fn the_replay_driver_loses_nothing_under_random_faults() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20261123);
     const RECORDS: usize = 10_000;
-    const BATCH: usize = 500;
+    // With several shards in flight a round forwards several batches: more
+    // rounds (smaller batches) and a fault in most of them keep the number
+    // of faults up.
+    let (batch_size, fault_rate) = if in_flight == 1 {
+        (500, 0.35)
+    } else {
+        (250, 0.8)
+    };
     fault_broker();
     let proxy = Proxy::start(FAULT_PORT).await;
-    let mut s = Setup::new(&proxy.uri(""), &[("CONFIRM_TIMEOUT_MS", "1000")]).await;
-    let records = stream(RECORDS, 200, seed);
+    let concurrency = in_flight.to_string();
+    let mut s = Setup::new(
+        &proxy.uri(""),
+        &[
+            ("CONFIRM_TIMEOUT_MS", "1000"),
+            ("AWS_LAMBDA_MAX_CONCURRENCY", &concurrency),
+        ],
+    )
+    .await;
+    let streams = if in_flight == 1 {
+        vec![stream(RECORDS, 200, seed)]
+    } else {
+        shards(in_flight, RECORDS / in_flight, 200 / in_flight, seed)
+    };
     let mut rng = fastrand::Rng::with_seed(seed);
     let timeout = Duration::from_secs(6);
 
     let started = Instant::now();
-    let mut checkpoint = 0;
+    let mut checkpoints = vec![0; in_flight];
+    let mut rounds = 0;
     let mut invocations = 0;
     let mut partial = 0;
     let mut injected: std::collections::BTreeMap<Fault, usize> = Default::default();
-    while checkpoint < records.len() {
-        invocations += 1;
-        assert!(invocations <= 200, "no progress: checkpoint {checkpoint}");
-        let end = (checkpoint + BATCH).min(records.len());
-        let slice = &records[checkpoint..end];
-        let fault = (rng.f64() < 0.35).then(|| FAULTS[rng.usize(..FAULTS.len())]);
+    while checkpoints.iter().zip(&streams).any(|(c, r)| *c < r.len()) {
+        rounds += 1;
+        assert!(rounds <= 200, "no progress: checkpoints {checkpoints:?}");
+        let slices: Vec<(usize, &[StreamRecord])> = streams
+            .iter()
+            .zip(&checkpoints)
+            .enumerate()
+            .filter(|(_, (records, c))| **c < records.len())
+            .map(|(shard, (records, c))| {
+                (shard, &records[*c..(*c + batch_size).min(records.len())])
+            })
+            .collect();
+        let fault = (rng.f64() < fault_rate).then(|| FAULTS[rng.usize(..FAULTS.len())]);
         match fault {
             Some(Fault::CutMidBatch) => proxy.sever_after(rng.u64(20_000..200_000), Mode::Forward),
             Some(Fault::LostMidBatch) => proxy.sever_after(rng.u64(20_000..200_000), Mode::Refuse),
@@ -961,7 +1063,15 @@ async fn the_replay_driver_loses_nothing_under_random_faults() {
             *injected.entry(f).or_default() += 1;
         }
 
-        let (response, _) = s.function.invoke(&batch(slice), timeout).await;
+        invocations += slices.len();
+        let events: Vec<_> = slices.iter().map(|(_, slice)| batch(slice)).collect();
+        let responses = testkit::join_all(
+            events
+                .iter()
+                .map(|event| s.function.invoke(event, timeout))
+                .collect(),
+        )
+        .await;
 
         // Heal whatever was broken before the next batch.
         match fault {
@@ -976,26 +1086,31 @@ async fn the_replay_driver_loses_nothing_under_random_faults() {
             None => {}
         }
         proxy.sever_after(0, Mode::Forward);
-        match reported_index(&response, slice) {
-            None => checkpoint = end,
-            Some(i) => {
-                partial += 1;
-                checkpoint += i;
+        for ((shard, slice), (response, _)) in slices.iter().zip(&responses) {
+            match reported_index(response, slice) {
+                None => checkpoints[*shard] += slice.len(),
+                Some(i) => {
+                    partial += 1;
+                    checkpoints[*shard] += i;
+                }
             }
         }
     }
     let elapsed = started.elapsed();
 
     let delivered = s.delivered(RECORDS).await;
-    let lost = delivered.lost(&records);
+    let lost: usize = streams.iter().map(|records| delivered.lost(records)).sum();
+    let connections = open_connections(&s.function.connection_name());
     let report = format!(
-        "replay driver (seed {seed}): {RECORDS} records in batches of {BATCH} over 200 aggregates\n\
-         invocations: {invocations} ({partial} with a partial batch response)\n\
+        "replay driver (seed {seed}): {RECORDS} records in batches of {batch_size} over 200 aggregates, \
+         {in_flight} shard(s) with a batch of each in flight at once\n\
+         invocations: {invocations} in {rounds} rounds ({partial} with a partial batch response)\n\
          faults injected: {} {injected:?}\n\
          records delivered: {} (unique {})\n\
          lost: {lost}\n\
          duplicates: {}\n\
          per-aggregate order violations among first deliveries: {}\n\
+         connections open at the end: {connections}\n\
          time: {:.1} s\n",
         injected.values().sum::<usize>(),
         delivered.arrivals.len(),
@@ -1005,12 +1120,23 @@ async fn the_replay_driver_loses_nothing_under_random_faults() {
         elapsed.as_secs_f64(),
     );
     eprintln!("{report}");
-    let path = format!("{}/target/replay-report.txt", env!("CARGO_MANIFEST_DIR"));
+    let name = if in_flight == 1 {
+        "replay-report.txt".to_owned()
+    } else {
+        format!("replay-report-{in_flight}-in-flight.txt")
+    };
+    let path = format!("{}/target/{name}", env!("CARGO_MANIFEST_DIR"));
     let _ = std::fs::write(path, &report);
     assert_eq!(lost, 0, "{report}");
     assert!(
         injected.values().sum::<usize>() >= 5,
         "too few faults: {report}"
+    );
+    assert!(connections <= 1, "{report}");
+    assert_eq!(
+        s.function.api().max_in_flight(),
+        in_flight as u64,
+        "{report}"
     );
     s.cleanup().await;
 }

@@ -12,6 +12,8 @@
 //!   trace context): `lambda_runtime`;
 //! - a fault (broker restarts, alarms, the network), against the fault
 //!   node: `faults`; a cluster maintenance: `cluster`;
+//! - the broker's connection limit, invocations served concurrently over
+//!   one connection: `concurrency`;
 //! - TLS, secrets, what must never be logged: `security`;
 //! - hostile or extreme input: `hostile` (each case named), and `hunt`,
 //!   the stall hunter that generates them (seeded); events of AWS's tooling:
@@ -28,6 +30,7 @@ mod support;
 mod artefact;
 mod broker;
 mod cluster;
+mod concurrency;
 mod faults;
 mod hostile;
 mod hunt;

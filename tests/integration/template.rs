@@ -136,3 +136,42 @@ fn the_parallelization_factor_is_described_as_order_per_item() {
     assert!(d.contains("order per item"), "{d}");
     assert!(!d.contains("partition key stay in order"), "{d}");
 }
+
+/// SAM refuses `CapacityProviderConfig` beside `VpcConfig` even under
+/// opposite conditions, so the function on Managed Instances is a second
+/// resource: it must stay the same function in every other respect.
+#[test]
+fn the_function_on_managed_instances_differs_only_in_where_it_runs() {
+    let t = template();
+    let standard = &t["Resources"]["ForwarderFunction"];
+    let managed = &t["Resources"]["ForwarderFunctionOnInstances"];
+    assert_eq!(standard["Condition"], "OnStandardLambda");
+    assert_eq!(managed["Condition"], "OnManagedInstances");
+    assert_eq!(standard["Metadata"], managed["Metadata"]);
+    let without = |f: &Value, keys: &[&str]| {
+        let mut p = f["Properties"].clone();
+        let p = p.as_object_mut().expect("properties");
+        for key in keys {
+            assert!(p.remove(*key).is_some(), "{key}");
+        }
+        Value::Object(p.clone())
+    };
+    // Managed Instances: the capacity provider places the function in the
+    // VPC; a function there has 2 GB at least and runs a published version.
+    assert_eq!(
+        without(standard, &["VpcConfig", "MemorySize"]),
+        without(
+            managed,
+            &["CapacityProviderConfig", "MemorySize", "AutoPublishAlias"]
+        )
+    );
+    let config = &managed["Properties"]["CapacityProviderConfig"];
+    assert_eq!(
+        config["PerExecutionEnvironmentMaxConcurrency"]["Ref"],
+        "PerEnvironmentConcurrency"
+    );
+    assert_eq!(
+        config["ExecutionEnvironmentMemoryGiBPerVCpu"]["Ref"],
+        "MemoryGiBPerVCpu"
+    );
+}

@@ -12,13 +12,7 @@ use crate::publisher::PublishError;
 impl AmqpBroker {
     /// Opens a channel, connecting first when there is no live connection.
     pub(super) async fn open(&mut self, until: Instant) -> Result<(), PublishError> {
-        let had_connection = self
-            .connection
-            .as_ref()
-            .is_some_and(|c| c.status().connected());
-        if !had_connection {
-            self.connect(until).await?;
-        }
+        let had_connection = self.attach(until).await?;
         // The broker may block the connection while the channel opens: it
         // then reads nothing from it until the alarm ends, and a blocked
         // connection cannot even be closed, so a new one would stay beside
@@ -34,7 +28,8 @@ impl AmqpBroker {
             Err(PublishError::ChannelLost(reason)) if had_connection => {
                 // The old connection only looked alive: start over once.
                 tracing::warn!(%reason, "opening a channel failed; reconnecting");
-                self.connect(until).await?;
+                self.retire_connection();
+                self.attach(until).await?;
                 self.open_channel(until).await
             }
             other => other,
@@ -44,7 +39,7 @@ impl AmqpBroker {
     /// A confirm-mode channel on the connection, with the topology
     /// declared; the exchanges the old channel had declared are forgotten.
     async fn open_channel(&mut self, until: Instant) -> Result<(), PublishError> {
-        let Some(connection) = self.connection.as_ref() else {
+        let Some(connection) = self.connection.as_ref().map(|c| &c.connection) else {
             return Err(PublishError::Unreachable("no connection".into()));
         };
         let deadline = (Instant::now() + self.settings.connect_timeout).min(until);

@@ -1,14 +1,18 @@
 //! The connection's life: the broker secret read (and read again when the
-//! broker refuses its password), connect within the connect timeout, the
+//! broker refuses its password), connect within the connect timeout (once
+//! for all the brokers that share the connection), the
 //! `connection.blocked` watcher, a clean close at shutdown, and a failed
 //! connect described in an operator's words.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
 
 use lapin::{Connection, ConnectionProperties, ErrorKind, tcp::OwnedTLSConfig};
 use tokio::sync::watch;
 
-use super::AmqpBroker;
+use super::{AmqpBroker, AmqpSettings, Live, Shared};
 use crate::config::BrokerAddress;
 use crate::publisher::PublishError;
 use crate::publisher::connect::{self, ConnectError};
@@ -19,12 +23,71 @@ impl AmqpBroker {
     /// Reads the broker secret (when the URI comes from one), bounded by the
     /// connect timeout and `until`. A no-op with `AMQP_URI`.
     pub async fn load_secret(&mut self, until: Instant) -> Result<(), SecretError> {
-        let BrokerAddress::Secret(source) = &self.settings.address else {
+        let mut shared = self.link.state.lock().await;
+        shared.load_secret(&self.settings, until).await
+    }
+
+    /// Closes the connection cleanly (connection.close, 200), for shutdown:
+    /// the channels of its siblings with it.
+    pub async fn close(&mut self) {
+        // Dropping a channel starts its own close, which would race the
+        // connection's: keep it until the connection is closed.
+        let _channel = self.channel.take();
+        self.connection = None;
+        let Ok(mut shared) =
+            tokio::time::timeout(Duration::from_millis(100), self.link.state.lock()).await
+        else {
+            tracing::warn!("closing the broker connection: it is being reopened; left as it is");
+            return;
+        };
+        if let Some(live) = shared.connection.take()
+            && live.connection.status().connected()
+        {
+            let closing = live.connection.close(200, "shutdown".into());
+            match tokio::time::timeout(Duration::from_millis(400), closing).await {
+                Ok(Ok(())) => tracing::info!("broker connection closed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "closing the broker connection failed"),
+                Err(_) => tracing::warn!("closing the broker connection timed out"),
+            }
+        }
+    }
+
+    /// Takes the shared connection for this broker, opening a new one when
+    /// there is none or it died or was given up. Returns whether it was
+    /// there already. Brokers that find it dead together wait for each
+    /// other: the first reopens it, the others take that one.
+    pub(super) async fn attach(&mut self, until: Instant) -> Result<bool, PublishError> {
+        let link = Arc::clone(&self.link);
+        let mut shared = tokio::time::timeout_at(until.into(), link.state.lock())
+            .await
+            .map_err(|_| {
+                PublishError::Unreachable(
+                    "another invocation was still connecting at the deadline".into(),
+                )
+            })?;
+        let existed = shared.connection.as_ref().is_some_and(|c| c.usable());
+        if !existed {
+            shared.connect(&self.settings, until).await?;
+            link.touch();
+        }
+        self.connection = shared.connection.clone();
+        self.blocked = shared.blocked.clone();
+        Ok(existed)
+    }
+}
+
+impl Shared {
+    /// [`AmqpBroker::load_secret`], with the link held.
+    async fn load_secret(
+        &mut self,
+        settings: &AmqpSettings,
+        until: Instant,
+    ) -> Result<(), SecretError> {
+        let BrokerAddress::Secret(source) = &settings.address else {
             return Ok(());
         };
-        let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
-        let system_roots = self
-            .settings
+        let deadline = (Instant::now() + settings.connect_timeout).min(until);
+        let system_roots = settings
             .system_roots
             .as_ref()
             .map_or(&[][..], SystemRoots::certificates);
@@ -34,7 +97,7 @@ impl AmqpBroker {
                 endpoint: source.endpoint(),
                 reason: "no answer within the connect timeout".into(),
             })??;
-        if self.settings.ca.is_some() && !uri.is_tls() {
+        if settings.ca.is_some() && !uri.is_tls() {
             return Err(SecretError::Format {
                 arn: source.arn().to_owned(),
                 reason: "its URI is amqp:// (plain text) but AMQP_CA_FILE is set; use amqps://"
@@ -46,49 +109,53 @@ impl AmqpBroker {
         Ok(())
     }
 
-    /// Closes the connection cleanly (connection.close, 200), for shutdown.
-    pub async fn close(&mut self) {
-        // Dropping a channel starts its own close, which would race the
-        // connection's: keep it until the connection is closed.
-        let _channel = self.channel.take();
-        if let Some(connection) = self.connection.take()
-            && connection.status().connected()
-        {
-            let closing = connection.close(200, "shutdown".into());
-            match tokio::time::timeout(Duration::from_millis(400), closing).await {
-                Ok(Ok(())) => tracing::info!("broker connection closed"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "closing the broker connection failed"),
-                Err(_) => tracing::warn!("closing the broker connection timed out"),
-            }
-        }
-    }
-
-    /// Opens a new connection in place of the old one (and its channel).
-    pub(super) async fn connect(&mut self, until: Instant) -> Result<(), PublishError> {
-        self.channel = None;
+    /// Opens a new connection in place of the old one.
+    async fn connect(
+        &mut self,
+        settings: &AmqpSettings,
+        until: Instant,
+    ) -> Result<(), PublishError> {
         self.connection = None;
-        let from_secret = matches!(self.settings.address, BrokerAddress::Secret(_));
+        let from_secret = matches!(settings.address, BrokerAddress::Secret(_));
         if self.uri.is_none() {
-            self.load_secret(until).await.map_err(secret_unavailable)?;
+            self.load_secret(settings, until)
+                .await
+                .map_err(secret_unavailable)?;
         }
-        let first = self.try_connect(until).await;
+        let first = self.try_connect(settings, until).await;
         let connection = match first {
             // The password may have been rotated since the secret was read:
             // read it once more before giving up.
             Err(Attempt::Refused(reason)) if from_secret => {
                 tracing::warn!(%reason, "the broker refused the credentials; reading the secret again");
-                self.load_secret(until).await.map_err(secret_unavailable)?;
-                self.try_connect(until).await
+                self.load_secret(settings, until)
+                    .await
+                    .map_err(secret_unavailable)?;
+                self.try_connect(settings, until).await
             }
             other => other,
         }
         .map_err(|e| match e {
             Attempt::Refused(reason) | Attempt::Failed(reason) => PublishError::Unreachable(reason),
+            Attempt::AtLimit(reply) => {
+                // One line an operator can search for, naming the limit as
+                // the broker does; the batch fails now, and the next one
+                // tries again (a slot may have freed).
+                tracing::error!(
+                    limit = %reply,
+                    broker = %self.uri_text(),
+                    "the broker refused the connection: its connection limit is reached; \
+                     raise the limit or size the broker (docs/operations.md, connection budget)"
+                );
+                PublishError::ConnectionLimit(reply)
+            }
         })?;
-        tracing::info!(broker = %self.uri_text(), name = %self.settings.connection_name, "connected to the broker");
+        tracing::info!(broker = %self.uri_text(), name = %settings.connection_name, "connected to the broker");
         self.blocked = watch_blocked(&connection);
-        self.last_used = Instant::now();
-        self.connection = Some(connection);
+        self.connection = Some(Arc::new(Live {
+            connection,
+            retired: AtomicBool::new(false),
+        }));
         Ok(())
     }
 
@@ -99,23 +166,24 @@ impl AmqpBroker {
             .map_or_else(|| "(secret not read)".to_string(), ToString::to_string)
     }
 
-    async fn try_connect(&self, until: Instant) -> Result<Connection, Attempt> {
+    async fn try_connect(
+        &self,
+        settings: &AmqpSettings,
+        until: Instant,
+    ) -> Result<Connection, Attempt> {
         let Some(uri) = self.uri.as_ref() else {
             return Err(Attempt::Failed("no broker URI".into()));
         };
-        let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
+        let deadline = (Instant::now() + settings.connect_timeout).min(until);
         let properties = ConnectionProperties::default()
-            .with_connection_name(self.settings.connection_name.as_str().into());
+            .with_connection_name(settings.connection_name.as_str().into());
         // Verification is never turned off: the TLS configuration can only
         // add trust roots (the system's and AMQP_CA_FILE's) to the bundled
         // webpki ones, which lapin always trusts with its
         // `rustls-webpki-roots-certs` feature.
         let tls = OwnedTLSConfig {
             identity: None,
-            cert_chain: extra_roots_pem(
-                self.settings.system_roots.as_ref(),
-                self.settings.ca.as_ref(),
-            ),
+            cert_chain: extra_roots_pem(settings.system_roots.as_ref(), settings.ca.as_ref()),
         };
         match connect::open(uri.expose(), properties, tls, deadline).await {
             Err(ConnectError::TimedOut) => Err(Attempt::Failed(format!(
@@ -124,7 +192,9 @@ impl AmqpBroker {
             Ok(connection) => Ok(connection),
             Err(ConnectError::Failed(e)) => {
                 let reason = format!("{uri}: {}", describe_connect_error(&e, uri.is_tls()));
-                if is_access_refused(&e) {
+                if let Some(reply) = connection_limit(&e) {
+                    Err(Attempt::AtLimit(reply))
+                } else if is_access_refused(&e) {
                     Err(Attempt::Refused(reason))
                 } else {
                     Err(Attempt::Failed(reason))
@@ -157,6 +227,8 @@ fn watch_blocked(connection: &Connection) -> watch::Receiver<bool> {
 enum Attempt {
     /// The broker refused the credentials (403 ACCESS_REFUSED).
     Refused(String),
+    /// The broker refused it for a connection limit (its reply text).
+    AtLimit(String),
     Failed(String),
 }
 
@@ -168,6 +240,23 @@ fn secret_unavailable(e: SecretError) -> PublishError {
 /// name or password is wrong (or the user may not use the vhost).
 fn is_access_refused(e: &lapin::Error) -> bool {
     matches!(e.kind(), ErrorKind::ProtocolError(p) if p.get_id() == 403)
+}
+
+/// The broker's reply when it refused the connection for a connection
+/// limit. Measured: RabbitMQ 4.0.5 and 3.10.8 close the connection at
+/// `connection.open` with 530 NOT_ALLOWED and "connection refused: node
+/// connection limit (N) is reached" (the node's `connection_max`, 4.x only:
+/// 3.10 accepts connections past it), "access to vhost 'V' refused for user
+/// 'U': connection limit (N) is reached" (a vhost's `max-connections`) or
+/// "connection refused for user 'U': user connection limit (N) is reached"
+/// (a user's). The same code answers a vhost the user may not use, so the
+/// text decides.
+fn connection_limit(e: &lapin::Error) -> Option<String> {
+    let ErrorKind::ProtocolError(p) = e.kind() else {
+        return None;
+    };
+    let text = p.get_message().as_str();
+    (p.get_id() == 530 && text.contains("connection limit")).then(|| text.to_owned())
 }
 
 /// The connect error, with a plain word for the TLS failures an operator
@@ -212,6 +301,34 @@ mod tests {
             io::ErrorKind::ConnectionRefused,
             "Connection refused (os error 111)"
         )));
+    }
+
+    #[test]
+    fn a_connection_limit_is_told_apart_by_the_brokers_reply() {
+        // The replies of RabbitMQ 4.0.5 and 3.10.8, as measured.
+        for text in [
+            "NOT_ALLOWED - connection refused: node connection limit (2) is reached",
+            "NOT_ALLOWED - access to vhost 'ef' refused for user 'guest': connection limit (1) is reached",
+            "NOT_ALLOWED - connection refused for user 'fwd': user connection limit (1) is reached",
+        ] {
+            assert_eq!(
+                connection_limit(&connection_close(530, text)).as_deref(),
+                Some(text)
+            );
+        }
+        for other in [
+            connection_close(
+                530,
+                "NOT_ALLOWED - access to vhost 'other' refused for user 'forwarder'",
+            ),
+            connection_close(403, "ACCESS_REFUSED - Login was refused"),
+            io_error(
+                io::ErrorKind::ConnectionRefused,
+                "Connection refused (os error 111)",
+            ),
+        ] {
+            assert_eq!(connection_limit(&other), None, "{other}");
+        }
     }
 
     #[test]

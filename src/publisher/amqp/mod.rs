@@ -1,5 +1,6 @@
-//! The lapin adapter: one connection and one confirm-mode channel per
-//! execution environment, the topology of CONTRACT §5, and publishes whose
+//! The lapin adapter: one connection per execution environment, shared by
+//! its brokers (one per invocation in flight, each with its own
+//! confirm-mode channel), the topology of CONTRACT §5, and publishes whose
 //! confirms are checked one by one (a nack or a returned message fails).
 //!
 //! Every await on the network has a bound: a frozen or blackholed broker
@@ -7,8 +8,9 @@
 //!
 //! - this file: the settings, the broker's state and the [`Broker`] impl
 //!   (publish, declare a template's exchange, reset).
-//! - `connection`: the connection's life (the broker secret, connect, close,
-//!   `connection.blocked`) and its errors in an operator's words.
+//! - `connection`: the connection's life (the broker secret, connect once
+//!   for all the brokers that share it, close, `connection.blocked`) and its
+//!   errors in an operator's words.
 //! - `channel`: a confirm-mode channel with the topology declared on it.
 //! - `topology`: what is declared and with which arguments, and a refused
 //!   declaration in an operator's words.
@@ -27,6 +29,10 @@ mod topology;
 
 use std::{
     future::Future,
+    sync::{
+        Arc, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     task::Poll,
     time::{Duration, Instant},
 };
@@ -65,18 +71,72 @@ pub struct AmqpSettings {
 }
 
 /// A [`Broker`] backed by a lapin connection that is reopened when it dies.
+///
+/// On Lambda Managed Instances one execution environment serves several
+/// invocations at once: each has a broker of its own ([`AmqpBroker::sibling`])
+/// with its own channel, confirm window and returned messages, over the one
+/// connection they share. A broker that finds the connection dead reopens it
+/// for all of them: the others, waiting for it, then find it open.
 pub struct AmqpBroker {
-    settings: AmqpSettings,
-    /// The URI in use: `AMQP_URI`, or the secret's value once read.
-    uri: Option<AmqpUri>,
-    connection: Option<Connection>,
+    settings: Arc<AmqpSettings>,
+    /// The connection this broker shares with its siblings.
+    link: Arc<Link>,
+    /// The connection its channel is on (the link's, when it was opened).
+    connection: Option<Arc<Live>>,
     channel: Option<Channel>,
     /// `true` while the broker blocks the connection (`connection.blocked`).
     blocked: watch::Receiver<bool>,
-    /// When the last batch ended (or the connection was made).
-    last_used: Instant,
     /// Exchanges whose topology this channel has declared.
     declared: Declared,
+    /// A sibling's first channel, which is no reconnect (the `Reconnects`
+    /// metric counts channels and connections opened again).
+    first_channel: bool,
+}
+
+/// The connection of an execution environment, shared by its brokers.
+struct Link {
+    /// Held while (re)connecting, so that the brokers that find the
+    /// connection dead at the same time reopen it once.
+    state: tokio::sync::Mutex<Shared>,
+    /// When a batch last ended (or the connection was made), on any broker.
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Link {
+    fn touch(&self) {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
+/// What the brokers of an environment share.
+struct Shared {
+    /// The URI in use: `AMQP_URI`, or the secret's value once read.
+    uri: Option<AmqpUri>,
+    connection: Option<Arc<Live>>,
+    blocked: watch::Receiver<bool>,
+}
+
+/// A connection, and whether a broker has given it up (it is then being
+/// closed, and the next broker to need one opens a new one).
+struct Live {
+    connection: Connection,
+    retired: AtomicBool,
+}
+
+impl Live {
+    fn usable(&self) -> bool {
+        !self.retired.load(Ordering::SeqCst) && self.connection.status().connected()
+    }
 }
 
 impl AmqpBroker {
@@ -86,14 +146,36 @@ impl AmqpBroker {
             BrokerAddress::Uri(uri) => Some(uri.clone()),
             BrokerAddress::Secret(_) => None,
         };
+        let link = Link {
+            state: tokio::sync::Mutex::new(Shared {
+                uri,
+                connection: None,
+                blocked: watch::channel(false).1,
+            }),
+            last_used: std::sync::Mutex::new(Instant::now()),
+        };
         Self {
-            settings,
-            uri,
+            settings: Arc::new(settings),
+            link: Arc::new(link),
             connection: None,
             channel: None,
             blocked: watch::channel(false).1,
-            last_used: Instant::now(),
             declared: Declared::default(),
+            first_channel: false,
+        }
+    }
+
+    /// Another broker over the same connection, with a channel of its own:
+    /// for another invocation in flight at the same time.
+    pub fn sibling(&self) -> Self {
+        Self {
+            settings: Arc::clone(&self.settings),
+            link: Arc::clone(&self.link),
+            connection: None,
+            channel: None,
+            blocked: watch::channel(false).1,
+            declared: Declared::default(),
+            first_channel: true,
         }
     }
 
@@ -105,30 +187,51 @@ impl AmqpBroker {
     /// Whether the broker blocks publishers on the connection (a memory or
     /// disk alarm). lapin then writes nothing at all until it is unblocked.
     pub fn is_blocked(&self) -> bool {
-        self.connection
-            .as_ref()
-            .is_some_and(|c| c.status().connected() && c.status().blocked())
+        self.connection.as_ref().is_some_and(|c| {
+            let status = c.connection.status();
+            status.connected() && status.blocked()
+        })
     }
 
-    /// Whether the last batch ended longer ago than the heartbeat timeout
-    /// the broker negotiated (none with heartbeats off).
+    /// Whether no batch has ended on any broker of this connection for
+    /// longer than the heartbeat timeout the broker negotiated (none with
+    /// heartbeats off).
     fn idle_past_heartbeat(&self) -> bool {
         self.connection.as_ref().is_some_and(|c| {
-            let timeout = Duration::from_secs(u64::from(c.configuration().heartbeat()));
-            !timeout.is_zero() && self.last_used.elapsed() > timeout
+            let timeout = Duration::from_secs(u64::from(c.connection.configuration().heartbeat()));
+            !timeout.is_zero() && self.link.idle_for() > timeout
         })
     }
 
     /// Whether the connection and the channel are open, as far as the client
     /// knows (a connection that died while frozen is only found out on use).
     pub fn is_open(&self) -> bool {
-        self.connection
-            .as_ref()
-            .is_some_and(|c| c.status().connected())
+        self.connection.as_ref().is_some_and(|c| c.usable())
             && self
                 .channel
                 .as_ref()
                 .is_some_and(|c| c.status().connected())
+    }
+
+    /// Gives the connection up for every broker that shares it: the first
+    /// to need one opens a new one. A live one is closed in the background
+    /// (bounded), which fails the channels of the invocations still on it:
+    /// each fails, or resumes, at its own first unconfirmed record.
+    fn retire_connection(&mut self) {
+        self.channel = None;
+        self.declared.clear();
+        let Some(live) = self.connection.take() else {
+            return;
+        };
+        if !live.retired.swap(true, Ordering::SeqCst)
+            && live.connection.status().connected()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let closing = live.connection.close(200, "replaced".into());
+                let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+            });
+        }
     }
 }
 
@@ -145,16 +248,16 @@ impl Broker for AmqpBroker {
             // if its close was lost on the way the client would only find
             // out after waiting for confirms that never come.
             tracing::info!(
-                idle_ms = self.last_used.elapsed().as_millis() as u64,
+                idle_ms = self.link.idle_for().as_millis() as u64,
                 "idle past the heartbeat timeout; reconnecting before publishing"
             );
-            self.channel = None;
-            self.connection = None;
+            self.retire_connection();
         }
         if self.is_open() {
             return Ok(false);
         }
-        self.open(until).await.map(|()| true)
+        self.open(until).await?;
+        Ok(!std::mem::take(&mut self.first_channel))
     }
 
     async fn publish(
@@ -234,7 +337,7 @@ impl Broker for AmqpBroker {
     }
 
     fn idle(&mut self) {
-        self.last_used = Instant::now();
+        self.link.touch();
     }
 
     fn blocked(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -248,15 +351,15 @@ impl Broker for AmqpBroker {
     }
 
     fn reset(&mut self, scope: Reset) {
-        // Dropping them closes them in the background (lapin's closers).
+        // Dropping the channel closes it in the background (lapin's closer).
         self.channel = None;
         self.declared.clear();
         let dead = self
             .connection
             .as_ref()
-            .is_some_and(|c| !c.status().connected());
+            .is_some_and(|c| !c.connection.status().connected());
         if dead || (scope == Reset::Connection && !self.is_blocked()) {
-            self.connection = None;
+            self.retire_connection();
         }
     }
 }

@@ -78,6 +78,21 @@ pub fn stream(n: usize, aggregates: usize, seed: u64) -> Vec<StreamRecord> {
         .collect()
 }
 
+/// `shards` disjoint streams of `n` records over `aggregates` aggregates
+/// each, as the shards of one table: no sequence number or aggregate shared.
+pub fn shards(shards: usize, n: usize, aggregates: usize, seed: u64) -> Vec<Vec<StreamRecord>> {
+    (0..shards)
+        .map(|s| {
+            let mut records = stream(n, aggregates, seed + s as u64);
+            for r in &mut records {
+                r.seq += 1_000_000 * (s as u64 + 1);
+                r.aggregate = format!("shard{s}-{}", r.aggregate);
+            }
+            records
+        })
+        .collect()
+}
+
 pub fn batch(records: &[StreamRecord]) -> Value {
     json!({"Records": records.iter().map(StreamRecord::to_json).collect::<Vec<_>>()})
 }

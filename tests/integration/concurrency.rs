@@ -1,0 +1,394 @@
+//! Many shards, one broker (issue 31): what the function does when the
+//! broker refuses a connection for a limit, and invocations served
+//! concurrently over one connection.
+//!
+//! The limit tests use a vhost's `max-connections` (and a user's) rather
+//! than the node's `connection_max` that Amazon MQ sets per broker size: the
+//! broker answers all three the same way (measured on RabbitMQ 4.0.5: 530
+//! NOT_ALLOWED at `connection.open`, the reply naming the limit), a vhost
+//! limit needs no broker node of its own (a node with `connection_max` 1
+//! could serve no other test), and it is the one RabbitMQ 3.10 enforces
+//! (3.10.8 accepts connections past `connection_max`).
+
+use std::time::{Duration, Instant};
+
+use event_forwarder::{Forwarder, StreamBatch};
+use lapin::{Connection, ConnectionProperties};
+use testkit::*;
+
+use crate::support::stream::{batch, shards, stream};
+use testkit::Function;
+
+/// A vhost that takes one connection, on the broker `ctl` runs against.
+struct LimitedVhost {
+    name: String,
+    ctl: fn(&[&str]) -> String,
+}
+
+impl LimitedVhost {
+    fn new(ctl: fn(&[&str]) -> String) -> Self {
+        let name = unique("limit").replace('.', "-");
+        ctl(&["add_vhost", &name]);
+        ctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        ctl(&["set_vhost_limits", "-p", &name, r#"{"max-connections": 1}"#]);
+        Self { name, ctl }
+    }
+
+    fn uri(&self, base: &str) -> String {
+        let (server, _) = base.rsplit_once('/').expect("a URI with a vhost");
+        format!("{server}/{}", self.name)
+    }
+}
+
+impl Drop for LimitedVhost {
+    fn drop(&mut self) {
+        (self.ctl)(&["delete_vhost", &self.name]);
+    }
+}
+
+fn host_ctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (make broker)");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn batch_of(n: usize, seed: u64) -> (Vec<crate::support::stream::StreamRecord>, StreamBatch) {
+    let records = stream(n, 3, seed);
+    let event = serde_json::from_value(batch(&records)).expect("a stream batch");
+    (records, event)
+}
+
+/// The broker at its connection limit: the batch fails at its first record
+/// at once (well inside the 4.5 s connect timeout), naming the limit; once a slot is
+/// free the next batch goes through.
+async fn a_broker_at_its_connection_limit_fails_the_batch_at_once_on(
+    base: &str,
+    ctl: fn(&[&str]) -> String,
+) {
+    let vhost = LimitedVhost::new(ctl);
+    let uri = vhost.uri(base);
+    let exchange = unique("limit");
+    let holder = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .expect("the one connection the vhost allows");
+    let forwarder = Forwarder::start(config_on(
+        &uri,
+        &exchange,
+        &[("CONNECT_TIMEOUT_MS", "4500")],
+    ))
+    .await
+    .expect("a refused connection is only a warning at cold start");
+    let (records, event) = batch_of(5, 31);
+
+    let started = Instant::now();
+    let (response, report) = forwarder
+        .handle(&event, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+
+    assert_eq!(reported(&response), [records[0].sequence_number()]);
+    let failure = report.failure.expect("a failure");
+    assert_eq!(
+        failure.error.kind(),
+        "connection_limit",
+        "{}",
+        failure.error
+    );
+    assert!(
+        failure
+            .error
+            .to_string()
+            .contains("connection limit (1) is reached"),
+        "{}",
+        failure.error
+    );
+    assert!(
+        took < Duration::from_millis(2250),
+        "failed after {took:?}: the 4.5 s connect timeout was spent waiting"
+    );
+
+    holder.close(200, "done".into()).await.expect("closed");
+    let (response, report) = forwarder
+        .handle(&event, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(reported(&response).is_empty(), "{:?}", report.failure);
+    assert_eq!(report.published, 5);
+    // Deleting the vhost (on drop) removes the exchange and queues.
+}
+
+#[tokio::test]
+async fn a_broker_at_its_connection_limit_fails_the_batch_at_once() {
+    a_broker_at_its_connection_limit_fails_the_batch_at_once_on(&amqp_uri(), rabbitmqctl).await;
+}
+
+#[tokio::test]
+async fn a_broker_at_its_connection_limit_fails_the_batch_at_once_on_rabbitmq_3() {
+    a_broker_at_its_connection_limit_fails_the_batch_at_once_on(RABBITMQ3_URI, host_ctl).await;
+}
+
+/// The channels the connections named `name` hold, one entry per
+/// connection.
+fn channels_of(name: &str) -> Vec<usize> {
+    rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "channels",
+        "client_properties",
+    ])
+    .lines()
+    .filter(|line| line.contains(&format!("\"{name}\"")))
+    .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+    .collect()
+}
+
+/// A record whose envelope is over the broker's `max_message_size` (512
+/// KiB on the main node, as on Amazon MQ): the broker closes the channel it
+/// was published on.
+fn oversized(record: &crate::support::stream::StreamRecord) -> serde_json::Value {
+    let mut json = record.to_json();
+    let blob = serde_json::json!({"blob": "x".repeat(600 * 1024)}).to_string();
+    json["dynamodb"]["NewImage"]["payload"] = serde_json::json!({"S": blob});
+    json
+}
+
+/// Managed Instances: four batches of four shards in flight at once through
+/// one process. One connection on the broker, a channel per invocation;
+/// each response exact; a record that makes the broker close its
+/// invocation's channel is dead-lettered without touching the others.
+#[tokio::test]
+async fn four_invocations_in_flight_share_one_connection_and_each_answers_for_its_own_batch() {
+    let exchange = unique("concurrent");
+    let uri = amqp_uri();
+    let function = std::sync::Arc::new(
+        Function::start(&[
+            ("AMQP_URI", &uri),
+            ("EXCHANGE", &exchange),
+            ("AWS_LAMBDA_MAX_CONCURRENCY", "4"),
+            ("MAX_MESSAGE_BYTES", "1048576"),
+        ])
+        .await,
+    );
+    let broker = TestBroker::connect().await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !broker.exchange_exists(&exchange).await {
+        assert!(Instant::now() < until, "no exchange: {}", function.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queue = broker
+        .bind_queue(&exchange, "#", lapin::types::FieldTable::default())
+        .await;
+    let shards = shards(4, 300, 5, 310);
+    // Shard 2's batch holds a record the broker refuses, mid-batch.
+    let poisoned = 150;
+
+    for round in 0..2 {
+        let mut invocations = tokio::task::JoinSet::new();
+        for (s, records) in shards.iter().enumerate() {
+            let mut event = batch(records);
+            if s == 2 {
+                event["Records"][poisoned] = oversized(&records[poisoned]);
+            }
+            let function = std::sync::Arc::clone(&function);
+            invocations.spawn(async move {
+                let (response, _) = function.invoke(&event, Duration::from_secs(20)).await;
+                (s, response)
+            });
+        }
+        while let Some(done) = invocations.join_next().await {
+            let (s, response) = done.expect("an invocation");
+            assert_eq!(
+                response,
+                serde_json::json!({"batchItemFailures": []}),
+                "round {round}, shard {s}: {}",
+                function.log()
+            );
+        }
+        assert_eq!(
+            function.api().max_in_flight(),
+            4,
+            "four invocations in flight at once"
+        );
+        let connections = channels_of(&function.connection_name());
+        assert_eq!(
+            connections.len(),
+            1,
+            "round {round}: one connection for four invocations in flight"
+        );
+        assert!(
+            (1..=4).contains(&connections[0]),
+            "round {round}: a channel per invocation in flight, {connections:?}"
+        );
+    }
+
+    let got = broker.take(&queue, 8 * 300, Duration::from_secs(10)).await;
+    let delivered = crate::support::stream::Delivered::from_bodies(got.iter().map(|d| &d.data[..]));
+    for (s, records) in shards.iter().enumerate() {
+        let expected: Vec<_> = records
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| s != 2 || *i != poisoned)
+            .map(|(_, r)| r.clone())
+            .collect();
+        assert_eq!(delivered.lost(&expected), 0, "shard {s}");
+    }
+    // The other shards' records arrived exactly once per round; shard 2's
+    // invocation resumed after the refusal, from its first unconfirmed
+    // record (duplicates of what it had in flight, never a loss).
+    for s in [0, 1, 3] {
+        let arrived = delivered
+            .arrivals
+            .iter()
+            .filter(|(aggregate, _)| aggregate.starts_with(&format!("shard{s}-")))
+            .count();
+        assert_eq!(arrived, 2 * 300, "shard {s}: each record once per round");
+    }
+    let dead = broker
+        .take(
+            &format!("{exchange}.dead-letter"),
+            3,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(dead.len(), 2, "the refused record, once per round");
+    // Only shard 2's invocations reopened a channel.
+    let reconnects: Vec<u64> = function
+        .summaries()
+        .iter()
+        .map(|s| s["reconnects"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(reconnects.iter().sum::<u64>(), 2, "{reconnects:?}");
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+/// How many times the function connected to the broker, from its log.
+fn connects(function: &Function) -> usize {
+    function
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"connected to the broker\""))
+        .count()
+}
+
+/// A connection cut while four invocations are in flight on it: each
+/// resumes from its own first unconfirmed record, the connection is
+/// reopened once for all four, nothing is lost.
+#[tokio::test]
+async fn a_connection_cut_under_four_invocations_is_reopened_once_and_loses_nothing() {
+    let exchange = unique("concurrent-cut");
+    let proxy = testkit::proxy::Proxy::start(amqp_port()).await;
+    let function = Function::start(&[
+        ("AMQP_URI", &proxy.uri("")),
+        ("EXCHANGE", &exchange),
+        ("AWS_LAMBDA_MAX_CONCURRENCY", "4"),
+        ("CONNECT_TIMEOUT_MS", "1000"),
+        ("CONFIRM_TIMEOUT_MS", "1500"),
+    ])
+    .await;
+    let broker = TestBroker::connect().await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !broker.exchange_exists(&exchange).await {
+        assert!(Instant::now() < until, "no exchange: {}", function.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queue = broker
+        .bind_queue(&exchange, "#", lapin::types::FieldTable::default())
+        .await;
+    let shards = shards(4, 1000, 50, 3100);
+    assert_eq!(connects(&function), 1, "the cold start's");
+
+    // About half of the four batches' publishes, then the broker closes
+    // the connection but stays reachable.
+    proxy.sever_after(2_000_000, testkit::proxy::Mode::Forward);
+    let events: Vec<_> = shards.iter().map(|records| batch(records)).collect();
+    let responses = join_all(
+        events
+            .iter()
+            .map(|event| function.invoke(event, Duration::from_secs(15)))
+            .collect(),
+    )
+    .await;
+
+    for (s, (response, _)) in responses.iter().enumerate() {
+        assert_eq!(
+            *response,
+            serde_json::json!({"batchItemFailures": []}),
+            "shard {s}: {}",
+            function.log()
+        );
+    }
+    assert_eq!(function.api().max_in_flight(), 4);
+    assert_eq!(
+        connects(&function),
+        2,
+        "reopened once for the four invocations: {}",
+        function.log()
+    );
+    let summaries = function.summaries();
+    assert!(
+        summaries.iter().filter(|s| s["reconnects"] == 1).count() >= 2,
+        "the cut reached several invocations: {summaries:?}"
+    );
+    assert_eq!(channels_of(&function.connection_name()).len(), 1);
+    let got = broker.take(&queue, 4000, Duration::from_secs(10)).await;
+    let mut all = got;
+    all.extend(broker.drain(&queue).await);
+    let delivered = crate::support::stream::Delivered::from_bodies(all.iter().map(|d| &d.data[..]));
+    for (s, records) in shards.iter().enumerate() {
+        assert_eq!(delivered.lost(records), 0, "shard {s}");
+    }
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
+/// SIGTERM with an invocation in flight: the connection is closed only once
+/// it has answered (here at its confirm timeout, the broker having gone
+/// silent), never under it.
+#[tokio::test]
+async fn shutdown_waits_for_the_invocations_in_flight_before_closing() {
+    let exchange = unique("shutdown");
+    let proxy = testkit::proxy::Proxy::start(amqp_port()).await;
+    let forwarder = std::sync::Arc::new(
+        Forwarder::start(config_on(
+            &proxy.uri(""),
+            &exchange,
+            &[
+                ("AWS_LAMBDA_MAX_CONCURRENCY", "2"),
+                ("CONFIRM_TIMEOUT_MS", "1500"),
+            ],
+        ))
+        .await
+        .expect("cold start"),
+    );
+    let (records, event) = batch_of(5, 17);
+    // Bytes stop both ways: no confirm will come.
+    proxy.set(testkit::proxy::Mode::Blackhole);
+    let in_flight = std::sync::Arc::clone(&forwarder);
+    let invocation = tokio::spawn(async move {
+        let answer = in_flight.handle(&event, Duration::from_secs(10)).await;
+        (answer, Instant::now())
+    });
+    // The invocation has taken its broker and waits for its confirms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    forwarder.shutdown_within(Duration::from_secs(5)).await;
+    let closed = Instant::now();
+
+    let (answer, answered) = invocation.await.expect("the invocation");
+    let (response, report) = answer.expect("a response");
+    assert!(
+        answered <= closed,
+        "the connection was closed before the invocation in flight answered"
+    );
+    assert_eq!(reported(&response), [records[0].sequence_number()]);
+    assert_eq!(
+        report.failure.map(|f| f.error.kind()),
+        Some("confirm_timeout")
+    );
+    proxy.set(testkit::proxy::Mode::Forward);
+    TestBroker::connect().await.cleanup(&exchange, &[]).await;
+}
