@@ -541,12 +541,20 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
             )
         })
         .collect();
+    // The function's alarms name whichever function the stack made: the
+    // standard one, or the one on Lambda Managed Instances.
+    let function = json!({"Fn::If": [
+        "OnStandardLambda",
+        {"Ref": "ForwarderFunction"},
+        {"Ref": "ForwarderFunctionOnInstances"},
+    ]});
     for (metric, dimension) in [
-        ("IteratorAge", json!({"Ref": "ForwarderFunction"})),
-        ("RecordsFailed", json!({"Ref": "ForwarderFunction"})),
-        ("RecordsDeadLettered", json!({"Ref": "ForwarderFunction"})),
-        ("Errors", json!({"Ref": "ForwarderFunction"})),
-        ("TopologyErrors", json!({"Ref": "ForwarderFunction"})),
+        ("IteratorAge", function.clone()),
+        ("RecordsFailed", function.clone()),
+        ("RecordsDeadLettered", function.clone()),
+        ("Errors", function.clone()),
+        ("TopologyErrors", function.clone()),
+        ("ConnectionLimitReached", function.clone()),
         (
             "ApproximateNumberOfMessagesVisible",
             json!({"Fn::GetAtt": ["OnFailureQueue", "QueueName"]}),
@@ -557,7 +565,7 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
             "{metric} on {dimension} in {alarms:?}"
         );
     }
-    assert_eq!(alarms.len(), 6, "{alarms:?}");
+    assert_eq!(alarms.len(), 7, "{alarms:?}");
 }
 
 #[tokio::test]

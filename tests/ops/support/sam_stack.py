@@ -46,9 +46,11 @@ def main():
     with zipfile.ZipFile(code, "w") as z:
         z.writestr("bootstrap", b"stand-in: moto never runs it")
     s3.put_object(Bucket=bucket, Key="event-forwarder/bootstrap.zip", Body=code.getvalue())
-    template["Resources"]["ForwarderFunction"]["Properties"]["CodeUri"] = (
-        f"s3://{bucket}/event-forwarder/bootstrap.zip"
-    )
+    # Every function of the template (the standard one and the one on Lambda
+    # Managed Instances, of which the stack makes one), as sam deploy does.
+    for resource in template["Resources"].values():
+        if resource.get("Type") == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = f"s3://{bucket}/event-forwarder/bootstrap.zip"
 
     rendered = transform(template, params, NoManagedPolicies())
 
