@@ -43,11 +43,32 @@ impl Invocation {
     }
 }
 
+/// The bootstrap `sam build` made for ForwarderFunction: the directory its
+/// built template names as the function's CodeUri. Functions that share
+/// their code and build (the template's standard and Managed Instances
+/// functions) share one directory, `ForwarderFunction-Shared`, not one each.
+fn built_bootstrap() -> PathBuf {
+    let build = PathBuf::from(ROOT).join(".aws-sam/build");
+    let template = std::fs::read_to_string(build.join("template.yaml"))
+        .unwrap_or_else(|e| panic!("{}/template.yaml: {e}: run make test-sam", build.display()));
+    let code_uri = template
+        .split("\n  ForwarderFunction:\n")
+        .nth(1)
+        .and_then(|block| {
+            block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("CodeUri:"))
+                .map(|uri| uri.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no CodeUri for ForwarderFunction in the built template"));
+    build.join(code_uri).join("bootstrap")
+}
+
 /// `sam local invoke` of the template's function with `event` (a file of
 /// `events/`) and the settings of sam-local-env.json but for `exchange`
 /// and classic queues (as the host side of the test declares them).
 fn sam_local_invoke(event: &str, exchange: &str) -> Invocation {
-    let bootstrap = PathBuf::from(ROOT).join(".aws-sam/build/ForwarderFunction/bootstrap");
+    let bootstrap = built_bootstrap();
     let elf = std::fs::read(&bootstrap)
         .unwrap_or_else(|e| panic!("{}: {e}: run make test-sam", bootstrap.display()));
     // e_machine 183: AArch64, the template's Architectures.
@@ -239,7 +260,7 @@ fn newest_glibc(binary: &[u8]) -> (u32, u32) {
 #[test]
 #[ignore = "needs sam build: make test-sam"]
 fn the_artefact_needs_no_glibc_newer_than_amazon_linux_2023s() {
-    let bootstrap = PathBuf::from(ROOT).join(".aws-sam/build/ForwarderFunction/bootstrap");
+    let bootstrap = built_bootstrap();
     let binary = std::fs::read(&bootstrap)
         .unwrap_or_else(|e| panic!("{}: {e}: run make test-sam", bootstrap.display()));
     let newest = newest_glibc(&binary);
