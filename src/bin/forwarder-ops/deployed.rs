@@ -223,7 +223,7 @@ pub async fn resolve(
         .await
         .map_err(|e| anyhow::anyhow!(aws_sdk_lambda::error::DisplayErrorContext(e)))
         .with_context(|| format!("ListEventSourceMappings of {what}"))?;
-    let streams: Vec<_> = all
+    let mut streams: Vec<_> = all
         .into_iter()
         .filter(|m| {
             m.event_source_arn()
@@ -231,7 +231,9 @@ pub async fn resolve(
         })
         .collect();
     match streams.len() {
-        1 => Ok(streams.into_iter().next().expect("one")),
+        1 => streams
+            .pop()
+            .context("ListEventSourceMappings: the one stream mapping went missing"),
         0 => bail!("{what} has no DynamoDB stream event source mapping"),
         n => bail!(
             "{what} has {n} DynamoDB stream mappings ({}): give one's UUID",
