@@ -10,22 +10,33 @@ use std::{collections::HashMap, process::Command};
 use serde_json::Value;
 
 fn template() -> Value {
-    let path = format!("{}/template.yaml", env!("CARGO_MANIFEST_DIR"));
     let script = "import json, sys\n\
                   from cfnlint.decode import decode_str\n\
                   t, m = decode_str(open(sys.argv[1]).read())\n\
                   assert not m, m\n\
                   print(json.dumps(t, default=str))";
+    python_json(
+        script,
+        "template.yaml",
+        "reading template.yaml needs cfn-lint (pip install cfn-lint; make validate installs it)",
+    )
+}
+
+/// What `script` prints as JSON, given the repository's `file` as its
+/// argument (Python reads what the tests have no crate for); `what` heads
+/// the panic when it fails.
+fn python_json(script: &str, file: &str, what: &str) -> Value {
+    let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .args(["-c", script, &path])
         .output()
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "reading template.yaml needs cfn-lint (pip install cfn-lint; make validate installs it): {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("the template as JSON")
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{file} as JSON: {e}"))
 }
 
 /// A rule function's value: a string, or a condition's true/false.

@@ -3,25 +3,13 @@
 //! template's defaults, setting for setting, so that the two ways to
 //! deploy cannot drift. A failure names both places.
 
-use std::process::Command;
-
 use serde_json::{Map, Value};
 
 /// CargoLambda.toml as JSON (Python's tomllib: no TOML crate in the tests).
 fn cargo_lambda_toml() -> Value {
-    let path = format!("{}/CargoLambda.toml", env!("CARGO_MANIFEST_DIR"));
     let script = "import json, sys, tomllib\n\
                   print(json.dumps(tomllib.load(open(sys.argv[1], 'rb'))))";
-    let out = Command::new("python3")
-        .args(["-c", script, &path])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "CargoLambda.toml: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("CargoLambda.toml as JSON")
+    super::python_json(script, "CargoLambda.toml", "CargoLambda.toml")
 }
 
 /// A value as both files write it: strings as they are, numbers and
