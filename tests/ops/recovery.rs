@@ -666,3 +666,88 @@ async fn a_backfill_whose_function_stays_out_of_reach_ends_with_its_summary() {
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn a_table_keyed_otherwise_is_sorted_on_disk_past_its_memory_and_resumes_in_order() {
+    use aws_sdk_dynamodb::types::{AttributeValue as A, KeyType, ScalarAttributeType as T};
+    // Keyed by an event id: the backfill must sort the table itself. Items
+    // are written in a shuffled order (seeded) and --sort-memory is far
+    // below the table, so the order comes from sorted runs merged from
+    // temporary files.
+    let table = Table::keyed(
+        &table_name("keyed-by-id"),
+        &[("eventId", KeyType::Hash, T::S)],
+    )
+    .await;
+    let mut rng = fastrand::Rng::with_seed(33);
+    let mut events: Vec<(String, u64)> = (0..4)
+        .flat_map(|a| (1..=30).map(move |v| (format!("prod-{a}"), v)))
+        .collect();
+    rng.shuffle(&mut events);
+    for (aggregate, version) in &events {
+        let mut item = Table::event(aggregate, *version, "ProductPriceChanged");
+        item.insert("eventId".into(), A::S(format!("{:016x}", rng.u64(..))));
+        table.put(item).await;
+    }
+    let checkpoint = std::env::temp_dir().join(format!("{}.json", table.name));
+    let args = [
+        "backfill",
+        "--table",
+        &table.name,
+        "--sort-memory",
+        "4K",
+        "--batch-size",
+        "7",
+        "--max-retries",
+        "0",
+        "--retry-delay",
+        "10",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ];
+    let sent_by = |f: &ScriptedFunction| -> Vec<(String, u64)> {
+        f.calls()
+            .iter()
+            .flat_map(|c| c.records().to_vec())
+            .map(|r| {
+                let image = &r["dynamodb"]["NewImage"];
+                let version = image["version"]["N"].as_str().unwrap().parse().unwrap();
+                (
+                    image["aggregateId"]["S"].as_str().unwrap().to_owned(),
+                    version,
+                )
+            })
+            .collect()
+    };
+    // The fourth batch's first record fails: the run stops after 21
+    // confirmed events.
+    let f = ScriptedFunction::start(None, |call| {
+        if call.records()[0]["dynamodb"]["SequenceNumber"] == "22" {
+            let seq = call.records()[0]["dynamodb"]["SequenceNumber"].clone();
+            Reply::Json(json!({"batchItemFailures": [{"itemIdentifier": seq}]}))
+        } else {
+            Reply::Json(json!([]))
+        }
+    })
+    .await;
+    let stopped = run_with(&moto_url(), &f.endpoint(), &args, LIMIT).await;
+    assert!(!stopped.success, "{stopped:?}");
+    assert_eq!(stopped.count("forwarded"), 21, "{stopped:?}");
+    assert!(
+        stopped.stderr.contains("merging its sorted runs"),
+        "the table spilled: {}",
+        stopped.stderr
+    );
+    let mut sent = sent_by(&f);
+    sent.truncate(21);
+
+    let rest = ScriptedFunction::start(None, |_| Reply::Json(json!([]))).await;
+    let resumed = run_with(&moto_url(), &rest.endpoint(), &args, LIMIT).await;
+    assert!(resumed.success, "{resumed:?}");
+    sent.extend(sent_by(&rest));
+    // Every event once, each aggregate whole and in version order.
+    let mut want = events.clone();
+    want.sort();
+    assert_eq!(sent, want);
+    let _ = std::fs::remove_file(&checkpoint);
+}

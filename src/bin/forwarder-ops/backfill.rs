@@ -47,6 +47,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::task::{JoinSet, LocalSet};
 
+mod spill;
+
 use crate::{
     aws::Clients,
     invoker::{InOrder, LambdaInvoker},
@@ -157,6 +159,13 @@ pub struct Args {
     )]
     mapping: MappingKind,
 
+    /// Memory for sorting a table not keyed (aggregateId, version): bytes,
+    /// or with a K, M or G suffix (KiB, MiB, GiB). Past it, sorted runs go
+    /// to temporary files (in TMPDIR) and are merged, so memory stays
+    /// bounded whatever the table's size.
+    #[arg(long, default_value = "64M", value_name = "SIZE", value_parser = parse_size)]
+    sort_memory: usize,
+
     #[command(flatten)]
     sending: InOrder,
 }
@@ -207,7 +216,6 @@ struct Place {
 struct Event {
     /// The aggregate (or, on a change table, the item's key), as text.
     group: String,
-    version: u64,
     item: HashMap<String, AttributeValue>,
     place: Place,
 }
@@ -248,8 +256,8 @@ enum Scope {
     /// One aggregate.
     Aggregate(String),
     /// An event-store table not keyed (aggregateId, version): read whole
-    /// and sorted in memory (the one case that holds the table); only one
-    /// aggregate's events when one is given.
+    /// and sorted, in memory up to `--sort-memory` and on disk beyond
+    /// (spill.rs); only one aggregate's events when one is given.
     Sorted(Option<String>),
 }
 
@@ -286,9 +294,11 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         (_, _) if source.event_store_keys => Scope::EventStore,
         (_, _) => {
             tracing::warn!(
-                "the table's key is not ({}, {}): reading it whole into memory to sort it",
+                "the table's key is not ({}, {}): reading it whole and sorting it, in at most \
+                 {} bytes of memory and temporary files beyond (one worker)",
                 names.aggregate_id,
-                names.version
+                names.version,
+                args.sort_memory
             );
             Scope::Sorted(args.aggregate.clone())
         }
@@ -378,6 +388,7 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         version: names.version.clone(),
         since: args.since,
         until: args.until,
+        sort_memory: args.sort_memory,
         to_queue: args.to_queue.clone(),
         path: args.checkpoint.clone(),
         region: clients.region.clone(),
@@ -480,6 +491,8 @@ struct Shared {
     version: String,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
+    /// `--sort-memory`, in bytes.
+    sort_memory: usize,
     to_queue: Option<String>,
     path: Option<PathBuf>,
     region: String,
@@ -746,7 +759,7 @@ enum Unit {
     /// The whole table, sorted by aggregate and version; events up to
     /// `after` were confirmed.
     Sorted {
-        events: Option<std::vec::IntoIter<Event>>,
+        events: Option<spill::Sorted>,
         after: Option<(String, u64)>,
     },
 }
@@ -800,7 +813,6 @@ impl Unit {
                 let key = item_json(&key);
                 Ok(Some(Event {
                     group: key.to_string(),
-                    version: 0,
                     item,
                     place: Place {
                         scan_from: Some(key),
@@ -810,18 +822,33 @@ impl Unit {
             }
             Unit::One(q) => q.next().await,
             Unit::Sorted { events, after } => {
-                if events.is_none() {
-                    *events = Some(sorted(shared, after.as_ref()).await?.into_iter());
-                }
-                Ok(events.as_mut().and_then(Iterator::next))
+                let events = match events {
+                    Some(events) => events,
+                    None => events.insert(sorted(shared, after.as_ref()).await?),
+                };
+                let Some(e) = events.next()? else {
+                    return Ok(None);
+                };
+                let item: serde_dynamo::Item =
+                    serde_json::from_str(e.item.get()).context("an item of a sorted run")?;
+                Ok(Some(Event {
+                    place: Place {
+                        aggregate: Some(e.group.clone()),
+                        version: Some(e.version),
+                        ..Place::default()
+                    },
+                    group: e.group,
+                    item: item.into(),
+                }))
             }
         }
     }
 }
 
 /// The table read whole and sorted by aggregate and version, without the
-/// events up to `after`.
-async fn sorted(shared: &Shared, after: Option<&(String, u64)>) -> anyhow::Result<Vec<Event>> {
+/// events up to `after`: memory bounded by `--sort-memory`, the rest in
+/// temporary files.
+async fn sorted(shared: &Shared, after: Option<&(String, u64)>) -> anyhow::Result<spill::Sorted> {
     let mut scan = Scan {
         client: shared.dynamodb.clone(),
         table: shared.checkpoint.borrow().table.clone(),
@@ -832,7 +859,7 @@ async fn sorted(shared: &Shared, after: Option<&(String, u64)>) -> anyhow::Resul
         ended: false,
         page: VecDeque::new(),
     };
-    let mut events = Vec::new();
+    let mut sorter = spill::Sorter::new(shared.sort_memory, std::env::temp_dir());
     while let Some(item) = scan.next().await? {
         let (Some(group), Some(version)) = (
             item.get(&shared.aggregate_id).map(text),
@@ -848,19 +875,21 @@ async fn sorted(shared: &Shared, after: Option<&(String, u64)>) -> anyhow::Resul
         {
             continue;
         }
-        events.push(Event {
-            place: Place {
-                aggregate: Some(group.clone()),
-                version: Some(version),
-                ..Place::default()
-            },
+        let item = serde_json::value::to_raw_value(&serde_dynamo::Item::from(item))
+            .context("an item of the table as JSON")?;
+        sorter.push(spill::Entry {
             group,
             version,
             item,
-        });
+        })?;
     }
-    events.sort_by(|a, b| (&a.group, a.version).cmp(&(&b.group, b.version)));
-    Ok(events)
+    if sorter.runs() > 0 {
+        tracing::info!(
+            runs = sorter.runs(),
+            "the table did not fit --sort-memory: merging its sorted runs from temporary files"
+        );
+    }
+    sorter.sorted()
 }
 
 /// One Scan segment, a page at a time.
@@ -979,7 +1008,6 @@ impl Query {
                 };
                 return Ok(Some(Event {
                     group: self.group.clone(),
-                    version,
                     item,
                     place: Place {
                         scan_from: self.first.clone(),
@@ -1089,6 +1117,22 @@ fn number(v: &AttributeValue) -> Option<u64> {
         AttributeValue::N(n) => n.parse().ok(),
         _ => None,
     }
+}
+
+/// A size: bytes, or KiB, MiB or GiB with a K, M or G suffix.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let (digits, unit) = match text.trim().to_ascii_uppercase().as_str() {
+        t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 1 << 10),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 1 << 20),
+        t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 1 << 30),
+        t => (t.to_owned(), 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size (bytes, or a number with K, M or G)"))
 }
 
 /// A key as the checkpoint keeps it (DynamoDB JSON) back as the SDK's.
@@ -1243,6 +1287,26 @@ mod tests {
     use super::*;
     use aws_sdk_dynamodb::primitives::Blob;
 
+    #[test]
+    fn sizes_are_bytes_or_binary_multiples_and_nothing_else() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        for bad in [
+            "",
+            "0",
+            "0M",
+            "-1",
+            "1.5M",
+            "M",
+            "12MB",
+            "99999999999999999999G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
     fn item(attrs: &[(&str, AttributeValue)]) -> HashMap<String, AttributeValue> {
         attrs
             .iter()
@@ -1293,7 +1357,6 @@ mod tests {
         };
         let e = Event {
             group: "prod-1".into(),
-            version: 3,
             item: item(&[
                 ("aggregateId", AttributeValue::S("prod-1".into())),
                 ("version", AttributeValue::N("3".into())),
