@@ -295,10 +295,10 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         (_, _) => {
             tracing::warn!(
                 "the table's key is not ({}, {}): reading it whole and sorting it, in at most \
-                 {} bytes of memory and temporary files beyond (one worker)",
+                 {} KiB of memory and temporary files beyond (one worker)",
                 names.aggregate_id,
                 names.version,
-                args.sort_memory
+                args.sort_memory.div_ceil(1 << 10)
             );
             Scope::Sorted(args.aggregate.clone())
         }
