@@ -49,6 +49,7 @@ SUITES = integration:artefact integration:broker integration:cluster integration
 test: validate broker broker4 tools
 	@failed=0; \
 	cargo test --no-fail-fast --features ops --lib --bins --examples --bench forwarder || failed=1; \
+	cargo test -p testkit --features ops --lib || failed=1; \
 	for suite in $(SUITES); do \
 		echo "==> cargo test --features ops --test $${suite%%:*} $${suite#*:}::"; \
 		cargo test --features ops --test $${suite%%:*} $${suite#*:}:: || failed=1; \
@@ -96,8 +97,9 @@ fuzz:
 ## The benchmarks: forwarder vs the broker ceiling, conversion, cold start,
 ## memory, size; then a backfill of 10,000 events through the function (moto,
 ## cargo lambda watch) against the ceiling in the same run, and by 4 and 16
-## workers.
+## workers. The Node peer (benches/peers) is installed by scripts/peers.sh.
 bench: broker broker4 tools
+	scripts/peers.sh
 	cargo bench --features ops
 
 ## The Lambda artefact for provided.al2023 on arm64:

@@ -10,15 +10,19 @@
 //!   `scripts/rabbitmq4.sh`, started on demand), unique names per test so
 //!   tests run in parallel, a plain lapin client to look at what arrived
 //!   ([`TestBroker`]), `rabbitmqctl`, and child processes.
-//! - [`proxy`]: a TCP proxy that injects network faults.
+//! - [`proxy`]: a TCP proxy that injects network faults; [`delay`]: one
+//!   that adds a fixed one-way delay (benchmarks at a VPC's round trip).
+//! - [`peers`]: the Node forwarder `make bench` runs beside ours.
 //! - [`vhost`]: a vhost of a test's own, with a user limited to given names
 //!   and limits such as `max-queues`.
 //! - `local` (feature `ops`): moto's DynamoDB, its stream and SQS, the
 //!   local loop and `forwarder-ops` runs.
 
+pub mod delay;
 pub mod function;
 #[cfg(feature = "ops")]
 pub mod local;
+pub mod peers;
 pub mod proxy;
 pub mod runtime_api;
 pub mod vhost;
