@@ -10,6 +10,9 @@
 
 #![recursion_limit = "256"]
 
+#[path = "forwarder/peers.rs"]
+mod peers;
+
 use std::{
     hint::black_box,
     time::{Duration, Instant},
@@ -98,6 +101,15 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
             setup(&config, &uri, &exchange, QueueKind::Default).await?;
         let many = environments(&uri, &exchange, &queue, &admin, plan).await?;
         print_environments(&many);
+        testkit::delete_topology(&admin, &exchange, &[&queue]).await;
+        return Ok(());
+    }
+    if std::env::args().any(|a| a == "--peers-only") {
+        // Only the Node peer and the delay proxy rows (issue 33).
+        let (_broker, _client, admin, queue) =
+            setup(&config, &uri, &exchange, QueueKind::Default).await?;
+        let rows = peers::measure(&uri, &exchange, &admin, &queue, plan.rounds.min(5)).await?;
+        peers::print(&rows);
         testkit::delete_topology(&admin, &exchange, &[&queue]).await;
         return Ok(());
     }
@@ -237,6 +249,12 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
 
     let cold = cold_start(&uri, &exchange, &queue, &admin, plan.smoke, false).await?;
     let many = environments(&uri, &exchange, &queue, &admin, plan).await?;
+    // The Node peer needs scripts/peers.sh (make bench), not the smoke run.
+    let against_peers = if plan.smoke {
+        Vec::new()
+    } else {
+        peers::measure(&uri, &exchange, &admin, &queue, 5).await?
+    };
 
     println!(
         "\nevent-forwarder benchmark: persistent messages, mean body {mean_body} B, to a \
@@ -277,6 +295,9 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
     println!("{:<60} {:>12} {:>12}", "", "records/s", "connections");
     for (name, rate, connections) in &many.rows {
         println!("{name:<60} {rate:>12.0} {connections:>12}");
+    }
+    if !against_peers.is_empty() {
+        peers::print(&against_peers);
     }
     let binary = std::fs::metadata(env!("CARGO_BIN_EXE_event-forwarder"))?.len();
     println!(
