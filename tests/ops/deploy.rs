@@ -547,7 +547,9 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
         outputs["OnFailureQueueArn"]
     );
     assert!(
-        !statements.iter().any(|s| text(&s["Action"]).contains("s3:")),
+        !statements
+            .iter()
+            .any(|s| text(&s["Action"]).contains("s3:")),
         "no S3 permission with the SQS destination: {statements:?}"
     );
     assert!(out["outputs"]["OnFailureBucketName"].is_null());
@@ -617,14 +619,20 @@ async fn the_sam_template_with_an_s3_destination_makes_a_protected_bucket_and_gr
     let out = sam_stack(
         &stack,
         &stream_arn,
-        &[("OnFailureDestination", "s3"), ("OnFailureRetentionDays", "90")],
+        &[
+            ("OnFailureDestination", "s3"),
+            ("OnFailureRetentionDays", "90"),
+        ],
     );
     assert_eq!(out["status"], "CREATE_COMPLETE", "{}", out["failed"]);
     let bucket = text(&out["outputs"]["OnFailureBucketName"]);
     assert!(!bucket.is_empty(), "{}", out["outputs"]);
     assert_eq!(out["resources"]["OnFailureBucket"]["id"], bucket.as_str());
     let bucket_arn = format!("arn:aws:s3:::{bucket}");
-    assert_eq!(out["outputs"]["OnFailureDestinationArn"], bucket_arn.as_str());
+    assert_eq!(
+        out["outputs"]["OnFailureDestinationArn"],
+        bucket_arn.as_str()
+    );
     assert_eq!(
         out["readback"]["mapping"]["DestinationConfig"]["OnFailure"]["Destination"],
         bucket_arn.as_str()
@@ -637,8 +645,8 @@ async fn the_sam_template_with_an_s3_destination_makes_a_protected_bucket_and_gr
     assert_eq!(b["DeletionPolicy"], "Retain");
     let p = &b["Properties"];
     assert_eq!(
-        p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
-            ["ServerSideEncryptionByDefault"]["SSEAlgorithm"],
+        p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+            ["SSEAlgorithm"],
         "AES256"
     );
     for setting in [
@@ -647,12 +655,18 @@ async fn the_sam_template_with_an_s3_destination_makes_a_protected_bucket_and_gr
         "IgnorePublicAcls",
         "RestrictPublicBuckets",
     ] {
-        assert_eq!(p["PublicAccessBlockConfiguration"][setting], true, "{setting}");
+        assert_eq!(
+            p["PublicAccessBlockConfiguration"][setting], true,
+            "{setting}"
+        );
     }
     assert_eq!(p["VersioningConfiguration"]["Status"], "Enabled");
     let rule = &p["LifecycleConfiguration"]["Rules"][0];
     assert_eq!(rule["Status"], "Enabled");
-    assert_eq!(rule["ExpirationInDays"], json!({"Ref": "OnFailureRetentionDays"}));
+    assert_eq!(
+        rule["ExpirationInDays"],
+        json!({"Ref": "OnFailureRetentionDays"})
+    );
     assert_eq!(
         rule["NoncurrentVersionExpiration"]["NoncurrentDays"],
         json!({"Ref": "OnFailureRetentionDays"})
@@ -699,10 +713,17 @@ async fn the_sam_template_with_a_named_bucket_makes_none_and_points_at_it() {
     let out = sam_stack(
         &stack,
         &stream_arn,
-        &[("OnFailureDestination", "s3"), ("OnFailureBucketName", &named)],
+        &[
+            ("OnFailureDestination", "s3"),
+            ("OnFailureBucketName", &named),
+        ],
     );
     assert_eq!(out["status"], "CREATE_COMPLETE", "{}", out["failed"]);
-    assert!(out["resources"]["OnFailureBucket"].is_null(), "{}", out["resources"]);
+    assert!(
+        out["resources"]["OnFailureBucket"].is_null(),
+        "{}",
+        out["resources"]
+    );
     let arn = format!("arn:aws:s3:::{named}");
     assert_eq!(out["outputs"]["OnFailureBucketName"], named.as_str());
     assert_eq!(

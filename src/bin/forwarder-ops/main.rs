@@ -19,6 +19,7 @@ mod backfill;
 mod deploy_mapping;
 mod deployed;
 mod invoker;
+mod objects;
 mod progress;
 mod reader;
 mod redrive;
