@@ -489,9 +489,6 @@ impl Redrive<'_> {
 fn print_summary(summary: &Summary, dry_run: bool) {
     let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
         ("messages", &summary.messages),
-        ("objects", &summary.objects),
-        ("confirmed_before", &summary.confirmed_before),
-        ("done", &summary.done),
         ("ranges", &summary.ranges),
         ("records", &summary.records),
         ("forwarded", &summary.forwarded),
@@ -500,6 +497,9 @@ fn print_summary(summary: &Summary, dry_run: bool) {
         ("failed", &summary.failed),
         ("kept", &summary.kept),
         ("deleted", &summary.deleted),
+        ("objects", &summary.objects),
+        ("confirmed_before", &summary.confirmed_before),
+        ("done", &summary.done),
     ];
     if dry_run {
         fields.push(("dry_run", &true));
