@@ -292,6 +292,12 @@ impl Destination {
                 mapping_uuid,
             } => {
                 let now = Utc::now();
+                // The key is named by the message's own time, as Lambda's
+                // (the same second, never the next one).
+                let at_time = message["timestamp"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(now, |t| t.with_timezone(&Utc));
                 // Lambda's key ends with a random UUID: one of the object's
                 // own content and the time gives the same uniqueness.
                 let body = objects::invocation_record(message, records).to_string();
@@ -299,7 +305,7 @@ impl Destination {
                     &uuid::Uuid::NAMESPACE_OID,
                     format!("{body}{}", now.timestamp_nanos_opt().unwrap_or_default()).as_bytes(),
                 );
-                let key = objects::key(&at.prefix, mapping_uuid, shard_id, now, &id);
+                let key = objects::key(&at.prefix, mapping_uuid, shard_id, at_time, &id);
                 client
                     .put_object()
                     .bucket(&at.bucket)
