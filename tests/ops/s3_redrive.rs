@@ -318,7 +318,8 @@ fn object(records: &[Value], payload_as_string: bool) -> Value {
 }
 
 #[tokio::test]
-async fn copies_on_disk_in_both_payload_shapes_redrive_dead_letters_count_and_a_stranger_is_kept() {
+async fn copies_on_disk_in_both_payload_shapes_redrive_filtered_with_dead_letters_and_a_stranger_kept()
+ {
     let Loop {
         table: _table,
         exchange,
@@ -336,15 +337,23 @@ async fn copies_on_disk_in_both_payload_shapes_redrive_dead_letters_count_and_a_
     let day = dir.join("aws/lambda/m/shardId-1/2026/01/01");
     std::fs::create_dir_all(&day).expect("a directory");
     let ev = |v: u64, seq: u64| record("prod-f", v, Some("ProductPriceChanged"), seq);
-    // Written in this order by Lambda, and so named.
+    // Written in this order by Lambda, and so named; prod-other's event is
+    // one the mapping's filter (below) keeps out.
     let files = [
         (
             "2026-01-01T10.00.00-a",
-            object(&[ev(1, 101), ev(2, 102)], false),
+            object(
+                &[
+                    ev(1, 101),
+                    record("prod-other", 1, Some("ProductPriceChanged"), 102),
+                    ev(2, 103),
+                ],
+                false,
+            ),
         ),
         (
             "2026-01-01T10.00.01-b",
-            object(&[ev(3, 103), ev(4, 104)], true),
+            object(&[ev(3, 104), ev(4, 105)], true),
         ),
         (
             "2026-01-01T10.00.02-c",
@@ -354,9 +363,9 @@ async fn copies_on_disk_in_both_payload_shapes_redrive_dead_letters_count_and_a_
             "2026-01-01T10.00.03-d",
             object(
                 &[
-                    record("prod-f", 5, None, 105),
-                    ev(6, 106),
-                    record("prod-f", 7, None, 107),
+                    record("prod-f", 5, None, 106),
+                    ev(6, 107),
+                    record("prod-f", 7, None, 108),
                 ],
                 true,
             ),
@@ -367,12 +376,15 @@ async fn copies_on_disk_in_both_payload_shapes_redrive_dead_letters_count_and_a_
     }
     let dir_arg = dir.to_string_lossy().into_owned();
 
+    let filter = r#"{"dynamodb": {"NewImage": {"aggregateId": {"S": ["prod-f"]}}}}"#;
     let run = local::run(
         &function,
         &[
             "redrive",
             "--from-objects",
             &dir_arg,
+            "--filter-pattern",
+            filter,
             "--retry-delay",
             "100",
         ],
@@ -385,9 +397,10 @@ async fn copies_on_disk_in_both_payload_shapes_redrive_dead_letters_count_and_a_
             run.count("objects"),
             run.count("done"),
             run.count("kept"),
-            run.count("forwarded")
+            run.count("forwarded"),
+            run.count("filtered")
         ),
-        (4, 3, 1, 7),
+        (4, 3, 1, 7, 1),
         "{run:?}"
     );
     assert!(
@@ -399,6 +412,10 @@ async fn copies_on_disk_in_both_payload_shapes_redrive_dead_letters_count_and_a_
     // Both payload shapes, in order; the records without an eventType
     // went out as dead letters, and their object is done all the same.
     assert_eq!(local::versions(&broker, &queue, 5).await, [1, 2, 3, 4, 6]);
+    assert!(
+        broker.drain(&queue).await.is_empty(),
+        "the event the filter keeps out was sent"
+    );
     let dead: Vec<u64> = broker
         .drain(&dead_letters)
         .await
