@@ -33,7 +33,7 @@ dev: broker tools
 # tests only (tests/integration/main.rs, tests/ops/main.rs).
 SUITES = integration:artefact integration:broker integration:cluster integration:concurrency ops:deploy ops:enrich \
 	integration:faults integration:hostile integration:hunt integration:lambda_runtime \
-	ops:local_stream ops:recovery integration:sam_event integration:sam_local \
+	ops:local_stream ops:recovery ops:s3_redrive integration:sam_event integration:sam_local \
 	integration:security integration:template
 
 ## Every test: the template lint, unit, broker-backed integration, the

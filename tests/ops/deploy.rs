@@ -380,10 +380,14 @@ async fn cargo_lambda_deploys_the_function_and_its_mapping_with_the_templates_se
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_destination() {
-    let t = template();
-    let (_table, stream_arn, _) = own_table("deploy-sam").await;
+/// The broker secret the SAM stacks name.
+const SAM_SECRET: &str =
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:event-forwarder/sam-AbCdEf";
+
+/// template.yaml transformed by the SAM CLI's translator and created as a
+/// stack in moto (tests/ops/support/sam_stack.py) on `stream_arn`, with
+/// `extra` parameters; what the script prints.
+fn sam_stack(stack: &str, stream_arn: &str, extra: &[(&str, &str)]) -> Value {
     let sam = Command::new("bash")
         .arg(root().join("scripts/deploy-tools.sh"))
         .arg("sam-path")
@@ -397,27 +401,49 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
         Path::new(&sam_python).exists(),
         "the SAM CLI's virtualenv (scripts/deploy-tools.sh sam; make test runs it)"
     );
-    let stack = table_name("deploy-sam");
-    let secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:event-forwarder/sam-AbCdEf";
-    let params = json!({
+    let mut params = json!({
         "StreamArn": stream_arn,
         "Exchange": "demo.events",
-        "BrokerSecretArn": secret,
+        "BrokerSecretArn": SAM_SECRET,
         "SubnetIds": "subnet-0aaaaaaaaaaaaaaaa,subnet-0bbbbbbbbbbbbbbbb",
         "SecurityGroupIds": "sg-0cccccccccccccccc",
     });
+    for (k, v) in extra {
+        params[*k] = json!(v);
+    }
     let script = std::fs::read_to_string(root().join("tests/ops/support/sam_stack.py"))
         .expect("sam_stack.py");
-    let out = python(
+    python(
         &sam_python,
         &script,
         &[
             &root().join("template.yaml").to_string_lossy(),
             &moto_url(),
-            &stack,
+            stack,
             &params.to_string(),
         ],
-    );
+    )
+}
+
+/// The role's policy statements as moto gives them back (a statement an
+/// `!If` left out is absent), by Sid.
+fn statements(out: &Value) -> Vec<Value> {
+    out["readback"]["role_policy"]["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .filter(|s| !s.is_null())
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_destination() {
+    let t = template();
+    let (_table, stream_arn, _) = own_table("deploy-sam").await;
+    let stack = table_name("deploy-sam");
+    let secret = SAM_SECRET;
+    let out = sam_stack(&stack, &stream_arn, &[]);
     assert_eq!(out["status"], "CREATE_COMPLETE", "{}", out["failed"]);
     for logical in [
         "ForwarderFunction",
@@ -506,12 +532,7 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
         text(&back["log_groups"][0]["retentionInDays"]),
         default(&t, "LogRetentionInDays")
     );
-    let statements: Vec<&Value> = back["role_policy"]["Statement"]
-        .as_array()
-        .expect("statements")
-        .iter()
-        .filter(|s| !s.is_null())
-        .collect();
+    let statements = statements(&out);
     let resource = |sid: &str| {
         statements
             .iter()
@@ -525,6 +546,14 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
         resource("SendToOnFailureQueue"),
         outputs["OnFailureQueueArn"]
     );
+    assert!(
+        !statements
+            .iter()
+            .any(|s| text(&s["Action"]).contains("s3:")),
+        "no S3 permission with the SQS destination: {statements:?}"
+    );
+    assert!(out["outputs"]["OnFailureBucketName"].is_null());
+    assert!(out["resources"]["OnFailureBucket"].is_null());
 
     // moto 5.2 accepts the alarms but keeps none (DescribeAlarms
     // finds none, the stack lists them without ids): their metrics and
@@ -559,13 +588,172 @@ async fn the_sam_template_creates_a_stack_with_the_function_its_mapping_and_its_
             "ApproximateNumberOfMessagesVisible",
             json!({"Fn::GetAtt": ["OnFailureQueue", "QueueName"]}),
         ),
+        ("DestinationDeliveryFailures", function.clone()),
+        (
+            "OnFailureDestinationDeliveredEventCount",
+            json!({"Fn::If": [
+                "OnStandardLambda",
+                {"Ref": "ForwarderFunctionStream"},
+                {"Ref": "ForwarderFunctionOnInstancesStream"},
+            ]}),
+        ),
     ] {
         assert!(
             alarms.iter().any(|(m, d)| m == metric && *d == dimension),
             "{metric} on {dimension} in {alarms:?}"
         );
     }
-    assert_eq!(alarms.len(), 7, "{alarms:?}");
+    assert_eq!(alarms.len(), 9, "{alarms:?}");
+}
+
+/// OnFailureDestination=s3 (issue 29): the stack makes a bucket with every
+/// protection, points the mapping at it, and gives the role exactly what
+/// the Lambda developer guide lists for an S3 destination (s3:PutObject on
+/// its objects, s3:ListBucket on it) and no sqs:SendMessage; the rendered
+/// template CloudFormation was given is read for what moto does not keep.
+#[tokio::test]
+async fn the_sam_template_with_an_s3_destination_makes_a_protected_bucket_and_grants_only_what_the_mapping_needs()
+ {
+    let (_table, stream_arn, _) = own_table("deploy-s3").await;
+    let stack = table_name("deploy-s3");
+    let out = sam_stack(
+        &stack,
+        &stream_arn,
+        &[
+            ("OnFailureDestination", "s3"),
+            ("OnFailureRetentionDays", "90"),
+        ],
+    );
+    assert_eq!(out["status"], "CREATE_COMPLETE", "{}", out["failed"]);
+    let bucket = text(&out["outputs"]["OnFailureBucketName"]);
+    assert!(!bucket.is_empty(), "{}", out["outputs"]);
+    assert_eq!(out["resources"]["OnFailureBucket"]["id"], bucket.as_str());
+    let bucket_arn = format!("arn:aws:s3:::{bucket}");
+    assert_eq!(
+        out["outputs"]["OnFailureDestinationArn"],
+        bucket_arn.as_str()
+    );
+    assert_eq!(
+        out["readback"]["mapping"]["DestinationConfig"]["OnFailure"]["Destination"],
+        bucket_arn.as_str()
+    );
+
+    // The rendered bucket: encrypted, private, versioned, expiring, TLS only.
+    let rendered = &out["rendered"]["Resources"];
+    let b = &rendered["OnFailureBucket"];
+    assert_eq!(b["Condition"], "CreatesOnFailureBucket");
+    assert_eq!(b["DeletionPolicy"], "Retain");
+    let p = &b["Properties"];
+    assert_eq!(
+        p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+            ["SSEAlgorithm"],
+        "AES256"
+    );
+    for setting in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(
+            p["PublicAccessBlockConfiguration"][setting], true,
+            "{setting}"
+        );
+    }
+    assert_eq!(p["VersioningConfiguration"]["Status"], "Enabled");
+    let rule = &p["LifecycleConfiguration"]["Rules"][0];
+    assert_eq!(rule["Status"], "Enabled");
+    assert_eq!(
+        rule["ExpirationInDays"],
+        json!({"Ref": "OnFailureRetentionDays"})
+    );
+    assert_eq!(
+        rule["NoncurrentVersionExpiration"]["NoncurrentDays"],
+        json!({"Ref": "OnFailureRetentionDays"})
+    );
+    let policy = &rendered["OnFailureBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+    assert_eq!(policy["Effect"], "Deny");
+    assert_eq!(policy["Action"], "s3:*");
+    assert_eq!(policy["Principal"], "*");
+    assert_eq!(policy["Condition"]["Bool"]["aws:SecureTransport"], "false");
+
+    // Read back from moto's S3: moto 5 keeps the bucket's encryption from
+    // the stack, not its versioning, lifecycle, public access block or
+    // policy (measured: NoSuch... for each), which the rendered template
+    // above holds instead.
+    let back = &out["readback"]["bucket"];
+    assert_eq!(
+        back["encryption"]["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"],
+        "AES256",
+        "{back}"
+    );
+
+    // The role: S3 for the destination, exactly, and no SQS.
+    let statements = statements(&out);
+    let s3: Vec<(String, Value)> = statements
+        .iter()
+        .filter(|s| {
+            let a = text(&s["Action"]);
+            a.starts_with("s3:") || a.starts_with("sqs:") || a.starts_with("kms:Generate")
+        })
+        .map(|s| (text(&s["Action"]), s["Resource"].clone()))
+        .collect();
+    assert_eq!(
+        s3,
+        [
+            ("s3:PutObject".to_owned(), json!(format!("{bucket_arn}/*"))),
+            ("s3:ListBucket".to_owned(), json!(bucket_arn)),
+        ],
+        "{statements:?}"
+    );
+}
+
+/// OnFailureBucketName names an existing bucket: the stack makes none and
+/// the role and the mapping point at that one; with its KMS key named, the
+/// role may generate data keys with that key only.
+#[tokio::test]
+async fn the_sam_template_with_a_named_bucket_makes_none_and_points_at_it() {
+    let (_table, stream_arn, _) = own_table("deploy-s3n").await;
+    let stack = table_name("deploy-s3n");
+    let named = unique("records").to_lowercase();
+    let key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let out = sam_stack(
+        &stack,
+        &stream_arn,
+        &[
+            ("OnFailureDestination", "s3"),
+            ("OnFailureBucketName", &named),
+            ("OnFailureBucketKmsKeyArn", key),
+        ],
+    );
+    assert_eq!(out["status"], "CREATE_COMPLETE", "{}", out["failed"]);
+    assert!(
+        out["resources"]["OnFailureBucket"].is_null(),
+        "{}",
+        out["resources"]
+    );
+    let arn = format!("arn:aws:s3:::{named}");
+    assert_eq!(out["outputs"]["OnFailureBucketName"], named.as_str());
+    assert_eq!(
+        out["readback"]["mapping"]["DestinationConfig"]["OnFailure"]["Destination"],
+        arn.as_str()
+    );
+    let granted: Vec<(String, Value)> = statements(&out)
+        .iter()
+        .filter(|s| {
+            let a = text(&s["Action"]);
+            a.starts_with("s3:") || a.starts_with("kms:") || a.starts_with("sqs:")
+        })
+        .map(|s| (text(&s["Action"]), s["Resource"].clone()))
+        .collect();
+    assert_eq!(
+        granted,
+        [
+            ("s3:PutObject".to_owned(), json!(format!("{arn}/*"))),
+            ("s3:ListBucket".to_owned(), json!(arn)),
+            ("kms:GenerateDataKey".to_owned(), json!(key)),
+        ]
+    );
 }
 
 #[tokio::test]

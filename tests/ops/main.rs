@@ -12,7 +12,8 @@
 //! - a rule of the event source mapping held to AWS's (retries, bisect,
 //!   OnFailure, filters, iterators), against a scripted function:
 //!   `local_stream::mapping`;
-//! - redrive and backfill: `recovery`;
+//! - redrive and backfill: `recovery`; S3 OnFailure objects written by
+//!   `stream` and redriven from the bucket or from copies: `s3_redrive`;
 //! - the library's extension point (an enricher over a read model): `enrich`;
 //! - the deploy paths (cargo-lambda, SAM) against moto: `deploy`.
 //!
@@ -26,3 +27,4 @@ mod deploy;
 mod enrich;
 mod local_stream;
 mod recovery;
+mod s3_redrive;

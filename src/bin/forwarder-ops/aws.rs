@@ -8,7 +8,7 @@ use aws_config::{BehaviorVersion, retry::RetryConfig, timeout::TimeoutConfig};
 /// Where the AWS APIs are.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Endpoint of DynamoDB, DynamoDB Streams and SQS (e.g. moto's server,
+    /// Endpoint of DynamoDB, DynamoDB Streams, SQS and S3 (e.g. moto's server,
     /// http://127.0.0.1:5677). Default: AWS, or AWS_ENDPOINT_URL.
     #[arg(long, global = true, value_name = "URL", help_heading = "AWS")]
     pub endpoint_url: Option<String>,
@@ -43,6 +43,9 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub sqs: aws_sdk_sqs::Client,
+    /// OnFailure objects (path-style addressing with --endpoint-url, as
+    /// local servers such as moto need).
+    pub s3: aws_sdk_s3::Client,
     /// The Invoke API (--lambda-endpoint-url): invocations only.
     pub lambda: aws_sdk_lambda::Client,
     /// Lambda's control plane (--endpoint-url): configurations and event
@@ -81,6 +84,11 @@ impl Clients {
             dynamodb: aws_sdk_dynamodb::Client::new(&shared),
             streams: aws_sdk_dynamodbstreams::Client::new(&shared),
             sqs: aws_sdk_sqs::Client::new(&shared),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&shared)
+                    .force_path_style(args.endpoint_url.is_some())
+                    .build(),
+            ),
             lambda: aws_sdk_lambda::Client::from_conf(lambda.build()),
             lambda_api: aws_sdk_lambda::Client::new(&shared),
             function_name: args.function_name.clone(),

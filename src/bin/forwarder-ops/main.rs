@@ -1,7 +1,8 @@
 //! `forwarder-ops`: what happens around the function, through the function.
 //!
 //! A local event source mapping over a real (local) DynamoDB stream
-//! (`stream`), redrive of the ranges Lambda gave up on (`redrive`),
+//! (`stream`), redrive of what Lambda gave up on: SQS ranges, or S3
+//! objects with their records (`redrive`),
 //! backfill from the event store (`backfill`), and the deployed function's
 //! event source mapping for deploys without CloudFormation
 //! (`deploy-mapping`). Each command that moves records reaches the broker
@@ -19,6 +20,7 @@ mod backfill;
 mod deploy_mapping;
 mod deployed;
 mod invoker;
+mod objects;
 mod progress;
 mod reader;
 mod redrive;

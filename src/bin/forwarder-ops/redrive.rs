@@ -1,9 +1,13 @@
-//! `redrive`: the ranges Lambda gave up on, forwarded again. Each OnFailure
-//! message names a shard and a sequence-number range, not the records: the
-//! range is read again from the stream, the records the filter lets through
-//! are sent through the function by the checkpoint rule, and the message is
-//! deleted only once all of them are confirmed. What the stream no longer
-//! holds is reported, never skipped, with a backfill that covers it.
+//! `redrive`: the ranges Lambda gave up on, forwarded again. Each SQS
+//! OnFailure message names a shard and a sequence-number range, not the
+//! records: the range is read again from the stream, the records the filter
+//! lets through are sent through the function by the checkpoint rule, and
+//! the message is deleted only once all of them are confirmed. What the
+//! stream no longer holds is reported, never skipped, with where the
+//! records may still be. S3 OnFailure objects hold the records themselves:
+//! `from_objects` forwards them with no stream read.
+
+mod from_objects;
 
 use std::{
     collections::BTreeSet,
@@ -26,8 +30,10 @@ use crate::{
     reader::{POLL_EVERY, Position, Streams, StreamsError, before},
 };
 
-/// Forward again the records of OnFailure messages (from the SQS queue or a
-/// file), reading their ranges from the stream.
+/// Forward again what Lambda gave up on: the ranges of SQS OnFailure
+/// messages (from the queue or a file), read from the stream; or the
+/// records of S3 OnFailure objects (from the bucket or copies on disk),
+/// with no stream read, at any age.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
@@ -41,16 +47,37 @@ Examples:
   forwarder-ops redrive --queue product-events-on-failure \\
       --filter-pattern '{\"eventName\": [\"INSERT\"]}'
 
-Exit status: 0 when every message's range was forwarded (and deleted), 1 when
-some range could not be (the message is kept), 2 on an error.")]
+  # OnFailureDestination=s3: the objects of the stack's mapping, any age
+  forwarder-ops redrive \\
+      --bucket s3://product-forwarder-onfailurebucket-1a2b3c/aws/lambda/<EventSourceMappingId>/
+
+Exit status: 0 when every message's range (every object's records) was
+forwarded, and the message deleted (the object deleted, a copy renamed
+<file>.done); 1 when some could not be (kept, an object marked through its
+last confirmed record, to resume after it); 2 on an error.")]
 pub struct Args {
     /// The OnFailure SQS queue (URL, ARN or name).
     #[arg(
         long,
-        required_unless_present = "from_file",
-        conflicts_with = "from_file"
+        required_unless_present_any = ["from_file", "bucket", "from_objects"],
+        conflicts_with_all = ["from_file", "bucket", "from_objects"]
     )]
     queue: Option<String>,
+
+    /// S3 OnFailure objects: s3://bucket[/prefix] (e.g. .../aws/lambda/<mapping
+    /// UUID>/). Each object is deleted once every record of it is confirmed,
+    /// and tagged forwarder-ops-confirmed-through=<sequence number> after
+    /// each confirmed batch until then. Needs s3:ListBucket, s3:GetObject,
+    /// s3:GetObjectTagging, s3:PutObjectTagging, s3:DeleteObject.
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]", value_parser = bucket, conflicts_with_all = ["from_file", "from_objects"])]
+    bucket: Option<crate::objects::Location>,
+
+    /// S3 OnFailure objects copied to disk (files, or directories walked,
+    /// e.g. after `aws s3 cp --recursive`): a copy is renamed <file>.done
+    /// once every record of it is confirmed; <file>.progress holds the last
+    /// confirmed until then.
+    #[arg(long, value_name = "PATH", num_args = 1.., conflicts_with = "from_file")]
+    from_objects: Vec<PathBuf>,
 
     /// OnFailure messages from a file instead: one JSON document per line,
     /// or a JSON array of them. Nothing is deleted.
@@ -150,6 +177,11 @@ struct Read {
 #[derive(Debug, Default)]
 struct Summary {
     messages: u64,
+    objects: u64,
+    /// Records of objects confirmed by an earlier redrive, not sent again.
+    confirmed_before: u64,
+    /// Objects whose records are all confirmed (deleted, or renamed).
+    done: u64,
     ranges: u64,
     records: u64,
     forwarded: u64,
@@ -186,10 +218,32 @@ pub async fn run(args: Args, clients: &Clients) -> anyhow::Result<bool> {
         halted: None,
         held,
     };
-    let result = match (&queue_url, &args.from_file) {
-        (Some(url), _) => redrive.each_of_queue(url).await,
-        (None, Some(path)) => redrive.each_of_file(path).await,
-        (None, None) => Err(anyhow::anyhow!("give --queue or --from-file")),
+    let result = match (&queue_url, &args.from_file, &args.bucket) {
+        (Some(url), _, _) => redrive.each_of_queue(url).await,
+        (None, Some(path), _) => redrive.each_of_file(path).await,
+        (None, None, Some(at)) => match from_objects::keys(&clients.s3, at).await {
+            Ok(keys) => {
+                let store = from_objects::Store::Bucket {
+                    s3: &clients.s3,
+                    at,
+                };
+                redrive.each_object(&store, &keys).await
+            }
+            Err(e) => Err(e),
+        },
+        (None, None, None) if !args.from_objects.is_empty() => {
+            match from_objects::files(&args.from_objects) {
+                Ok(files) => {
+                    redrive
+                        .each_object(&from_objects::Store::Files, &files)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        (None, None, None) => Err(anyhow::anyhow!(
+            "give --queue, --from-file, --bucket or --from-objects"
+        )),
     };
     // Every message kept is visible again now, for the next redrive.
     if let Some(held) = redrive.held.take() {
@@ -317,14 +371,15 @@ impl Redrive<'_> {
         if let Some(why) = &read.gone {
             let missing = range.expected.saturating_sub(found).max(1);
             self.summary.gone += missing as u64;
+            let elsewhere = s3_destinations(&self.clients.lambda_api, range).await;
             progress::say(
                 &self.bar,
                 format_args!(
                     "the stream no longer holds {} {}–{} ({why}): {} record(s) expected, {found} found, \
-                     written between {} and {} (arrival times, whole seconds). The table is the only \
-                     source left, and no time window on it can cover the range (arrival times are \
-                     not occurredAt): backfill the whole table; consumers drop what they have by \
-                     messageId: {}",
+                     written between {} and {} (arrival times, whole seconds). {elsewhere} Otherwise \
+                     the table is the only source left, and no time window on it can cover the \
+                     range (arrival times are not occurredAt): backfill the whole table; consumers \
+                     drop what they have by messageId: {}",
                     range.shard_id,
                     range.start,
                     range.end,
@@ -442,6 +497,9 @@ fn print_summary(summary: &Summary, dry_run: bool) {
         ("failed", &summary.failed),
         ("kept", &summary.kept),
         ("deleted", &summary.deleted),
+        ("objects", &summary.objects),
+        ("confirmed_before", &summary.confirmed_before),
+        ("done", &summary.done),
     ];
     if dry_run {
         fields.push(("dry_run", &true));
@@ -561,6 +619,51 @@ async fn set_visibility(
         batch.send().await.context("ChangeMessageVisibilityBatch")?;
     }
     Ok(())
+}
+
+/// Where the records of a range the stream lost may still be: the S3
+/// OnFailure destinations of the stream's mappings (read through Lambda's
+/// API, when allowed), which hold a batch's records, not only its range.
+async fn s3_destinations(lambda: &aws_sdk_lambda::Client, range: &Range) -> String {
+    let ask = lambda
+        .list_event_source_mappings()
+        .event_source_arn(&range.stream_arn)
+        .send();
+    let found: Vec<String> = match tokio::time::timeout(Duration::from_secs(5), ask).await {
+        Ok(Ok(out)) => out
+            .event_source_mappings()
+            .iter()
+            .filter_map(|m| {
+                let dest = m.destination_config()?.on_failure()?.destination()?;
+                let at = crate::objects::Location::parse(dest)?;
+                Some(format!(
+                    "s3://{}/{}aws/lambda/{}/{}/",
+                    at.bucket,
+                    at.prefix,
+                    m.uuid()?,
+                    range.shard_id
+                ))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if found.is_empty() {
+        "If the mapping's OnFailure destination was an S3 bucket when it gave these records up, \
+         its objects hold them: forwarder-ops redrive --bucket \
+         s3://<bucket>/aws/lambda/<mapping UUID>/."
+            .to_owned()
+    } else {
+        format!(
+            "The stream's mapping sends what it gives up on to S3: if it did for these records, \
+             they are under {}: forwarder-ops redrive --bucket <that prefix>.",
+            found.join(" or ")
+        )
+    }
+}
+
+/// `--bucket`'s value.
+fn bucket(s: &str) -> Result<crate::objects::Location, String> {
+    crate::objects::Location::parse(s).ok_or_else(|| format!("{s}: not s3://bucket[/prefix]"))
 }
 
 fn from_file(path: &PathBuf) -> anyhow::Result<Vec<Message>> {

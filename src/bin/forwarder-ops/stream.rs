@@ -2,8 +2,8 @@
 //! shard on its own as Lambda does (its own checkpoint; a shard whose batch
 //! keeps failing holds back only itself), filters and batches its records,
 //! invokes the function synchronously, follows the partial batch response,
-//! retries, bisects and sends what it gives up on to an OnFailure queue in
-//! AWS's format.
+//! retries, bisects and sends what it gives up on to an OnFailure queue or
+//! bucket in AWS's format.
 
 mod as_deployed;
 
@@ -32,7 +32,7 @@ use crate::{
     aws::Clients,
     deployed,
     invoker::LambdaInvoker,
-    progress,
+    objects, progress,
     reader::{POLL_EVERY, Position, Resume, ShardReader, Start, StreamReader, Streams},
 };
 
@@ -131,9 +131,12 @@ pub struct Args {
     #[arg(long, default_value_t = 21_600, value_name = "SECONDS", allow_negative_numbers = true, value_parser = record_age)]
     maximum_record_age: i64,
 
-    /// The OnFailure destination: an SQS queue (URL, ARN or name). Without
-    /// it, records given up on are only reported.
-    #[arg(long, value_name = "QUEUE")]
+    /// The OnFailure destination: an SQS queue (URL, ARN or name), which
+    /// gets the range only; or an S3 bucket (s3://bucket[/prefix], or its
+    /// ARN), which gets the whole invocation record, records included,
+    /// under aws/lambda/<mapping UUID>/<shard id>/YYYY/MM/DD/..., as Lambda
+    /// writes it. Without it, records given up on are only reported.
+    #[arg(long, value_name = "QUEUE|s3://BUCKET[/PREFIX]")]
     on_failure: Option<String>,
 
     /// Pause before a retry of a failed batch, in milliseconds.
@@ -251,13 +254,26 @@ enum Destination {
         client: aws_sdk_sqs::Client,
         url: String,
     },
+    /// Lambda's S3 destination: one object per range, records included.
+    S3 {
+        client: aws_sdk_s3::Client,
+        at: objects::Location,
+        /// The mapping's UUID, the first part of every key.
+        mapping_uuid: String,
+    },
     #[cfg(test)]
     Kept(RefCell<Vec<Value>>),
 }
 
 impl Destination {
-    /// Sends one message; `Ok(false)` when there is no destination.
-    async fn send(&self, message: Value) -> anyhow::Result<bool> {
+    /// Sends one message (with the records of its range, for S3); `Ok(false)`
+    /// when there is no destination.
+    async fn send(
+        &self,
+        message: Value,
+        shard_id: &str,
+        records: &[Pending],
+    ) -> anyhow::Result<bool> {
         match self {
             Destination::None => Ok(false),
             Destination::Sqs { client, url } => {
@@ -268,6 +284,38 @@ impl Destination {
                     .send()
                     .await
                     .with_context(|| format!("SendMessage to the OnFailure queue {url}"))?;
+                Ok(true)
+            }
+            Destination::S3 {
+                client,
+                at,
+                mapping_uuid,
+            } => {
+                let now = Utc::now();
+                // The key is named by the message's own time, as Lambda's
+                // (the same second, never the next one).
+                let at_time = message["timestamp"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(now, |t| t.with_timezone(&Utc));
+                // Lambda's key ends with a random UUID: one of the object's
+                // own content and the time gives the same uniqueness.
+                let body = objects::invocation_record(message, records).to_string();
+                let id = uuid::Uuid::new_v5(
+                    &uuid::Uuid::NAMESPACE_OID,
+                    format!("{body}{}", now.timestamp_nanos_opt().unwrap_or_default()).as_bytes(),
+                );
+                let key = objects::key(&at.prefix, mapping_uuid, shard_id, at_time, &id);
+                client
+                    .put_object()
+                    .bucket(&at.bucket)
+                    .key(&key)
+                    .content_type("application/json")
+                    .body(body.into_bytes().into())
+                    .send()
+                    .await
+                    .map_err(aws_sdk_s3::Error::from)
+                    .with_context(|| format!("PutObject s3://{}/{key}", at.bucket))?;
                 Ok(true)
             }
             #[cfg(test)]
@@ -325,8 +373,10 @@ pub async fn run(mut args: Args, clients: &Clients) -> anyhow::Result<bool> {
     // OnFailure messages name the deployed mapping's function, whatever
     // endpoint runs it here.
     let mut function_arn = None;
+    let mut mapping_uuid = None;
     if let Some(wanted) = args.mapping.clone() {
         let deployed = deployed::resolve(&clients.lambda_api, &wanted).await?;
+        mapping_uuid = deployed.uuid().map(str::to_owned);
         for line in as_deployed::adopt(&mut args, &deployed)? {
             tracing::info!("{line}");
         }
@@ -356,10 +406,29 @@ pub async fn run(mut args: Args, clients: &Clients) -> anyhow::Result<bool> {
         (None, StartingPosition::TrimHorizon) => Start::TrimHorizon,
         (None, StartingPosition::Latest) => Start::Latest,
     };
+    let function_arn = match function_arn {
+        Some(arn) => arn,
+        None => clients.function_arn().await,
+    };
     let destination = match &args.on_failure {
-        Some(q) => Destination::Sqs {
-            client: clients.sqs.clone(),
-            url: clients.queue_url(q).await?,
+        Some(d) => match objects::Location::parse(d) {
+            Some(at) => Destination::S3 {
+                client: clients.s3.clone(),
+                at,
+                // A deployed mapping's own; otherwise one that stays the same
+                // for this stream and function, run after run.
+                mapping_uuid: mapping_uuid.unwrap_or_else(|| {
+                    uuid::Uuid::new_v5(
+                        &uuid::Uuid::NAMESPACE_URL,
+                        format!("{stream_arn} {function_arn}").as_bytes(),
+                    )
+                    .to_string()
+                }),
+            },
+            None => Destination::Sqs {
+                client: clients.sqs.clone(),
+                url: clients.queue_url(d).await?,
+            },
         },
         None => Destination::None,
     };
@@ -374,10 +443,7 @@ pub async fn run(mut args: Args, clients: &Clients) -> anyhow::Result<bool> {
         rules,
         retry_delay: Duration::from_millis(args.retry_delay),
         stream_arn: stream_arn.clone(),
-        function_arn: match function_arn {
-            Some(arn) => arn,
-            None => clients.function_arn().await,
-        },
+        function_arn,
         destination,
         stop,
         max_records: args.max_records,
@@ -692,7 +758,8 @@ impl Mapping {
                 executed_version,
             };
             let message = esm::on_failure_message(g, records, &context, Utc::now());
-            match self.destination.send(message).await {
+            let range = &records[g.range.clone()];
+            match self.destination.send(message, shard_id, range).await {
                 Ok(sent) => self.summary.borrow_mut().on_failure_messages += u64::from(sent),
                 // The shard must not move past records whose range is not
                 // recorded anywhere.

@@ -176,7 +176,9 @@ fn cargo_lambda_toml_gives_the_function_and_its_mapping_the_templates_defaults()
     for (property, v) in stream {
         match property.as_str() {
             // Per environment: the stream and the queue the template makes.
-            "Stream" | "DestinationConfig" => {}
+            // MetricsConfig feeds the template's S3 OnFailure alarm; the
+            // cargo-lambda path makes no alarms.
+            "Stream" | "DestinationConfig" | "MetricsConfig" => {}
             "FilterCriteria" => {
                 let pattern = &t["Parameters"]["FilterPattern"];
                 drift.check(

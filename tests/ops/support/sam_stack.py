@@ -94,6 +94,22 @@ def main():
         readback["queue"] = sqs.get_queue_attributes(
             QueueUrl=physical["OnFailureQueue"], AttributeNames=["All"]
         )["Attributes"]
+        if "OnFailureBucket" in physical:
+            s3 = boto3.client("s3", endpoint_url=endpoint)
+            bucket = physical["OnFailureBucket"]
+            got = {}
+            for key, call in [
+                ("encryption", lambda: s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]),
+                ("public_access_block", lambda: s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]),
+                ("versioning", lambda: s3.get_bucket_versioning(Bucket=bucket).get("Status")),
+                ("lifecycle", lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]),
+                ("policy", lambda: json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])),
+            ]:
+                try:
+                    got[key] = call()
+                except Exception as e:  # what moto does not keep is reported, not fatal
+                    got[key] = {"error": str(e)}
+            readback["bucket"] = got
         for r in readback.values():
             if isinstance(r, dict):
                 r.pop("ResponseMetadata", None)

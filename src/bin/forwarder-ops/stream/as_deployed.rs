@@ -17,10 +17,15 @@ pub(super) fn adopt(
     let source = deployed.event_source_arn().unwrap_or_default().to_owned();
     let s = Settings::of(deployed);
     let on_failure = match &s.on_failure {
-        Some(arn) if !arn.starts_with("arn:aws:sqs:") => bail!(
-            "the mapping {uuid} sends what it gives up on to {arn}: this local mapping \
-             writes OnFailure messages to SQS only"
-        ),
+        Some(arn)
+            if !arn.starts_with("arn:aws:sqs:")
+                && crate::objects::Location::parse(arn).is_none() =>
+        {
+            bail!(
+                "the mapping {uuid} sends what it gives up on to {arn}: this local mapping \
+                 writes OnFailure records to SQS or S3 only"
+            )
+        }
         other => other.clone(),
     };
     let position = match s.starting_position.as_str() {
@@ -303,14 +308,20 @@ mod tests {
     }
 
     #[test]
-    fn a_mapping_that_sends_to_s3_or_starts_at_a_timestamp_is_refused() {
-        let mut s3 = deployed();
-        s3.destination_config = Some(
-            DestinationConfig::builder()
-                .on_failure(OnFailure::builder().destination("arn:aws:s3:::b").build())
-                .build(),
-        );
-        assert!(adopt(&mut parse(&[]), &s3).is_err());
+    fn a_mapping_that_sends_to_s3_is_followed_and_one_to_sns_or_at_a_timestamp_refused() {
+        let to = |destination: &str| {
+            let mut d = deployed();
+            d.destination_config = Some(
+                DestinationConfig::builder()
+                    .on_failure(OnFailure::builder().destination(destination).build())
+                    .build(),
+            );
+            d
+        };
+        let mut args = parse(&[]);
+        assert!(adopt(&mut args, &to("arn:aws:s3:::b")).is_ok());
+        assert_eq!(args.on_failure.as_deref(), Some("arn:aws:s3:::b"));
+        assert!(adopt(&mut parse(&[]), &to("arn:aws:sns:us-east-1:123456789012:t")).is_err());
         let mut at = deployed();
         at.starting_position = Some(EventSourcePosition::AtTimestamp);
         assert!(adopt(&mut parse(&[]), &at).is_err());
