@@ -10,6 +10,9 @@
 
 #![recursion_limit = "256"]
 
+#[path = "forwarder/counts.rs"]
+mod counts;
+
 use std::{
     hint::black_box,
     time::{Duration, Instant},
@@ -98,6 +101,15 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
             setup(&config, &uri, &exchange, QueueKind::Default).await?;
         let many = environments(&uri, &exchange, &queue, &admin, plan).await?;
         print_environments(&many);
+        testkit::delete_topology(&admin, &exchange, &[&queue]).await;
+        return Ok(());
+    }
+    if std::env::args().any(|a| a == "--counts-only") {
+        // Only the instructions and system calls per event, for an A/B.
+        let (_broker, _client, admin, queue) =
+            setup(&config, &uri, &exchange, QueueKind::Default).await?;
+        let rows = per_event_counts(&uri, &exchange, &queue, &admin, plan).await?;
+        print_counts(&rows);
         testkit::delete_topology(&admin, &exchange, &[&queue]).await;
         return Ok(());
     }
@@ -237,6 +249,11 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
 
     let cold = cold_start(&uri, &exchange, &queue, &admin, plan.smoke, false).await?;
     let many = environments(&uri, &exchange, &queue, &admin, plan).await?;
+    let per_event = if plan.smoke {
+        Vec::new()
+    } else {
+        per_event_counts(&uri, &exchange, &queue, &admin, plan).await?
+    };
 
     println!(
         "\nevent-forwarder benchmark: persistent messages, mean body {mean_body} B, to a \
@@ -278,6 +295,7 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
     for (name, rate, connections) in &many.rows {
         println!("{name:<60} {rate:>12.0} {connections:>12}");
     }
+    print_counts(&per_event);
     let binary = std::fs::metadata(env!("CARGO_BIN_EXE_event-forwarder"))?.len();
     println!(
         "{:<46} {:>9.1} MB",
@@ -781,6 +799,55 @@ async fn environments(
         rounds,
         rows,
     })
+}
+
+/// Instructions and system calls per event of this build and of
+/// `EF_BASELINE_BIN`'s, warm, over 5 batches of 1,000 records (counts: they
+/// do not depend on the machine's load as rates do).
+async fn per_event_counts(
+    uri: &str,
+    exchange: &str,
+    queue: &str,
+    admin: &Channel,
+    plan: &Settings,
+) -> anyhow::Result<Vec<(String, counts::Counts)>> {
+    let (records, batches) = if plan.smoke { (100, 1) } else { (1_000, 5) };
+    let event = event_json(records);
+    let env = [("AMQP_URI", uri), ("EXCHANGE", exchange)];
+    let mut rows = Vec::new();
+    if let Ok(bin) = std::env::var("EF_BASELINE_BIN") {
+        let c = counts::measure(Some(&bin), &env, &event, records, batches, admin, queue).await?;
+        rows.push(("EF_BASELINE_BIN".to_owned(), c));
+    }
+    let c = counts::measure(None, &env, &event, records, batches, admin, queue).await?;
+    rows.push(("this build".to_owned(), c));
+    Ok(rows)
+}
+
+fn print_counts(rows: &[(String, counts::Counts)]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("per event, warm function, 5 batches of 1,000 records (callgrind, strace -f):");
+    println!(
+        "{:<24} {:>14} {:>10}   by call",
+        "", "instructions", "syscalls"
+    );
+    for (name, c) in rows {
+        let calls: Vec<String> = c
+            .by_call
+            .iter()
+            .filter(|(_, n)| *n >= 0.01)
+            .map(|(call, n)| format!("{call} {n:.2}"))
+            .collect();
+        println!(
+            "{name:<24} {:>14.0} {:>10.2}   {}",
+            c.instructions,
+            c.syscalls,
+            calls.join(", ")
+        );
+    }
 }
 
 /// The connections named `name` on the bench's broker (Debian's RabbitMQ on
