@@ -829,10 +829,13 @@ fn print_counts(rows: &[(String, counts::Counts)]) {
         return;
     }
     println!();
-    println!("per event, warm function, 5 batches of 1,000 records (callgrind, strace -f):");
     println!(
-        "{:<24} {:>14} {:>10}   by call",
-        "", "instructions", "syscalls"
+        "per event, warm function, 5 batches of 1,000 records (callgrind; CPU of every \
+         thread, untraced; strace -f):"
+    );
+    println!(
+        "{:<24} {:>14} {:>10} {:>10}   by call",
+        "", "instructions", "CPU µs", "syscalls"
     );
     for (name, c) in rows {
         let calls: Vec<String> = c
@@ -842,8 +845,9 @@ fn print_counts(rows: &[(String, counts::Counts)]) {
             .map(|(call, n)| format!("{call} {n:.2}"))
             .collect();
         println!(
-            "{name:<24} {:>14.0} {:>10.2}   {}",
+            "{name:<24} {:>14.0} {:>10.1} {:>10.2}   {}",
             c.instructions,
+            c.cpu.as_secs_f64() * 1e6,
             c.syscalls,
             calls.join(", ")
         );

@@ -21,6 +21,9 @@ use testkit::{Function, Launch, runtime_api::Outcome};
 pub struct Counts {
     /// Instructions per event (callgrind's `Ir`, every thread).
     pub instructions: f64,
+    /// CPU time per event, every thread, untraced (the kernel's
+    /// `schedstat`): a figure of this machine and its load, unlike the others.
+    pub cpu: Duration,
     /// System calls per event, every thread.
     pub syscalls: f64,
     /// The same by system call, most frequent first.
@@ -45,7 +48,7 @@ pub async fn measure(
         let instructions = instructions(&binary, env, event, records, batches, admin, queue, &work)
             .await
             .context("callgrind")?;
-        let by_call = syscalls(&binary, env, event, records, batches, admin, queue, &work)
+        let (cpu, by_call) = syscalls(&binary, env, event, records, batches, admin, queue, &work)
             .await
             .context("strace")?;
         let events = (records * batches) as f64;
@@ -56,6 +59,7 @@ pub async fn measure(
         by_call.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(Counts {
             instructions: instructions as f64 / events,
+            cpu: cpu.div_f64(events),
             syscalls: by_call.iter().map(|(_, n)| n).sum(),
             by_call,
         })
@@ -153,8 +157,9 @@ fn control(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// System calls of `batches` warm batches, by name: strace attaches to
-/// every thread of the warm function, and is stopped after the last batch.
+/// CPU time of `batches` warm batches untraced, then their system calls by
+/// name: strace attaches to every thread of the warm function, and is
+/// stopped after the last batch.
 #[allow(clippy::too_many_arguments)]
 async fn syscalls(
     binary: &Path,
@@ -165,11 +170,16 @@ async fn syscalls(
     admin: &Channel,
     queue: &str,
     work: &Path,
-) -> anyhow::Result<BTreeMap<String, u64>> {
+) -> anyhow::Result<(Duration, BTreeMap<String, u64>)> {
     let out = work.join("strace.txt");
     let mut function = start(Launch::program(&[binary]), env).await?;
     let pid = function.pid();
     invoke(&function, event, records, admin, queue).await?;
+    let before = cpu_time(pid)?;
+    for _ in 0..batches {
+        invoke(&function, event, records, admin, queue).await?;
+    }
+    let cpu = cpu_time(pid)?.saturating_sub(before);
     let mut strace = Command::new("strace")
         .args(["-f", "-c", "-q", "-U", "name,calls", "-o"])
         .arg(&out)
@@ -198,7 +208,22 @@ async fn syscalls(
     strace.wait()?;
     function.terminate();
     let text = std::fs::read_to_string(&out)?;
-    Ok(parse_strace(&text))
+    Ok((cpu, parse_strace(&text)))
+}
+
+/// Time on a CPU of every thread of `pid` so far (the first field of each
+/// thread's `schedstat`, in nanoseconds).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("schedstat")?;
+    }
+    Ok(Duration::from_nanos(total))
 }
 
 /// Whether every thread of `pid` has a tracer.
