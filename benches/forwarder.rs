@@ -699,8 +699,8 @@ async fn environments(
     let events: Vec<Value> = (0..BATCHES).map(|_| event_json(records)).collect();
     let mut rows = Vec::new();
     // EF_BASELINE_BIN: another build of the function (e.g. an older
-    // commit's) measured one invocation at a time in the same run, for an
-    // A/B of the sequential path.
+    // commit's) measured one invocation at a time and 8 in flight in the
+    // same run, for an A/B of both paths.
     let baseline = std::env::var("EF_BASELINE_BIN").ok();
     let mut settings = vec![
         (
@@ -730,6 +730,15 @@ async fn environments(
                 Some(bin.clone()),
                 1,
                 1,
+            ),
+        );
+        settings.insert(
+            2,
+            (
+                "EF_BASELINE_BIN, one environment, 8 in flight".to_owned(),
+                Some(bin.clone()),
+                1,
+                BATCHES,
             ),
         );
     }
