@@ -13,6 +13,9 @@
 #[path = "forwarder/peers.rs"]
 mod peers;
 
+#[path = "forwarder/counts.rs"]
+mod counts;
+
 use std::{
     hint::black_box,
     time::{Duration, Instant},
@@ -110,6 +113,15 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
             setup(&config, &uri, &exchange, QueueKind::Default).await?;
         let rows = peers::measure(&uri, &exchange, &admin, &queue, plan.rounds.min(5)).await?;
         peers::print(&rows);
+        testkit::delete_topology(&admin, &exchange, &[&queue]).await;
+        return Ok(());
+    }
+    if std::env::args().any(|a| a == "--counts-only") {
+        // Only the instructions and system calls per event, for an A/B.
+        let (_broker, _client, admin, queue) =
+            setup(&config, &uri, &exchange, QueueKind::Default).await?;
+        let rows = per_event_counts(&uri, &exchange, &queue, &admin, plan).await?;
+        print_counts(&rows);
         testkit::delete_topology(&admin, &exchange, &[&queue]).await;
         return Ok(());
     }
@@ -255,6 +267,11 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
     } else {
         peers::measure(&uri, &exchange, &admin, &queue, 5).await?
     };
+    let per_event = if plan.smoke {
+        Vec::new()
+    } else {
+        per_event_counts(&uri, &exchange, &queue, &admin, plan).await?
+    };
 
     println!(
         "\nevent-forwarder benchmark: persistent messages, mean body {mean_body} B, to a \
@@ -299,6 +316,7 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
     if !against_peers.is_empty() {
         peers::print(&against_peers);
     }
+    print_counts(&per_event);
     let binary = std::fs::metadata(env!("CARGO_BIN_EXE_event-forwarder"))?.len();
     println!(
         "{:<46} {:>9.1} MB",
@@ -702,8 +720,8 @@ async fn environments(
     let events: Vec<Value> = (0..BATCHES).map(|_| event_json(records)).collect();
     let mut rows = Vec::new();
     // EF_BASELINE_BIN: another build of the function (e.g. an older
-    // commit's) measured one invocation at a time in the same run, for an
-    // A/B of the sequential path.
+    // commit's) measured one invocation at a time and 8 in flight in the
+    // same run, for an A/B of both paths.
     let baseline = std::env::var("EF_BASELINE_BIN").ok();
     let mut settings = vec![
         (
@@ -733,6 +751,15 @@ async fn environments(
                 Some(bin.clone()),
                 1,
                 1,
+            ),
+        );
+        settings.insert(
+            2,
+            (
+                "EF_BASELINE_BIN, one environment, 8 in flight".to_owned(),
+                Some(bin.clone()),
+                1,
+                BATCHES,
             ),
         );
     }
@@ -802,6 +829,59 @@ async fn environments(
         rounds,
         rows,
     })
+}
+
+/// Instructions and system calls per event of this build and of
+/// `EF_BASELINE_BIN`'s, warm, over 5 batches of 1,000 records (counts: they
+/// do not depend on the machine's load as rates do).
+async fn per_event_counts(
+    uri: &str,
+    exchange: &str,
+    queue: &str,
+    admin: &Channel,
+    plan: &Settings,
+) -> anyhow::Result<Vec<(String, counts::Counts)>> {
+    let (records, batches) = if plan.smoke { (100, 1) } else { (1_000, 5) };
+    let event = event_json(records);
+    let env = [("AMQP_URI", uri), ("EXCHANGE", exchange)];
+    let mut rows = Vec::new();
+    if let Ok(bin) = std::env::var("EF_BASELINE_BIN") {
+        let c = counts::measure(Some(&bin), &env, &event, records, batches, admin, queue).await?;
+        rows.push(("EF_BASELINE_BIN".to_owned(), c));
+    }
+    let c = counts::measure(None, &env, &event, records, batches, admin, queue).await?;
+    rows.push(("this build".to_owned(), c));
+    Ok(rows)
+}
+
+fn print_counts(rows: &[(String, counts::Counts)]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "per event, warm function, 5 batches of 1,000 records (callgrind; CPU of every \
+         thread, untraced; strace -f):"
+    );
+    println!(
+        "{:<24} {:>14} {:>10} {:>10}   by call",
+        "", "instructions", "CPU µs", "syscalls"
+    );
+    for (name, c) in rows {
+        let calls: Vec<String> = c
+            .by_call
+            .iter()
+            .filter(|(_, n)| *n >= 0.01)
+            .map(|(call, n)| format!("{call} {n:.2}"))
+            .collect();
+        println!(
+            "{name:<24} {:>14.0} {:>10.1} {:>10.2}   {}",
+            c.instructions,
+            c.cpu.as_secs_f64() * 1e6,
+            c.syscalls,
+            calls.join(", ")
+        );
+    }
 }
 
 /// The connections named `name` on the bench's broker (Debian's RabbitMQ on

@@ -4,7 +4,9 @@
 # emulator and invoke endpoint), moto's server (DynamoDB and its stream, SQS,
 # Secrets Manager; 5.2.0 or later, whose GetRecords the AWS SDK for Rust can
 # parse), pika and opentelemetry-api (Python consumers in the tests: one
-# reads the events' trace context with OpenTelemetry's propagator).
+# reads the events' trace context with OpenTelemetry's propagator), and
+# valgrind and strace (`make bench` counts instructions and system calls per
+# event with them).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -25,4 +27,7 @@ if ! python3 -c 'import pika' 2>/dev/null; then
 fi
 if ! python3 -c 'import opentelemetry.trace.propagation.tracecontext' 2>/dev/null; then
   pip_install 'opentelemetry-api>=1.20'
+fi
+if ! command -v valgrind >/dev/null 2>&1 || ! command -v strace >/dev/null 2>&1; then
+  apt_install valgrind strace
 fi
