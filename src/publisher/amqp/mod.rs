@@ -33,7 +33,7 @@ use std::{
         Arc, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll, Waker},
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -41,7 +41,7 @@ use lapin::{Channel, Connection, options::BasicPublishOptions};
 use tokio::sync::watch;
 
 use super::trust::SystemRoots;
-use super::{Broker, Confirm, Confirmation, Message, PublishError, Reset};
+use super::{Broker, Confirm, Message, PublishError, Reset};
 use crate::config::{BrokerAddress, TrustedCa};
 use crate::uri::AmqpUri;
 use confirm::{confirm_error, confirmation};
@@ -91,17 +91,7 @@ pub struct AmqpBroker {
     /// A sibling's first channel, which is no reconnect (the `Reconnects`
     /// metric counts channels and connections opened again).
     first_channel: bool,
-    /// Publishes since this broker last let the runtime poll its reactor.
-    since_yield: u32,
 }
-
-/// Publishes between two yields to the runtime. lapin's I/O thread learns
-/// that its socket is readable from the runtime's reactor, which a
-/// current-thread runtime polls only when its task yields or waits: a batch
-/// that never waits would read no confirm until its last publish (and a
-/// connection lost mid-batch would then lose every confirm). One yield per
-/// this many publishes keeps confirms flowing for one `epoll_wait` each.
-const YIELD_EVERY: u32 = 32;
 
 /// The connection of an execution environment, shared by its brokers.
 struct Link {
@@ -172,7 +162,6 @@ impl AmqpBroker {
             blocked: watch::channel(false).1,
             declared: Declared::default(),
             first_channel: false,
-            since_yield: 0,
         }
     }
 
@@ -187,7 +176,6 @@ impl AmqpBroker {
             blocked: watch::channel(false).1,
             declared: Declared::default(),
             first_channel: true,
-            since_yield: 0,
         }
     }
 
@@ -275,62 +263,42 @@ impl Broker for AmqpBroker {
     async fn publish(
         &mut self,
         message: &Message,
-        _until: Instant,
+        until: Instant,
     ) -> Result<Confirm, PublishError> {
-        self.since_yield += 1;
-        if self.since_yield >= YIELD_EVERY {
-            self.since_yield = 0;
-            tokio::task::yield_now().await;
-        }
         let channel = self
             .channel
             .as_ref()
             .ok_or_else(|| PublishError::ChannelLost("no open channel".into()))?;
-        // lapin writes nothing while the broker blocks the connection: a
-        // message handed to it now would only go out once the alarm ends,
-        // after the batch has failed.
-        if self.is_blocked() {
-            return Err(PublishError::Blocked);
-        }
         self.declared.used(&message.exchange);
-        let (exchange, routing_key) = (short(&message.exchange)?, short(&message.routing_key)?);
-        let properties = properties(message)?;
-        let channel = channel.clone();
-        let body = message.body.clone();
-        // The publish is handed to lapin's I/O thread at the first poll,
-        // below, in the batch's order; its write is not awaited here. Each
-        // await of a write cost the batch a hop from that thread back to
-        // this one per event (a wakeup of the runtime, docs/performance.md);
-        // left in lapin's queue, the writes of many publishes go out in one
-        // system call. What the write comes to is known with the confirm,
-        // which waits for it: a write that fails fails the confirm, one
-        // that never ends meets the confirm timeout.
-        let mut sending = Box::pin(async move {
-            channel
-                .basic_publish(
-                    exchange,
-                    routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &body,
-                    properties,
-                )
-                .await
-        });
-        // A no-op waker: the confirm's own poll registers the batch's.
-        let mut cx = Context::from_waker(Waker::noop());
-        match sending.as_mut().poll(&mut cx) {
-            Poll::Ready(Err(e)) => Err(confirm_error(&e)),
-            Poll::Ready(Ok(pending)) => Ok(Box::pin(async move { confirmation(pending.await) })),
-            Poll::Pending => Ok(Box::pin(async move {
-                match sending.await {
-                    Ok(pending) => confirmation(pending.await),
-                    Err(e) => Confirmation::failed(confirm_error(&e)),
+        let sending = channel.basic_publish(
+            short(&message.exchange)?,
+            short(&message.routing_key)?,
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &message.body,
+            properties(message)?,
+        );
+        let mut sending = std::pin::pin!(tokio::time::timeout_at(until.into(), sending));
+        // The write is almost always done at once; only a write that waits
+        // (a blocked broker: lapin writes nothing then) is raced against the
+        // blocked notification, which costs a waiter per message.
+        let sent = match std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await {
+            Poll::Ready(sent) => sent,
+            Poll::Pending => {
+                let mut blocked = self.blocked.clone();
+                tokio::select! {
+                    biased;
+                    sent = &mut sending => sent,
+                    _ = blocked.wait_for(|b| *b) => return Err(PublishError::Blocked),
                 }
-            })),
-        }
+            }
+        };
+        let pending = sent
+            .map_err(|_| PublishError::WriteTimeout)?
+            .map_err(|e| confirm_error(&e))?;
+        Ok(Box::pin(async move { confirmation(pending.await) }))
     }
 
     fn needs_declare(&self, exchange: &str) -> bool {
