@@ -7,13 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
-use chrono::Utc;
+use anyhow::Context;
 use event_forwarder::{
     Config,
     convert::Converter,
-    engine::{self, AmqpBroker, BatchOptions, Broker, Deadlines, Invocation, amqp_settings},
-    enrich::NoEnricher,
+    engine::{AmqpBroker, Broker, amqp_settings},
 };
 use lapin::{Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions};
 use serde_json::json;
@@ -86,15 +84,20 @@ pub async fn measure(
         let node_rounds = &node_rounds[2..];
         let mut fwd = Vec::new();
         let mut raw_times = Vec::new();
+        // Which goes first alternates; forward_once checks and empties
+        // the queue after the forwarder's batch.
         for round in 0..rounds {
-            if round % 2 == 0 {
-                fwd.push(forward(&mut broker, &converter, &raw_records).await?);
+            if round % 2 == 1 {
                 raw_times.push(super::raw_loop(&raw, exchange, &bodies).await?);
-            } else {
-                raw_times.push(super::raw_loop(&raw, exchange, &bodies).await?);
-                fwd.push(forward(&mut broker, &converter, &raw_records).await?);
+                super::purge(admin, queue, n).await?;
             }
-            super::purge(admin, queue, 2 * n).await?;
+            fwd.push(
+                super::forward_once(&mut broker, &converter, &raw_records, admin, queue).await?,
+            );
+            if round % 2 == 0 {
+                raw_times.push(super::raw_loop(&raw, exchange, &bodies).await?);
+                super::purge(admin, queue, n).await?;
+            }
         }
         let mut node_walls: Vec<Duration> = node_rounds.iter().map(|r| r.wall).collect();
         let mut cpu: Vec<Duration> = node_rounds.iter().map(|r| r.cpu).collect();
@@ -147,36 +150,6 @@ pub fn print(rows: &[AtDelay]) {
             r.node_cpu_per_event.as_secs_f64() * 1e6,
         );
     }
-}
-
-/// One batch through the real publisher, timed; every record confirmed.
-async fn forward(
-    broker: &mut AmqpBroker,
-    converter: &Converter,
-    records: &[Box<serde_json::value::RawValue>],
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let report = engine::forward(
-        broker,
-        converter,
-        &NoEnricher,
-        records,
-        Invocation::new(
-            Utc::now(),
-            Deadlines::new(
-                Instant::now() + Duration::from_secs(120),
-                Duration::from_secs(1),
-            ),
-        ),
-        BatchOptions::new(Duration::from_secs(10)),
-    )
-    .await;
-    let elapsed = started.elapsed();
-    ensure!(
-        report.published == records.len() && report.failure.is_none(),
-        "forwarder: {report:?}"
-    );
-    Ok(elapsed)
 }
 
 /// The broker's host and port from `amqp://user:pass@host:port/vhost`.
