@@ -269,35 +269,26 @@ async fn four_invocations_in_flight_share_one_connection_and_each_answers_for_it
             .collect();
         assert_eq!(delivered.lost(&expected), 0, "shard {s}");
     }
-    // A known defect, not yet fixed (lapin 4.12): when the broker closes
-    // shard 2's channel, a publish that passed lapin's channel-state check
-    // just before the close can be written after lapin's close-ok, and
-    // RabbitMQ then closes the whole connection (504 CHANNEL_ERROR
-    // "expected 'channel.open'"): every invocation in flight reopens and
-    // sends again what it had unconfirmed. Nothing is lost (checked above),
-    // but the other shards are touched. Only with that signature in the
-    // log may they see duplicates; any other duplicate fails the test.
-    let connection_lost = function
-        .log()
-        .contains("CHANNEL_ERROR - expected 'channel.open'");
-    if connection_lost {
-        eprintln!("the known lapin close race closed the connection in this run");
-    }
-    // Otherwise the other shards' records arrived exactly once per round;
-    // shard 2's invocation resumed after the refusal, from its first
-    // unconfirmed record (duplicates of what it had in flight, never a
-    // loss).
+    // The broker closing shard 2's channel leaves the connection open: no
+    // publish of that channel follows lapin's close-ok (RabbitMQ answers
+    // one with 504 CHANNEL_ERROR "expected 'channel.open'" and closes the
+    // connection under every invocation; lapin 4.12.3 did that about one
+    // run in ten here: vendor/lapin/FORK.md). So the other shards' records
+    // arrived exactly once per round; shard 2's invocation resumed after
+    // the refusal, from its first unconfirmed record (duplicates of what
+    // it had in flight, never a loss).
+    assert!(
+        !function.log().contains("CHANNEL_ERROR"),
+        "a channel error closed the shared connection: {}",
+        function.log()
+    );
     for s in [0, 1, 3] {
         let arrived = delivered
             .arrivals
             .iter()
             .filter(|(aggregate, _)| aggregate.starts_with(&format!("shard{s}-")))
             .count();
-        if connection_lost {
-            assert!(arrived >= 2 * 300, "shard {s}: {arrived} arrivals");
-        } else {
-            assert_eq!(arrived, 2 * 300, "shard {s}: each record once per round");
-        }
+        assert_eq!(arrived, 2 * 300, "shard {s}: each record once per round");
     }
     let dead = broker
         .take(
@@ -313,9 +304,7 @@ async fn four_invocations_in_flight_share_one_connection_and_each_answers_for_it
         .iter()
         .map(|s| s["reconnects"].as_u64().unwrap_or(0))
         .collect();
-    if !connection_lost {
-        assert_eq!(reconnects.iter().sum::<u64>(), 2, "{reconnects:?}");
-    }
+    assert_eq!(reconnects.iter().sum::<u64>(), 2, "{reconnects:?}");
     broker.cleanup(&exchange, &[&queue]).await;
 }
 
@@ -444,4 +433,99 @@ async fn shutdown_waits_for_the_invocations_in_flight_before_closing() {
     );
     proxy.set(testkit::proxy::Mode::Forward);
     TestBroker::connect().await.cleanup(&exchange, &[]).await;
+}
+
+/// The broker closes a channel while many of its publishes still wait in
+/// lapin's queue: none of them may follow the close-ok onto the wire, or
+/// RabbitMQ closes the whole connection (504 CHANNEL_ERROR), under every
+/// other invocation's channel. lapin 4.12.3 wrote them (it queues the
+/// close-ok ahead of waiting publishes); our fork drops them
+/// (vendor/lapin/FORK.md). Rounds, since the close lands at a different
+/// point of the queue each time.
+#[tokio::test]
+async fn a_channel_the_broker_closes_with_publishes_queued_leaves_the_connection_open() {
+    a_channel_the_broker_closes_with_publishes_queued_leaves_the_connection_open_on(&amqp_uri())
+        .await;
+}
+
+#[tokio::test]
+async fn a_channel_the_broker_closes_with_publishes_queued_leaves_the_connection_open_on_rabbitmq_3()
+ {
+    a_channel_the_broker_closes_with_publishes_queued_leaves_the_connection_open_on(RABBITMQ3_URI)
+        .await;
+}
+
+async fn a_channel_the_broker_closes_with_publishes_queued_leaves_the_connection_open_on(
+    uri: &str,
+) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::{BasicProperties, ExchangeKind, types::FieldTable};
+
+    let exchange = unique("close-race");
+    let broker = TestBroker::connect_to(uri).await;
+    broker
+        .declare_exchange(&exchange, ExchangeKind::Topic, FieldTable::default())
+        .await;
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let connection = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let witness = connection.create_channel().await.expect("a channel");
+    witness
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    // Large enough that most of a round is still queued when the broker's
+    // close arrives after its first publish.
+    let payload = vec![b'x'; 32 * 1024];
+    let missing = unique("no-such-exchange");
+    for round in 0..10 {
+        let doomed = connection.create_channel().await.expect("a channel");
+        doomed
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        // The first publish goes to an exchange that does not exist: the
+        // broker closes the channel (404). 999 more are queued behind it.
+        let publishes = (0..1000).map(|i| {
+            let target = if i == 0 { &missing } else { &exchange };
+            doomed.basic_publish(
+                target.as_str().into(),
+                "doomed".into(),
+                BasicPublishOptions::default(),
+                &payload,
+                BasicProperties::default(),
+            )
+        });
+        join_all(publishes.collect()).await;
+
+        let confirm = witness
+            .basic_publish(
+                exchange.as_str().into(),
+                "witness".into(),
+                BasicPublishOptions::default(),
+                b"witness",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the witness's publish: {e}"))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the witness's confirm: {e}"));
+        assert!(confirm.is_ack(), "round {round}: {confirm:?}");
+        assert!(
+            connection.status().connected(),
+            "round {round}: the connection closed"
+        );
+    }
+    let witnessed = broker
+        .drain(&queue)
+        .await
+        .iter()
+        .filter(|d| d.routing_key.as_str() == "witness")
+        .count();
+    assert_eq!(witnessed, 10);
+    connection.close(200, "done".into()).await.ok();
+    broker.cleanup(&exchange, &[&queue]).await;
 }

@@ -1054,6 +1054,20 @@ impl Channel {
                 Error::from(ErrorKind::ProtocolError(error))
             }).map_err(|error| info!(channel=%self.id, ?method, code_to_error=%error, "Channel closed with a non-error code")).ok();
         self.set_closing(error.clone());
+        // event-forwarder fork: RabbitMQ answers any frame on a channel after
+        // its close-ok with 504 CHANNEL_ERROR, which closes the whole
+        // connection. The close-ok is queued ahead of publishes already
+        // waiting (they are low priority) and of one that passed the state
+        // check before `set_closing`, so drop this channel's publishes not
+        // started and refuse new frames now, in one step (`close_channel`).
+        // The close-ok itself is let through (see `Inner::push`).
+        self.frames.close_channel(
+            self.id,
+            error.clone().unwrap_or_else(|| {
+                ErrorKind::InvalidChannelState(ChannelState::Closing, "channel.close received")
+                    .into()
+            }),
+        );
         let channel = self.clone();
         self.internal_rpc
             .spawn(async move { channel.channel_close_ok(error).await });

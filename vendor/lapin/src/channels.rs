@@ -388,6 +388,9 @@ impl Inner {
                 met_first_id = true;
             }
             if !self.channels.contains_key(&id) {
+                // event-forwarder fork: a closed channel's id stays poisoned
+                // (`on_channel_close_ok_sent`); its next user starts clean.
+                frames.drop_channel_poison(id);
                 let channel = self.create_channel(
                     id,
                     connection_status,

@@ -8,7 +8,7 @@ use crate::{
 };
 use amq_protocol::{
     frame::{AMQPFrame, ProtocolVersion},
-    protocol::{AMQPClass, basic::AMQPMethod},
+    protocol::{AMQPClass, basic::AMQPMethod, channel},
 };
 use std::{
     collections::{HashMap, VecDeque},
@@ -178,6 +178,22 @@ impl Frames {
         self.lock_inner().drop_frames_for_channel(channel_id, error)
     }
 
+    /// The broker closed `channel_id`: reject its publishes not started
+    /// and any frame pushed later, but its close-ok (event-forwarder fork).
+    /// The header and body frames of a publish whose method frame is out
+    /// (`publish_frames`, `retry_frames`) still go, ahead of the close-ok:
+    /// the broker closes the connection (505 UNEXPECTED_FRAME) on a
+    /// publish cut short, and ignores the rest until it reads the close-ok.
+    pub(crate) fn close_channel(&self, channel_id: ChannelId, error: Error) {
+        let mut inner = self.lock_inner();
+        Inner::drop_pending_frames_for_channel(
+            channel_id,
+            &mut inner.low_prio_frames,
+            error.clone(),
+        );
+        inner.channels_poison.insert(channel_id, error);
+    }
+
     pub(crate) fn poison_channel(&self, channel_id: ChannelId, error: Error) {
         self.lock_inner().channels_poison.insert(channel_id, error);
     }
@@ -305,7 +321,14 @@ impl Inner {
         resolver: Option<PromiseResolver<()>>,
     ) {
         let sending = FrameSending::new(Some(canceler), resolver);
-        if let Some(error) = self.check_poison(channel_id) {
+        // The answer to the broker's channel.close goes out on a channel
+        // poisoned by `close_channel` (event-forwarder fork).
+        let poison = if is_channel_close_ok(&frame) {
+            self.poison.clone()
+        } else {
+            self.check_poison(channel_id)
+        };
+        if let Some(error) = poison {
             trace!(channel=%channel_id, frame=?frame, "Discarding frame because of poisoning");
             if let Some(reply) = expected_reply {
                 Self::cancel_expected_reply(reply, error.clone());
@@ -488,4 +511,11 @@ impl Inner {
             _ => cancel.cancel(error.clone()),
         }
     }
+}
+
+fn is_channel_close_ok(frame: &AMQPFrame) -> bool {
+    matches!(
+        frame,
+        AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)))
+    )
 }
