@@ -1070,8 +1070,26 @@ impl Channel {
         );
         let channel = self.clone();
         self.internal_rpc
-            .spawn(async move { channel.channel_close_ok(error).await });
+            .spawn(async move { channel.answer_channel_close(error).await });
         Ok(())
+    }
+
+    /// event-forwarder fork: the answer to the broker's close. A close of
+    /// ours may have crossed it, and the broker's close-ok to ours closed
+    /// (and removed) the channel here before this runs: the broker still
+    /// waits for our close-ok (until it has it, the channel id stays taken
+    /// there), while `channel_close_ok` would fail on the channel's state,
+    /// and with it the whole connection.
+    async fn answer_channel_close(&self, error: Option<Error>) -> Result<()> {
+        if self.status.closing() {
+            return self.channel_close_ok(error).await;
+        }
+        let (promise, resolver) = Promise::new("channel.close-ok");
+        let method = AMQPClass::Channel(protocol::channel::AMQPMethod::CloseOk(
+            protocol::channel::CloseOk {},
+        ));
+        self.send_method_frame(method, Box::new(resolver.clone()), None, Some(resolver));
+        promise.await
     }
 
     fn on_channel_close_ok_received(&self) -> Result<()> {

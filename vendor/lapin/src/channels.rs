@@ -8,7 +8,7 @@ use crate::{
     id_sequence::IdSequence,
     internal_rpc::InternalRPCHandle,
     killswitch::KillSwitch,
-    protocol::{AMQPClass, AMQPError, AMQPHardError},
+    protocol::{self, AMQPClass, AMQPError, AMQPHardError},
     socket_state::SocketStateHandle,
     types::{ChannelId, Identifier, PayloadSize},
 };
@@ -101,11 +101,13 @@ impl Channels {
             return Ok(());
         }
 
-        if self.write().channels.remove(&id).is_some() {
-            Ok(())
-        } else {
-            Err(ErrorKind::InvalidChannel(id).into())
+        // event-forwarder fork: a channel whose close crossed the broker's
+        // is closed from both ends, each removing it once; the second finds
+        // it gone, which must not fail the connection.
+        if self.write().channels.remove(&id).is_none() {
+            debug!(channel=%id, "channel removed already");
         }
+        Ok(())
     }
 
     pub(crate) fn connection_killswitch(&self) -> KillSwitch {
@@ -115,6 +117,18 @@ impl Channels {
     pub(crate) fn receive_method(&self, id: ChannelId, method: AMQPClass) -> Result<()> {
         if id == 0 {
             self.channel0.receive_method(method)
+        } else if matches!(
+            method,
+            AMQPClass::Channel(protocol::channel::AMQPMethod::CloseOk(_))
+        ) && self
+            .get(id)
+            .is_none_or(|channel| !channel.status().can_receive_messages())
+        {
+            // event-forwarder fork: our close crossed the broker's, whose
+            // close-ok we sent, so the channel is closed (or gone) already:
+            // the broker's answer to our close is expected, not an error.
+            debug!(channel=%id, "channel.close-ok after the channel closed");
+            Ok(())
         } else {
             self.get(id)
                 .map(|channel| channel.receive_method(method))

@@ -476,8 +476,15 @@ impl<RK: RuntimeKit + Clone + Send + 'static> InternalRPC<RK> {
                         continue;
                     }
                     let channel = get_channel(channel_id);
+                    // event-forwarder fork: this is the close of a channel
+                    // dropped while open. The broker may close it at the
+                    // same moment (the closes cross): the channel is closed
+                    // either way, and the connection must not die of it.
                     self.register_internal_future(async move {
-                        channel?.close(reply_code, reply_text).await
+                        if let Err(error) = channel?.close(reply_code, reply_text).await {
+                            debug!(channel=%channel_id, %error, "closing a dropped channel");
+                        }
+                        Ok(())
                     })
                 }
                 CloseConnection(reply_code, reply_text, class_id, method_id, resolver) => {
