@@ -46,6 +46,8 @@ struct State {
     /// them once their client sends its next bytes: those are swallowed, a
     /// `connection.blocked` goes to the client, and nothing flows again.
     block_below: AtomicU64,
+    /// Bytes per second forwarded from clients to the broker (0: no limit).
+    up_rate: AtomicU64,
 }
 
 /// Counts a client socket as open for as long as it lives.
@@ -79,6 +81,7 @@ impl Proxy {
             next_id: AtomicU64::new(0),
             open: AtomicU64::new(0),
             block_below: AtomicU64::new(0),
+            up_rate: AtomicU64::new(0),
         });
         let shared = state.clone();
         tokio::spawn(async move {
@@ -164,6 +167,14 @@ impl Proxy {
         self.state.mode_changed.send_modify(|_| {});
     }
 
+    /// Forwards at most `bytes_per_sec` from clients to the broker (0: no
+    /// limit), on open connections too: a slow link, or a broker that
+    /// reads slowly. What clients write beyond it waits in the sockets'
+    /// buffers, so whatever they send next waits behind it.
+    pub fn throttle_up(&self, bytes_per_sec: u64) {
+        self.state.up_rate.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
     /// Closes every open connection now.
     pub fn sever(&self) {
         self.state.generation.send_modify(|g| *g += 1);
@@ -234,10 +245,20 @@ async fn copy_up<R, W>(
 {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match read.read(&mut buf).await {
+        // A tenth of a second's worth at a time under a throttle.
+        let rate = state.up_rate.load(Ordering::SeqCst);
+        let take = if rate == 0 {
+            buf.len()
+        } else {
+            (rate / 10).clamp(1, buf.len() as u64) as usize
+        };
+        let n = match read.read(&mut buf[..take]).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if rate > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(n as f64 / rate as f64)).await;
+        }
         if id < state.block_below.load(Ordering::SeqCst) {
             blocking.notify_one();
             // A blocked connection is not read by the broker: swallow

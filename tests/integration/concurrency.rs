@@ -387,6 +387,89 @@ async fn a_connection_cut_under_four_invocations_is_reopened_once_and_loses_noth
     broker.cleanup(&exchange, &[&queue]).await;
 }
 
+/// A channel opened on a connection busy with a sibling's publishes
+/// queues behind them on the wire, past the connect timeout. The broker
+/// confirms the sibling's publishes meanwhile, so the connection is alive:
+/// the opening waits on instead of giving the connection up under the
+/// sibling (which made three invocations fail their tails in a CI run,
+/// after a cut). The proxy forwards 100 KB/s from the function: the first
+/// batch's 400 records, about 1 KB each, are still in the sockets' buffers
+/// when the second invocation opens its channel, for some 3 s against a
+/// connect timeout of 1 s.
+#[tokio::test]
+async fn a_channel_slow_to_open_on_a_busy_connection_does_not_take_it_from_the_others() {
+    let exchange = unique("busy-open");
+    let proxy = testkit::proxy::Proxy::start(amqp_port()).await;
+    let function = std::sync::Arc::new(
+        Function::start(&[
+            ("AMQP_URI", &proxy.uri("")),
+            ("EXCHANGE", &exchange),
+            ("AWS_LAMBDA_MAX_CONCURRENCY", "2"),
+            ("CONNECT_TIMEOUT_MS", "1000"),
+        ])
+        .await,
+    );
+    let broker = TestBroker::connect().await;
+    let until = Instant::now() + Duration::from_secs(10);
+    while !broker.exchange_exists(&exchange).await {
+        assert!(Instant::now() < until, "no exchange: {}", function.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queue = broker
+        .bind_queue(&exchange, "#", lapin::types::FieldTable::default())
+        .await;
+    let shards = shards(2, 400, 20, 4100);
+    proxy.throttle_up(100_000);
+
+    let first = {
+        let function = std::sync::Arc::clone(&function);
+        let event = batch(&shards[0]);
+        tokio::spawn(async move { function.invoke(&event, Duration::from_secs(30)).await })
+    };
+    // The first invocation's publishes fill the sockets' buffers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (second, _) = function
+        .invoke(&batch(&shards[1]), Duration::from_secs(30))
+        .await;
+    let (first, _) = first.await.expect("the first invocation");
+    proxy.throttle_up(0);
+
+    for (s, response) in [first, second].iter().enumerate() {
+        assert_eq!(
+            *response,
+            serde_json::json!({"batchItemFailures": []}),
+            "shard {s}: {}",
+            function.log()
+        );
+    }
+    assert_eq!(function.api().max_in_flight(), 2);
+    assert_eq!(
+        connects(&function),
+        1,
+        "the busy connection was given up: {}",
+        function.log()
+    );
+    assert!(
+        function
+            .log()
+            .contains("opening a channel is slow on a busy connection"),
+        "the second channel opened within the connect timeout: the test shows nothing: {}",
+        function.log()
+    );
+    let got = broker.drain(&queue).await;
+    let delivered = crate::support::stream::Delivered::from_bodies(got.iter().map(|d| &d.data[..]));
+    for (s, records) in shards.iter().enumerate() {
+        assert_eq!(delivered.lost(records), 0, "shard {s}");
+        let arrived = delivered
+            .arrivals
+            .iter()
+            .filter(|(aggregate, _)| aggregate.starts_with(&format!("shard{s}-")))
+            .count();
+        assert_eq!(arrived, records.len(), "shard {s}: each record once");
+    }
+    broker.cleanup(&exchange, &[&queue]).await;
+}
+
 /// SIGTERM with an invocation in flight: the connection is closed only once
 /// it has answered (here at its confirm timeout, the broker having gone
 /// silent), never under it.

@@ -2,7 +2,10 @@
 //! the topology declared on it. Neither waits for a blocked broker: a
 //! blocked connection reads nothing until its alarm ends.
 
-use std::time::Instant;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
 
 use lapin::options::ConfirmSelectOptions;
 
@@ -38,33 +41,67 @@ impl AmqpBroker {
 
     /// A confirm-mode channel on the connection, with the topology
     /// declared; the exchanges the old channel had declared are forgotten.
+    ///
+    /// Bounded by the connect timeout, as a sign that the connection died
+    /// without a word (the caller then reopens it), except while the
+    /// broker answers other brokers' publishes on it: the connection is
+    /// alive then, only busy. Its methods queue behind their publishes on
+    /// the wire, and giving the connection up would close every sibling's
+    /// channel to save this one (three batches failed that way in CI, on a
+    /// reopened connection). It then waits on, up to `until`.
     async fn open_channel(&mut self, until: Instant) -> Result<(), PublishError> {
-        let Some(connection) = self.connection.as_ref().map(|c| &c.connection) else {
+        let Some(live) = self.connection.clone() else {
             return Err(PublishError::Unreachable("no connection".into()));
         };
-        let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
-        let channel = tokio::time::timeout_at(deadline.into(), async {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            Ok::<_, lapin::Error>(channel)
-        })
-        .await
-        .map_err(|_| PublishError::ChannelLost("opening a channel timed out".into()))?
-        .map_err(|e| PublishError::ChannelLost(format!("opening a channel: {e}")))?;
         self.declared.clear();
-        if let Some(topology) = &self.settings.topology {
-            tokio::time::timeout_at(deadline.into(), topology::declare(&channel, topology))
-                .await
-                .map_err(|_| {
-                    PublishError::ChannelLost("declaring the topology timed out".into())
-                })??;
-            if let Some(exchange) = &topology.exchange {
-                self.declared.insert(exchange, usize::MAX);
+        let declaring = AtomicBool::new(false);
+        let opening = async {
+            let channel = connection_step(live.connection.create_channel().await)?;
+            connection_step(
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await,
+            )?;
+            if let Some(topology) = &self.settings.topology {
+                declaring.store(true, Ordering::Relaxed);
+                topology::declare(&channel, topology).await?;
             }
+            Ok::<_, PublishError>(channel)
+        };
+        let mut opening = std::pin::pin!(opening);
+        let opened = loop {
+            let answers = live.answers.load(Ordering::Relaxed);
+            let deadline = (Instant::now() + self.settings.connect_timeout).min(until);
+            if let Ok(opened) = tokio::time::timeout_at(deadline.into(), opening.as_mut()).await {
+                break opened;
+            }
+            if deadline >= until || live.answers.load(Ordering::Relaxed) == answers {
+                let what = if declaring.load(Ordering::Relaxed) {
+                    "declaring the topology"
+                } else {
+                    "opening a channel"
+                };
+                break Err(PublishError::ChannelLost(format!("{what} timed out")));
+            }
+            tracing::info!(
+                "opening a channel is slow on a busy connection; waiting on (the broker answers the others)"
+            );
+        };
+        let channel = opened?;
+        if let Some(exchange) = self
+            .settings
+            .topology
+            .as_ref()
+            .and_then(|t| t.exchange.as_ref())
+        {
+            self.declared.insert(exchange, usize::MAX);
         }
         self.channel = Some(channel);
         Ok(())
     }
+}
+
+/// A failed channel open or `confirm.select`: the channel is lost.
+fn connection_step<T>(result: Result<T, lapin::Error>) -> Result<T, PublishError> {
+    result.map_err(|e| PublishError::ChannelLost(format!("opening a channel: {e}")))
 }

@@ -5,7 +5,10 @@
 //! connect described in an operator's words.
 
 use std::{
-    sync::{Arc, atomic::AtomicBool},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64},
+    },
     time::{Duration, Instant},
 };
 
@@ -155,6 +158,7 @@ impl Shared {
         self.connection = Some(Arc::new(Live {
             connection,
             retired: AtomicBool::new(false),
+            answers: AtomicU64::new(0),
         }));
         Ok(())
     }

@@ -31,7 +31,7 @@ use std::{
     future::Future,
     sync::{
         Arc, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::Poll,
     time::{Duration, Instant},
@@ -131,6 +131,10 @@ struct Shared {
 struct Live {
     connection: Connection,
     retired: AtomicBool,
+    /// Broker answers (acks and nacks) received on it, by every broker
+    /// that shares it: a connection whose count moves is alive, however
+    /// long one channel's opening takes (see `channel`).
+    answers: AtomicU64,
 }
 
 impl Live {
@@ -298,7 +302,16 @@ impl Broker for AmqpBroker {
         let pending = sent
             .map_err(|_| PublishError::WriteTimeout)?
             .map_err(|e| confirm_error(&e))?;
-        Ok(Box::pin(async move { confirmation(pending.await) }))
+        let live = self.connection.clone();
+        Ok(Box::pin(async move {
+            let answer = pending.await;
+            if answer.is_ok()
+                && let Some(live) = live
+            {
+                live.answers.fetch_add(1, Ordering::Relaxed);
+            }
+            confirmation(answer)
+        }))
     }
 
     fn needs_declare(&self, exchange: &str) -> bool {
