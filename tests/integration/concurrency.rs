@@ -202,14 +202,7 @@ async fn four_invocations_in_flight_share_one_connection_and_each_answers_for_it
         .await,
     );
     let broker = TestBroker::connect().await;
-    let until = Instant::now() + Duration::from_secs(10);
-    while !broker.exchange_exists(&exchange).await {
-        assert!(Instant::now() < until, "no exchange: {}", function.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let queue = broker
-        .bind_queue(&exchange, "#", lapin::types::FieldTable::default())
-        .await;
+    let queue = queue_on(&broker, &function, &exchange).await;
     let shards = shards(4, 300, 5, 310);
     // Shard 2's batch holds a record the broker refuses, mid-batch.
     let poisoned = 150;
@@ -308,6 +301,19 @@ async fn four_invocations_in_flight_share_one_connection_and_each_answers_for_it
     broker.cleanup(&exchange, &[&queue]).await;
 }
 
+/// A queue bound to everything on `exchange`, once the function's cold
+/// start has declared it.
+async fn queue_on(broker: &TestBroker, function: &Function, exchange: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !broker.exchange_exists(exchange).await {
+        assert!(Instant::now() < until, "no exchange: {}", function.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker
+        .bind_queue(exchange, "#", lapin::types::FieldTable::default())
+        .await
+}
+
 /// How many times the function connected to the broker, from its log.
 fn connects(function: &Function) -> usize {
     function
@@ -333,14 +339,7 @@ async fn a_connection_cut_under_four_invocations_is_reopened_once_and_loses_noth
     ])
     .await;
     let broker = TestBroker::connect().await;
-    let until = Instant::now() + Duration::from_secs(10);
-    while !broker.exchange_exists(&exchange).await {
-        assert!(Instant::now() < until, "no exchange: {}", function.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let queue = broker
-        .bind_queue(&exchange, "#", lapin::types::FieldTable::default())
-        .await;
+    let queue = queue_on(&broker, &function, &exchange).await;
     let shards = shards(4, 1000, 50, 3100);
     assert_eq!(connects(&function), 1, "the cold start's");
 
@@ -410,14 +409,7 @@ async fn a_channel_slow_to_open_on_a_busy_connection_does_not_take_it_from_the_o
         .await,
     );
     let broker = TestBroker::connect().await;
-    let until = Instant::now() + Duration::from_secs(10);
-    while !broker.exchange_exists(&exchange).await {
-        assert!(Instant::now() < until, "no exchange: {}", function.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let queue = broker
-        .bind_queue(&exchange, "#", lapin::types::FieldTable::default())
-        .await;
+    let queue = queue_on(&broker, &function, &exchange).await;
     let shards = shards(2, 400, 20, 4100);
     proxy.throttle_up(100_000);
 
