@@ -139,8 +139,9 @@ pub enum Attr<'a> {
     /// `BOOL`: its value is checked, never used (a key or payload is never one).
     Bool,
     Null,
-    /// `M`, `L`, `SS`, `NS`, `BS`: the inner JSON.
-    Nested(&'static str, &'a RawValue),
+    /// `M`, `L`, `SS`, `NS`, `BS`: the inner JSON text. It is not read
+    /// here: whoever writes it checks it, and that nothing follows it.
+    Nested(&'static str, &'a str),
 }
 
 impl Attr<'_> {
@@ -172,9 +173,81 @@ pub const TOO_DEEP: &str = "maps and lists are nested more than 32 levels deep";
 impl<'a> Attr<'a> {
     /// Reads one attribute value (`{"S": "..."}`, `{"M": {...}}`, ...).
     pub fn parse(raw: &'a RawValue) -> Result<Self, &'static str> {
-        let mut de = serde_json::Deserializer::from_str(raw.get());
-        de.deserialize_map(AttrVisitor).map_err(|_| MALFORMED)
+        match peel(raw.get()) {
+            Some((tag, inner)) => Self::tagged(tag, inner),
+            // Escapes in the tag, which DynamoDB never writes: serde reads it.
+            None => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                de.deserialize_map(AttrVisitor).map_err(|_| MALFORMED)
+            }
+        }
     }
+
+    /// The value of `{tag: inner}`. A nested value's text is kept unread:
+    /// the payload is the largest part of a record, and reading it here
+    /// would read it twice.
+    fn tagged(tag: &str, inner: &'a str) -> Result<Self, &'static str> {
+        let text = || serde_json::from_str::<Text<'a>>(inner).map_err(|_| MALFORMED);
+        let flag = || serde_json::from_str::<bool>(inner).map_err(|_| MALFORMED);
+        Ok(match tag {
+            "S" => Attr::S(text()?),
+            "N" => Attr::N(text()?),
+            "B" => Attr::B(text()?),
+            "BOOL" => flag().map(|_| Attr::Bool)?,
+            "NULL" => flag().map(|_| Attr::Null)?,
+            "M" => Attr::Nested("M", inner),
+            "L" => Attr::Nested("L", inner),
+            "SS" => Attr::Nested("SS", inner),
+            "NS" => Attr::Nested("NS", inner),
+            "BS" => Attr::Nested("BS", inner),
+            _ => return Err(MALFORMED),
+        })
+    }
+}
+
+/// The tag and the rest of `{ "TAG" : rest }`, an object already known to
+/// be valid JSON, found without reading `rest`: the text between the colon
+/// and the closing brace. That is the tag's value only if the object has
+/// one member; a second one (`{"S": "a", "N": "1"}`) is left in `rest`,
+/// where the parse of a scalar, or the transcoder's check that nothing
+/// follows a nested value, refuses it. `None` for a tag with escapes.
+fn peel(raw: &str) -> Option<(&str, &str)> {
+    let b = raw.as_bytes();
+    let space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let skip = |mut i: usize| {
+        while b.get(i).is_some_and(|&c| space(c)) {
+            i += 1;
+        }
+        i
+    };
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let start = skip(1);
+    if b.get(start) != Some(&b'"') {
+        return None;
+    }
+    let close = start
+        + 1
+        + b[start + 1..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')?;
+    if b[close] != b'"' {
+        return None;
+    }
+    let colon = skip(close + 1);
+    if b.get(colon) != Some(&b':') {
+        return None;
+    }
+    let value = skip(colon + 1);
+    let mut end = b.len().checked_sub(1)?;
+    if b[end] != b'}' {
+        return None;
+    }
+    while end > value && space(b[end - 1]) {
+        end -= 1;
+    }
+    Some((raw.get(start + 1..close)?, raw.get(value..end)?))
 }
 
 struct AttrVisitor;
@@ -198,11 +271,11 @@ impl<'de> Visitor<'de> for AttrVisitor {
                 map.next_value::<bool>()?;
                 Attr::Null
             }
-            "M" => Attr::Nested("M", map.next_value()?),
-            "L" => Attr::Nested("L", map.next_value()?),
-            "SS" => Attr::Nested("SS", map.next_value()?),
-            "NS" => Attr::Nested("NS", map.next_value()?),
-            "BS" => Attr::Nested("BS", map.next_value()?),
+            "M" => Attr::Nested("M", map.next_value::<&RawValue>()?.get()),
+            "L" => Attr::Nested("L", map.next_value::<&RawValue>()?.get()),
+            "SS" => Attr::Nested("SS", map.next_value::<&RawValue>()?.get()),
+            "NS" => Attr::Nested("NS", map.next_value::<&RawValue>()?.get()),
+            "BS" => Attr::Nested("BS", map.next_value::<&RawValue>()?.get()),
             _ => return Err(A::Error::custom(MALFORMED)),
         };
         if map.next_key::<de::IgnoredAny>()?.is_some() {
@@ -216,6 +289,23 @@ impl<'de> Visitor<'de> for AttrVisitor {
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     // Writing to a Vec cannot fail and a &str is always valid.
     let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Writes a string the transcoder read from the record's JSON text. One
+/// that serde_json could borrow had no escapes there, and serde_json
+/// refuses raw quotes and control characters inside a string, so it holds
+/// nothing [`write_str`] would escape: it is copied as it is. One that had
+/// escapes was decoded, and is escaped again.
+fn write_read(out: &mut Vec<u8>, s: &Text<'_>) {
+    match &s.0 {
+        Cow::Borrowed(s) => {
+            out.reserve(s.len() + 2);
+            out.push(b'"');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(s) => write_str(out, s),
+    }
 }
 
 /// The reason a binary attribute is not base64.
@@ -319,11 +409,12 @@ fn check_number(b: &[u8]) -> Result<(), &'static str> {
 
 /// Writes an attribute value (DynamoDB JSON) as plain JSON.
 pub fn write_attr(out: &mut Vec<u8>, raw: &RawValue) -> Result<(), &'static str> {
-    transcode(out, raw, Shape::Attr)
+    transcode(out, raw.get(), Shape::Attr)
 }
 
-/// Writes the inner JSON of a nested attribute (`M`, `L`, `SS`, ...).
-pub fn write_nested(out: &mut Vec<u8>, tag: &str, raw: &RawValue) -> Result<(), &'static str> {
+/// Writes the inner JSON of a nested attribute (`M`, `L`, `SS`, ...):
+/// one value, nothing after it.
+pub fn write_nested(out: &mut Vec<u8>, tag: &str, raw: &str) -> Result<(), &'static str> {
     let shape = match tag {
         "M" => Shape::Map,
         "L" => Shape::List,
@@ -350,8 +441,8 @@ pub fn write_image(out: &mut Vec<u8>, image: &Image<'_>) -> Result<(), &'static 
     Ok(())
 }
 
-fn transcode(out: &mut Vec<u8>, raw: &RawValue, shape: Shape) -> Result<(), &'static str> {
-    let mut de = serde_json::Deserializer::from_str(raw.get());
+fn transcode(out: &mut Vec<u8>, raw: &str, shape: Shape) -> Result<(), &'static str> {
+    let mut de = serde_json::Deserializer::from_str(raw);
     let mut failure = None;
     let seed = Writer {
         out,
@@ -360,7 +451,7 @@ fn transcode(out: &mut Vec<u8>, raw: &RawValue, shape: Shape) -> Result<(), &'st
         depth: u32::from(!matches!(shape, Shape::Attr)),
         failure: &mut failure,
     };
-    match seed.deserialize(&mut de) {
+    match seed.deserialize(&mut de).and_then(|()| de.end()) {
         Ok(()) => Ok(()),
         Err(_) => Err(failure.unwrap_or(MALFORMED)),
     }
@@ -442,7 +533,7 @@ impl<'de> Visitor<'de> for Writer<'_, '_> {
                 match &*tag {
                     "S" => {
                         let s: Text<'de> = map.next_value()?;
-                        write_str(self.out, &s);
+                        write_read(self.out, &s);
                     }
                     "B" => {
                         let b: Text<'de> = map.next_value()?;
@@ -485,7 +576,7 @@ impl<'de> Visitor<'de> for Writer<'_, '_> {
                         self.out.push(b',');
                     }
                     first = false;
-                    write_str(self.out, &name);
+                    write_read(self.out, &name);
                     self.out.push(b':');
                     map.next_value_seed(self.nested(Shape::Attr))?;
                 }
@@ -522,7 +613,7 @@ impl<'de> Visitor<'de> for Writer<'_, '_> {
                                 Shape::Numbers => write_number(self.out, &s),
                                 Shape::Binaries => write_binary(self.out, &s),
                                 _ => {
-                                    write_str(self.out, &s);
+                                    write_read(self.out, &s);
                                     Ok(())
                                 }
                             };
@@ -884,11 +975,14 @@ mod tests {
         let inner = &raw.get()[5..raw.get().len() - 1];
         let inner: Box<RawValue> = serde_json::from_str(inner).unwrap();
         let mut out = Vec::new();
-        assert_eq!(write_nested(&mut out, "M", &inner), Ok(()));
+        assert_eq!(write_nested(&mut out, "M", inner.get()), Ok(()));
         let raw: Box<RawValue> = serde_json::from_str(&nested(33, "M")).unwrap();
         let inner: Box<RawValue> =
             serde_json::from_str(&raw.get()[5..raw.get().len() - 1]).unwrap();
-        assert_eq!(write_nested(&mut Vec::new(), "M", &inner), Err(TOO_DEEP));
+        assert_eq!(
+            write_nested(&mut Vec::new(), "M", inner.get()),
+            Err(TOO_DEEP)
+        );
     }
 
     #[test]
@@ -927,6 +1021,141 @@ mod tests {
         assert_eq!(id.sequence_number.as_deref(), Some("9"));
         for not_a_record in ["", "[1]", "\"eventID\"", "{\"dynamodb\":[]}"] {
             assert_eq!(Identity::read(not_a_record), Identity::default());
+        }
+    }
+
+    /// Strings in any spelling JSON allows (escaped or not, `\u` escapes,
+    /// surrogate pairs, raw non-ASCII) come out of the transcoder exactly
+    /// as serde_json writes the decoded string: names and values, copied or
+    /// escaped again. Seeded; a failure prints the seed and the input.
+    #[test]
+    fn generated_strings_are_written_as_serde_json_writes_them() {
+        const POOL: &[char] = &[
+            'a',
+            'Z',
+            '0',
+            ' ',
+            '"',
+            '\\',
+            '/',
+            '\u{0}',
+            '\u{1f}',
+            '\n',
+            '\t',
+            '\u{7f}',
+            'é',
+            '€',
+            '\u{2028}',
+            '😀',
+            '\u{10ffff}',
+        ];
+        // One JSON spelling of `c`, chosen by `pick`.
+        fn spell(c: char, pick: u32, out: &mut String) {
+            let plain = !matches!(c, '"' | '\\') && c >= ' ';
+            match pick % 3 {
+                0 if plain => out.push(c),
+                1 => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                _ => {
+                    let json = serde_json::to_string(&c.to_string()).unwrap();
+                    let escaped = &json[1..json.len() - 1];
+                    out.push_str(&escaped.replace('/', if pick % 2 == 0 { "\\/" } else { "/" }));
+                }
+            }
+        }
+        let seed = std::env::var("EF_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for _ in 0..2_000 {
+            let strings: Vec<String> = (0..rng.usize(1..4))
+                .map(|_| {
+                    (0..rng.usize(0..6))
+                        .map(|_| POOL[rng.usize(..POOL.len())])
+                        .collect()
+                })
+                .collect();
+            let spelled: Vec<String> = strings
+                .iter()
+                .map(|s| {
+                    let mut out = String::new();
+                    for c in s.chars() {
+                        spell(c, rng.u32(..), &mut out);
+                    }
+                    out
+                })
+                .collect();
+            let values: Vec<String> = spelled
+                .iter()
+                .map(|s| format!(r#"{{"S":"{s}"}}"#))
+                .collect();
+            let input = format!(
+                r#"{{"M":{{"{}":{{"L":[{}]}}}}}}"#,
+                spelled[0],
+                values.join(",")
+            );
+            let expected = format!(
+                "{{{}:{}}}",
+                serde_json::to_string(&strings[0]).unwrap(),
+                serde_json::to_string(&strings).unwrap()
+            );
+            assert_eq!(
+                attr_json(&input).as_deref(),
+                Ok(expected.as_str()),
+                "EF_SEED={seed}: {input}"
+            );
+        }
+    }
+
+    /// Reading an attribute without reading its nested value gives what
+    /// serde's full read of it gives; an object with more than one member
+    /// is refused either there or, for a nested value, when it is written.
+    #[test]
+    fn an_attribute_is_read_alike_without_reading_its_nested_value() {
+        let cases = [
+            r#"{"S":"a"}"#,
+            r#"{ "S" : "a\"b" }"#,
+            "{\n\t\"N\":\"1.5\"\r}",
+            r#"{"B":"AQ=="}"#,
+            r#"{"BOOL":false}"#,
+            r#"{"NULL":true}"#,
+            r#"{"M":{"x":{"S":"y"}}}"#,
+            r#"{ "L" : [ {"S":"a"} ] }"#,
+            r#"{"SS":["a"]}"#,
+            r#"{"NS":["1"]}"#,
+            r#"{"BS":["AQ=="]}"#,
+            r#"{"\u0053":"escaped tag"}"#,
+            r#"{"S":"a","N":"1"}"#,
+            r#"{"N":"1","S":"a"}"#,
+            r#"{"BOOL":true,"BOOL":true}"#,
+            r#"{"M":{},"S":"a"}"#,
+            r#"{"L":[] , "L":[]}"#,
+            r#"{"M":{"x":{"S":"y"}},"M":{}}"#,
+            r#"{}"#,
+            r#"{"X":1}"#,
+            r#"{"S":1}"#,
+            r#"{"BOOL":"true"}"#,
+            r#"{"M":[]}"#,
+            r#"[]"#,
+            r#""S""#,
+        ];
+        for case in cases {
+            let raw: Box<RawValue> = serde_json::from_str(case).unwrap();
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            let full = de.deserialize_map(AttrVisitor).map_err(|_| MALFORMED);
+            match (Attr::parse(&raw), full) {
+                (Ok(Attr::Nested(tag, inner)), Err(_)) => assert_eq!(
+                    write_nested(&mut Vec::new(), tag, inner),
+                    Err(MALFORMED),
+                    "{case}"
+                ),
+                (fast, full) => assert_eq!(format!("{fast:?}"), format!("{full:?}"), "{case}"),
+            }
         }
     }
 }
