@@ -43,6 +43,9 @@ pub enum Payload<'a> {
     Empty,
     /// The inner map of an `M` attribute, as DynamoDB JSON.
     Map(&'a str),
+    /// The payload already written as plain JSON (an `M` transcoded while
+    /// the record was read).
+    Written(&'a [u8]),
     /// A whole item (the `change` mapping).
     Image(&'a Image<'a>),
     /// JSON text stored in an `S` attribute (checked to be JSON), embedded
@@ -155,6 +158,7 @@ impl Payload<'_> {
         match self {
             Payload::Empty => out.extend_from_slice(b"{}"),
             Payload::Map(raw) => record::write_nested(out, "M", raw)?,
+            Payload::Written(json) => out.extend_from_slice(json),
             Payload::Image(image) => record::write_image(out, image)?,
             Payload::Json(text) => out.extend_from_slice(text.trim().as_bytes()),
         }
@@ -165,6 +169,7 @@ impl Payload<'_> {
         match self {
             Payload::Empty => 2,
             Payload::Map(raw) => raw.len(),
+            Payload::Written(json) => json.len(),
             Payload::Json(text) => text.len(),
             Payload::Image(image) => image.0.iter().map(|(n, v)| n.len() + v.get().len()).sum(),
         }

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::MappingError;
 use crate::config::MappingConfig;
 use crate::envelope::Payload;
-use crate::record::{self, Attr, Image, Record, Text};
+use crate::record::{self, Attr, Image, Record, Text, Transcoded};
 
 /// The event's `source`: `EVENT_SOURCE`, else the table's name. It lasts
 /// as long as the record's text (and the configuration), not the parsed
@@ -158,12 +158,18 @@ pub(super) fn event_version<'a>(
 }
 
 /// `payload`: a map, or JSON text holding an object; `{}` without one.
-pub(super) fn payload<'a>(item: &Image<'a>, name: &str) -> Result<Payload<'a>, MappingError> {
+/// Read from the image's [`Transcoded`] when the record was read with it.
+pub(super) fn payload<'r>(item: &'r Image<'_>, name: &str) -> Result<Payload<'r>, MappingError> {
     let invalid = |problem| MappingError::Invalid {
         name: name.to_owned(),
         problem,
     };
-    match attr(item, name)? {
+    let value = match &item.1 {
+        Some(Transcoded::Map(json)) => return Ok(Payload::Written(json)),
+        Some(Transcoded::Other(value)) => Some(value.clone()),
+        None => attr(item, name)?,
+    };
+    match value {
         None | Some(Attr::Null) => Ok(Payload::Empty),
         Some(Attr::Nested("M", raw)) => Ok(Payload::Map(raw)),
         // Parsed in full, not skimmed: a lone surrogate escape or a number
