@@ -7,7 +7,6 @@
 //! Lambda, up to `AWS_LAMBDA_MAX_CONCURRENCY` on Lambda Managed Instances.
 
 use std::{
-    borrow::Borrow,
     collections::HashMap,
     sync::Arc,
     task::{Context, Poll},
@@ -23,7 +22,9 @@ use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 use tracing::Level;
 
-use crate::batch::{self, BatchOptions, BatchReport, Deadlines, Invocation, NoSequenceNumber};
+use crate::batch::{
+    self, BatchOptions, BatchReport, Deadlines, Invocation, NoSequenceNumber, RecordText,
+};
 use crate::config::{BrokerAddress, Config, ReplayQueues};
 use crate::enrich::{Enricher, NoEnricher};
 use crate::mapping::{Converter, MAX_HEADER};
@@ -106,13 +107,12 @@ impl<'de, R: Deserialize<'de>> Deserialize<'de> for StreamBatch<R> {
     }
 }
 
-impl<R: Borrow<RawValue>> StreamBatch<R> {
+impl<R: RecordText> StreamBatch<R> {
     /// Record `index` parsed, for tests and tools.
     pub fn record(&self, index: usize) -> Option<EventRecord> {
-        serde_json::from_str(self.records.get(index)?.borrow().get()).ok()
+        serde_json::from_str(self.records.get(index)?.text()).ok()
     }
 }
-
 /// Why an invocation's event is not a stream batch. serde's own message
 /// could quote a value of the event, so only where and what kind of error.
 #[derive(thiserror::Error)]
@@ -142,9 +142,28 @@ impl NotABatch {
     }
 }
 
-/// The batch in an invocation's body, its records borrowed from the body.
-pub fn parse_batch(body: &[u8]) -> Result<StreamBatch<&RawValue>, NotABatch> {
-    serde_json::from_slice(body).map_err(|e| NotABatch::new(&e))
+/// The batch in an invocation's body, its records borrowed from the body:
+/// found by [`split`](crate::split) and each read whole when the batch
+/// loop plans it; a body that does not split so is read by serde_json,
+/// which takes it or says why it is not a batch.
+pub fn parse_batch(body: &[u8]) -> Result<StreamBatch<&str>, NotABatch> {
+    if let Ok(text) = std::str::from_utf8(body)
+        && let Some(split) = crate::split::split(text)
+    {
+        let target = split.target.map(serde_json::from_str::<Target>);
+        if !matches!(target, Some(Err(_))) {
+            return Ok(StreamBatch {
+                records: split.records,
+                target: target.and_then(Result::ok),
+            });
+        }
+    }
+    serde_json::from_slice::<StreamBatch<&RawValue>>(body)
+        .map(|batch| StreamBatch {
+            records: batch.records.into_iter().map(RawValue::get).collect(),
+            target: batch.target,
+        })
+        .map_err(|e| NotABatch::new(&e))
 }
 
 /// A runtime layer that keeps the invocation's body for the handler, which
@@ -410,7 +429,7 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
 
     /// Handles one batch with `remaining` time from now before the
     /// invocation's deadline; logs the summary and prints the metrics.
-    pub async fn handle<R: Borrow<RawValue>>(
+    pub async fn handle<R: RecordText>(
         &self,
         event: &StreamBatch<R>,
         remaining: Duration,
@@ -420,7 +439,7 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
 
     /// Handles one batch that must be answered by `deadline`; logs the
     /// summary and prints the metrics.
-    pub async fn handle_until<R: Borrow<RawValue>>(
+    pub async fn handle_until<R: RecordText>(
         &self,
         event: &StreamBatch<R>,
         deadline: Instant,
@@ -432,7 +451,7 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
     /// trace header (`Lambda-Runtime-Trace-Id`): events whose item carries
     /// no trace context get the invocation's, unless
     /// `TRACEPARENT_FROM_XRAY=false`.
-    pub async fn handle_traced<R: Borrow<RawValue>>(
+    pub async fn handle_traced<R: RecordText>(
         &self,
         event: &StreamBatch<R>,
         deadline: Instant,
@@ -498,7 +517,7 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
 
     /// Logs what became of a forwarded batch and its figures, and makes its
     /// response.
-    fn answer<R: Borrow<RawValue>>(
+    fn answer<R: RecordText>(
         &self,
         records: &[R],
         report: &BatchReport,
@@ -573,16 +592,10 @@ impl<B: Broker, E: Enricher> Forwarder<B, E> {
 
 /// One line about one record: its sequence number, event id and `reason`
 /// (which names attributes, never values).
-fn log_record<R: Borrow<RawValue>>(
-    records: &[R],
-    index: usize,
-    reason: &str,
-    level: Level,
-    what: &str,
-) {
+fn log_record<R: RecordText>(records: &[R], index: usize, reason: &str, level: Level, what: &str) {
     let id = records
         .get(index)
-        .map(|r| record::Identity::read(r.borrow().get()))
+        .map(|r| record::Identity::read(r.text()))
         .unwrap_or_default();
     let sequence_number = id.sequence_number.as_deref().and_then(loggable);
     let event_id = id.event_id.as_deref().and_then(loggable);

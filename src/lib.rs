@@ -26,6 +26,8 @@
 //! # Layout
 //! - `config`: settings from the environment, validated at cold start.
 //! - `envelope`: the envelope type and its body bytes (head, payload).
+//! - `split`: an invocation's body to its records' slices, without reading
+//!   them (pure).
 //! - `record`: a stream record read in place from its JSON text, and the
 //!   DynamoDB-JSON to JSON transcoder.
 //! - `mapping/`: record to message draft (envelope, exchange, routing key,
@@ -72,12 +74,14 @@ mod routing;
 mod runtime;
 mod secrets;
 mod shutdown;
+mod split;
 mod telemetry;
 mod trace;
 mod uri;
 
 // The function: what `main.rs` calls, and a team's own `main.rs` with an
 // enricher.
+pub use batch::RecordText;
 pub use config::{Config, ConfigError};
 pub use enrich::{Enricher, Enrichment};
 pub use handler::{Forwarder, StreamBatch};
@@ -101,7 +105,7 @@ pub mod engine {
         BatchOptions, BatchReport, Deadlines, Failure, Invocation, Outcome, forward, response,
     };
     pub use crate::config::BrokerAddress;
-    pub use crate::handler::amqp_settings;
+    pub use crate::handler::{NotABatch, amqp_settings, parse_batch};
     pub use crate::publisher::amqp::{AmqpBroker, AmqpSettings};
     pub use crate::publisher::{Broker, Confirm, Confirmation, PublishError, Reset, Returned};
     pub use crate::uri::{AmqpUri, redact_uri};

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use arbitrary::{Arbitrary, Result, Unstructured};
 use aws_lambda_events::dynamodb::EventRecord;
 use chrono::{DateTime, TimeZone, Utc};
+use event_forwarder::RecordText;
 use event_forwarder::convert::{Converter, HeaderValue, MappingConfig, MappingKind, Message, Plan};
 use serde_dynamo::AttributeValue;
-use serde_json::value::RawValue;
 
 /// Both mappings, each with the deepest body it may publish: DynamoDB's 32
 /// levels of maps and lists, a set's array inside the last, the envelope's
@@ -46,12 +46,15 @@ pub fn check_records(records: &[EventRecord]) {
 
 /// The same for records as the batch loop gets them: raw JSON text, read
 /// while transcoding the payload and read the plain way, alike.
-pub fn check_raw(records: &[Box<RawValue>]) {
+pub fn check_raw<R: RecordText>(records: &[R]) {
     for (converter, max_depth) in converters() {
         for raw in records {
             check(
-                &converter.plan_raw(raw.get(), now()).into_message().plan,
-                &converter.plan_raw_plain(raw.get(), now()).into_message().plan,
+                &converter.plan_raw(raw.text(), now()).into_message().plan,
+                &converter
+                    .plan_raw_plain(raw.text(), now())
+                    .into_message()
+                    .plan,
                 max_depth,
             );
         }

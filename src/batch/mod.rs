@@ -17,8 +17,6 @@
 //!   one round trip per record, and returns charged to the record they name;
 //! - `options`: deadlines and the loop's settings.
 
-use std::borrow::Borrow;
-
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -154,9 +152,35 @@ impl BatchReport {
 #[error("record {0} failed and neither it nor an earlier record has a SequenceNumber to report")]
 pub struct NoSequenceNumber(pub usize);
 
+/// A record's JSON text as a batch holds it: a slice of the invocation's
+/// body in the Lambda binary (`handler::parse_batch`), checked when the record is
+/// read; a raw value of its own in tests and tools.
+pub trait RecordText {
+    /// The record's JSON text.
+    fn text(&self) -> &str;
+}
+
+impl RecordText for &str {
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+impl RecordText for &RawValue {
+    fn text(&self) -> &str {
+        self.get()
+    }
+}
+
+impl RecordText for Box<RawValue> {
+    fn text(&self) -> &str {
+        self.get()
+    }
+}
+
 /// The sequence number of a record given as JSON text, if it has one.
-pub fn sequence_number(raw: &RawValue) -> Option<String> {
-    record::Identity::read(raw.get())
+pub fn sequence_number(raw: &str) -> Option<String> {
+    record::Identity::read(raw)
         .sequence_number
         .filter(|s| !s.is_empty())
 }
@@ -166,7 +190,7 @@ pub fn sequence_number(raw: &RawValue) -> Option<String> {
 /// A failed record without a sequence number (never seen from a real
 /// stream) is reported through the nearest earlier record that has one:
 /// that only redelivers more, never less.
-pub fn response<R: Borrow<RawValue>>(
+pub fn response<R: RecordText>(
     records: &[R],
     report: &BatchReport,
 ) -> Result<DynamoDbEventResponse, NoSequenceNumber> {
@@ -178,7 +202,7 @@ pub fn response<R: Borrow<RawValue>>(
             .unwrap_or_default()
             .iter()
             .rev()
-            .find_map(|r| sequence_number(r.borrow()))
+            .find_map(|r| sequence_number(r.text()))
             .ok_or(NoSequenceNumber(failure.index))?;
         let mut item = DynamoDbBatchItemFailure::default();
         item.item_identifier = Some(seq);

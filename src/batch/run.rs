@@ -5,14 +5,13 @@
 //! no record stalls its shard; after a refusal or a lost channel the batch
 //! resumes from the first record not confirmed.
 
-use std::{borrow::Borrow, collections::HashMap, time::Instant};
+use std::{collections::HashMap, time::Instant};
 
 use chrono::{DateTime, Utc};
-use serde_json::value::RawValue;
 
 use super::enrichment::{self, Enriched};
 use super::window::Window;
-use super::{BatchOptions, BatchReport, Failure, Invocation, Outcome, Refusal};
+use super::{BatchOptions, BatchReport, Failure, Invocation, Outcome, RecordText, Refusal};
 use crate::enrich::Enricher;
 use crate::mapping::{Converter, Draft, Plan, Planned};
 use crate::publisher::{Broker, Message, PublishError, Reset};
@@ -64,7 +63,7 @@ struct Refused {
 /// reports the first one that was not handled. Each event passes through
 /// `enricher` between mapping and publishing. Runs until the batch is done
 /// or stops at a failure it cannot resume after.
-pub async fn forward<B: Broker, E: Enricher, R: Borrow<RawValue>>(
+pub async fn forward<B: Broker, E: Enricher, R: RecordText>(
     broker: &mut B,
     converter: &Converter,
     enricher: &E,
@@ -193,7 +192,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     /// Runs the pass: what its window confirmed is written to the batch's
     /// outcomes, whether or not it ends in a failure (the report counts
     /// only what lies before the failure).
-    async fn pass<R: Borrow<RawValue>>(mut self, start: usize, records: &[R]) -> Option<Failure> {
+    async fn pass<R: RecordText>(mut self, start: usize, records: &[R]) -> Option<Failure> {
         let failure = self.publish_from(start, records).await;
         for confirmed in self.window.into_confirmed() {
             self.outcomes[confirmed.index] = confirmed.outcome;
@@ -203,7 +202,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
 
     /// Publishes the records from `start` on, in order, and waits for what
     /// is in flight: the first record not handled, if any.
-    async fn publish_from<R: Borrow<RawValue>>(
+    async fn publish_from<R: RecordText>(
         &mut self,
         start: usize,
         records: &[R],
@@ -222,10 +221,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
             if Instant::now() >= deadlines.publish_until {
                 return Some(self.fail_at(index, PublishError::Deadline).await);
             }
-            if let Err(f) = self
-                .publish_record(index, record.borrow().get(), &mut ready)
-                .await
-            {
+            if let Err(f) = self.publish_record(index, record.text(), &mut ready).await {
                 return Some(f);
             }
         }

@@ -316,6 +316,57 @@ async fn events_that_are_not_stream_batches_are_invocation_errors_not_crashes() 
     TestBroker::connect().await.cleanup(&exchange, &[]).await;
 }
 
+/// A batch whose JSON holds a record that is not JSON itself (a body
+/// Lambda never sends, but the function reads records one at a time):
+/// that record is dead-lettered as it came, with a reason, and the records
+/// around it are published. Before, the whole body was an invocation
+/// error, retried until the record expired: the shard stalled.
+#[tokio::test]
+async fn a_record_that_is_not_json_is_dead_lettered_and_the_records_around_it_go_out() {
+    let exchange = unique("hostile");
+    let uri = testkit::amqp_uri();
+    let function =
+        Function::start(&[("AMQP_URI", uri.as_str()), ("EXCHANGE", exchange.as_str())]).await;
+    let broker = TestBroker::connect().await;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !broker.exchange_exists(&exchange).await {
+        assert!(std::time::Instant::now() < until, "{}", function.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+    let good = |seq| serde_json::to_string(&record(seq, json!({"N": "1"}), nested(2))).unwrap();
+    let not_json = r#"{"eventID":"bad","dynamodb":{"SequenceNumber":"2","NewImage":tru}}"#;
+    let body = format!(r#"{{"Records":[{},{not_json},{}]}}"#, good(1), good(3));
+    match function
+        .api()
+        .invoke_raw(body.into_bytes(), Duration::from_secs(10))
+        .await
+    {
+        Some(Outcome::Response(response)) => {
+            assert_eq!(response["batchItemFailures"], json!([]))
+        }
+        other => panic!("{other:?}\n{}", function.output()),
+    }
+    let delivered = broker.drain(&queue).await;
+    let dead = broker.drain(&format!("{exchange}.dead-letter")).await;
+    broker.cleanup(&exchange, &[&queue]).await;
+    let sequence =
+        |d: &Delivery| serde_json::from_slice::<Value>(&d.data).unwrap()["sequenceNumber"].clone();
+    assert_eq!(
+        delivered.iter().map(sequence).collect::<Vec<_>>(),
+        [json!(format!("{:021}", 1)), json!(format!("{:021}", 3))]
+    );
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].data, not_json.as_bytes());
+    let reason = header_str(&dead[0], "x-error").unwrap();
+    assert!(
+        reason.contains("not a valid DynamoDB stream record"),
+        "{reason}"
+    );
+}
+
 /// A record the stream could never have sent: a map nested 1,000 levels
 /// (DynamoDB allows 32) and a binary that is not base64. Each is
 /// dead-lettered with a reason naming where, and the batch goes on.

@@ -1,0 +1,306 @@
+//! The records of an invocation's body, found without reading them.
+//!
+//! serde_json hands a record over as a raw slice only after skimming it
+//! whole, and the mapping then reads it again: that skim was a fifth of
+//! the function's instructions per event. Here only the body's outer
+//! object is read; each record's extent is found from its strings and
+//! brackets (matched by kind), and the mapping's read of the record checks
+//! the rest of its grammar. A body with anything unexpected in its outer
+//! object (an escaped or repeated key, junk between records, text after
+//! it) is left to serde_json, which says why it is not a batch.
+
+/// The batch's parts, as slices of the body.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Split<'a> {
+    pub records: Vec<&'a str>,
+    /// The `target` value's text, when there is one.
+    pub target: Option<&'a str>,
+}
+
+/// The parts of `body`, a JSON object with a `Records` array, or `None`
+/// for a body this reading does not take.
+pub(crate) fn split(body: &str) -> Option<Split<'_>> {
+    let mut scan = Scan {
+        text: body,
+        at: 0,
+        open: Vec::new(),
+    };
+    scan.eat(b'{')?;
+    let (mut records, mut target) = (None, None);
+    scan.space();
+    if scan.peek()? == b'}' {
+        return None; // no Records
+    }
+    loop {
+        let key = scan.plain_string()?;
+        scan.eat(b':')?;
+        match key {
+            "Records" if records.is_none() => records = Some(scan.records()?),
+            "target" if target.is_none() => target = Some(scan.value()?),
+            "Records" | "target" => return None,
+            _ => {
+                scan.value()?;
+            }
+        }
+        scan.space();
+        match scan.peek()? {
+            b',' => scan.at += 1,
+            b'}' => {
+                scan.at += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    scan.space();
+    (scan.at == body.len()).then_some(())?;
+    Some(Split {
+        records: records?,
+        target,
+    })
+}
+
+/// The bytes that end a run of a string's contents: a quote, a backslash.
+static IN_STRING: [bool; 256] = bytes_of(b"\"\\");
+/// The bytes that matter inside an object or array: a string's start and
+/// brackets (anything else is left to the record's read).
+static IN_VALUE: [bool; 256] = bytes_of(b"\"{}[]");
+
+const fn bytes_of(set: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < set.len() {
+        table[set[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
+struct Scan<'a> {
+    text: &'a str,
+    at: usize,
+    /// The closing brackets awaited inside a value.
+    open: Vec<u8>,
+}
+
+impl<'a> Scan<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn space(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        self.space();
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    /// A string without escapes (a key of the outer object), its contents.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let rest = self.text.as_bytes().get(start..)?;
+        let len = rest.iter().position(|&b| IN_STRING[usize::from(b)])?;
+        self.at = start + len;
+        self.eat(b'"')?;
+        self.text.get(start..start + len)
+    }
+
+    /// Past the string whose opening quote is at `self.at`.
+    fn skip_string(&mut self) -> Option<()> {
+        let bytes = self.text.as_bytes();
+        let mut at = self.at + 1;
+        loop {
+            // A table, not memchr: most strings here are a few bytes long.
+            at += bytes
+                .get(at..)?
+                .iter()
+                .position(|&b| IN_STRING[usize::from(b)])?;
+            if bytes[at] == b'"' {
+                self.at = at + 1;
+                return Some(());
+            }
+            at += 2; // the backslash and the byte it escapes
+        }
+    }
+
+    /// The `Records` array's values.
+    fn records(&mut self) -> Option<Vec<&'a str>> {
+        self.eat(b'[')?;
+        let mut records = Vec::new();
+        self.space();
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(records);
+        }
+        loop {
+            records.push(self.value()?);
+            self.space();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(records);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The text of the value that starts here (after whitespace).
+    fn value(&mut self) -> Option<&'a str> {
+        self.space();
+        let start = self.at;
+        let bytes = self.text.as_bytes();
+        match self.peek()? {
+            b'"' => self.skip_string()?,
+            b'{' | b'[' => {
+                self.open.clear();
+                loop {
+                    self.at += bytes
+                        .get(self.at..)?
+                        .iter()
+                        .position(|&b| IN_VALUE[usize::from(b)])?;
+                    match bytes[self.at] {
+                        b'"' => self.skip_string()?,
+                        b'{' => {
+                            self.open.push(b'}');
+                            self.at += 1;
+                        }
+                        b'[' => {
+                            self.open.push(b']');
+                            self.at += 1;
+                        }
+                        close => {
+                            (self.open.pop()? == close).then_some(())?;
+                            self.at += 1;
+                            if self.open.is_empty() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                // A number or a literal; the record's read checks which.
+                while self
+                    .peek()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+                {
+                    self.at += 1;
+                }
+                (self.at > start).then_some(())?;
+            }
+        }
+        self.text.get(start..self.at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    /// What serde_json makes of a body: its records' raw slices and the
+    /// target's, or nothing when it is not a batch.
+    fn by_serde(body: &str) -> Option<Split<'_>> {
+        #[derive(serde::Deserialize)]
+        struct Batch<'a> {
+            #[serde(rename = "Records", borrow)]
+            records: Vec<&'a RawValue>,
+            #[serde(borrow)]
+            target: Option<&'a RawValue>,
+        }
+        let batch: Batch<'_> = serde_json::from_str(body).ok()?;
+        Some(Split {
+            records: batch.records.into_iter().map(RawValue::get).collect(),
+            target: batch.target.map(RawValue::get),
+        })
+    }
+
+    #[test]
+    fn a_body_splits_as_serde_json_splits_it_or_is_left_to_it() {
+        let bodies = [
+            r#"{"Records":[]}"#,
+            " { \"Records\" : [ {\"a\":1} ,\n\t[2, {\"b\":\"]}\\\"[\"}], \"x\", 3.5e1, true, null ] } ",
+            r#"{"target":{"queue":"q"},"Records":[{"s":"\\"},{"t":"\\\"}"}]}"#,
+            r#"{"other":{"Records":[1]},"Records":[{"k":[{}]}],"more":[]}"#,
+            r#"{"Records":[{"é😀":"\u00e9"}]}"#,
+        ];
+        for body in bodies {
+            let split = split(body);
+            assert!(split.is_some(), "{body}");
+            assert_eq!(split, by_serde(body), "{body}");
+        }
+        // Left to serde_json, which refuses each.
+        for body in [
+            "",
+            "[]",
+            r#""Records""#,
+            r#"{}"#,
+            r#"{"Records":[],"Records":[]}"#,
+            r#"{"Records":[{"a":[1}]}"#,
+            r#"{"Records":[{"a":"}]}"#,
+            r#"{"Records":[1 2]}"#,
+            r#"{"Records":[,]}"#,
+            r#"{"Records":[]} x"#,
+            r#"{"Records":"s"}"#,
+            r#"{"Records":[]"#,
+        ] {
+            assert_eq!(split(body), None, "{body}");
+            assert_eq!(by_serde(body), None, "{body}");
+        }
+        // Left to serde_json, which takes it: an escaped key.
+        let body = r#"{"Rec\u006frds":[{"a":1}]}"#;
+        assert_eq!(split(body), None);
+        assert!(by_serde(body).is_some());
+    }
+
+    /// Generated bodies of records full of what could mislead a bracket
+    /// counter (brackets, quotes and backslashes inside strings, escapes,
+    /// deep nesting, non-ASCII) split exactly as serde_json splits them.
+    /// Seeded (`EF_SEED`); a failure prints the seed and the body.
+    #[test]
+    fn generated_bodies_split_as_serde_json_splits_them() {
+        fn value(rng: &mut fastrand::Rng, depth: u32) -> serde_json::Value {
+            use serde_json::{Value, json};
+            const PIECES: &[&str] = &["]", "}", "[", "{", "\"", "\\", "\\\"", "é", "😀", ",", ":"];
+            match rng.u8(..8) {
+                _ if depth > 6 => json!(null),
+                0 => json!(rng.f64() * 1e6),
+                1 => json!(rng.bool()),
+                2 | 3 => Value::String(
+                    (0..rng.usize(..6))
+                        .map(|_| PIECES[rng.usize(..PIECES.len())])
+                        .collect(),
+                ),
+                4 | 5 => Value::Array((0..rng.usize(..4)).map(|_| value(rng, depth + 1)).collect()),
+                _ => Value::Object(
+                    (0..rng.usize(..4))
+                        .map(|i| (format!("k{i}]}}\""), value(rng, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        let seed = std::env::var("EF_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for _ in 0..500 {
+            let records: Vec<serde_json::Value> =
+                (0..rng.usize(..6)).map(|_| value(&mut rng, 0)).collect();
+            let batch = serde_json::json!({"x": value(&mut rng, 3), "Records": records});
+            let body = if rng.bool() {
+                serde_json::to_string_pretty(&batch).unwrap()
+            } else {
+                serde_json::to_string(&batch).unwrap()
+            };
+            assert_eq!(split(&body), by_serde(&body), "EF_SEED={seed}: {body}");
+        }
+    }
+}
