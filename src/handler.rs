@@ -143,7 +143,7 @@ impl NotABatch {
 }
 
 /// The batch in an invocation's body, its records borrowed from the body:
-/// found by [`split`](crate::split) and each read whole when the batch
+/// found by its outer object only (`src/split.rs`), each read whole when the batch
 /// loop plans it; a body that does not split so is read by serde_json,
 /// which takes it or says why it is not a batch.
 pub fn parse_batch(body: &[u8]) -> Result<StreamBatch<&str>, NotABatch> {
