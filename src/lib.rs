@@ -110,3 +110,15 @@ pub mod engine {
     pub use crate::publisher::{Broker, Confirm, Confirmation, PublishError, Reset, Returned};
     pub use crate::uri::{AmqpUri, redact_uri};
 }
+
+/// The generator of the unit tests that generate their input: seeded from
+/// `EF_SEED` to replay a failure, else at random; each failing assertion
+/// prints the seed.
+#[cfg(test)]
+fn test_rng() -> (u64, fastrand::Rng) {
+    let seed = std::env::var("EF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    (seed, fastrand::Rng::with_seed(seed))
+}

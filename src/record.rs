@@ -1194,11 +1194,7 @@ mod tests {
                 }
             }
         }
-        let seed = std::env::var("EF_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| fastrand::u64(..));
-        let mut rng = fastrand::Rng::with_seed(seed);
+        let (seed, mut rng) = crate::test_rng();
         for _ in 0..2_000 {
             let strings: Vec<String> = (0..rng.usize(1..4))
                 .map(|_| {

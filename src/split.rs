@@ -286,11 +286,7 @@ mod tests {
                 ),
             }
         }
-        let seed = std::env::var("EF_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| fastrand::u64(..));
-        let mut rng = fastrand::Rng::with_seed(seed);
+        let (seed, mut rng) = crate::test_rng();
         for _ in 0..500 {
             let records: Vec<serde_json::Value> =
                 (0..rng.usize(..6)).map(|_| value(&mut rng, 0)).collect();

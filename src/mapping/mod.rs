@@ -677,11 +677,7 @@ mod tests {
     /// the seed and the record.
     #[test]
     fn a_record_read_while_transcoding_its_payload_is_planned_as_the_plain_read_plans_it() {
-        let seed = std::env::var("EF_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| fastrand::u64(..));
-        let mut rng = fastrand::Rng::with_seed(seed);
+        let (seed, mut rng) = crate::test_rng();
         let mut renamed = MappingConfig::new("product.events");
         renamed.attributes.payload = "data".into();
         let mut shared = MappingConfig::new("product.events");
