@@ -230,9 +230,11 @@ impl<'de> Visitor<'de> for PayloadSeed {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DynamoDB attribute value")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let tag: Text<'de> = map.next_key()?.ok_or_else(|| A::Error::custom(MALFORMED))?;
-        let value = if &*tag == "M" {
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        one_member(map, |tag, map| {
+            if tag != "M" {
+                return Ok(Transcoded::Other(attr_value(tag, map)?));
+            }
             let mut out = Vec::with_capacity(1024);
             let mut failure = None;
             map.next_value_seed(Writer {
@@ -241,14 +243,8 @@ impl<'de> Visitor<'de> for PayloadSeed {
                 depth: 1,
                 failure: &mut failure,
             })?;
-            Transcoded::Map(out)
-        } else {
-            Transcoded::Other(attr_value(&tag, &mut map)?)
-        };
-        if map.next_key::<de::IgnoredAny>()?.is_some() {
-            return Err(A::Error::custom(MALFORMED));
-        }
-        Ok(value)
+            Ok(Transcoded::Map(out))
+        })
     }
 }
 
@@ -379,14 +375,23 @@ impl<'de> Visitor<'de> for AttrVisitor {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DynamoDB attribute value")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let tag: Text<'de> = map.next_key()?.ok_or_else(|| A::Error::custom(MALFORMED))?;
-        let attr = attr_value(&tag, &mut map)?;
-        if map.next_key::<de::IgnoredAny>()?.is_some() {
-            return Err(A::Error::custom(MALFORMED));
-        }
-        Ok(attr)
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        one_member(map, attr_value)
     }
+}
+
+/// An attribute value's one member, `{tag: value}`: its tag, its value as
+/// `read` reads it, and nothing after it.
+fn one_member<'de, A: MapAccess<'de>, T>(
+    mut map: A,
+    read: impl FnOnce(&str, &mut A) -> Result<T, A::Error>,
+) -> Result<T, A::Error> {
+    let tag: Text<'de> = map.next_key()?.ok_or_else(|| A::Error::custom(MALFORMED))?;
+    let value = read(&tag, &mut map)?;
+    if map.next_key::<de::IgnoredAny>()?.is_some() {
+        return Err(A::Error::custom(MALFORMED));
+    }
+    Ok(value)
 }
 
 /// The value of an attribute whose tag was just read.
