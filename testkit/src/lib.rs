@@ -242,6 +242,19 @@ impl TestBroker {
             .expect("exchange declared");
     }
 
+    /// Whether the exchange `name` exists within `wait`: a function's cold
+    /// start declares its topology while the test goes on.
+    pub async fn await_exchange(&self, name: &str, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while !self.exchange_exists(name).await {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// Whether an exchange exists (a passive declare on a throwaway channel).
     pub async fn exchange_exists(&self, name: &str) -> bool {
         self.channel()

@@ -8,7 +8,7 @@
 //! Ignored by `cargo test`, which does not build the artefact: run by
 //! `make test-artefact` (after `make build`), which CI does.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
@@ -46,15 +46,13 @@ async fn the_arm64_bootstrap_forwards_a_batch_under_qemu() {
     .await;
     let broker = TestBroker::connect().await;
     // Emulated, the cold start takes longer than natively.
-    let until = Instant::now() + Duration::from_secs(30);
-    while !broker.exchange_exists(&exchange).await {
-        assert!(
-            Instant::now() < until,
-            "no cold start:\n{}",
-            function.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        broker
+            .await_exchange(&exchange, Duration::from_secs(30))
+            .await,
+        "no cold start:\n{}",
+        function.output()
+    );
     let queue = broker
         .bind_queue(&exchange, "#", FieldTable::default())
         .await;

@@ -182,11 +182,12 @@ async fn a_rolling_maintenance_of_a_three_node_cluster_loses_nothing() {
     // A consumer's quorum queue (the cluster's default type), bound before
     // anything is forwarded; the consumer reads it after the maintenance.
     let broker = TestBroker::connect_to(CLUSTER_URI).await;
-    let until = Instant::now() + Duration::from_secs(20);
-    while !broker.exchange_exists(&exchange).await {
-        assert!(Instant::now() < until, "the function declared no exchange");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        broker
+            .await_exchange(&exchange, Duration::from_secs(20))
+            .await,
+        "the function declared no exchange"
+    );
     let queue = broker
         .bind_queue(&exchange, "#", FieldTable::default())
         .await;

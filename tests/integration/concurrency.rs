@@ -304,11 +304,13 @@ async fn four_invocations_in_flight_share_one_connection_and_each_answers_for_it
 /// A queue bound to everything on `exchange`, once the function's cold
 /// start has declared it.
 async fn queue_on(broker: &TestBroker, function: &Function, exchange: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(10);
-    while !broker.exchange_exists(exchange).await {
-        assert!(Instant::now() < until, "no exchange: {}", function.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        broker
+            .await_exchange(exchange, Duration::from_secs(10))
+            .await,
+        "no exchange: {}",
+        function.log()
+    );
     broker
         .bind_queue(exchange, "#", lapin::types::FieldTable::default())
         .await

@@ -328,11 +328,13 @@ async fn a_record_that_is_not_json_is_dead_lettered_and_the_records_around_it_go
     let function =
         Function::start(&[("AMQP_URI", uri.as_str()), ("EXCHANGE", exchange.as_str())]).await;
     let broker = TestBroker::connect().await;
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while !broker.exchange_exists(&exchange).await {
-        assert!(std::time::Instant::now() < until, "{}", function.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        broker
+            .await_exchange(&exchange, Duration::from_secs(10))
+            .await,
+        "{}",
+        function.output()
+    );
     let queue = broker
         .bind_queue(&exchange, "#", FieldTable::default())
         .await;

@@ -572,14 +572,12 @@ async fn templated() -> Setup {
 }
 
 async fn wait_for(broker: &TestBroker, exchange: &str) {
-    let until = Instant::now() + Duration::from_secs(15);
-    while !broker.exchange_exists(exchange).await {
-        assert!(
-            Instant::now() < until,
-            "the function did not declare {exchange}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        broker
+            .await_exchange(exchange, Duration::from_secs(15))
+            .await,
+        "the function did not declare {exchange}"
+    );
 }
 
 // ------------------------------------------------------------------- oracle

@@ -84,15 +84,13 @@ async fn an_untrusted_certificate_is_refused_with_a_tls_error() {
 
 /// Waits until the function's cold start has declared `exchange`.
 async fn wait_for_cold_start(inspector: &TestBroker, exchange: &str, function: &Function) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while !inspector.exchange_exists(exchange).await {
-        assert!(
-            Instant::now() < until,
-            "no cold start:\n{}",
-            function.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        inspector
+            .await_exchange(exchange, Duration::from_secs(10))
+            .await,
+        "no cold start:\n{}",
+        function.output()
+    );
 }
 
 /// Waits for `function`'s cold start on the TLS node, forwards one record
