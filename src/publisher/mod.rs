@@ -229,9 +229,11 @@ pub trait Broker {
     /// Gives up at `until`. Returns `true` when it had to (re)connect.
     fn ensure_ready(&mut self, until: Instant) -> impl Future<Output = Result<bool, PublishError>>;
 
-    /// Sends one message (`mandatory`). Resolves once the message is written,
-    /// not confirmed; the returned [`Confirm`] resolves on the broker's ack.
-    /// Gives up at `until`.
+    /// Sends one message (`mandatory`), after every message sent before it
+    /// on this channel. Resolves once the client has it: the lapin broker
+    /// leaves the write to its I/O thread, so that one write carries many
+    /// messages, and a fake may wait for it (up to `until`). The returned
+    /// [`Confirm`] resolves on the broker's ack, or on the write's failure.
     fn publish(
         &mut self,
         message: &Message,

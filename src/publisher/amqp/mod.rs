@@ -33,7 +33,6 @@ use std::{
         Arc, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -91,7 +90,16 @@ pub struct AmqpBroker {
     /// A sibling's first channel, which is no reconnect (the `Reconnects`
     /// metric counts channels and connections opened again).
     first_channel: bool,
+    /// Publishes since this broker last let the runtime poll its reactor.
+    since_yield: u32,
 }
+
+/// Publishes between two yields to the runtime. lapin's I/O thread learns
+/// that its socket is readable from the runtime's reactor, which a
+/// current-thread runtime polls only when its task yields or waits: a batch
+/// that never waits would read no confirm until its last publish (and a
+/// connection lost mid-batch would then lose every confirm).
+const YIELD_EVERY: u32 = 32;
 
 /// The connection of an execution environment, shared by its brokers.
 struct Link {
@@ -166,6 +174,7 @@ impl AmqpBroker {
             blocked: watch::channel(false).1,
             declared: Declared::default(),
             first_channel: false,
+            since_yield: 0,
         }
     }
 
@@ -180,6 +189,7 @@ impl AmqpBroker {
             blocked: watch::channel(false).1,
             declared: Declared::default(),
             first_channel: true,
+            since_yield: 0,
         }
     }
 
@@ -267,44 +277,49 @@ impl Broker for AmqpBroker {
     async fn publish(
         &mut self,
         message: &Message,
-        until: Instant,
+        _until: Instant,
     ) -> Result<Confirm, PublishError> {
+        if self.since_yield >= YIELD_EVERY {
+            self.since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+        self.since_yield += 1;
         let channel = self
             .channel
             .as_ref()
             .ok_or_else(|| PublishError::ChannelLost("no open channel".into()))?;
+        // lapin writes nothing while the broker blocks the connection: a
+        // message handed to it now would only go out once the alarm ends,
+        // after the batch has failed.
+        if self.is_blocked() {
+            return Err(PublishError::Blocked);
+        }
         self.declared.used(&message.exchange);
-        let sending = channel.basic_publish(
-            short(&message.exchange)?,
-            short(&message.routing_key)?,
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            },
-            &message.body,
-            properties(message)?,
-        );
-        let mut sending = std::pin::pin!(tokio::time::timeout_at(until.into(), sending));
-        // The write is almost always done at once; only a write that waits
-        // (a blocked broker: lapin writes nothing then) is raced against the
-        // blocked notification, which costs a waiter per message.
-        let sent = match std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await {
-            Poll::Ready(sent) => sent,
-            Poll::Pending => {
-                let mut blocked = self.blocked.clone();
-                tokio::select! {
-                    biased;
-                    sent = &mut sending => sent,
-                    _ = blocked.wait_for(|b| *b) => return Err(PublishError::Blocked),
-                }
-            }
-        };
-        let pending = sent
-            .map_err(|_| PublishError::WriteTimeout)?
+        // The frames are queued for lapin's I/O thread in the batch's
+        // order, and the write is not awaited here: each await of a write
+        // cost a hop from that thread back to this one per event
+        // (docs/performance.md). What the write comes to is known with the
+        // confirm, which waits for it: a write that fails fails the
+        // confirm, one that never ends meets the confirm timeout.
+        let queued = channel
+            .basic_publish_queued(
+                short(&message.exchange)?,
+                short(&message.routing_key)?,
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &message.body,
+                properties(message)?,
+                true,
+            )
             .map_err(|e| confirm_error(&e))?;
         let live = self.connection.clone();
         Ok(Box::pin(async move {
-            let answer = pending.await;
+            let answer = match queued.await {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
             if answer.is_ok()
                 && let Some(live) = live
             {

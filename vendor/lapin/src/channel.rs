@@ -536,6 +536,67 @@ impl Channel {
             .unwrap_or_else(|| PublisherConfirm::not_requested(self.returned_messages.clone())))
     }
 
+    /// `basic_publish` with its frames queued before this returns
+    /// (event-forwarder fork). The future it gives waits for the write,
+    /// then gives the confirm; it borrows nothing, so the caller goes on
+    /// publishing while lapin's I/O thread writes what has queued: many
+    /// publishes go out in one write instead of a wakeup and a write each.
+    /// lapin's I/O thread is woken only when `wake` is set; a caller that
+    /// queues several publishes wakes it once, with [`Channel::wake_io`].
+    pub fn basic_publish_queued(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        options: BasicPublishOptions,
+        payload: &[u8],
+        properties: BasicProperties,
+        wake: bool,
+    ) -> Result<impl Future<Output = Result<PublisherConfirm>> + Send + 'static>
+    {
+        if !self.status.connected() {
+            return Err(self.status.state_error("basic.publish"));
+        }
+        let confirm = self.before_basic_publish();
+        let method = AMQPClass::Basic(protocol::basic::AMQPMethod::Publish(
+            protocol::basic::Publish {
+                exchange,
+                routing_key,
+                mandatory: options.mandatory,
+                immediate: options.immediate,
+            },
+        ));
+        let header = AMQPContentHeader {
+            class_id: method.get_amqp_class_id(),
+            body_size: payload.len() as PayloadSize,
+            properties,
+        };
+        let chunk_size = (self.configuration.frame_max() as usize).saturating_sub(8).max(1);
+        let mut frames = Vec::with_capacity(2 + payload.len().div_ceil(chunk_size));
+        frames.push(AMQPFrame::Method(self.id, method));
+        frames.push(AMQPFrame::Header(self.id, header));
+        frames.extend(
+            payload
+                .chunks(chunk_size)
+                .map(|chunk| AMQPFrame::Body(self.id, chunk.into())),
+        );
+        let (written, resolver) = Promise::new("basic.publish");
+        self.frames.push_frames(self.id, frames, resolver);
+        if wake {
+            self.wake();
+        }
+        let returned = self.returned_messages.clone();
+        Ok(async move {
+            written.await?;
+            Ok(confirm.unwrap_or_else(|| PublisherConfirm::not_requested(returned)))
+        })
+    }
+
+    /// Wakes lapin's I/O thread to write what publishes queued without
+    /// waking it (event-forwarder fork, [`Channel::basic_publish_queued`]).
+    pub fn wake_io(&self) {
+        self.wake();
+    }
+
     pub(crate) fn report_protocol_violation(
         &self,
         error: AMQPError,
