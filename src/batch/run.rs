@@ -5,7 +5,7 @@
 //! no record stalls its shard; after a refusal or a lost channel the batch
 //! resumes from the first record not confirmed.
 
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, task::Poll, time::Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -170,6 +170,19 @@ fn resume_at<B: Broker>(
     }
 }
 
+/// Awaits `future`; when it has to wait (an enricher's lookup), what the
+/// broker queued is written meanwhile instead of after it: a publish waits
+/// for its confirm from the moment it was queued.
+async fn written_while<B: Broker, F: Future>(broker: &B, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+    {
+        return out;
+    }
+    broker.flush();
+    future.await
+}
+
 /// One pass over the batch on one channel, from a given record on. Its
 /// confirm window starts empty; what the batch has learnt (`refused`,
 /// `outcomes`, `notes`) is borrowed from [`forward`] and outlives it.
@@ -293,9 +306,9 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
                 return Ok(None);
             }
             Plan::Publish(draft) => {
-                match enrichment::enrich(self.enricher, self.enrichment, draft, self.invocation)
-                    .await
-                {
+                let enriching =
+                    enrichment::enrich(self.enricher, self.enrichment, draft, self.invocation);
+                match written_while(&*self.broker, enriching).await {
                     Enriched::Publish(m) => (m, Outcome::Published),
                     Enriched::Skip(reason) => {
                         self.notes.skip_reasons.push((index, reason));

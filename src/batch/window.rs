@@ -169,6 +169,7 @@ impl Window {
     /// deadline, whichever comes first, or until the broker blocks
     /// publishers.
     pub(super) async fn settle_oldest<B: Broker>(&mut self, broker: &B) -> Result<(), Failure> {
+        broker.flush();
         let blocked = broker.blocked();
         let Some(front) = self.in_flight.front_mut() else {
             return Ok(());

@@ -240,6 +240,12 @@ pub trait Broker {
         until: Instant,
     ) -> impl Future<Output = Result<Confirm, PublishError>>;
 
+    /// Makes sure what [`Broker::publish`] queued is being written. The
+    /// batch calls it before it waits for anything (a confirm, an
+    /// enricher): the lapin broker wakes its I/O thread once per several
+    /// publishes, and what is queued since would wait with the batch.
+    fn flush(&self) {}
+
     /// Whether `exchange` must be declared before a message goes to it (an
     /// exchange of a templated `EXCHANGE`, on its first use on a channel).
     /// The batch settles what is in flight first: the broker closes the

@@ -1322,3 +1322,67 @@ async fn an_old_unrouted_queue_of_a_templated_exchange_fails_the_batch_naming_it
     }
     broker.cleanup(&dead_letter, &[]).await;
 }
+
+/// An enricher whose lookup for the `nth` event it sees (from 0) takes
+/// `wait`.
+struct SlowFor {
+    nth: usize,
+    wait: Duration,
+    seen: std::sync::atomic::AtomicUsize,
+}
+
+impl event_forwarder::Enricher for SlowFor {
+    type Batch = ();
+
+    async fn enrich(
+        &self,
+        _: &event_forwarder::enrich::Event<'_>,
+        _: &mut (),
+    ) -> Result<event_forwarder::Enrichment, event_forwarder::enrich::EnrichError> {
+        let seen = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if seen == self.nth {
+            tokio::time::sleep(self.wait).await;
+        }
+        Ok(event_forwarder::Enrichment::keep())
+    }
+}
+
+/// The publisher wakes its I/O thread once per several publishes; while an
+/// enricher waits, the publishes queued before it must be written, not
+/// held: their confirms are timed from when they were queued. Here the
+/// lookup for record 10 takes twice `CONFIRM_TIMEOUT_MS`, so the ten
+/// publishes before it would time out (the batch failing at record 0) had
+/// they waited for it.
+#[tokio::test]
+async fn publishes_queued_before_an_enricher_waits_are_written_meanwhile() {
+    let (batch, seqs) = batch_with(20, |_, r| r);
+    let exchange = unique("enricher-waits");
+    let broker = TestBroker::connect().await;
+    let enricher = SlowFor {
+        nth: 10,
+        wait: Duration::from_millis(1_500),
+        seen: Default::default(),
+    };
+    let forwarder = Forwarder::start_with(
+        config(&exchange, &[("CONFIRM_TIMEOUT_MS", "750")]),
+        enricher,
+    )
+    .await
+    .expect("cold start");
+    let queue = broker
+        .bind_queue(&exchange, "#", FieldTable::default())
+        .await;
+
+    let (response, report) = forwarder.handle(&batch, TEN_SECONDS).await.unwrap();
+
+    assert!(reported(&response).is_empty(), "{report:?}");
+    let arrived: Vec<String> = broker
+        .drain(&queue)
+        .await
+        .iter()
+        .map(|d| body(d)["sequenceNumber"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(arrived, seqs, "every record once, in order");
+    forwarder.shutdown().await;
+    broker.cleanup(&exchange, &[&queue]).await;
+}

@@ -90,15 +90,22 @@ pub struct AmqpBroker {
     /// A sibling's first channel, which is no reconnect (the `Reconnects`
     /// metric counts channels and connections opened again).
     first_channel: bool,
-    /// Publishes since this broker last let the runtime poll its reactor.
+    /// Publishes since this broker last woke lapin's I/O thread and let
+    /// the runtime poll its reactor.
     since_yield: u32,
+    /// Publishes were queued since lapin's I/O thread was last woken.
+    unwoken: AtomicBool,
 }
 
-/// Publishes between two yields to the runtime. lapin's I/O thread learns
-/// that its socket is readable from the runtime's reactor, which a
-/// current-thread runtime polls only when its task yields or waits: a batch
-/// that never waits would read no confirm until its last publish (and a
-/// connection lost mid-batch would then lose every confirm).
+/// Publishes queued between two wakes of lapin's I/O thread, each followed
+/// by a yield to the runtime. One wake per publish cost a futex call each
+/// (and the thread's switch); one per 32 lets one write carry them. The
+/// yield: lapin's I/O thread learns that its socket is readable from the
+/// runtime's reactor, which a current-thread runtime polls only when its
+/// task yields or waits, so a batch that never waited would read no
+/// confirm until its last publish (and a connection lost mid-batch would
+/// then lose every confirm). What is queued when the batch waits for
+/// anything else is written then ([`Broker::flush`]).
 const YIELD_EVERY: u32 = 32;
 
 /// The connection of an execution environment, shared by its brokers.
@@ -175,6 +182,7 @@ impl AmqpBroker {
             declared: Declared::default(),
             first_channel: false,
             since_yield: 0,
+            unwoken: AtomicBool::new(false),
         }
     }
 
@@ -190,6 +198,7 @@ impl AmqpBroker {
             declared: Declared::default(),
             first_channel: true,
             since_yield: 0,
+            unwoken: AtomicBool::new(false),
         }
     }
 
@@ -279,11 +288,6 @@ impl Broker for AmqpBroker {
         message: &Message,
         _until: Instant,
     ) -> Result<Confirm, PublishError> {
-        if self.since_yield >= YIELD_EVERY {
-            self.since_yield = 0;
-            tokio::task::yield_now().await;
-        }
-        self.since_yield += 1;
         let channel = self
             .channel
             .as_ref()
@@ -301,6 +305,8 @@ impl Broker for AmqpBroker {
         // (docs/performance.md). What the write comes to is known with the
         // confirm, which waits for it: a write that fails fails the
         // confirm, one that never ends meets the confirm timeout.
+        self.since_yield += 1;
+        let wake = self.since_yield >= YIELD_EVERY;
         let queued = channel
             .basic_publish_queued(
                 short(&message.exchange)?,
@@ -311,9 +317,16 @@ impl Broker for AmqpBroker {
                 },
                 &message.body,
                 properties(message)?,
-                true,
+                wake,
             )
             .map_err(|e| confirm_error(&e))?;
+        if wake {
+            self.since_yield = 0;
+            self.unwoken.store(false, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        } else {
+            self.unwoken.store(true, Ordering::Relaxed);
+        }
         let live = self.connection.clone();
         Ok(Box::pin(async move {
             let answer = match queued.await {
@@ -327,6 +340,14 @@ impl Broker for AmqpBroker {
             }
             confirmation(answer)
         }))
+    }
+
+    fn flush(&self) {
+        if self.unwoken.swap(false, Ordering::Relaxed)
+            && let Some(channel) = &self.channel
+        {
+            channel.wake_io();
+        }
     }
 
     fn needs_declare(&self, exchange: &str) -> bool {
