@@ -697,7 +697,7 @@ mod tests {
 
         async fn publish(
             &mut self,
-            _message: &crate::publisher::Message,
+            _message: crate::publisher::Message,
             _until: Instant,
         ) -> Result<crate::publisher::Confirm, PublishError> {
             Ok(Box::pin(std::future::pending()))

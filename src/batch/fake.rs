@@ -113,7 +113,7 @@ impl Broker for FakeBroker {
         Ok(reconnected)
     }
 
-    async fn publish(&mut self, m: &Message, until: Instant) -> Result<Confirm, PublishError> {
+    async fn publish(&mut self, m: Message, until: Instant) -> Result<Confirm, PublishError> {
         if !self.open {
             return Err(PublishError::ChannelLost("closed".into()));
         }
@@ -131,11 +131,9 @@ impl Broker for FakeBroker {
             self.open = false;
         }
         let size = m.body.len();
-        self.published.push(m.clone());
-        self.ids
-            .lock()
-            .unwrap()
-            .push(m.properties.message_id.clone());
+        let own_id = m.properties.message_id.clone();
+        self.ids.lock().unwrap().push(own_id.clone());
+        self.published.push(m);
         self.count.store(self.published.len(), Ordering::SeqCst);
         self.notify.notify_waiters();
         let (count, notify) = (self.count.clone(), self.notify.clone());
@@ -145,7 +143,6 @@ impl Broker for FakeBroker {
             code: 312,
             text: "NO_ROUTE".into(),
         };
-        let own_id = m.properties.message_id.clone();
         Ok(Box::pin(async move {
             match reply {
                 Reply::Ack | Reply::WriteFails(_) => Confirmation::ack(),

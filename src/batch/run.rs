@@ -373,7 +373,7 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
     async fn send(
         &mut self,
         index: usize,
-        mut message: Message,
+        message: Message,
         outcome: Outcome,
         ready: &mut bool,
     ) -> Result<(), Failure> {
@@ -391,16 +391,16 @@ impl<B: Broker, E: Enricher> Run<'_, '_, B, E> {
         let cut_off = deadlines.publish_until;
         let writing = Instant::now();
         let until = (writing + self.options.confirm_timeout).min(cut_off);
-        match self.broker.publish(&message, until).await {
+        // The broker takes the message; the window keeps its id (returns
+        // name it) and its size (a refusal over size names that).
+        let size = message.body.len();
+        let message_id = message.properties.message_id.clone();
+        match self.broker.publish(message, until).await {
             Ok(confirm) => {
-                let message_id = std::mem::take(&mut message.properties.message_id);
-                self.window
-                    .push(index, outcome, message_id, message.body.len(), confirm);
+                self.window.push(index, outcome, message_id, size, confirm);
                 Ok(())
             }
-            Err(e) => Err(self
-                .write_failed(index, e, message.body.len(), writing, until)
-                .await),
+            Err(e) => Err(self.write_failed(index, e, size, writing, until).await),
         }
     }
 

@@ -236,7 +236,7 @@ pub trait Broker {
     /// [`Confirm`] resolves on the broker's ack, or on the write's failure.
     fn publish(
         &mut self,
-        message: &Message,
+        message: Message,
         until: Instant,
     ) -> impl Future<Output = Result<Confirm, PublishError>>;
 

@@ -285,7 +285,7 @@ impl Broker for AmqpBroker {
 
     async fn publish(
         &mut self,
-        message: &Message,
+        message: Message,
         _until: Instant,
     ) -> Result<Confirm, PublishError> {
         let channel = self
@@ -309,14 +309,14 @@ impl Broker for AmqpBroker {
         let wake = self.since_yield >= YIELD_EVERY;
         let queued = channel
             .basic_publish_queued(
-                short(&message.exchange)?,
-                short(&message.routing_key)?,
+                short(message.exchange)?,
+                short(message.routing_key)?,
                 BasicPublishOptions {
                     mandatory: true,
                     immediate: false,
                 },
-                &message.body,
-                properties(message)?,
+                message.body,
+                properties(message.properties)?,
                 wake,
             )
             .map_err(|e| confirm_error(&e))?;

@@ -7,46 +7,47 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-use crate::publisher::{HeaderValue, Message, PublishError};
+use crate::publisher::{HeaderValue, Properties, PublishError};
 
 /// An AMQP short string. The mapping keeps every field within 255 bytes;
-/// this turns a slip into an error instead of lapin's panic.
-pub(super) fn short(s: &str) -> Result<ShortString, PublishError> {
+/// this turns a slip into an error instead of lapin's panic. A `String`
+/// is moved, not copied.
+pub(super) fn short(s: impl Into<String>) -> Result<ShortString, PublishError> {
     ShortString::try_new(s)
         .map_err(|_| PublishError::Invalid("a name or property is longer than 255 bytes".into()))
 }
 
-/// The properties `message` is published with: the mapping's headers, then
-/// the enricher's. A number beyond a signed 64-bit integer (AMQP has no
-/// unsigned one) goes as its decimal text.
-pub(super) fn properties(message: &Message) -> Result<BasicProperties, PublishError> {
-    let p = &message.properties;
+/// The AMQP properties of a message: the mapping's headers, then the
+/// enricher's. A number beyond a signed 64-bit integer (AMQP has no
+/// unsigned one) goes as its decimal text. The strings are moved into
+/// lapin's, not copied.
+pub(super) fn properties(p: Properties) -> Result<BasicProperties, PublishError> {
     let mut headers = FieldTable::default();
     let all = p
         .headers
-        .iter()
-        .map(|(n, v)| (*n, v))
-        .chain(p.extra_headers.iter().map(|(n, v)| (n.as_str(), v)));
+        .into_iter()
+        .map(|(n, v)| (short(n), v))
+        .chain(p.extra_headers.into_iter().map(|(n, v)| (short(n), v)));
     for (name, value) in all {
         let value = match value {
-            HeaderValue::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-            HeaderValue::Int(i) => i64::try_from(*i).map_or_else(
+            HeaderValue::String(s) => AMQPValue::LongString(LongString::from(s)),
+            HeaderValue::Int(i) => i64::try_from(i).map_or_else(
                 |_| AMQPValue::LongString(LongString::from(i.to_string())),
                 AMQPValue::LongLongInt,
             ),
         };
-        headers.insert(short(name)?, value);
+        headers.insert(name?, value);
     }
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_message_id(short(&p.message_id)?)
-        .with_app_id(short(&p.app_id)?)
+        .with_message_id(short(p.message_id)?)
+        .with_app_id(short(p.app_id)?)
         .with_headers(headers);
-    if let Some(c) = &p.correlation_id {
+    if let Some(c) = p.correlation_id {
         props = props.with_correlation_id(short(c)?);
     }
-    if let Some(k) = &p.kind {
+    if let Some(k) = p.kind {
         props = props.with_type(short(k)?);
     }
     if let Some(t) = p.timestamp {
@@ -58,16 +59,6 @@ pub(super) fn properties(message: &Message) -> Result<BasicProperties, PublishEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publisher::Properties;
-
-    fn message(properties: Properties) -> Message {
-        Message {
-            exchange: "orders".into(),
-            routing_key: "order.placed.v1".into(),
-            body: b"{}".to_vec(),
-            properties,
-        }
-    }
 
     fn minimal() -> Properties {
         Properties {
@@ -96,12 +87,12 @@ mod tests {
 
     #[test]
     fn every_message_is_persistent_json_with_its_ids() {
-        let props = properties(&message(Properties {
+        let props = properties(Properties {
             correlation_id: Some("order-42".into()),
             kind: Some("OrderPlaced".into()),
             timestamp: Some(1_796_537_257),
             ..minimal()
-        }))
+        })
         .expect("fits");
         assert_eq!(props.delivery_mode(), &Some(2));
         assert_eq!(props.content_type(), &text("application/json"));
@@ -117,7 +108,7 @@ mod tests {
 
     #[test]
     fn properties_the_message_lacks_are_left_out_not_sent_empty() {
-        let props = properties(&message(minimal())).expect("fits");
+        let props = properties(minimal()).expect("fits");
         assert_eq!(props.correlation_id(), &None);
         assert_eq!(props.kind(), &None);
         assert_eq!(props.timestamp(), &None);
@@ -126,7 +117,7 @@ mod tests {
 
     #[test]
     fn every_header_kind_is_sent_as_its_amqp_type_and_the_enrichers_come_too() {
-        let props = properties(&message(Properties {
+        let props = properties(Properties {
             headers: vec![
                 ("x-aggregate-id", HeaderValue::String("order-42".into())),
                 ("x-version", HeaderValue::Int(7)),
@@ -138,7 +129,7 @@ mod tests {
                 ("x-priority".into(), HeaderValue::Int(3)),
             ],
             ..minimal()
-        }))
+        })
         .expect("fits");
         assert_eq!(
             headers(&props),
@@ -165,10 +156,10 @@ mod tests {
     #[test]
     fn a_short_string_of_255_bytes_fits_and_one_of_256_is_an_invalid_message() {
         let too_long = PublishError::Invalid("a name or property is longer than 255 bytes".into());
-        assert_eq!(short(&"a".repeat(255)).map(|s| s.as_str().len()), Ok(255));
-        assert_eq!(short(&"a".repeat(256)), Err(too_long.clone()));
+        assert_eq!(short("a".repeat(255)).map(|s| s.as_str().len()), Ok(255));
+        assert_eq!(short("a".repeat(256)), Err(too_long.clone()));
         // Bytes, not characters: 128 two-byte characters are 256 bytes.
-        assert_eq!(short(&"é".repeat(128)), Err(too_long));
+        assert_eq!(short("é".repeat(128)), Err(too_long));
     }
 
     #[test]
@@ -200,7 +191,7 @@ mod tests {
             },
         ];
         for case in cases {
-            assert_eq!(properties(&message(case.clone())), too_long, "{case:?}");
+            assert_eq!(properties(case.clone()), too_long, "{case:?}");
         }
     }
 
@@ -229,7 +220,7 @@ mod tests {
                 ..minimal()
             },
         ] {
-            let props = properties(&message(p.clone())).expect("fits");
+            let props = properties(p.clone()).expect("fits");
             assert_eq!(header_bytes(&p), 2 + 2 + 8 + written(&props), "{p:?}");
         }
     }

@@ -536,8 +536,8 @@ impl Channel {
             .unwrap_or_else(|| PublisherConfirm::not_requested(self.returned_messages.clone())))
     }
 
-    /// `basic_publish` with its frames queued before this returns
-    /// (event-forwarder fork). The future it gives waits for the write,
+    /// `basic_publish` with its frames queued before this returns, and the
+    /// body moved in (event-forwarder fork). The future it gives waits for the write,
     /// then gives the confirm; it borrows nothing, so the caller goes on
     /// publishing while lapin's I/O thread writes what has queued: many
     /// publishes go out in one write instead of a wakeup and a write each.
@@ -548,7 +548,7 @@ impl Channel {
         exchange: ShortString,
         routing_key: ShortString,
         options: BasicPublishOptions,
-        payload: &[u8],
+        payload: Vec<u8>,
         properties: BasicProperties,
         wake: bool,
     ) -> Result<impl Future<Output = Result<PublisherConfirm>> + Send + 'static>
@@ -574,11 +574,19 @@ impl Channel {
         let mut frames = Vec::with_capacity(2 + payload.len().div_ceil(chunk_size));
         frames.push(AMQPFrame::Method(self.id, method));
         frames.push(AMQPFrame::Header(self.id, header));
-        frames.extend(
-            payload
-                .chunks(chunk_size)
-                .map(|chunk| AMQPFrame::Body(self.id, chunk.into())),
-        );
+        if payload.len() <= chunk_size {
+            // One body frame, the body moved into it rather than copied
+            // (none for an empty body, as `basic_publish`).
+            if !payload.is_empty() {
+                frames.push(AMQPFrame::Body(self.id, payload));
+            }
+        } else {
+            frames.extend(
+                payload
+                    .chunks(chunk_size)
+                    .map(|chunk| AMQPFrame::Body(self.id, chunk.into())),
+            );
+        }
         let (written, resolver) = Promise::new("basic.publish");
         self.frames.push_frames(self.id, frames, resolver);
         if wake {
