@@ -29,14 +29,16 @@ mod topology;
 
 use std::{
     future::Future,
+    pin::Pin,
     sync::{
         Arc, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    task::Poll,
     time::{Duration, Instant},
 };
 
-use lapin::{Channel, Connection, options::BasicPublishOptions};
+use lapin::{Channel, Connection, PublishWritten, options::BasicPublishOptions};
 use tokio::sync::watch;
 
 use super::trust::SystemRoots;
@@ -92,7 +94,9 @@ pub struct AmqpBroker {
     first_channel: bool,
     /// Publishes since this broker last woke lapin's I/O thread and let
     /// the runtime poll its reactor.
-    since_yield: u32,
+    since_wake: u32,
+    /// The write of the publish that last woke lapin's I/O thread.
+    last_wake: Option<PublishWritten>,
     /// Publishes were queued since lapin's I/O thread was last woken.
     unwoken: AtomicBool,
 }
@@ -105,8 +109,11 @@ pub struct AmqpBroker {
 /// task yields or waits, so a batch that never waited would read no
 /// confirm until its last publish (and a connection lost mid-batch would
 /// then lose every confirm). What is queued when the batch waits for
-/// anything else is written then ([`Broker::flush`]).
-const YIELD_EVERY: u32 = 32;
+/// anything else is written then ([`Broker::flush`]). Before a wake, the
+/// write of the publish that woke the thread last must be done: at most
+/// twice this many publishes wait in lapin's queue, where a broker slower
+/// than the conversion would otherwise collect the whole batch's bodies.
+const WAKE_EVERY: u32 = 32;
 
 /// The connection of an execution environment, shared by its brokers.
 struct Link {
@@ -181,7 +188,8 @@ impl AmqpBroker {
             blocked: watch::channel(false).1,
             declared: Declared::default(),
             first_channel: false,
-            since_yield: 0,
+            since_wake: 0,
+            last_wake: None,
             unwoken: AtomicBool::new(false),
         }
     }
@@ -197,7 +205,8 @@ impl AmqpBroker {
             blocked: watch::channel(false).1,
             declared: Declared::default(),
             first_channel: true,
-            since_yield: 0,
+            since_wake: 0,
+            last_wake: None,
             unwoken: AtomicBool::new(false),
         }
     }
@@ -258,6 +267,32 @@ impl AmqpBroker {
     }
 }
 
+impl AmqpBroker {
+    /// Waits for the write of the publish that last woke lapin's I/O
+    /// thread, which has almost always happened: a broker that takes
+    /// messages slower than they come holds the batch here. The write's
+    /// own failure is told by its confirm.
+    async fn earlier_written(&mut self, until: Instant) -> Result<(), PublishError> {
+        let Some(mut written) = self.last_wake.take() else {
+            return Ok(());
+        };
+        if std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut written).poll(cx)))
+            .await
+            .is_ready()
+        {
+            return Ok(());
+        }
+        let mut blocked = self.blocked.clone();
+        tokio::select! {
+            biased;
+            _ = written => Ok(()),
+            // lapin writes nothing while the broker blocks the connection.
+            _ = blocked.wait_for(|b| *b) => Err(PublishError::Blocked),
+            () = tokio::time::sleep_until(until.into()) => Err(PublishError::WriteTimeout),
+        }
+    }
+}
+
 impl Broker for AmqpBroker {
     async fn ensure_ready(&mut self, until: Instant) -> Result<bool, PublishError> {
         // Opening a channel or a connection would wait for the alarm to end:
@@ -283,11 +318,11 @@ impl Broker for AmqpBroker {
         Ok(!std::mem::take(&mut self.first_channel))
     }
 
-    async fn publish(
-        &mut self,
-        message: Message,
-        _until: Instant,
-    ) -> Result<Confirm, PublishError> {
+    async fn publish(&mut self, message: Message, until: Instant) -> Result<Confirm, PublishError> {
+        let wake = self.since_wake + 1 >= WAKE_EVERY;
+        if wake {
+            self.earlier_written(until).await?;
+        }
         let channel = self
             .channel
             .as_ref()
@@ -302,12 +337,10 @@ impl Broker for AmqpBroker {
         // The frames are queued for lapin's I/O thread in the batch's
         // order, and the write is not awaited here: each await of a write
         // cost a hop from that thread back to this one per event
-        // (docs/performance.md). What the write comes to is known with the
-        // confirm, which waits for it: a write that fails fails the
-        // confirm, one that never ends meets the confirm timeout.
-        self.since_yield += 1;
-        let wake = self.since_yield >= YIELD_EVERY;
-        let queued = channel
+        // (docs/performance.md). A write that fails fails the confirm
+        // (lapin rejects the confirms of a channel or connection it
+        // loses), one that never ends meets the confirm timeout.
+        let (written, pending) = channel
             .basic_publish_queued(
                 short(message.exchange)?,
                 short(message.routing_key)?,
@@ -320,19 +353,18 @@ impl Broker for AmqpBroker {
                 wake,
             )
             .map_err(|e| confirm_error(&e))?;
+        self.since_wake += 1;
         if wake {
-            self.since_yield = 0;
+            self.since_wake = 0;
             self.unwoken.store(false, Ordering::Relaxed);
+            self.last_wake = Some(written);
             tokio::task::yield_now().await;
         } else {
             self.unwoken.store(true, Ordering::Relaxed);
         }
         let live = self.connection.clone();
         Ok(Box::pin(async move {
-            let answer = match queued.await {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            };
+            let answer = pending.await;
             if answer.is_ok()
                 && let Some(live) = live
             {
@@ -402,6 +434,8 @@ impl Broker for AmqpBroker {
     fn reset(&mut self, scope: Reset) {
         // Dropping the channel closes it in the background (lapin's closer).
         self.channel = None;
+        self.last_wake = None;
+        self.since_wake = 0;
         self.declared.clear();
         let dead = self
             .connection

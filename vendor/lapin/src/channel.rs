@@ -26,7 +26,13 @@ use crate::{
     types::*,
 };
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use std::{convert::TryFrom, fmt, sync::Arc};
+use std::{
+    convert::TryFrom,
+    fmt,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 use tracing::{error, info, trace};
 
 /// Main entry point for most AMQP operations.
@@ -537,12 +543,13 @@ impl Channel {
     }
 
     /// `basic_publish` with its frames queued before this returns, and the
-    /// body moved in (event-forwarder fork). The future it gives waits for the write,
-    /// then gives the confirm; it borrows nothing, so the caller goes on
-    /// publishing while lapin's I/O thread writes what has queued: many
-    /// publishes go out in one write instead of a wakeup and a write each.
-    /// lapin's I/O thread is woken only when `wake` is set; a caller that
-    /// queues several publishes wakes it once, with [`Channel::wake_io`].
+    /// body moved in (event-forwarder fork). It gives the write and the
+    /// confirm apart, and neither borrows anything: the caller goes on
+    /// publishing while lapin's I/O thread writes what has queued (many
+    /// publishes in one write instead of a wakeup and a write each), and
+    /// may wait for a write to bound what is queued. The I/O thread is
+    /// woken only when `wake` is set; a caller that queues several
+    /// publishes wakes it once, with [`Channel::wake_io`].
     pub fn basic_publish_queued(
         &self,
         exchange: ShortString,
@@ -551,8 +558,7 @@ impl Channel {
         payload: Vec<u8>,
         properties: BasicProperties,
         wake: bool,
-    ) -> Result<impl Future<Output = Result<PublisherConfirm>> + Send + 'static>
-    {
+    ) -> Result<(PublishWritten, PublisherConfirm)> {
         if !self.status.connected() {
             return Err(self.status.state_error("basic.publish"));
         }
@@ -592,11 +598,9 @@ impl Channel {
         if wake {
             self.wake();
         }
-        let returned = self.returned_messages.clone();
-        Ok(async move {
-            written.await?;
-            Ok(confirm.unwrap_or_else(|| PublisherConfirm::not_requested(returned)))
-        })
+        let confirm = confirm
+            .unwrap_or_else(|| PublisherConfirm::not_requested(self.returned_messages.clone()));
+        Ok((PublishWritten(written), confirm))
     }
 
     /// Wakes lapin's I/O thread to write what publishes queued without
@@ -1488,3 +1492,18 @@ impl Channel {
 include!(concat!(env!("OUT_DIR"), "/channel.rs"));
 #[cfg(not(feature = "codegen"))]
 include!("generated/channel.rs");
+
+/// Resolves once the frames of a publish queued by
+/// [`Channel::basic_publish_queued`] are written to the socket, or fails
+/// with why they were not (event-forwarder fork).
+#[must_use = "a write not awaited may not have happened"]
+#[derive(Debug)]
+pub struct PublishWritten(Promise<()>);
+
+impl Future for PublishWritten {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}

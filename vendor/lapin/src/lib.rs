@@ -152,7 +152,7 @@ pub use amq_protocol::{
 };
 
 pub use acker::Acker;
-pub use channel::{Channel, options};
+pub use channel::{Channel, PublishWritten, options};
 pub use channel_status::{ChannelQos, ChannelState, ChannelStatus};
 pub use configuration::Configuration;
 pub use connection::{Connect, Connection};
