@@ -128,8 +128,12 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
     if plan.memory_only {
         let (_broker, _client, admin, queue) =
             setup(&config, &uri, &exchange, QueueKind::Default).await?;
-        let cold = cold_start(&uri, &exchange, &queue, &admin, false, true).await?;
-        print_peaks(&cold);
+        let cold = cold_start(&uri, &exchange, &queue, &admin, false, true, None).await?;
+        print_cold(&cold, "");
+        if let Ok(bin) = std::env::var("EF_BASELINE_BIN") {
+            let cold = cold_start(&uri, &exchange, &queue, &admin, false, true, Some(&bin)).await?;
+            print_cold(&cold, "EF_BASELINE_BIN: ");
+        }
         return Ok(());
     }
     let converter = Converter::new(config.mapping.clone());
@@ -259,7 +263,14 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         format!("{:.1}", conversion / ceiling),
     ));
 
-    let cold = cold_start(&uri, &exchange, &queue, &admin, plan.smoke, false).await?;
+    let cold = cold_start(&uri, &exchange, &queue, &admin, plan.smoke, false, None).await?;
+    // EF_BASELINE_BIN's cold start and peaks, measured in the same run.
+    let baseline_cold = match std::env::var("EF_BASELINE_BIN") {
+        Ok(bin) if !plan.smoke => {
+            Some(cold_start(&uri, &exchange, &queue, &admin, false, false, Some(&bin)).await?)
+        }
+        _ => None,
+    };
     let many = environments(&uri, &exchange, &queue, &admin, plan).await?;
     // The Node peer needs scripts/peers.sh (make bench), not the smoke run.
     let against_peers = if plan.smoke {
@@ -293,17 +304,10 @@ async fn run(plan: &Settings) -> anyhow::Result<()> {
         forwarder / serial
     );
     println!();
-    println!(
-        "{:<46} {:>9.1} ms",
-        "cold start to first poll (connection open)",
-        cold.init.as_secs_f64() * 1e3
-    );
-    println!(
-        "{:<46} {:>9.1} ms",
-        format!("first invocation ({} records)", cold.first_records),
-        cold.first.as_secs_f64() * 1e3
-    );
-    print_peaks(&cold);
+    print_cold(&cold, "");
+    if let Some(cold) = &baseline_cold {
+        print_cold(cold, "EF_BASELINE_BIN: ");
+    }
     println!();
     println!(
         "8 batches of {} records at once, through the binary (medians of {} rounds):",
@@ -581,12 +585,24 @@ async fn setup(
     Ok((broker, client, admin, queue))
 }
 
-fn print_peaks(cold: &ColdStart) {
+/// The cold start, first invocation and peak RSS rows, their names after
+/// `prefix`.
+fn print_cold(cold: &ColdStart, prefix: &str) {
+    println!(
+        "{:<62} {:>9.1} ms",
+        format!("{prefix}cold start to first poll (connection open)"),
+        cold.init.as_secs_f64() * 1e3
+    );
+    println!(
+        "{:<62} {:>9.1} ms",
+        format!("{prefix}first invocation ({} records)", cold.first_records),
+        cold.first.as_secs_f64() * 1e3
+    );
     for (records, bytes, kb) in &cold.peaks {
         println!(
-            "{:<46} {:>9.1} MB",
+            "{:<62} {:>9.1} MB",
             format!(
-                "peak RSS, {records} records ({:.1} MB event)",
+                "{prefix}peak RSS, {records} records ({:.1} MB event)",
                 *bytes as f64 / 1e6
             ),
             *kb as f64 / 1024.0
@@ -602,9 +618,10 @@ struct ColdStart {
     peaks: Vec<(usize, usize, u64)>,
 }
 
-/// Starts the built binary under a local Runtime API: init time (spawn to
-/// first poll, broker connection open), first invocation, and the peak RSS
-/// after the largest batch.
+/// Starts the built binary (or `program`, another build of the function)
+/// under a local Runtime API: init time (spawn to first poll, broker
+/// connection open), first invocation, and the peak RSS after the largest
+/// batch.
 async fn cold_start(
     uri: &str,
     exchange: &str,
@@ -612,10 +629,15 @@ async fn cold_start(
     admin: &Channel,
     smoke: bool,
     function_log: bool,
+    program: Option<&str>,
 ) -> anyhow::Result<ColdStart> {
     // The bench's topology is the contract's default (no QUEUE_TYPE), and
     // RUST_LOG reaches the function when its log is shown.
-    let mut launch = Launch::forwarder()
+    let launch = match program {
+        Some(bin) => Launch::program(&[bin]),
+        None => Launch::forwarder(),
+    };
+    let mut launch = launch
         .env_remove("QUEUE_TYPE")
         .envs(&[("AMQP_URI", uri), ("EXCHANGE", exchange)]);
     if function_log {
