@@ -232,8 +232,9 @@ pub trait Broker {
     /// Sends one message (`mandatory`), after every message sent before it
     /// on this channel. Resolves once the client has it: the lapin broker
     /// leaves the write to its I/O thread, so that one write carries many
-    /// messages, and a fake may wait for it (up to `until`). The returned
-    /// [`Confirm`] resolves on the broker's ack, or on the write's failure.
+    /// messages, and waits (up to `until`) only while too many are still
+    /// unwritten. The returned [`Confirm`] resolves on the broker's ack, or
+    /// on the failure of the write or of the channel.
     fn publish(
         &mut self,
         message: Message,
