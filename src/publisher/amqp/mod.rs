@@ -265,9 +265,7 @@ impl AmqpBroker {
             });
         }
     }
-}
 
-impl AmqpBroker {
     /// Waits for the write of the publish that last woke lapin's I/O
     /// thread, which has almost always happened: a broker that takes
     /// messages slower than they come holds the batch here. The write's
