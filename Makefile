@@ -96,7 +96,8 @@ fuzz:
 
 ## The benchmarks: forwarder vs the broker ceiling, conversion, cold start,
 ## memory, size, instructions, CPU and system calls per event of a warm
-## function (callgrind, strace; EF_BASELINE_BIN=<a build> adds its figures); then a backfill of 10,000 events through the function (moto,
+## function (callgrind, strace; EF_BASELINE_BIN=<a build> adds its figures, and its cold start,
+## memory and rates through the binary); then a backfill of 10,000 events through the function (moto,
 ## cargo lambda watch) against the ceiling in the same run, and by 4 and 16
 ## workers. The Node peer (benches/peers) is installed by scripts/peers.sh.
 bench: broker broker4 tools
