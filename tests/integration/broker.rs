@@ -982,12 +982,7 @@ async fn forward_refusal(batch: &event_forwarder::StreamBatch, extra: &[(&str, &
         .bind_queue(&exchange, "#", FieldTable::default())
         .await;
     let (response, report) = forwarder.handle(batch, TEN_SECONDS).await.unwrap();
-    let arrived = broker
-        .drain(&queue)
-        .await
-        .iter()
-        .map(|d| body(d)["sequenceNumber"].as_str().unwrap().to_string())
-        .collect();
+    let arrived = arrived_in(&broker, &queue).await;
     let dead = broker.drain(&format!("{exchange}.dead-letter")).await;
     assert!(report.failure.is_none(), "{report:?}");
     forwarder.shutdown().await;
@@ -997,6 +992,16 @@ async fn forward_refusal(batch: &event_forwarder::StreamBatch, extra: &[(&str, &
         arrived,
         dead,
     }
+}
+
+/// The sequence numbers of what arrived in `queue`, in the order it came.
+async fn arrived_in(broker: &TestBroker, queue: &str) -> Vec<String> {
+    broker
+        .drain(queue)
+        .await
+        .iter()
+        .map(|d| body(d)["sequenceNumber"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Every good record of `seqs` (all but `bad`) arrived exactly once.
@@ -1140,12 +1145,7 @@ async fn an_exchange_the_broker_refuses_dead_letters_its_events_and_the_batch_go
     let (response, report) = forwarder.handle(&batch, TEN_SECONDS).await.unwrap();
     assert!(reported(&response).is_empty(), "{report:?}");
     assert_eq!((report.published, report.dead_lettered), (4, 2));
-    let arrived: Vec<String> = broker
-        .drain(&queue)
-        .await
-        .iter()
-        .map(|d| body(d)["sequenceNumber"].as_str().unwrap().to_string())
-        .collect();
+    let arrived = arrived_in(&broker, &queue).await;
     assert_eq!(
         arrived,
         [&seqs[0], &seqs[1], &seqs[3], &seqs[5]].map(String::clone)
@@ -1376,12 +1376,7 @@ async fn publishes_queued_before_an_enricher_waits_are_written_meanwhile() {
     let (response, report) = forwarder.handle(&batch, TEN_SECONDS).await.unwrap();
 
     assert!(reported(&response).is_empty(), "{report:?}");
-    let arrived: Vec<String> = broker
-        .drain(&queue)
-        .await
-        .iter()
-        .map(|d| body(d)["sequenceNumber"].as_str().unwrap().to_string())
-        .collect();
+    let arrived = arrived_in(&broker, &queue).await;
     assert_eq!(arrived, seqs, "every record once, in order");
     forwarder.shutdown().await;
     broker.cleanup(&exchange, &[&queue]).await;
