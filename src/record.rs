@@ -305,8 +305,18 @@ impl<'a> Attr<'a> {
     /// the payload is the largest part of a record, and reading it here
     /// would read it twice.
     fn tagged(tag: &str, inner: &'a str) -> Result<Self, &'static str> {
-        let text = || serde_json::from_str::<Text<'a>>(inner).map_err(|_| MALFORMED);
-        let flag = || serde_json::from_str::<bool>(inner).map_err(|_| MALFORMED);
+        // The common forms read directly; anything else (escapes, a second
+        // member, junk) as serde_json reads it, to the same answer.
+        let text = || match unescaped(inner) {
+            Some(s) => Ok(Text(Cow::Borrowed(s))),
+            None => serde_json::from_str::<Text<'a>>(inner).map_err(|_| MALFORMED),
+        };
+        let flag = || match inner {
+            "true" | "false" => Ok(()),
+            _ => serde_json::from_str::<bool>(inner)
+                .map(drop)
+                .map_err(|_| MALFORMED),
+        };
         Ok(match tag {
             "S" => Attr::S(text()?),
             "N" => Attr::N(text()?),
@@ -321,6 +331,17 @@ impl<'a> Attr<'a> {
             _ => return Err(MALFORMED),
         })
     }
+}
+
+/// The contents of `text` if it is one JSON string without escapes (what
+/// serde_json would borrow): no quote, backslash or control character
+/// between its quotes.
+fn unescaped(text: &str) -> Option<&str> {
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    inner
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+        .then_some(inner)
 }
 
 /// The tag and the rest of `{ "TAG" : rest }`, an object already known to
@@ -1257,6 +1278,12 @@ mod tests {
             r#"{"SS":["a"]}"#,
             r#"{"NS":["1"]}"#,
             r#"{"BS":["AQ=="]}"#,
+            r#"{"S":""}"#,
+            r#"{"S":"é😀 \u00e9"}"#,
+            r#"{"S":"a\\"}"#,
+            "{\"S\":\"\u{7f}\"}",
+            r#"{"N":"1" }"#,
+            r#"{"BOOL": true }"#,
             r#"{"\u0053":"escaped tag"}"#,
             r#"{"S":"a","N":"1"}"#,
             r#"{"N":"1","S":"a"}"#,
