@@ -20,11 +20,7 @@ pub(crate) struct Split<'a> {
 /// The parts of `body`, a JSON object with a `Records` array, or `None`
 /// for a body this reading does not take.
 pub(crate) fn split(body: &str) -> Option<Split<'_>> {
-    let mut scan = Scan {
-        text: body,
-        at: 0,
-        open: Vec::new(),
-    };
+    let mut scan = Scan { text: body, at: 0 };
     scan.eat(b'{')?;
     let (mut records, mut target) = (None, None);
     scan.space();
@@ -62,9 +58,6 @@ pub(crate) fn split(body: &str) -> Option<Split<'_>> {
 
 /// The bytes that end a run of a string's contents: a quote, a backslash.
 static IN_STRING: [bool; 256] = bytes_of(b"\"\\");
-/// The bytes that matter inside an object or array: a string's start and
-/// brackets (anything else is left to the record's read).
-static IN_VALUE: [bool; 256] = bytes_of(b"\"{}[]");
 
 const fn bytes_of(set: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
@@ -79,8 +72,6 @@ const fn bytes_of(set: &[u8]) -> [bool; 256] {
 struct Scan<'a> {
     text: &'a str,
     at: usize,
-    /// The closing brackets awaited inside a value.
-    open: Vec<u8>,
 }
 
 impl<'a> Scan<'a> {
@@ -112,20 +103,8 @@ impl<'a> Scan<'a> {
 
     /// Past the string whose opening quote is at `self.at`.
     fn skip_string(&mut self) -> Option<()> {
-        let bytes = self.text.as_bytes();
-        let mut at = self.at + 1;
-        loop {
-            // A table, not memchr: most strings here are a few bytes long.
-            at += bytes
-                .get(at..)?
-                .iter()
-                .position(|&b| IN_STRING[usize::from(b)])?;
-            if bytes[at] == b'"' {
-                self.at = at + 1;
-                return Some(());
-            }
-            at += 2; // the backslash and the byte it escapes
-        }
+        self.at = string_end(self.text.as_bytes(), self.at + 1)?;
+        Some(())
     }
 
     /// The `Records` array's values.
@@ -158,33 +137,7 @@ impl<'a> Scan<'a> {
         let bytes = self.text.as_bytes();
         match self.peek()? {
             b'"' => self.skip_string()?,
-            b'{' | b'[' => {
-                self.open.clear();
-                loop {
-                    self.at += bytes
-                        .get(self.at..)?
-                        .iter()
-                        .position(|&b| IN_VALUE[usize::from(b)])?;
-                    match bytes[self.at] {
-                        b'"' => self.skip_string()?,
-                        b'{' => {
-                            self.open.push(b'}');
-                            self.at += 1;
-                        }
-                        b'[' => {
-                            self.open.push(b']');
-                            self.at += 1;
-                        }
-                        close => {
-                            (self.open.pop()? == close).then_some(())?;
-                            self.at += 1;
-                            if self.open.is_empty() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
+            b'{' | b'[' => self.at = nested_end(bytes, self.at)?,
             _ => {
                 // A number or a literal; the record's read checks which.
                 while self
@@ -199,6 +152,81 @@ impl<'a> Scan<'a> {
         self.text.get(start..self.at)
     }
 }
+
+/// Where the object or array opening at `bytes[at]` ends: strings
+/// skipped, brackets matched by kind. The kinds of the open brackets are a
+/// stack of bits in a word (1 for `[`), so nothing is stored per level;
+/// deeper than [`MAX_DEPTH`] is left to serde_json (`None`), as is anything
+/// unmatched. One tight loop: this is a pass over every byte of the body.
+fn nested_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    let (mut kinds, mut depth) = (0u64, 0u32);
+    loop {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        match byte {
+            b'"' => at = string_end(bytes, at)?,
+            b'{' | b'[' => {
+                if depth == MAX_DEPTH {
+                    return None;
+                }
+                kinds = kinds << 1 | u64::from(byte == b'[');
+                depth += 1;
+            }
+            b'}' | b']' => {
+                // Underflow cannot happen: the first byte opens.
+                if kinds & 1 != u64::from(byte == b']') {
+                    return None;
+                }
+                kinds >>= 1;
+                depth -= 1;
+                if depth == 0 {
+                    return Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Past the string whose contents start at `bytes[at]`.
+fn string_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        at = string_stop(bytes, at)?;
+        if bytes[at] == b'"' {
+            return Some(at + 1);
+        }
+        at += 2; // the backslash and the byte it escapes
+    }
+}
+
+/// The first quote or backslash at or after `at`: eight bytes at a time
+/// (a string's contents are most of a body), then one at a time.
+fn string_stop(bytes: &[u8], mut at: usize) -> Option<usize> {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES << 7;
+    // The top bit of each byte of `word` equal to `byte`, exactly.
+    let equal = |word: u64, byte: u8| {
+        let x = word ^ (ONES * u64::from(byte));
+        !(((x & !HIGH) + !HIGH) | x) & HIGH
+    };
+    while let Some(chunk) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+        let word = u64::from_le_bytes(*chunk);
+        let stops = equal(word, b'"') | equal(word, b'\\');
+        if stops != 0 {
+            return Some(at + stops.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    Some(
+        at + bytes
+            .get(at..)?
+            .iter()
+            .position(|&b| IN_STRING[usize::from(b)])?,
+    )
+}
+
+/// How deep [`nested_end`] follows a value: the bits of its stack.
+const MAX_DEPTH: u32 = u64::BITS;
 
 #[cfg(test)]
 mod tests {
@@ -236,6 +264,19 @@ mod tests {
             assert!(split.is_some(), "{body}");
             assert_eq!(split, by_serde(body), "{body}");
         }
+        // An escaped quote or backslash at every offset of a string, in
+        // its first word of eight bytes and past it.
+        for pad in 0..40 {
+            let x = "x".repeat(pad);
+            for body in [
+                format!(r#"{{"Records":[{{"k":"{x}\"]}}"}},{{"{x}\\":["\\\""]}}]}}"#),
+                format!(r#"{{"Records":[["{x}\\","\"{x}"],"{x}\""]}}"#),
+            ] {
+                let split = split(&body);
+                assert!(split.is_some(), "{body}");
+                assert_eq!(split, by_serde(&body), "{body}");
+            }
+        }
         // Left to serde_json, which refuses each.
         for body in [
             "",
@@ -244,6 +285,7 @@ mod tests {
             r#"{}"#,
             r#"{"Records":[],"Records":[]}"#,
             r#"{"Records":[{"a":[1}]}"#,
+            r#"{"Records":[[1}],"x":[{]]}"#,
             r#"{"Records":[{"a":"}]}"#,
             r#"{"Records":[1 2]}"#,
             r#"{"Records":[,]}"#,
@@ -254,6 +296,19 @@ mod tests {
             assert_eq!(split(body), None, "{body}");
             assert_eq!(by_serde(body), None, "{body}");
         }
+        // Nested as deep as the split follows, and deeper: left to
+        // serde_json, which takes it.
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"Records":[{}1{}]}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert_eq!(split(&nested(64)), by_serde(&nested(64)));
+        assert!(split(&nested(64)).is_some());
+        assert_eq!(split(&nested(65)), None);
+        assert!(by_serde(&nested(65)).is_some());
         // Left to serde_json, which takes it: an escaped key.
         let body = r#"{"Rec\u006frds":[{"a":1}]}"#;
         assert_eq!(split(body), None);
