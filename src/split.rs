@@ -309,6 +309,15 @@ mod tests {
         assert!(split(&nested(64)).is_some());
         assert_eq!(split(&nested(65)), None);
         assert!(by_serde(&nested(65)).is_some());
+        // 65 levels closed by the wrong kind at the bottom, which a stack
+        // of 64 bits would have lost.
+        let lost = format!(
+            r#"{{"Records":[[{}1{}}}]}}"#,
+            "[".repeat(64),
+            "]".repeat(64)
+        );
+        assert_eq!(split(&lost), None);
+        assert_eq!(by_serde(&lost), None);
         // Left to serde_json, which takes it: an escaped key.
         let body = r#"{"Rec\u006frds":[{"a":1}]}"#;
         assert_eq!(split(body), None);
