@@ -7,7 +7,9 @@
 //! brackets (matched by kind), and the mapping's read of the record checks
 //! the rest of its grammar. A body with anything unexpected in its outer
 //! object (an escaped or repeated key, junk between records, text after
-//! it) is left to serde_json, which says why it is not a batch.
+//! it) is left to serde_json, which says why it is not a batch; so is a
+//! body with a value nested deeper than 64 levels, which serde_json reads
+//! alike.
 
 /// The batch's parts, as slices of the body.
 #[derive(Debug, PartialEq)]
