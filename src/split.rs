@@ -96,11 +96,11 @@ impl<'a> Scan<'a> {
     fn plain_string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        let rest = self.text.as_bytes().get(start..)?;
-        let len = rest.iter().position(|&b| IN_STRING[usize::from(b)])?;
-        self.at = start + len;
+        // At a backslash, the quote expected next is missing.
+        self.at = string_stop(self.text.as_bytes(), start)?;
+        let end = self.at;
         self.eat(b'"')?;
-        self.text.get(start..start + len)
+        self.text.get(start..end)
     }
 
     /// Past the string whose opening quote is at `self.at`.
