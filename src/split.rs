@@ -58,19 +58,6 @@ pub(crate) fn split(body: &str) -> Option<Split<'_>> {
     })
 }
 
-/// The bytes that end a run of a string's contents: a quote, a backslash.
-static IN_STRING: [bool; 256] = bytes_of(b"\"\\");
-
-const fn bytes_of(set: &[u8]) -> [bool; 256] {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < set.len() {
-        table[set[i] as usize] = true;
-        i += 1;
-    }
-    table
-}
-
 struct Scan<'a> {
     text: &'a str,
     at: usize,
@@ -219,12 +206,9 @@ fn string_stop(bytes: &[u8], mut at: usize) -> Option<usize> {
         }
         at += 8;
     }
-    Some(
-        at + bytes
-            .get(at..)?
-            .iter()
-            .position(|&b| IN_STRING[usize::from(b)])?,
-    )
+    // Fewer than eight bytes left.
+    let rest = bytes.get(at..)?;
+    Some(at + rest.iter().position(|&b| b == b'"' || b == b'\\')?)
 }
 
 /// How deep [`nested_end`] follows a value: the bits of its stack.
